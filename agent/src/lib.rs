@@ -1,0 +1,1 @@
+//! The HaIS agent as a library: capture, decode, flow tracking and the fingerprint engine.

@@ -1,0 +1,4 @@
+//! Types both sides of HaIS agree on. Kept free of I/O and heavy dependencies so that the
+//! agent stays small.
+
+pub mod fingerprint;
