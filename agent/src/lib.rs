@@ -1,1 +1,11 @@
 //! The HaIS agent as a library: capture, decode, flow tracking and the fingerprint engine.
+//!
+//! Everything except [`capture`] and [`cli`] is sans-I/O: the engine takes frames and
+//! returns fingerprints, so it is tested, fuzzed and benchmarked without a network.
+
+pub mod capture;
+pub mod cli;
+pub mod decode;
+pub mod engine;
+pub mod flow;
+pub mod output;

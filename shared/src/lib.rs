@@ -1,4 +1,5 @@
 //! Types both sides of HaIS agree on. Kept free of I/O and heavy dependencies so that the
 //! agent stays small.
 
+pub mod event;
 pub mod fingerprint;

@@ -78,7 +78,8 @@ impl<'a> Reader<'a> {
     }
 
     pub fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        self.take(4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     pub fn u64(&mut self) -> Option<u64> {
@@ -161,7 +162,10 @@ mod tests {
     #[test]
     fn varints_rfc9000_examples() {
         for (bytes, want) in [
-            (&[0xc2, 0x19, 0x7c, 0x5e, 0xff, 0x14, 0xe8, 0x8c][..], 151_288_809_941_952_652u64),
+            (
+                &[0xc2, 0x19, 0x7c, 0x5e, 0xff, 0x14, 0xe8, 0x8c][..],
+                151_288_809_941_952_652u64,
+            ),
             (&[0x9d, 0x7f, 0x3e, 0x7d][..], 494_878_333),
             (&[0x7b, 0xbd][..], 15_293),
             (&[0x25][..], 37),

@@ -8,3 +8,6 @@ pub mod hash;
 pub mod ja4;
 
 pub use hash::hash12;
+pub use ja4::{
+    AlpnRule, Ja4, Ja4Transport, alpn_chars, client_version, ja4, ja4_string, version_code,
+};
