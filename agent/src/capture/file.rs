@@ -89,12 +89,12 @@ impl CaptureFile {
                 }
                 Ok(_) => {}
             }
-            if let Err(e) = std::fs::File::open(p) {
-                if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    return Err(FileError::PermissionDenied {
-                        path: path.to_string(),
-                    });
-                }
+            if let Err(e) = std::fs::File::open(p)
+                && e.kind() == std::io::ErrorKind::PermissionDenied
+            {
+                return Err(FileError::PermissionDenied {
+                    path: path.to_string(),
+                });
             }
         }
         let cap = pcap::Capture::from_file(path).map_err(|e| FileError::NotACapture {
@@ -123,8 +123,7 @@ impl CaptureFile {
         match self.cap.next_packet() {
             Ok(p) => {
                 let ts = p.header.ts;
-                let ts_us = (ts.tv_sec as i64).max(0) as u64 * 1_000_000
-                    + (ts.tv_usec as i64).max(0) as u64;
+                let ts_us = ts.tv_sec.max(0) as u64 * 1_000_000 + ts.tv_usec.max(0) as u64;
                 Ok(Some(FilePacket {
                     ts_us,
                     orig_len: p.header.len,

@@ -36,7 +36,10 @@ pub fn scan<R: Read + Seek>(mut r: R) -> Vec<String> {
                 break;
             }
             let len = read_u32(&hdr[4..8], big_endian);
-            if len < 12 || len % 4 != 0 || r.seek(SeekFrom::Current(i64::from(len) - 12)).is_err() {
+            if len < 12
+                || !len.is_multiple_of(4)
+                || r.seek(SeekFrom::Current(i64::from(len) - 12)).is_err()
+            {
                 break;
             }
             first = false;
@@ -47,7 +50,7 @@ pub fn scan<R: Read + Seek>(mut r: R) -> Vec<String> {
         }
         let block_type = read_u32(&hdr[0..4], big_endian);
         let len = read_u32(&hdr[4..8], big_endian);
-        if len < 12 || len % 4 != 0 {
+        if len < 12 || !len.is_multiple_of(4) {
             break;
         }
         if block_type == DSB && len <= MAX_DSB_LEN {
@@ -58,10 +61,10 @@ pub fn scan<R: Read + Seek>(mut r: R) -> Vec<String> {
             if body.len() >= 8 {
                 let stype = read_u32(&body[0..4], big_endian);
                 let slen = read_u32(&body[4..8], big_endian) as usize;
-                if stype == SECRETS_TLS_KEYLOG {
-                    if let Some(data) = body.get(8..8 + slen) {
-                        out.push(String::from_utf8_lossy(data).into_owned());
-                    }
+                if stype == SECRETS_TLS_KEYLOG
+                    && let Some(data) = body.get(8..8 + slen)
+                {
+                    out.push(String::from_utf8_lossy(data).into_owned());
                 }
             }
         } else if r.seek(SeekFrom::Current(i64::from(len) - 8)).is_err() {

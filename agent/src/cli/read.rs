@@ -82,12 +82,12 @@ fn run_inner(args: &ReadArgs) -> Result<(), (i32, String)> {
     }
     let mut cap = CaptureFile::open(&args.file).map_err(|e| (e.exit_code(), e.to_string()))?;
     let mut file_size = None;
-    if args.file != "-" {
-        if let Ok(f) = std::fs::File::open(&args.file) {
-            file_size = f.metadata().ok().map(|m| m.len());
-            for text in pcapng_secrets::scan(std::io::BufReader::new(f)) {
-                keylog.merge_text(&text);
-            }
+    if args.file != "-"
+        && let Ok(f) = std::fs::File::open(&args.file)
+    {
+        file_size = f.metadata().ok().map(|m| m.len());
+        for text in pcapng_secrets::scan(std::io::BufReader::new(f)) {
+            keylog.merge_text(&text);
         }
     }
     let cfg = EngineConfig {
@@ -205,7 +205,8 @@ impl Progress {
 
     fn advance(&mut self, n: u64) {
         self.done += n;
-        if !self.enabled || self.done % 64 != 0 && self.last.elapsed() < Duration::from_millis(250)
+        if !self.enabled
+            || !self.done.is_multiple_of(64) && self.last.elapsed() < Duration::from_millis(250)
         {
             return;
         }

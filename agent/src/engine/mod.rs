@@ -6,6 +6,17 @@
 //! are reported when they end (idle eviction, table pressure, or the end of input) through
 //! [`Engine::take_finished`], so memory stays bounded however long the input is.
 
+// In a JA4-only build (no `ja4plus` feature) the JA4+ state machines compile out, leaving
+// some imports and fields of the shared plumbing unused; that is expected, not rot.
+#![cfg_attr(
+    not(feature = "ja4plus"),
+    allow(
+        unused_imports,
+        dead_code,
+        reason = "JA4+ code compiled out in a JA4-only build"
+    )
+)]
+
 mod app;
 pub mod fingerprints;
 mod http;

@@ -254,7 +254,9 @@ impl TlsSession {
             }
             return;
         }
-        if ctype != CONTENT_APPLICATION_DATA && !(ctype == CONTENT_HANDSHAKE && !self.tls13) {
+        // Protected records: application data, and in TLS 1.2 the encrypted Finished.
+        let tls12_finished = ctype == CONTENT_HANDSHAKE && !self.tls13;
+        if ctype != CONTENT_APPLICATION_DATA && !tls12_finished {
             return;
         }
         let Some(dec) = self.dirs[dir].decrypter.as_mut() else {
@@ -351,11 +353,11 @@ impl TlsSession {
             (C2S, "CLIENT_HANDSHAKE_TRAFFIC_SECRET"),
             (S2C, "SERVER_HANDSHAKE_TRAFFIC_SECRET"),
         ] {
-            if let Some(secret) = self.secret(label, keylog) {
-                if let Ok(dec) = RecordDecrypter::tls13(suite, &secret) {
-                    self.dirs[dir].decrypter = Some(dec);
-                    self.dirs[dir].epoch = Epoch::Handshake;
-                }
+            if let Some(secret) = self.secret(label, keylog)
+                && let Ok(dec) = RecordDecrypter::tls13(suite, &secret)
+            {
+                self.dirs[dir].decrypter = Some(dec);
+                self.dirs[dir].epoch = Epoch::Handshake;
             }
         }
     }
@@ -369,11 +371,11 @@ impl TlsSession {
         } else {
             "SERVER_TRAFFIC_SECRET_0"
         };
-        if let Some(secret) = self.secret(label, keylog) {
-            if let Ok(dec) = RecordDecrypter::tls13(suite, &secret) {
-                self.dirs[dir].decrypter = Some(dec);
-                self.dirs[dir].epoch = Epoch::Application;
-            }
+        if let Some(secret) = self.secret(label, keylog)
+            && let Ok(dec) = RecordDecrypter::tls13(suite, &secret)
+        {
+            self.dirs[dir].decrypter = Some(dec);
+            self.dirs[dir].epoch = Epoch::Application;
         }
     }
 

@@ -180,11 +180,11 @@ impl UdpSession {
     pub(crate) fn finish(&mut self, cfg: &EngineConfig, fp: &mut Fingerprints) {
         let _ = cfg;
         #[cfg(feature = "ja4plus")]
-        if let Kind::Quic(q) = &self.kind {
-            if let Some(l) = q.ja4l.result() {
-                fp.ja4l_c = Some(l.ja4l_c());
-                fp.ja4l_s = Some(l.ja4l_s());
-            }
+        if let Kind::Quic(q) = &self.kind
+            && let Some(l) = q.ja4l.result()
+        {
+            fp.ja4l_c = Some(l.ja4l_c());
+            fp.ja4l_s = Some(l.ja4l_s());
         }
         #[cfg(not(feature = "ja4plus"))]
         let _ = fp;
