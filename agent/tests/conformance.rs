@@ -224,3 +224,121 @@ fn conformance_corpus_matches_reference() {
         failures.join("\n")
     );
 }
+
+/// JA4TS and JA4D/JA4D6 exist only in the Wireshark plugin, so its output is their answer
+/// key. It prints one value per packet (every SYN-ACK and RST, every DHCP message) with no
+/// stream ids, so the comparison is per capture: the same set of JA4TS values (HaIS prints
+/// one per connection, with the retransmission section when there is one) and the same
+/// multiset of JA4D values.
+#[test]
+fn wireshark_key_methods_match() {
+    let root = corpus();
+    let known: Vec<KnownDifference> = serde_json::from_str(
+        &std::fs::read_to_string(root.join("known-differences.json")).unwrap(),
+    )
+    .unwrap();
+    let mut keys: Vec<PathBuf> = std::fs::read_dir(root.join("expected/wireshark"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    keys.sort();
+    let mut failures = Vec::new();
+    let (mut files, mut ja4ts_values, mut ja4d_values, mut h2_values) = (0, 0, 0, 0);
+    for key in keys {
+        let name = key
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches(".json")
+            .to_string();
+        let pcap = root.join("pcap").join(&name);
+        if !pcap.exists() {
+            continue;
+        }
+        files += 1;
+        let frames: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(&key).unwrap()).unwrap();
+        let mut want_ts = std::collections::BTreeSet::new();
+        let mut want_d = Vec::new();
+        let mut want_h2 = Vec::new();
+        for f in &frames {
+            let layers = &f["_source"]["layers"];
+            for v in layers["ja4.ja4ts"].as_array().into_iter().flatten() {
+                want_ts.insert(norm_tcp_fp(v.as_str().unwrap()));
+            }
+            for v in layers["ja4.ja4d"].as_array().into_iter().flatten() {
+                want_d.push(v.as_str().unwrap().to_string());
+            }
+            // HTTP/2 JA4H: the plugin (like the Python tool) leaves pseudo-headers out,
+            // which is the answer key's choice; it is compared in full here.
+            for v in layers["ja4.ja4h"].as_array().into_iter().flatten() {
+                let v = v.as_str().unwrap();
+                if v.get(2..4) == Some("20") {
+                    want_h2.push(v.to_string());
+                }
+            }
+        }
+        let mut got_ts = std::collections::BTreeSet::new();
+        let mut got_d = Vec::new();
+        let mut got_h2 = Vec::new();
+        for rec in run_read(&pcap) {
+            for h in rec["http"].as_array().into_iter().flatten() {
+                let v = h["ja4h"].as_str().unwrap();
+                if v.get(2..4) == Some("20") {
+                    got_h2.push(v.to_string());
+                }
+            }
+            if let Some(v) = rec["ja4ts"].as_str() {
+                // The plugin prints a line per SYN-ACK as the `_e` section grows (`base`,
+                // `base_1`, `base_1-2`, ...); HaIS prints the final string once per
+                // connection. Expand ours into the same progression.
+                let parts: Vec<&str> = v.split('_').collect();
+                let base = parts[..4.min(parts.len())].join("_");
+                got_ts.insert(norm_tcp_fp(&base));
+                if let Some(section) = parts.get(4) {
+                    let steps: Vec<&str> = section.split('-').collect();
+                    for n in 1..=steps.len() {
+                        got_ts.insert(norm_tcp_fp(&format!("{base}_{}", steps[..n].join("-"))));
+                    }
+                }
+            }
+            for v in rec["ja4d"].as_array().into_iter().flatten() {
+                got_d.push(v.as_str().unwrap().to_string());
+            }
+        }
+        for k in known
+            .iter()
+            .filter(|k| k.file == name && k.stream == "*" && k.field == "ja4ts")
+        {
+            for v in k.hais.as_array().into_iter().flatten() {
+                assert!(
+                    got_ts.remove(v.as_str().unwrap()),
+                    "{name}: documented JA4TS {v} not produced"
+                );
+            }
+        }
+        want_d.sort();
+        got_d.sort();
+        want_h2.sort();
+        got_h2.sort();
+        h2_values += want_h2.len();
+        if want_h2 != got_h2 {
+            failures.push(format!(
+                "{name}: HTTP/2 ja4h want {want_h2:?} got {got_h2:?}"
+            ));
+        }
+        ja4ts_values += want_ts.len();
+        ja4d_values += want_d.len();
+        if want_ts != got_ts {
+            failures.push(format!("{name}: ja4ts want {want_ts:?} got {got_ts:?}"));
+        }
+        if want_d != got_d {
+            failures.push(format!("{name}: ja4d want {want_d:?} got {got_d:?}"));
+        }
+    }
+    println!(
+        "wireshark key: {files} files, {ja4ts_values} distinct JA4TS, {ja4d_values} JA4D and {h2_values} HTTP/2 JA4H values compared"
+    );
+    assert!(files > 30);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
