@@ -8,4 +8,5 @@ pub mod cli;
 pub mod decode;
 pub mod engine;
 pub mod flow;
+pub mod fuzzing;
 pub mod output;

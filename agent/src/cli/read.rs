@@ -11,7 +11,8 @@ use hais_ja4::ja4::AlpnRule;
 use crate::capture::file::CaptureFile;
 use crate::capture::pcapng_secrets;
 use crate::engine::{Engine, EngineConfig, Stats, StreamReport};
-use crate::output::{Value, write_json_line, write_yaml_list_item};
+use crate::flow::Proto;
+use crate::output::{RecordSorter, Value, write_json_line, write_yaml_list_item};
 
 #[derive(Debug, Args)]
 pub struct ReadArgs {
@@ -47,8 +48,9 @@ pub struct ReadArgs {
     /// reference tools (`99`). See docs/known-differences.md.
     #[arg(long, value_enum, default_value_t = AlpnStyle::Spec)]
     pub alpn_style: AlpnStyle,
-    /// Most flows tracked at once (memory bound); the least recently active are finished early.
-    #[arg(long, default_value_t = 262_144)]
+    /// Most flows tracked at once (memory bound, about 1 KiB each); beyond it the least
+    /// recently active flows are finished early and reported.
+    #[arg(long, default_value_t = 65_536)]
     pub max_flows: usize,
     /// No summary on standard error.
     #[arg(short = 'q', long)]
@@ -110,11 +112,21 @@ fn run_inner(args: &ReadArgs) -> Result<(), (i32, String)> {
         file_size,
     );
     let mut read_error = None;
+    let mut sorter = RecordSorter::new(SORT_MEMORY_BUDGET);
+    let io_err = |e: std::io::Error| (74, format!("buffering output: {e}"));
+    let mut since_drain = 0u32;
     loop {
         match cap.next_packet() {
             Ok(Some(p)) => {
                 progress.advance(p.data.len() as u64 + 16);
                 engine.on_frame(p.ts_us, link, p.data);
+                since_drain += 1;
+                if since_drain >= 4096 {
+                    since_drain = 0;
+                    for r in engine.take_finished() {
+                        push_report(&mut sorter, args.json, &r).map_err(io_err)?;
+                    }
+                }
             }
             Ok(None) => break,
             Err(e) => {
@@ -126,40 +138,51 @@ fn run_inner(args: &ReadArgs) -> Result<(), (i32, String)> {
     }
     progress.clear();
     let reports = engine.finish();
+    for r in &reports {
+        push_report(&mut sorter, args.json, r).map_err(io_err)?;
+    }
     let mut stats = engine.stats().clone();
     if let Some(e) = &read_error {
         stats.error("file.truncated_or_corrupt");
         tracing::warn!(error = %e, "capture file ended early");
     }
-    write_reports(args, &reports).map_err(|e| (74, format!("writing output: {e}")))?;
+    write_reports(args, sorter, stats.streams_reported == 0)
+        .map_err(|e| (74, format!("writing output: {e}")))?;
     if !args.quiet {
-        print_summary(&stats, reports.len());
+        print_summary(&stats, stats.streams_reported as usize);
     }
     Ok(())
 }
 
-fn write_reports(args: &ReadArgs, reports: &[StreamReport]) -> std::io::Result<()> {
-    let mut text = String::with_capacity(reports.len() * 512);
-    for r in reports {
-        let v = Value::Map(r.record.clone());
-        if args.json {
-            write_json_line(&mut text, &v);
-        } else {
-            write_yaml_list_item(&mut text, &v);
-        }
+/// Records kept in memory before sorted runs spill to temporary files.
+const SORT_MEMORY_BUDGET: usize = 16 * 1024 * 1024;
+
+fn push_report(sorter: &mut RecordSorter, json: bool, r: &StreamReport) -> std::io::Result<()> {
+    let mut text = String::with_capacity(512);
+    let v = Value::Map(r.record.clone());
+    if json {
+        write_json_line(&mut text, &v);
+    } else {
+        write_yaml_list_item(&mut text, &v);
     }
-    if !args.json && reports.is_empty() {
-        text.push_str("[]\n");
+    let rank = match r.proto {
+        Proto::Tcp => 0,
+        Proto::Udp => 1,
+    };
+    sorter.push((rank, r.stream), text)
+}
+
+fn write_reports(args: &ReadArgs, sorter: RecordSorter, empty: bool) -> std::io::Result<()> {
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::fs::File::create(path)?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = std::io::BufWriter::new(&mut out);
+    sorter.finish(&mut out)?;
+    if !args.json && empty {
+        out.write_all(b"[]\n")?;
     }
-    match &args.output {
-        Some(path) => std::fs::write(path, text),
-        None => {
-            let stdout = std::io::stdout();
-            let mut lock = stdout.lock();
-            lock.write_all(text.as_bytes())?;
-            lock.flush()
-        }
-    }
+    out.flush()
 }
 
 fn print_summary(stats: &Stats, streams: usize) {

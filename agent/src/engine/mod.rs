@@ -55,6 +55,7 @@ pub struct EngineConfig {
     /// How non-alphanumeric ALPN values are printed in JA4/JA4S.
     pub alpn_rule: AlpnRule,
     /// Most flows held at once; beyond it the least recently active are finished early.
+    /// About 1 KiB each, so the default bounds flow state to roughly 70 MB.
     pub max_flows: usize,
     /// Flows idle this long (microseconds of capture time) are finished. 0 = never.
     pub idle_timeout_us: u64,
@@ -70,7 +71,7 @@ impl Default for EngineConfig {
             with_packet_numbers: false,
             ssh_window: 200,
             alpn_rule: AlpnRule::Spec,
-            max_flows: 262_144,
+            max_flows: 65_536,
             idle_timeout_us: 0,
             keylog: Arc::new(KeyLog::default()),
         }
@@ -171,6 +172,11 @@ impl Engine {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Flows currently tracked (bounded by `max_flows`).
+    pub fn live_flows(&self) -> usize {
+        self.flows.len()
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -338,6 +344,7 @@ impl Engine {
         });
         if look.created {
             self.stats.flows += 1;
+            self.stats.flows_evicted = self.flows.evicted();
         }
         (look.id, look.created)
     }

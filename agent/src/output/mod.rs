@@ -6,9 +6,11 @@
 //! printed by the small JSON and YAML writers below.
 
 mod json;
+mod sorter;
 mod yaml;
 
 pub use json::write_json_line;
+pub use sorter::{RecordSorter, SortKey};
 pub use yaml::write_yaml_list_item;
 
 /// A JSON/YAML value with ordered maps.
