@@ -623,27 +623,4 @@ mod tests {
         push_count(&mut s, 123);
         assert_eq!(s, "0799");
     }
-
-    /// Rough throughput check, run with `cargo test --release -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "benchmark"]
-    fn throughput() {
-        let body = chrome_body();
-        let n = 200_000;
-        let t = std::time::Instant::now();
-        let mut acc = 0usize;
-        for _ in 0..n {
-            let ch = ClientHello::parse(std::hint::black_box(&body)).unwrap();
-            acc += ja4_string(&ch, Ja4Transport::Tcp, AlpnRule::Spec).len();
-        }
-        let per = t.elapsed() / n;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            let ch = ClientHello::parse(std::hint::black_box(&body)).unwrap();
-            acc += ja4(&ch, Ja4Transport::Tcp, AlpnRule::Spec).ja4.len();
-        }
-        let per_all = t.elapsed() / n;
-        eprintln!("parse+ja4_string: {per:?}/hello, parse+ja4 (all four): {per_all:?}/hello");
-        assert!(acc > 0);
-    }
 }
