@@ -274,7 +274,8 @@ pub struct UdpDatagram<'a> {
     pub dst_port: u16,
     /// Datagram payload, trimmed to the UDP/IP lengths and clamped to the captured bytes.
     pub payload: &'a [u8],
-    /// `payload` is shorter than the UDP header says (snaplen, or a first fragment).
+    /// `payload` is shorter than the UDP header says (snaplen, a first fragment, or a UDP
+    /// length beyond the IP length).
     pub truncated: bool,
 }
 
@@ -366,8 +367,62 @@ impl<'t> IntoIterator for &'t TunnelUdp {
 /// `frame` is the captured bytes (possibly fewer than were on the wire). The result
 /// borrows `frame`; nothing is allocated.
 pub fn decode(link_type: LinkType, frame: &[u8]) -> Result<Packet<'_>, DecodeError> {
-    let first = link::start(link_type, frame)?;
-    run(first)
+    if link_type == LinkType::Ethernet {
+        return ethernet_fast(frame);
+    }
+    run(link::start(link_type, frame)?)
+}
+
+/// Ethernet with the common case (at most one 802.1Q tag, unfragmented IPv4, TCP or
+/// non-tunnel UDP) decoded without the general loop's bookkeeping. It calls the same
+/// header functions as [`run`]; any other frame continues in the general machinery from
+/// where the fast path stopped, and any error is left for [`run`] to report, so the two
+/// paths cannot disagree (the tests check it).
+#[inline]
+fn ethernet_fast(frame: &[u8]) -> Result<Packet<'_>, DecodeError> {
+    const VLAN: u16 = 0x8100;
+    const IPV4: u16 = 0x0800;
+    // Where IPv4 starts, and how many steps the general loop would have taken to decode
+    // through it (Ethernet, each type field, IPv4), so the step limit is the same.
+    let (ip_start, steps) = match (be16(frame, 12), be16(frame, 16)) {
+        (Some(IPV4), _) => (14, 3),
+        (Some(VLAN), Some(IPV4)) => (18, 4),
+        _ => return run(Step::Ethernet(frame)),
+    };
+    let Some(Ok(l)) = frame.get(ip_start..).map(ip::ipv4) else {
+        return run(Step::Ethernet(frame));
+    };
+    if l.frag == ip::Frag::Whole {
+        let done = match l.proto {
+            transport::TCP => transport::tcp(&l).ok(),
+            transport::UDP => match transport::udp(&l) {
+                Ok(Transport::Udp(d))
+                    if !tunnel::is_tunnel_port(d.src_port)
+                        && !tunnel::is_tunnel_port(d.dst_port) =>
+                {
+                    Some(Transport::Udp(d))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(transport) = done {
+            return Ok(Packet {
+                src: l.facts.src,
+                dst: l.facts.dst,
+                ttl: l.facts.ttl,
+                ip_payload_len: l.facts.payload_len,
+                transport,
+                has_icmp: false,
+                tunnel_udp: TunnelUdp::default(),
+            });
+        }
+    }
+    // What the general loop would do after this IPv4 header.
+    let mut st = State::default();
+    st.enter_ip()?;
+    let next = transport::dispatch(&mut st, l)?;
+    run_from(st, next, steps)
 }
 
 /// Decodes a bare IP packet (version from the first nibble), for callers that hold one
@@ -440,9 +495,18 @@ impl State {
 }
 
 /// The decoding loop: each step consumes one header and says what follows it.
-fn run(mut step: Step<'_>) -> Result<Packet<'_>, DecodeError> {
-    let mut st = State::default();
-    for _ in 0..MAX_STEPS {
+fn run(step: Step<'_>) -> Result<Packet<'_>, DecodeError> {
+    run_from(State::default(), step, 0)
+}
+
+/// The decoding loop from a given state, `steps_done` steps in (the fast path hands over
+/// mid-frame).
+fn run_from(
+    mut st: State,
+    mut step: Step<'_>,
+    steps_done: usize,
+) -> Result<Packet<'_>, DecodeError> {
+    for _ in steps_done..MAX_STEPS {
         step = match step {
             Step::Ethernet(b) => link::ethernet(b)?,
             Step::EtherType(ethertype, b) => link::ethertype(ethertype, b)?,

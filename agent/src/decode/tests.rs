@@ -1,7 +1,7 @@
 //! End-to-end decoder tests: hand-built frames for every link type and tunnel, truncation
 //! at every length, garbage, a differential check against etherparse, and real captures.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice, VlanId};
 use proptest::prelude::*;
@@ -304,6 +304,26 @@ fn vlan_qinq_and_deep_stacks() {
         decode(LinkType::Ethernet, &f).unwrap_err(),
         DecodeError::TooManyLayers
     );
+
+    // Around the step limit, behind an IPv4 header the fast path reads: both paths agree
+    // on where the limit falls.
+    let mut outcomes = std::collections::HashSet::new();
+    for tags in 50..64 {
+        let mut stack = inner_v4();
+        let mut ty = 0x0800;
+        for _ in 0..tags {
+            stack = tag(1, ty, &stack);
+            ty = 0x8100;
+        }
+        let gre = [&[0u8, 0, 0x65, 0x58][..], &eth(0x8100, &stack)].concat();
+        let frame = eth(0x0800, &ipv4(A4, B4, 47, 64, &gre));
+        assert_paths_agree(LinkType::Ethernet, &frame);
+        let tagged = eth(0x8100, &tag(1, 0x0800, &ipv4(A4, B4, 47, 64, &gre)));
+        assert_paths_agree(LinkType::Ethernet, &tagged);
+        outcomes.insert(decode(LinkType::Ethernet, &frame).is_ok());
+        outcomes.insert(decode(LinkType::Ethernet, &tagged).is_ok());
+    }
+    assert_eq!(outcomes.len(), 2, "the limit falls inside the range tried");
 }
 
 // ---- IP details ----
@@ -751,6 +771,13 @@ fn corpus() -> Vec<(LinkType, Vec<u8>)> {
             LinkType::Raw,
             ipv4(A4, B4, 17, 64, &udp(53, 5353, b"answer")),
         ),
+        (
+            LinkType::Ethernet,
+            eth(
+                0x8100,
+                &tag(3, 0x0800, &ipv4(A4, B4, 17, 64, &udp(53, 5353, b"answer"))),
+            ),
+        ),
     ]
 }
 
@@ -772,6 +799,7 @@ fn truncated_frames_at_every_length() {
         assert!(!full_truncated);
         let headers_end = frame.len() - full_payload;
         for len in 0..frame.len() {
+            assert_paths_agree(link, &frame[..len]);
             match decode(link, &frame[..len]) {
                 Ok(p) => {
                     assert!(len >= headers_end, "{link:?} cut at {len} decoded as {p:?}");
@@ -806,8 +834,15 @@ const ALL_LINKS: [LinkType; 8] = [
     LinkType::LinuxSll2,
 ];
 
+/// The Ethernet/IPv4 fast path and the general loop give the same answer, errors included.
+fn assert_paths_agree(link: LinkType, frame: &[u8]) {
+    let general = link::start(link, frame).and_then(run);
+    assert_eq!(decode(link, frame), general, "{link:?} {frame:02x?}");
+}
+
 /// Checks the invariants of any decode result: payloads lie within the frame.
 fn check_no_panic(link: LinkType, frame: &[u8]) {
+    assert_paths_agree(link, frame);
     if let Ok(p) = decode(link, frame) {
         let range = frame.as_ptr_range();
         let inside =
@@ -830,7 +865,7 @@ proptest! {
     /// Valid frames with a few bytes overwritten reach deep into the decoder.
     #[test]
     fn mutated_frames_never_panic(
-        which in 0usize..10,
+        which in 0usize..11,
         edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
         cut in any::<usize>(),
     ) {
@@ -883,6 +918,7 @@ proptest! {
         }
         f.extend(std::iter::repeat_n(0xa5, padding));
         let theirs = SlicedPacket::from_ethernet(&f).unwrap();
+        assert_paths_agree(LinkType::Ethernet, &f);
         let ours = decode(LinkType::Ethernet, &f).unwrap();
         match theirs.net.unwrap() {
             NetSlice::Ipv4(ip) => {
@@ -1056,36 +1092,4 @@ fn packet_is_small() {
         "{}",
         std::mem::size_of::<Packet<'_>>()
     );
-    let _ = Ipv6Addr::LOCALHOST;
-}
-
-#[test]
-#[ignore]
-fn tmp_perf() {
-    let builder = PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .ipv4(A4, B4, 61)
-        .tcp(1234, 443, 1, 64240)
-        .ack(5);
-    let mut f = Vec::new();
-    builder.write(&mut f, &[0u8; 1400]).unwrap();
-    let vx = [&[0x08u8, 0, 0, 0, 0, 0x12, 0x34, 0][..], &f].concat();
-    let g = eth(0x0800, &ipv4(A4, B4, 17, 64, &udp(9, 4789, &vx)));
-    for (name, frame) in [("eth/ipv4/tcp", &f), ("vxlan", &g)] {
-        let n = 20_000_000u64;
-        let t = std::time::Instant::now();
-        let mut acc = 0usize;
-        for _ in 0..n {
-            let p = decode(LinkType::Ethernet, std::hint::black_box(frame)).unwrap();
-            if let Transport::Tcp(t) = p.transport {
-                acc += t.payload.len();
-            }
-        }
-        let el = t.elapsed();
-        println!(
-            "{name}: {:.1} ns/pkt, {:.1} GB/s ({acc}) size {}",
-            el.as_nanos() as f64 / n as f64,
-            (frame.len() as u64 * n) as f64 / el.as_secs_f64() / 1e9,
-            std::mem::size_of::<Packet<'_>>()
-        );
-    }
 }

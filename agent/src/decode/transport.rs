@@ -9,8 +9,8 @@ use super::{
 
 const ICMP: u8 = IpNumber::ICMP.0;
 const IPIP: u8 = IpNumber::IPV4.0;
-const TCP: u8 = IpNumber::TCP.0;
-const UDP: u8 = IpNumber::UDP.0;
+pub(super) const TCP: u8 = IpNumber::TCP.0;
+pub(super) const UDP: u8 = IpNumber::UDP.0;
 const IPV6: u8 = IpNumber::IPV6.0;
 const GRE: u8 = IpNumber::GRE.0;
 const ICMPV6: u8 = IpNumber::IPV6_ICMP.0;
@@ -42,7 +42,7 @@ pub(super) fn dispatch<'a>(st: &mut State, l: IpLayer<'a>) -> Result<Step<'a>, D
 }
 
 /// A TCP header. A first fragment too short to hold it is reported as a fragment.
-fn tcp<'a>(l: &IpLayer<'a>) -> Result<Transport<'a>, DecodeError> {
+pub(super) fn tcp<'a>(l: &IpLayer<'a>) -> Result<Transport<'a>, DecodeError> {
     let b = l.payload;
     let header_len = match b.get(12) {
         Some(&v) => usize::from(v >> 4) * 4,
@@ -88,7 +88,7 @@ fn tcp<'a>(l: &IpLayer<'a>) -> Result<Transport<'a>, DecodeError> {
 }
 
 /// A UDP header.
-fn udp<'a>(l: &IpLayer<'a>) -> Result<Transport<'a>, DecodeError> {
+pub(super) fn udp<'a>(l: &IpLayer<'a>) -> Result<Transport<'a>, DecodeError> {
     let b = l.payload;
     let Ok(h) = UdpHeaderSlice::from_slice(b) else {
         if l.claimed < UDP_LEN {

@@ -145,6 +145,11 @@ pub(super) fn over_udp<'a>(
     Ok(None)
 }
 
+/// Whether datagrams on this port may carry a tunnel, so need [`over_udp`].
+pub(super) fn is_tunnel_port(port: u16) -> bool {
+    matches!(port, VXLAN_PORT | VXLAN_GPE_PORT | GENEVE_PORT)
+}
+
 /// The fixed tunnel header is missing: snaplen cut it (an error), or the datagram is
 /// just short and so not this tunnel.
 fn too_short<'a>(d: &UdpDatagram<'_>, layer: Layer) -> Result<Option<Step<'a>>, DecodeError> {
