@@ -139,27 +139,43 @@ fn assert_hash12(s: &str) {
 // ---------------------------------------------------------------------------------------
 // Fingerprint invariants shared by several targets.
 
-fn check_ja4(j: &Ja4, transport: Ja4Transport) {
+/// Splits `a_hash_hash` at fixed positions: the `a` section may itself contain `_` (an
+/// ALPN character under [`AlpnRule::Reference`], which copies any ASCII character as the
+/// FoxIO tool does), so `split('_')` is not how a JA4+ string is read.
+fn split_at_positions<'s>(s: &'s str, a_len: usize, name: &str) -> (&'s str, Vec<&'s str>) {
+    assert!(s.is_ascii(), "{name} not ASCII: {s:?}");
+    let (a, rest) = s.split_at(a_len.min(s.len()));
+    let rest = rest
+        .strip_prefix('_')
+        .unwrap_or_else(|| panic!("{name} {s:?}"));
+    (a, rest.split('_').collect())
+}
+
+fn check_ja4(j: &Ja4, transport: Ja4Transport, rule: AlpnRule) {
     for s in [&j.ja4, &j.ja4_o, &j.ja4_r, &j.ja4_ro] {
         assert!(s.is_ascii(), "JA4 not ASCII: {s:?}");
         assert!(s.starts_with(transport.as_char()), "{s:?}");
+        assert_eq!(s.as_bytes().get(10), Some(&b'_'), "JA4 {s:?}");
     }
     for s in [&j.ja4, &j.ja4_o] {
         assert_eq!(s.len(), 36, "JA4 {s:?}");
-        let parts: Vec<&str> = s.split('_').collect();
-        assert_eq!(parts.len(), 3, "JA4 {s:?}");
-        assert_eq!(parts[0].len(), 10, "JA4 {s:?}");
-        assert!(parts[0].bytes().all(|b| b.is_ascii_alphanumeric()), "{s:?}");
-        assert_hash12(parts[1]);
-        assert_hash12(parts[2]);
+        let (a, hashes) = split_at_positions(s, 10, "JA4");
+        assert_eq!(hashes.len(), 2, "JA4 {s:?}");
+        hashes.iter().for_each(|h| assert_hash12(h));
+        // Everything but the two ALPN characters is alphanumeric; under the written
+        // method's rule those are too.
+        let alpn_free = if rule == AlpnRule::Spec { a } else { &a[..8] };
+        assert!(
+            alpn_free.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{s:?}"
+        );
     }
     // The hashed forms are the raw forms hashed, section by section.
     for (hashed, raw) in [(&j.ja4, &j.ja4_r), (&j.ja4_o, &j.ja4_ro)] {
-        let mut it = raw.splitn(3, '_');
-        let a = it.next().unwrap_or_default();
-        let ciphers = it.next().unwrap_or_default();
-        let rest = it.next().unwrap_or_default();
-        let expected = format!("{a}_{}_{}", hash12(ciphers), hash12(rest));
+        let (a, rest) = raw.split_at(10);
+        let rest = rest.get(1..).unwrap_or_default();
+        let (ciphers, exts_sigs) = rest.split_once('_').unwrap_or((rest, ""));
+        let expected = format!("{a}_{}_{}", hash12(ciphers), hash12(exts_sigs));
         assert_eq!(hashed, &expected, "raw {raw:?}");
     }
     assert_eq!(j.ja4.get(..10), j.ja4_o.get(..10));
@@ -169,7 +185,7 @@ fn check_client_hello(ch: &ClientHello, transport: Ja4Transport) {
     let _ = client_version(ch, transport);
     for rule in ALPN_RULES {
         let j = ja4(ch, transport, rule);
-        check_ja4(&j, transport);
+        check_ja4(&j, transport, rule);
         assert_eq!(ja4_string(ch, transport, rule), j.ja4);
     }
 }
@@ -234,12 +250,14 @@ fn is_lower_hex_byte(b: u8) -> bool {
 fn check_request(req: &HttpRequest) {
     let j = hais_ja4plus::ja4h::ja4h(req);
     for s in [&j.ja4h, &j.ja4h_o] {
+        // The language part of `a` copies any visible ASCII, `_` included.
         assert_eq!(s.len(), 51, "JA4H {s:?}");
-        let parts: Vec<&str> = s.split('_').collect();
-        assert_eq!(parts.len(), 4, "JA4H {s:?}");
-        assert_eq!(parts[0].len(), 12, "JA4H {s:?}");
-        assert!(parts[0].is_ascii(), "JA4H {s:?}");
-        parts[1..].iter().for_each(|p| assert_hash12(p));
+        let (_, hashes) = split_at_positions(s, 12, "JA4H");
+        assert_eq!(hashes.len(), 3, "JA4H {s:?}");
+        hashes.iter().for_each(|h| assert_hash12(h));
+    }
+    for s in [&j.ja4h_r, &j.ja4h_ro] {
+        assert_eq!(s.as_bytes().get(12), Some(&b'_'), "JA4H raw {s:?}");
     }
     assert_eq!(j.ja4h.get(..25), j.ja4h_o.get(..25));
     assert!(j.ja4h_r.starts_with(j.ja4h.get(..12).unwrap_or_default()));
@@ -613,9 +631,10 @@ fn quic_raw(data: &[u8]) {
 /// packets, so the fuzzer works on frames and CRYPTO reassembly instead of on AES-GCM.
 ///
 /// Layout: version selector, DCID length (`% 21`), DCID, then per packet a control byte
-/// (bit 0: server to client; bit 1: pad the datagram to 1200 bytes; bit 2: coalesce with the
-/// next packet; bit 3: the bytes are a raw datagram, not a payload to seal) and a 2-byte
-/// length-prefixed payload.
+/// and a 2-byte length-prefixed payload. Control bits: 0 server to client (a datagram's
+/// first packet decides), 1 pad the datagram to 1200 bytes, 2 coalesce with the next
+/// packet, 3 the bytes are a raw datagram rather than a payload to seal, 4 a later client
+/// packet is addressed to the server's CID.
 fn quic_sealed(data: &[u8]) {
     let mut input = Input::new(data);
     let version = quic_versions(input.byte());
@@ -638,11 +657,15 @@ fn quic_sealed(data: &[u8]) {
     let mut client_seen = false;
     let mut only_sealed = true;
     let mut count = 0;
+    let mut from_server = false;
     while !input.is_empty() && count < 64 {
         count += 1;
         let ctrl = input.byte();
         let Some(payload) = input.chunk() else { break };
-        let from_server = ctrl & 1 != 0;
+        // A coalesced packet travels in the direction of the datagram's first packet.
+        if datagram.is_empty() {
+            from_server = ctrl & 1 != 0;
+        }
         if ctrl & 8 != 0 {
             only_sealed = false;
             datagram.extend_from_slice(payload);
@@ -1042,6 +1065,16 @@ pub fn x509(data: &[u8]) {
 // ---------------------------------------------------------------------------------------
 // The decode chain and the engine.
 
+/// The TLS 1.3 secrets of the connection in `testdata/conformance/pcap/http2-with-cookies.pcapng`
+/// (from its Decryption Secrets Block): with them the engine decrypts that connection's
+/// records, so the `decode_chain` seed cut from that capture reaches HTTP/2 inside TLS.
+const CORPUS_KEYLOG: &str = "\
+CLIENT_HANDSHAKE_TRAFFIC_SECRET c106cecf9c7816cd12e83fd108c36cc8d0ccbedfa9e3742fc7cc43291f8fb0fe 8f07011361e729296ad39cf36b389b7309f5fdfd68c3d557e7b383de577da393
+SERVER_HANDSHAKE_TRAFFIC_SECRET c106cecf9c7816cd12e83fd108c36cc8d0ccbedfa9e3742fc7cc43291f8fb0fe 420ceaf939354d695a0c7bbf22046c614c690479e7d6f3738c5e301f3f8a99b9
+CLIENT_TRAFFIC_SECRET_0 c106cecf9c7816cd12e83fd108c36cc8d0ccbedfa9e3742fc7cc43291f8fb0fe e795df006ddbfd680b2556f744a477294c396d840335f8ffc1d596a34e654edf
+SERVER_TRAFFIC_SECRET_0 c106cecf9c7816cd12e83fd108c36cc8d0ccbedfa9e3742fc7cc43291f8fb0fe ada9956a10c0d4129295b72db7c986152b9471092e515f223fa83fdf7d6ba70f
+";
+
 const LINK_TYPES: [LinkType; 8] = [
     LinkType::Ethernet,
     LinkType::Raw,
@@ -1094,9 +1127,9 @@ fn check_record(value: &Value) {
 /// protocol state machine of the engine, then `finish()` and the output writers.
 ///
 /// Byte 0: link type (low 3 bits), bit 3 a small flow table (eviction), bit 4 an idle
-/// timeout, bit 5 raw/original-order output; bit 6 gives each frame its own link-type
-/// byte. Then frames with 2-byte length prefixes; the timestamp advances by a byte per
-/// frame (in milliseconds).
+/// timeout, bit 5 raw/original-order output, bit 6 gives each frame its own link-type
+/// byte, bit 7 loads `CORPUS_KEYLOG`. Then per frame: a link-type byte (bit 6 only), a
+/// timestamp step in milliseconds, and the frame with a 2-byte length prefix.
 pub fn decode_chain(data: &[u8]) {
     let mut input = Input::new(data);
     let flags = input.byte();
@@ -1107,7 +1140,11 @@ pub fn decode_chain(data: &[u8]) {
         original_order: flags & 32 != 0,
         with_packet_numbers: flags & 32 != 0,
         ssh_window: 4,
-        keylog: Arc::new(KeyLog::default()),
+        keylog: Arc::new(if flags & 128 != 0 {
+            KeyLog::parse(CORPUS_KEYLOG)
+        } else {
+            KeyLog::default()
+        }),
         ..EngineConfig::default()
     };
     let mut engine = Engine::new(cfg);

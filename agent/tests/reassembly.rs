@@ -20,12 +20,11 @@ fn firefox_client_hello() -> Vec<u8> {
     let mut cap = CaptureFile::open(path).unwrap();
     let link = cap.link_type();
     while let Some(p) = cap.next_packet().unwrap() {
-        if let Ok(pkt) = decode(link, p.data) {
-            if let Transport::Tcp(seg) = pkt.transport {
-                if seg.payload.first() == Some(&0x16) {
-                    return seg.payload.to_vec();
-                }
-            }
+        if let Ok(pkt) = decode(link, p.data)
+            && let Transport::Tcp(seg) = pkt.transport
+            && seg.payload.first() == Some(&0x16)
+        {
+            return seg.payload.to_vec();
         }
     }
     panic!("no ClientHello in tls12.pcap");

@@ -2,9 +2,10 @@
 //!
 //! Exit codes (documented in `--help`): 0 success, 2 usage error, 65 input is not a
 //! usable capture file, 66 input missing or unreadable, 74 I/O error while reading or
-//! writing.
+//! writing; `run` adds 69 unknown interface, 77 missing capability, 78 bad configuration.
 
 mod read;
+mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -14,7 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     name = "hais-agent",
     version,
     about,
-    after_help = "Exit codes: 0 ok, 2 usage, 65 not a capture file, 66 missing/unreadable input, 74 I/O error.\n\
+    after_help = "Exit codes: 0 ok, 2 usage, 65 not a capture file, 66 missing/unreadable input, 69 unknown interface, 74 I/O error, 77 missing capability, 78 bad configuration.\n\
 JA4 is BSD-3-Clause; JA4S/H/L/X/SSH/T/D are under the FoxIO License 1.1 (see NOTICE)."
 )]
 pub struct Cli {
@@ -39,6 +40,8 @@ pub enum Command {
     /// Fingerprint a pcap or pcapng file (`-` reads standard input) and print one record per
     /// stream, in the JA4+ reference tool's format.
     Read(read::ReadArgs),
+    /// Capture live on network interfaces and print one record per stream as it finishes.
+    Run(run::RunArgs),
 }
 
 /// Entry point of the binary; returns the process exit code.
@@ -47,6 +50,7 @@ pub fn main() -> i32 {
     init_logging(cli.log_format, &cli.log);
     match cli.command {
         Command::Read(args) => read::run(args),
+        Command::Run(args) => run::run(args),
     }
 }
 

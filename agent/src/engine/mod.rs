@@ -369,12 +369,23 @@ impl Engine {
     }
 
     fn maybe_expire(&mut self, ts: u64) {
-        let timeout = self.cfg.idle_timeout_us;
-        if timeout == 0 || ts < self.last_expiry + 1_000_000 {
+        if self.cfg.idle_timeout_us == 0 || ts < self.last_expiry + 1_000_000 {
             return;
         }
-        self.last_expiry = ts;
-        let cutoff = ts.saturating_sub(timeout);
+        self.expire_idle(ts);
+    }
+
+    /// Finishes every flow idle for `idle_timeout_us` as of `now_us` (same clock as packet
+    /// times) and queues its report for [`Engine::take_finished`]. Packets drive expiry by
+    /// themselves; live capture also calls this on a timer, because a quiet interface brings
+    /// no packet to notice that its last flows went idle. No-op when the timeout is 0.
+    pub fn expire_idle(&mut self, now_us: u64) {
+        let timeout = self.cfg.idle_timeout_us;
+        if timeout == 0 {
+            return;
+        }
+        self.last_expiry = now_us;
+        let cutoff = now_us.saturating_sub(timeout);
         let Engine {
             flows,
             states,

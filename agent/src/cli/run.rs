@@ -1,0 +1,547 @@
+//! `hais-agent run`: live capture on one or more interfaces.
+//!
+//! One thread per interface, each with its own [`Engine`]: flows never span interfaces (the
+//! same 5-tuple on two interfaces is two conversations, or one seen twice, and merging them
+//! would corrupt both), and separate engines need no locking on the per-packet path. Each
+//! thread formats its finished streams and hands them to the main thread, which alone
+//! writes the output, so records never interleave mid-line. The channel is bounded: if the
+//! output can't keep up, capture threads wait and the kernel counts the drops, which are
+//! reported, instead of memory growing without bound.
+//!
+//! Shutdown (SIGINT or SIGTERM) sets a flag the capture threads see within one read timeout;
+//! each then finishes every flow it holds, so nothing seen is lost, and the main thread
+//! prints the summary and exits 0. A second signal exits at once with status 1, for a
+//! shutdown that hangs.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+
+use crate::capture::live::{self, CaptureStats, LiveCapture, LiveError, LiveOptions};
+use crate::config::{AgentConfig, OutputFormat};
+use crate::engine::{Engine, EngineConfig, Stats, StreamReport};
+use crate::output::{Value, write_json_line, write_yaml_list_item};
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Settings come from built-in defaults, then --config FILE (TOML), then HAIS_* environment \
+variables (HAIS_INTERFACES, HAIS_BPF, HAIS_IDLE_TIMEOUT, HAIS_STATS_INTERVAL, HAIS_OUTPUT, \
+HAIS_FORMAT, ...; see README), then these flags.\n\
+Needs CAP_NET_RAW (CAP_NET_ADMIN on some setups), not root: \
+setcap cap_net_raw,cap_net_admin=eip /usr/bin/hais-agent\n\
+Exit codes: 0 stopped by SIGINT/SIGTERM, 2 bad filter, 66 config file missing, \
+69 unknown or unusable interface, 74 I/O error, 77 missing capability, 78 bad configuration.")]
+pub struct RunArgs {
+    /// Configuration file (TOML).
+    #[arg(short = 'c', long, value_name = "FILE", env = "HAIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Interface to capture on; repeat for several. Default: `any`.
+    #[arg(short = 'i', long = "interface", value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// Capture filter (libpcap syntax), replacing the default, which keeps all TCP and UDP
+    /// (JA4SSH counts every SSH packet; reassembly needs every handshake segment).
+    #[arg(long, value_name = "EXPR")]
+    pub bpf: Option<String>,
+    /// Append records to FILE (`-`: standard output, the default).
+    #[arg(short = 'o', long, value_name = "FILE|-")]
+    pub output: Option<String>,
+    /// JSON Lines: one JSON object per stream per line.
+    #[arg(short = 'j', long, conflicts_with = "yaml")]
+    pub json: bool,
+    /// YAML list items, one per stream (the default).
+    #[arg(long)]
+    pub yaml: bool,
+    /// Also print the raw (unhashed) strings: ja4_r, ja4s_r, ja4x_r, ja4h_r.
+    #[arg(short = 'r', long)]
+    pub with_raw: bool,
+    /// A flow idle this many seconds is finished and its record written. Default 30.
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+    /// Read and log kernel/interface drop counters every SECS seconds. Default 10.
+    #[arg(long, value_name = "SECS")]
+    pub stats_interval: Option<u64>,
+    /// Most flows tracked at once per interface. Default 65536.
+    #[arg(long, value_name = "N")]
+    pub max_flows: Option<usize>,
+    /// Put the interfaces in promiscuous mode.
+    #[arg(long)]
+    pub promiscuous: bool,
+    /// No startup line and no summary on standard error.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// How often idle flows are swept when packets don't do it (packets sweep by themselves,
+/// at most once a second of packet time).
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+/// Pauses after finding no packet queued: doubling from the first to the second while the
+/// interface stays quiet, back to the first as soon as packets come. An idle interface then
+/// costs 20 wake-ups a second (each one is a context switch, which on a VM is most of the
+/// agent's idle CPU), while a burst after a quiet spell waits at most 50 ms, which the
+/// kernel ring absorbs (50 ms at 1 Gb/s is about 6 MB of a 16 MiB buffer). The kernel hands
+/// packets over in blocks every 100 ms anyway, so polling faster would gain little.
+const IDLE_WAIT_MIN: Duration = Duration::from_millis(1);
+const IDLE_WAIT_MAX: Duration = Duration::from_millis(50);
+
+/// Most packets handled per read before the loop checks the clock and the shutdown flag.
+const BATCH: usize = 1024;
+
+/// Formatted batches in flight between the capture threads and the writer.
+const CHANNEL_BATCHES: usize = 256;
+
+pub fn run(args: RunArgs) -> i32 {
+    match run_inner(&args) {
+        Ok(()) => 0,
+        Err((code, msg)) => {
+            eprintln!("hais-agent run: {msg}");
+            code
+        }
+    }
+}
+
+type Failure = (i32, String);
+
+fn config_from(args: &RunArgs) -> Result<AgentConfig, Failure> {
+    let mut cfg =
+        AgentConfig::load(args.config.as_deref()).map_err(|e| (e.exit_code(), e.to_string()))?;
+    if !args.interfaces.is_empty() {
+        cfg.capture.interfaces = args.interfaces.clone();
+    }
+    if let Some(b) = &args.bpf {
+        cfg.capture.bpf = b.clone();
+    }
+    if let Some(o) = &args.output {
+        cfg.output.path = o.clone();
+    }
+    if args.json {
+        cfg.output.format = OutputFormat::Json;
+    }
+    if args.yaml {
+        cfg.output.format = OutputFormat::Yaml;
+    }
+    if args.with_raw {
+        cfg.output.with_raw = true;
+    }
+    if let Some(t) = args.idle_timeout {
+        cfg.flows.idle_timeout_secs = t;
+    }
+    if let Some(s) = args.stats_interval {
+        cfg.capture.stats_interval_secs = s;
+    }
+    if let Some(m) = args.max_flows {
+        cfg.flows.max_flows = m;
+    }
+    if args.promiscuous {
+        cfg.capture.promiscuous = true;
+    }
+    cfg.validate().map_err(|e| (e.exit_code(), e.to_string()))?;
+    Ok(cfg)
+}
+
+fn run_inner(args: &RunArgs) -> Result<(), Failure> {
+    let cfg = config_from(args)?;
+    let live_err = |e: LiveError| (e.exit_code(), e.to_string());
+    let interfaces = cfg.interfaces();
+    // Cheap checks first, in the order an operator fixes things: a typo in the interface
+    // name, then privileges.
+    live::check_interfaces(&interfaces).map_err(live_err)?;
+    live::check_capabilities(&interfaces[0]).map_err(live_err)?;
+    if interfaces.len() > 1 && interfaces.iter().any(|i| i == "any") {
+        tracing::warn!("`any` with other interfaces sees their packets twice");
+    }
+
+    // Registered before anything is opened, so a signal during startup still shuts down
+    // cleanly rather than killing the process with the default action.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)))
+            .map_err(|e| (71, format!("installing signal handlers: {e}")))?;
+    }
+
+    let opts = LiveOptions {
+        bpf: cfg.capture.bpf.clone(),
+        snaplen: cfg.capture.snaplen as i32,
+        buffer_bytes: (cfg.capture.buffer_mib as i32) << 20,
+        promiscuous: cfg.capture.promiscuous,
+        ..LiveOptions::default()
+    };
+    let mut captures = Vec::with_capacity(interfaces.len());
+    for name in &interfaces {
+        captures.push(LiveCapture::open(name, &opts).map_err(live_err)?);
+    }
+    let mut out =
+        open_output(&cfg.output.path).map_err(|e| (74, format!("{}: {e}", cfg.output.path)))?;
+
+    let engine_cfg = EngineConfig {
+        with_raw: cfg.output.with_raw,
+        ssh_window: cfg.flows.ssh_window as usize,
+        max_flows: cfg.flows.max_flows,
+        idle_timeout_us: cfg.flows.idle_timeout_secs.saturating_mul(1_000_000),
+        ..EngineConfig::default()
+    };
+    let json = cfg.output.format == OutputFormat::Json;
+    let stats_every = Duration::from_secs(cfg.capture.stats_interval_secs);
+    let (tx, rx) = sync_channel::<String>(CHANNEL_BATCHES);
+    let mut workers = Vec::with_capacity(captures.len());
+    for cap in captures {
+        let worker = Worker {
+            engine: Engine::new(engine_cfg.clone()),
+            name: cap.name().to_string(),
+            cap,
+            stop: Arc::clone(&stop),
+            tx: tx.clone(),
+            json,
+            stats_every,
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("capture-{}", worker.name))
+            .spawn(move || worker.run())
+            .map_err(|e| (71, format!("starting capture thread: {e}")))?;
+        workers.push(handle);
+    }
+    drop(tx);
+    if !args.quiet {
+        let filter = if cfg.capture.bpf.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{:?}", cfg.capture.bpf)
+        };
+        eprintln!(
+            "hais-agent run: capturing on {} (filter: {filter}, idle timeout {} s); SIGINT or SIGTERM stops",
+            interfaces.join(", "),
+            cfg.flows.idle_timeout_secs
+        );
+    }
+
+    let write_error = write_batches(&rx, &mut out, &stop);
+
+    let mut total = Stats::default();
+    let mut drops = CaptureStats::default();
+    let mut failure: Option<Failure> = None;
+    for (name, handle) in interfaces.iter().zip(workers) {
+        match handle.join() {
+            Ok(done) => {
+                merge_stats(&mut total, &done.stats);
+                drops.received += done.drops.received;
+                drops.dropped += done.drops.dropped;
+                drops.if_dropped += done.drops.if_dropped;
+                if let Some(e) = done.error {
+                    failure.get_or_insert((e.exit_code(), e.to_string()));
+                }
+            }
+            Err(_) => {
+                failure.get_or_insert((70, format!("{name}: capture thread panicked")));
+            }
+        }
+    }
+    if let Some(e) = write_error {
+        failure = Some((74, format!("writing {}: {e}", cfg.output.path)));
+    }
+    if !args.quiet {
+        print_summary(&total, &drops);
+    }
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}
+
+/// Appends rather than truncates: an agent restarted by its supervisor must not wipe the
+/// records of its previous run.
+fn open_output(path: &str) -> std::io::Result<Box<dyn Write>> {
+    if path == "-" {
+        return Ok(Box::new(std::io::stdout().lock()));
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    Ok(Box::new(f))
+}
+
+/// Writes batches as they come, flushing each so a reader (`tail -f`, a log shipper) sees a
+/// stream as soon as it finishes. On a write error the capture is stopped and the rest of
+/// the channel drained, so the threads can finish; returns that error.
+fn write_batches(
+    rx: &Receiver<String>,
+    out: &mut Box<dyn Write>,
+    stop: &AtomicBool,
+) -> Option<std::io::Error> {
+    let mut error = None;
+    for batch in rx {
+        if error.is_some() {
+            continue;
+        }
+        if let Err(e) = out.write_all(batch.as_bytes()).and_then(|()| out.flush()) {
+            tracing::error!(error = %e, "writing records failed; stopping capture");
+            stop.store(true, Ordering::SeqCst);
+            error = Some(e);
+        }
+    }
+    if error.is_none()
+        && let Err(e) = out.flush()
+    {
+        error = Some(e);
+    }
+    error
+}
+
+/// One interface's capture loop and its engine.
+struct Worker {
+    cap: LiveCapture,
+    engine: Engine,
+    name: String,
+    stop: Arc<AtomicBool>,
+    tx: SyncSender<String>,
+    json: bool,
+    stats_every: Duration,
+}
+
+/// What a capture thread hands back at the end.
+struct WorkerDone {
+    stats: Stats,
+    drops: CaptureStats,
+    error: Option<LiveError>,
+}
+
+impl Worker {
+    fn run(mut self) -> WorkerDone {
+        let link = self.cap.link_type();
+        let mut last_sweep = Instant::now();
+        let mut last_stats = Instant::now();
+        let mut error = None;
+        let mut idle_wait = IDLE_WAIT_MIN;
+        while !self.stop.load(Ordering::Relaxed) {
+            let engine = &mut self.engine;
+            match self
+                .cap
+                .dispatch(BATCH, |p| engine.on_frame(p.ts_us, link, p.data))
+            {
+                Ok(0) => {
+                    std::thread::sleep(idle_wait);
+                    idle_wait = (idle_wait * 2).min(IDLE_WAIT_MAX);
+                }
+                Ok(_) => idle_wait = IDLE_WAIT_MIN,
+                Err(e) => {
+                    tracing::error!(interface = %self.name, error = %e, "capture stopped");
+                    error = Some(e);
+                    break;
+                }
+            }
+            let now = Instant::now();
+            if now.duration_since(last_sweep) >= SWEEP_EVERY {
+                last_sweep = now;
+                // Packet times are the kernel's wall clock, so the sweep uses it too.
+                self.engine.expire_idle(wall_clock_us());
+            }
+            let finished = self.engine.take_finished();
+            if !finished.is_empty() {
+                self.send(finished);
+            }
+            if now.duration_since(last_stats) >= self.stats_every {
+                last_stats = now;
+                self.log_stats();
+            }
+        }
+        let finished = self.engine.finish();
+        self.send(finished);
+        self.log_stats();
+        WorkerDone {
+            stats: self.engine.stats().clone(),
+            drops: self.cap.totals(),
+            error,
+        }
+    }
+
+    fn send(&self, reports: Vec<StreamReport>) {
+        if reports.is_empty() {
+            return;
+        }
+        let batch = format_batch(reports, &self.name, self.json, wall_clock_us());
+        // The receiver only goes away after every worker has ended.
+        let _ = self.tx.send(batch);
+    }
+
+    fn log_stats(&mut self) {
+        let before = self.cap.totals();
+        match self.cap.stats() {
+            Ok(now) => {
+                let s = self.engine.stats();
+                tracing::info!(
+                    interface = %self.name,
+                    received = now.received,
+                    kernel_dropped = now.dropped,
+                    interface_dropped = now.if_dropped,
+                    packets = s.packets,
+                    bytes = s.bytes,
+                    live_flows = self.engine.live_flows(),
+                    streams = s.streams_reported,
+                    errors = s.error_total(),
+                    "capture statistics"
+                );
+                let new_drops = (
+                    now.dropped - before.dropped,
+                    now.if_dropped - before.if_dropped,
+                );
+                if new_drops != (0, 0) {
+                    tracing::warn!(
+                        interface = %self.name,
+                        kernel_dropped = new_drops.0,
+                        interface_dropped = new_drops.1,
+                        kernel_dropped_total = now.dropped,
+                        interface_dropped_total = now.if_dropped,
+                        "packets dropped since the last report (fingerprints of those flows may be missing)"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(interface = %self.name, error = %e, "no capture statistics"),
+        }
+    }
+}
+
+/// Each record as `read` prints it, plus where (`interface`) and when (`ts`, the time the
+/// stream was reported, ISO-8601 UTC) it was seen: a live agent's output has no capture
+/// file to say either.
+fn format_batch(reports: Vec<StreamReport>, interface: &str, json: bool, now_us: u64) -> String {
+    let ts = iso8601_utc(now_us);
+    let mut text = String::with_capacity(512 * reports.len());
+    for r in reports {
+        let mut record = r.record;
+        record.push("interface", interface);
+        record.push("ts", ts.clone());
+        let v = Value::Map(record);
+        if json {
+            write_json_line(&mut text, &v);
+        } else {
+            write_yaml_list_item(&mut text, &v);
+        }
+    }
+    text
+}
+
+fn wall_clock_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for microseconds since the epoch.
+fn iso8601_utc(us: u64) -> String {
+    let secs = us / 1_000_000;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let sod = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60,
+        us % 1_000_000
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm), so a
+/// timestamp needs no date-time crate.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn merge_stats(total: &mut Stats, s: &Stats) {
+    total.packets += s.packets;
+    total.bytes += s.bytes;
+    total.tcp_packets += s.tcp_packets;
+    total.udp_packets += s.udp_packets;
+    total.flows += s.flows;
+    total.flows_evicted += s.flows_evicted;
+    total.streams_reported += s.streams_reported;
+    for (k, v) in &s.errors {
+        *total.errors.entry(k.clone()).or_insert(0) += v;
+    }
+}
+
+fn print_summary(stats: &Stats, drops: &CaptureStats) {
+    let mut line = format!(
+        "hais-agent run: {} packets, {} bytes, {} flows, {} streams with fingerprints, \
+         {} dropped by the kernel, {} dropped by interfaces, {} errors",
+        stats.packets,
+        stats.bytes,
+        stats.flows,
+        stats.streams_reported,
+        drops.dropped,
+        drops.if_dropped,
+        stats.error_total()
+    );
+    if !stats.errors.is_empty() {
+        let kinds: Vec<String> = stats
+            .errors
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        line.push_str(&format!(" ({})", kinds.join(", ")));
+    }
+    eprintln!("{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::Proto;
+    use crate::output::Map;
+
+    #[test]
+    fn iso8601_dates() {
+        assert_eq!(iso8601_utc(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            iso8601_utc(1_700_000_000_123_456),
+            "2023-11-14T22:13:20.123456Z"
+        );
+        assert_eq!(
+            iso8601_utc(951_782_400_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
+        assert_eq!(
+            iso8601_utc(4_107_542_399_000_000),
+            "2100-02-28T23:59:59.000000Z"
+        );
+        assert_eq!(
+            iso8601_utc(4_107_542_400_000_000),
+            "2100-03-01T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn records_keep_read_layout_and_gain_interface_and_ts() {
+        let mut record = Map::new();
+        record.push("stream", 0u64);
+        record.push("ja4", "t13d1516h2_8daaf6152771_02713d6af862");
+        let r = StreamReport {
+            proto: Proto::Tcp,
+            stream: 0,
+            record,
+        };
+        let text = format_batch(vec![r.clone()], "eth0", true, 0);
+        assert_eq!(
+            text,
+            "{\"stream\":0,\"ja4\":\"t13d1516h2_8daaf6152771_02713d6af862\",\
+             \"interface\":\"eth0\",\"ts\":\"1970-01-01T00:00:00.000000Z\"}\n"
+        );
+        let yaml = format_batch(vec![r], "eth0", false, 0);
+        assert!(yaml.starts_with("- stream: 0\n"), "{yaml}");
+        assert!(yaml.contains("  interface: eth0\n"), "{yaml}");
+    }
+}

@@ -1,0 +1,476 @@
+//! The agent's configuration (`agent.toml`).
+//!
+//! Four layers, each overriding the one before: built-in defaults, the TOML file, `HAIS_*`
+//! environment variables, then command-line flags (applied by the command itself). Defaults
+//! make a config file optional; environment variables let a container or a systemd unit
+//! change one setting without shipping a file; flags win because they are what an operator
+//! typed last.
+//!
+//! ```toml
+//! [capture]
+//! interfaces = ["eth0", "eth1"]   # empty or absent: "any"
+//! bpf = "tcp or udp"              # see DEFAULT_BPF for why the default keeps bulk payload
+//! snaplen = 65535
+//! buffer_mib = 16
+//! promiscuous = false
+//! stats_interval_secs = 10
+//!
+//! [flows]
+//! idle_timeout_secs = 30
+//! max_flows = 65536
+//! ssh_window = 200
+//!
+//! [output]
+//! path = "-"                      # "-" is standard output
+//! format = "json"                 # or "yaml"
+//! with_raw = false
+//! ```
+//!
+//! Unknown keys are errors, so a misspelt setting is reported instead of silently ignored.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The default capture filter: every TCP and UDP packet, plus the tunnels the decoder opens
+/// (GRE and ERSPAN, IP-in-IP, IPv6-in-IPv4); VXLAN and Geneve ride on UDP already.
+///
+/// It deliberately keeps bulk payload instead of only SYNs and the first data packets:
+/// JA4SSH counts every SSH packet (lengths and bare ACKs per window of 200), TCP reassembly
+/// needs every segment of a handshake that spans several packets (certificates for JA4X,
+/// large ClientHellos), and JA4L times packets after the handshake. The engine stops
+/// buffering a stream once its fingerprints are done, so the cost of the extra packets is
+/// filter and decode CPU, not memory. `--bpf` overrides it for hosts where that CPU matters.
+///
+/// Not matched: IPv6 packets whose transport header follows extension headers other than a
+/// fragment header, and frames whose VLAN tags the NIC did not strip (add `vlan and ...`
+/// with `--bpf` on such trunk ports).
+pub const DEFAULT_BPF: &str = "tcp or udp or proto gre or proto 4 or proto 41";
+
+/// The environment variables read by [`AgentConfig::apply_env`], for `--help` and docs.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    (
+        "HAIS_INTERFACES",
+        "capture.interfaces, comma- or space-separated",
+    ),
+    ("HAIS_BPF", "capture.bpf"),
+    ("HAIS_SNAPLEN", "capture.snaplen"),
+    ("HAIS_BUFFER_MIB", "capture.buffer_mib"),
+    ("HAIS_PROMISCUOUS", "capture.promiscuous (true/false)"),
+    ("HAIS_STATS_INTERVAL", "capture.stats_interval_secs"),
+    ("HAIS_IDLE_TIMEOUT", "flows.idle_timeout_secs"),
+    ("HAIS_MAX_FLOWS", "flows.max_flows"),
+    ("HAIS_SSH_WINDOW", "flows.ssh_window"),
+    ("HAIS_OUTPUT", "output.path"),
+    ("HAIS_FORMAT", "output.format (json/yaml)"),
+    ("HAIS_WITH_RAW", "output.with_raw (true/false)"),
+];
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    pub capture: CaptureConfig,
+    pub flows: FlowConfig,
+    pub output: OutputConfig,
+}
+
+/// `[capture]`: where and how packets are read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Interfaces to capture on; empty means `any` (every interface, Linux cooked headers).
+    pub interfaces: Vec<String>,
+    /// libpcap filter expression; empty captures everything.
+    pub bpf: String,
+    /// Bytes kept of each packet. 65535 covers any non-jumbo segment whole: a cut handshake
+    /// segment would stall reassembly.
+    pub snaplen: u32,
+    /// Kernel ring buffer per interface, MiB. Larger rides out bursts without drops.
+    pub buffer_mib: u32,
+    /// Promiscuous mode. Off by default: a host agent fingerprints its own host's traffic.
+    pub promiscuous: bool,
+    /// How often kernel and interface drop counters are read and logged.
+    pub stats_interval_secs: u64,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            interfaces: Vec::new(),
+            bpf: DEFAULT_BPF.to_string(),
+            snaplen: 65_535,
+            buffer_mib: 16,
+            promiscuous: false,
+            stats_interval_secs: 10,
+        }
+    }
+}
+
+/// `[flows]`: flow tracking limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowConfig {
+    /// A flow idle this long is finished and its record written.
+    pub idle_timeout_secs: u64,
+    /// Most flows tracked at once per interface (about 1 KiB each).
+    pub max_flows: usize,
+    /// JA4SSH window, in SSH packets.
+    pub ssh_window: u32,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            idle_timeout_secs: 30,
+            max_flows: 65_536,
+            ssh_window: 200,
+        }
+    }
+}
+
+/// `[output]`: where records go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    /// File to append records to; `-` is standard output.
+    pub path: String,
+    pub format: OutputFormat,
+    /// Also write the raw (unhashed) strings.
+    pub with_raw: bool,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            path: "-".to_string(),
+            format: OutputFormat::Yaml,
+            with_raw: false,
+        }
+    }
+}
+
+/// Record format, as for `read`: YAML list items by default, or JSON Lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    #[default]
+    Yaml,
+    Json,
+}
+
+/// Why the configuration can't be used; every message names the file or variable at fault.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {detail}")]
+    Parse { path: String, detail: String },
+    #[error("{var}={value:?}: {detail}")]
+    Env {
+        var: String,
+        value: String,
+        detail: String,
+    },
+    #[error("{field}: {detail}")]
+    Invalid { field: &'static str, detail: String },
+}
+
+impl ConfigError {
+    /// sysexits.h: EX_NOINPUT (66) for a file that is missing or unreadable, EX_CONFIG (78)
+    /// for one that is wrong.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ConfigError::Read { .. } => 66,
+            _ => 78,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Defaults, overridden by the file at `path` (when given), then by the environment.
+    pub fn load(path: Option<&Path>) -> Result<AgentConfig, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => AgentConfig::from_file(p)?,
+            None => AgentConfig::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses one TOML file (no environment).
+    pub fn from_file(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        AgentConfig::from_toml(&text).map_err(|detail| ConfigError::Parse {
+            path: shown,
+            detail,
+        })
+    }
+
+    /// Parses TOML text; the error is toml's message, flattened to one line.
+    pub fn from_toml(text: &str) -> Result<AgentConfig, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            e.to_string()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+    }
+
+    /// Applies `HAIS_*` overrides, looked up through `get` (the process environment in
+    /// [`AgentConfig::load`]; a map in tests, since setting the real environment in a
+    /// threaded test binary is unsound).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("HAIS_INTERFACES") {
+            self.capture.interfaces = split_list(&v);
+        }
+        if let Some(v) = get("HAIS_BPF") {
+            self.capture.bpf = v;
+        }
+        env_parse(&get, "HAIS_SNAPLEN", &mut self.capture.snaplen)?;
+        env_parse(&get, "HAIS_BUFFER_MIB", &mut self.capture.buffer_mib)?;
+        env_bool(&get, "HAIS_PROMISCUOUS", &mut self.capture.promiscuous)?;
+        env_parse(
+            &get,
+            "HAIS_STATS_INTERVAL",
+            &mut self.capture.stats_interval_secs,
+        )?;
+        env_parse(&get, "HAIS_IDLE_TIMEOUT", &mut self.flows.idle_timeout_secs)?;
+        env_parse(&get, "HAIS_MAX_FLOWS", &mut self.flows.max_flows)?;
+        env_parse(&get, "HAIS_SSH_WINDOW", &mut self.flows.ssh_window)?;
+        if let Some(v) = get("HAIS_OUTPUT") {
+            self.output.path = v;
+        }
+        if let Some(v) = get("HAIS_FORMAT") {
+            self.output.format = match v.trim().to_ascii_lowercase().as_str() {
+                "json" => OutputFormat::Json,
+                "yaml" => OutputFormat::Yaml,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "HAIS_FORMAT".into(),
+                        value: v,
+                        detail: "expected json or yaml".into(),
+                    });
+                }
+            };
+        }
+        env_bool(&get, "HAIS_WITH_RAW", &mut self.output.with_raw)?;
+        Ok(())
+    }
+
+    /// Checks ranges after every layer is applied, so the error names the final value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, detail: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                detail: detail.to_string(),
+            })
+        };
+        if self.flows.idle_timeout_secs == 0 {
+            return bad(
+                "flows.idle_timeout_secs",
+                "must be at least 1 (0 would keep every flow until shutdown)",
+            );
+        }
+        if self.capture.stats_interval_secs == 0 {
+            return bad("capture.stats_interval_secs", "must be at least 1");
+        }
+        if !(96..=262_144).contains(&self.capture.snaplen) {
+            return bad(
+                "capture.snaplen",
+                "must be 96..=262144 (smaller cuts TCP headers)",
+            );
+        }
+        if !(1..=1024).contains(&self.capture.buffer_mib) {
+            return bad("capture.buffer_mib", "must be 1..=1024");
+        }
+        if self.flows.max_flows == 0 {
+            return bad("flows.max_flows", "must be at least 1");
+        }
+        if self.flows.ssh_window == 0 {
+            return bad("flows.ssh_window", "must be at least 1");
+        }
+        if self.capture.interfaces.iter().any(|i| i.trim().is_empty()) {
+            return bad("capture.interfaces", "empty interface name");
+        }
+        if self.output.path.is_empty() {
+            return bad("output.path", "empty (use \"-\" for standard output)");
+        }
+        Ok(())
+    }
+
+    /// The interfaces to open: the configured ones without duplicates, or `any`.
+    pub fn interfaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for i in &self.capture.interfaces {
+            let i = i.trim();
+            if !out.iter().any(|o| o == i) {
+                out.push(i.to_string());
+            }
+        }
+        if out.is_empty() {
+            out.push("any".to_string());
+        }
+        out
+    }
+}
+
+fn split_list(v: &str) -> Vec<String> {
+    v.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn env_parse<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &str,
+    slot: &mut T,
+) -> Result<(), ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    if let Some(v) = get(var) {
+        *slot = v.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+            var: var.to_string(),
+            value: v.clone(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+fn env_bool(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &str,
+    slot: &mut bool,
+) -> Result<(), ConfigError> {
+    if let Some(v) = get(var) {
+        *slot = match v.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" => false,
+            _ => {
+                return Err(ConfigError::Env {
+                    var: var.to_string(),
+                    value: v,
+                    detail: "expected true or false".into(),
+                });
+            }
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = AgentConfig::from_toml("").unwrap();
+        assert_eq!(c, AgentConfig::default());
+        assert_eq!(c.capture.bpf, DEFAULT_BPF);
+        assert_eq!(c.flows.idle_timeout_secs, 30);
+        assert_eq!(c.capture.stats_interval_secs, 10);
+        assert_eq!(c.interfaces(), vec!["any"]);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_keeps_the_rest() {
+        let c = AgentConfig::from_toml(
+            "[capture]\ninterfaces = [\"lo\", \"eth0\", \"lo\"]\nbpf = \"tcp\"\n\
+             [flows]\nidle_timeout_secs = 5\n[output]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.interfaces(), vec!["lo", "eth0"]);
+        assert_eq!(c.capture.bpf, "tcp");
+        assert_eq!(c.capture.snaplen, 65_535);
+        assert_eq!(c.flows.idle_timeout_secs, 5);
+        assert_eq!(c.flows.max_flows, 65_536);
+        assert_eq!(c.output.format, OutputFormat::Json);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_errors() {
+        let e = AgentConfig::from_toml("[capture]\ninterface = [\"lo\"]\n").unwrap_err();
+        assert!(e.contains("interface"), "{e}");
+        assert!(!e.contains('\n'));
+        let e = AgentConfig::from_toml("[flows]\nidle_timeout_secs = \"30\"\n").unwrap_err();
+        assert!(e.contains("idle_timeout_secs"), "{e}");
+        assert!(AgentConfig::from_toml("[output]\nformat = \"xml\"\n").is_err());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut c = AgentConfig::from_toml("[flows]\nidle_timeout_secs = 5\n").unwrap();
+        c.apply_env(env(&[
+            ("HAIS_INTERFACES", "eth0, eth1 lo"),
+            ("HAIS_IDLE_TIMEOUT", "7"),
+            ("HAIS_FORMAT", "JSON"),
+            ("HAIS_PROMISCUOUS", "yes"),
+            ("HAIS_BPF", ""),
+        ]))
+        .unwrap();
+        assert_eq!(c.interfaces(), vec!["eth0", "eth1", "lo"]);
+        assert_eq!(c.flows.idle_timeout_secs, 7);
+        assert_eq!(c.output.format, OutputFormat::Json);
+        assert!(c.capture.promiscuous);
+        assert_eq!(c.capture.bpf, "", "an empty filter is allowed: capture all");
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let mut c = AgentConfig::default();
+        let e = c.apply_env(env(&[("HAIS_MAX_FLOWS", "lots")])).unwrap_err();
+        assert!(e.to_string().starts_with("HAIS_MAX_FLOWS="), "{e}");
+        assert_eq!(e.exit_code(), 78);
+        let e = c.apply_env(env(&[("HAIS_WITH_RAW", "maybe")])).unwrap_err();
+        assert!(e.to_string().contains("HAIS_WITH_RAW"), "{e}");
+    }
+
+    #[test]
+    fn validation_rejects_out_of_range_values() {
+        let mut c = AgentConfig::default();
+        c.flows.idle_timeout_secs = 0;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "flows.idle_timeout_secs",
+                ..
+            })
+        ));
+        let mut c = AgentConfig::default();
+        c.capture.snaplen = 10;
+        assert!(c.validate().is_err());
+        let mut c = AgentConfig::default();
+        c.capture.interfaces = vec![" ".into()];
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn missing_file_is_66_and_names_the_path() {
+        let e = AgentConfig::from_file(Path::new("/nonexistent/agent.toml")).unwrap_err();
+        assert_eq!(e.exit_code(), 66);
+        assert!(e.to_string().contains("/nonexistent/agent.toml"), "{e}");
+    }
+}
