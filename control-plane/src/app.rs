@@ -1,0 +1,189 @@
+//! Start-up and shutdown of one control-plane process.
+//!
+//! Start-up order: store (migrations applied), bus, signing keys, admin bootstrap, background
+//! tasks, router. Shutdown order: stop accepting connections and let in-flight requests (and
+//! so in-flight ingest transactions) finish, within `shutdown_grace_secs`; then stop background
+//! tasks; then close the store, which waits for queries still running.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::{self, AuthError, AuthKeys};
+use crate::bus::{self, BusError};
+use crate::config::Config;
+use crate::ops::Metrics;
+use crate::service::ServiceName;
+use crate::services;
+use crate::state::{AppState, Inner, ServiceStats};
+use crate::store::{self, StoreError};
+
+/// Why the process could not start or serve.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("opening the store failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("connecting the event bus failed: {0}")]
+    Bus(#[from] BusError),
+    #[error("setting up authentication failed: {0}")]
+    Auth(#[from] AuthError),
+    #[error("serving HTTP failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A started process: state, router and background tasks.
+#[derive(Debug)]
+pub struct App {
+    pub state: AppState,
+    router: Router,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    /// The admin password generated at first start, if any (tests read it; the binary prints it).
+    pub generated_admin_password: Option<String>,
+}
+
+impl App {
+    /// Opens everything `config` names and starts the background tasks.
+    pub async fn start(config: Config) -> Result<App, StartError> {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let url = config.database_url();
+        let store = store::open(
+            &url,
+            config.database_schema.as_deref(),
+            config.database_max_connections,
+        )
+        .await?;
+        tracing::info!(backend = store.backend(), "store ready, migrations applied");
+        let bus = bus::open(
+            config.redis_url.as_deref(),
+            &config.redis_prefix,
+            config.redis_stream_maxlen,
+            shutdown_rx.clone(),
+        )
+        .await?;
+        tracing::info!(backend = bus.backend(), "event bus ready");
+        let keys = AuthKeys::load(
+            &*store,
+            config.jwt_secret.as_deref(),
+            Duration::from_secs(config.access_token_ttl_secs),
+            Duration::from_secs(config.refresh_token_ttl_secs),
+            Duration::from_secs(config.service_token_ttl_secs),
+        )
+        .await?;
+        let generated_admin_password = if config.service.runs(ServiceName::Gateway) {
+            auth::bootstrap_admin(&*store, config.admin_password.as_deref()).await?
+        } else {
+            None
+        };
+        let dummy_hash = auth::hash_password(auth::random_token(16)).await?;
+        let stats: BTreeMap<ServiceName, Arc<ServiceStats>> = ServiceName::BACKENDS
+            .into_iter()
+            .filter(|s| config.service.runs(*s))
+            .map(|s| (s, Arc::new(ServiceStats::default())))
+            .collect();
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build_http();
+        let state = AppState::new(Inner {
+            service: config.service,
+            instance: uuid::Uuid::now_v7(),
+            config,
+            store,
+            bus,
+            auth: keys,
+            metrics: Metrics::default(),
+            dummy_hash,
+            stats,
+            http,
+        });
+        let mut tasks = services::start(&state, shutdown_rx.clone()).await;
+        if state.service.runs(ServiceName::Ja4) && state.config.retention_days > 0 {
+            tasks.push(spawn_retention(state.clone(), shutdown_rx));
+        }
+        let router = crate::gateway::router(state.clone());
+        Ok(App {
+            state,
+            router,
+            shutdown_tx,
+            tasks,
+            generated_admin_password,
+        })
+    }
+
+    /// The process's router (tests drive it without a socket).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let grace = Duration::from_secs(self.state.config.shutdown_grace_secs);
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            signal.await;
+            let _ = stop_tx.send(true);
+        });
+        let mut graceful_rx = stop_rx.clone();
+        let server =
+            axum::serve(listener, self.router.clone()).with_graceful_shutdown(async move {
+                let _ = graceful_rx.wait_for(|s| *s).await;
+                tracing::info!("shutdown requested; finishing in-flight requests");
+            });
+        tokio::select! {
+            r = server => r?,
+            _ = async {
+                let _ = stop_rx.wait_for(|s| *s).await;
+                tokio::time::sleep(grace).await;
+            } => tracing::warn!(?grace, "in-flight requests still running after the grace period; closing"),
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Stops background tasks and closes the store.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        for t in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a background task did not stop in time");
+            }
+        }
+        let _ = self.state.store.close().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Runs retention every `retention_interval_secs` (first pass one minute after start, so a
+/// restart loop cannot turn into a deletion loop).
+fn spawn_retention(state: AppState, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = Duration::from_secs(state.config.retention_interval_secs.max(60));
+        let age = Duration::from_secs(u64::from(state.config.retention_days) * 86_400);
+        let mut wait = Duration::from_secs(60);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if let Err(e) = services::ja4::run_retention(&state, age).await {
+                tracing::error!(error = %e, "retention pass failed");
+            }
+            wait = every;
+        }
+    })
+}

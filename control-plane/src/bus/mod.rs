@@ -1,0 +1,118 @@
+//! The event bus: every stored event batch and every state change is published here.
+//!
+//! Two delivery styles, because services need both:
+//! * **live fan-out** ([`Bus::subscribe`]): every subscriber in every process sees every message,
+//!   best effort (a slow subscriber may lag and skip). For dashboards and caches.
+//! * **work queues** ([`Bus::consume`]): each message of a topic goes to one consumer of a named
+//!   group and is acknowledged only after the handler succeeded, so work is not lost when a
+//!   consumer dies (Redis streams + consumer groups). For correlation, policy and alerting.
+//!
+//! [`memory::MemoryBus`] does both inside one process (the embedded default; its queues live as
+//! long as the process). [`redis::RedisBus`] shares them between processes.
+
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+/// Topic names. Payloads are JSON; see each constant.
+pub mod topics {
+    /// A batch of newly stored fingerprint events: payload `{"events": [FingerprintEvent…]}`.
+    pub const FINGERPRINT_EVENTS: &str = "fingerprint.events";
+    /// A label was attached: payload `{"method", "value", "label"}`.
+    pub const FINGERPRINT_LABELED: &str = "fingerprint.labeled";
+    /// A service process started: payload `{"service", "instance"}`.
+    pub const SERVICE_STARTED: &str = "service.started";
+    /// A user was created: payload `{"username", "role"}`.
+    pub const USER_CREATED: &str = "user.created";
+    /// Retention ran: payload is a `RetentionOutcome`.
+    pub const RETENTION_RAN: &str = "retention.ran";
+}
+
+/// One message on the bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BusMessage {
+    /// Unique id (UUIDv7), so consumers can drop redeliveries.
+    pub id: uuid::Uuid,
+    pub topic: String,
+    /// The service (and process instance) that published it, e.g. `ja4/0192…`.
+    pub origin: String,
+    pub payload: serde_json::Value,
+}
+
+impl BusMessage {
+    pub fn new(topic: &str, origin: &str, payload: serde_json::Value) -> Self {
+        BusMessage {
+            id: uuid::Uuid::now_v7(),
+            topic: topic.to_owned(),
+            origin: origin.to_owned(),
+            payload,
+        }
+    }
+}
+
+/// Why the bus failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("message could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+pub type BusFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BusError>> + Send + 'a>>;
+
+/// A work-queue handler. An `Err` leaves the message unacknowledged, to be delivered again.
+pub type Handler = Arc<
+    dyn Fn(BusMessage) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync,
+>;
+
+/// How many messages a live subscriber may fall behind before it skips.
+pub const SUBSCRIBER_BUFFER: usize = 4096;
+
+/// The bus interface; object safe so the backend is chosen at run time.
+pub trait Bus: Send + Sync + std::fmt::Debug {
+    fn backend(&self) -> &'static str;
+
+    /// Publishes to live subscribers and to the topic's work queue.
+    fn publish<'a>(&'a self, msg: &'a BusMessage) -> BusFuture<'a, ()>;
+
+    /// A live feed of every message on every topic.
+    fn subscribe(&self) -> broadcast::Receiver<BusMessage>;
+
+    /// Runs `handler` for each message of `topic`, as member `consumer` of `group`, until
+    /// `shutdown` turns true.
+    fn consume(
+        &self,
+        topic: &str,
+        group: &str,
+        consumer: &str,
+        handler: Handler,
+        shutdown: watch::Receiver<bool>,
+    ) -> JoinHandle<()>;
+
+    /// Proves the bus is reachable (for `/ready`).
+    fn ping(&self) -> BusFuture<'_, ()>;
+}
+
+/// Opens the Redis bus when a URL is given, else the in-process one.
+pub async fn open(
+    redis_url: Option<&str>,
+    prefix: &str,
+    stream_maxlen: usize,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Arc<dyn Bus>, BusError> {
+    Ok(match redis_url {
+        Some(url) => {
+            Arc::new(redis::RedisBus::connect(url, prefix, stream_maxlen, shutdown).await?)
+        }
+        None => Arc::new(memory::MemoryBus::new()),
+    })
+}

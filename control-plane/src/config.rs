@@ -1,0 +1,492 @@
+//! Configuration: defaults, then a TOML file, then `HAIS_*` environment variables, then
+//! command-line flags — each layer overriding the one before.
+//!
+//! Every key is listed once in [`KEYS`], with its environment variable, default and meaning. The
+//! same table drives the environment overrides and the `--help` text, so the two cannot drift.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::service::ServiceName;
+
+/// Why the configuration could not be loaded. Messages name the file, key or variable at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML for HaIS: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}={value:?} is not a valid {kind}")]
+    Env {
+        var: &'static str,
+        value: String,
+        kind: &'static str,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// How a key's value is parsed from an environment variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Str,
+    Int,
+}
+
+/// One documented configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDoc {
+    /// Key in the TOML file (dotted for tables, e.g. `upstreams.ja4`).
+    pub key: &'static str,
+    /// Environment variable that overrides it.
+    pub env: &'static str,
+    pub kind: KeyKind,
+    /// Default, as shown in `--help`.
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Every configuration key. Order is the order shown in `--help`.
+pub const KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        key: "service",
+        env: "HAIS_SERVICE",
+        kind: KeyKind::Str,
+        default: "all",
+        help: "which service this process runs: all, gateway, ja4, spire, correlation, identity, policy, alert, threat",
+    },
+    KeyDoc {
+        key: "listen",
+        env: "HAIS_LISTEN",
+        kind: KeyKind::Str,
+        default: "0.0.0.0:<seed port>",
+        help: "listen address; the seed port is 3000 for all/gateway, 3001..3007 for the services",
+    },
+    KeyDoc {
+        key: "data_dir",
+        env: "HAIS_DATA_DIR",
+        kind: KeyKind::Str,
+        default: "./data",
+        help: "directory for the embedded SQLite database",
+    },
+    KeyDoc {
+        key: "database_url",
+        env: "HAIS_DATABASE_URL",
+        kind: KeyKind::Str,
+        default: "sqlite://<data_dir>/hais.db",
+        help: "sqlite://... or postgres://...",
+    },
+    KeyDoc {
+        key: "database_schema",
+        env: "HAIS_DATABASE_SCHEMA",
+        kind: KeyKind::Str,
+        default: "public",
+        help: "PostgreSQL schema holding HaIS tables (created if missing)",
+    },
+    KeyDoc {
+        key: "database_max_connections",
+        env: "HAIS_DATABASE_MAX_CONNECTIONS",
+        kind: KeyKind::Int,
+        default: "8",
+        help: "connection pool size",
+    },
+    KeyDoc {
+        key: "redis_url",
+        env: "HAIS_REDIS_URL",
+        kind: KeyKind::Str,
+        default: "(unset: in-process bus)",
+        help: "redis://... to share the event bus between processes",
+    },
+    KeyDoc {
+        key: "redis_prefix",
+        env: "HAIS_REDIS_PREFIX",
+        kind: KeyKind::Str,
+        default: "hais",
+        help: "prefix of every Redis channel and stream name",
+    },
+    KeyDoc {
+        key: "redis_stream_maxlen",
+        env: "HAIS_REDIS_STREAM_MAXLEN",
+        kind: KeyKind::Int,
+        default: "10000",
+        help: "approximate cap of each Redis stream (one entry per ingest batch); bounds Redis memory while consumers are down",
+    },
+    KeyDoc {
+        key: "log_format",
+        env: "HAIS_LOG_FORMAT",
+        kind: KeyKind::Str,
+        default: "text",
+        help: "text or json",
+    },
+    KeyDoc {
+        key: "log_filter",
+        env: "HAIS_LOG_FILTER",
+        kind: KeyKind::Str,
+        default: "info",
+        help: "tracing filter, e.g. info,hais_control_plane=debug",
+    },
+    KeyDoc {
+        key: "admin_password",
+        env: "HAIS_ADMIN_PASSWORD",
+        kind: KeyKind::Str,
+        default: "(unset: generated and printed once)",
+        help: "password of the `admin` user created on first start",
+    },
+    KeyDoc {
+        key: "jwt_secret",
+        env: "HAIS_JWT_SECRET",
+        kind: KeyKind::Str,
+        default: "(unset: generated once, kept in the database)",
+        help: "HS256 signing secret (>= 32 bytes); processes sharing a database share the stored one",
+    },
+    KeyDoc {
+        key: "access_token_ttl_secs",
+        env: "HAIS_ACCESS_TOKEN_TTL_SECS",
+        kind: KeyKind::Int,
+        default: "900",
+        help: "lifetime of user access tokens",
+    },
+    KeyDoc {
+        key: "refresh_token_ttl_secs",
+        env: "HAIS_REFRESH_TOKEN_TTL_SECS",
+        kind: KeyKind::Int,
+        default: "604800",
+        help: "lifetime of refresh tokens (single use, rotated on refresh)",
+    },
+    KeyDoc {
+        key: "service_token_ttl_secs",
+        env: "HAIS_SERVICE_TOKEN_TTL_SECS",
+        kind: KeyKind::Int,
+        default: "3600",
+        help: "lifetime of service tokens that services mint for each other",
+    },
+    KeyDoc {
+        key: "retention_days",
+        env: "HAIS_RETENTION_DAYS",
+        kind: KeyKind::Int,
+        default: "30",
+        help: "events (and roll-ups not seen since) older than this are deleted; 0 keeps everything",
+    },
+    KeyDoc {
+        key: "retention_interval_secs",
+        env: "HAIS_RETENTION_INTERVAL_SECS",
+        kind: KeyKind::Int,
+        default: "3600",
+        help: "how often retention runs",
+    },
+    KeyDoc {
+        key: "max_body_bytes",
+        env: "HAIS_MAX_BODY_BYTES",
+        kind: KeyKind::Int,
+        default: "8388608",
+        help: "largest accepted request body (413 beyond)",
+    },
+    KeyDoc {
+        key: "max_batch_events",
+        env: "HAIS_MAX_BATCH_EVENTS",
+        kind: KeyKind::Int,
+        default: "5000",
+        help: "most events in one ingest request",
+    },
+    KeyDoc {
+        key: "shutdown_grace_secs",
+        env: "HAIS_SHUTDOWN_GRACE_SECS",
+        kind: KeyKind::Int,
+        default: "30",
+        help: "how long shutdown waits for in-flight requests and writes",
+    },
+    KeyDoc {
+        key: "upstreams.<service>",
+        env: "HAIS_UPSTREAM_<SERVICE>",
+        kind: KeyKind::Str,
+        default: "http://127.0.0.1:<seed port>",
+        help: "where the split-mode gateway sends /api/<service>/...",
+    },
+];
+
+/// The resolved configuration of one process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub service: ServiceName,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub database_schema: Option<String>,
+    pub database_max_connections: u32,
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    pub redis_stream_maxlen: usize,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub admin_password: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
+    pub service_token_ttl_secs: u64,
+    pub retention_days: u32,
+    pub retention_interval_secs: u64,
+    pub max_body_bytes: usize,
+    pub max_batch_events: usize,
+    pub shutdown_grace_secs: u64,
+    pub upstreams: BTreeMap<String, String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            service: ServiceName::All,
+            listen: None,
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            database_schema: None,
+            database_max_connections: 8,
+            redis_url: None,
+            redis_prefix: "hais".into(),
+            redis_stream_maxlen: 10_000,
+            log_format: LogFormat::Text,
+            log_filter: "info".into(),
+            admin_password: None,
+            jwt_secret: None,
+            access_token_ttl_secs: 900,
+            refresh_token_ttl_secs: 7 * 24 * 3600,
+            service_token_ttl_secs: 3600,
+            retention_days: 30,
+            retention_interval_secs: 3600,
+            max_body_bytes: 8 * 1024 * 1024,
+            max_batch_events: 5000,
+            shutdown_grace_secs: 30,
+            upstreams: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the `HAIS_*` variables found by `env`.
+    /// `env` is a parameter so tests can supply their own environment.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for k in KEYS.iter().filter(|k| !k.key.contains('<')) {
+            if let Some(v) = env(k.env) {
+                let value = match k.kind {
+                    KeyKind::Str => toml::Value::String(v),
+                    KeyKind::Int => {
+                        toml::Value::Integer(v.trim().parse().map_err(|_| ConfigError::Env {
+                            var: k.env,
+                            value: v.clone(),
+                            kind: "integer",
+                        })?)
+                    }
+                };
+                table.insert(k.key.to_owned(), value);
+            }
+        }
+        let mut upstreams = match table.remove("upstreams") {
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => {
+                return Err(ConfigError::Invalid(
+                    "`upstreams` must be a table of service = \"url\"".into(),
+                ));
+            }
+            None => toml::Table::new(),
+        };
+        for svc in ServiceName::SPLIT {
+            let var = format!("HAIS_UPSTREAM_{}", svc.as_str().to_ascii_uppercase());
+            if let Some(v) = env(&var) {
+                upstreams.insert(svc.as_str().to_owned(), toml::Value::String(v));
+            }
+        }
+        table.insert("upstreams".into(), toml::Value::Table(upstreams));
+        let origin = file
+            .map(Path::to_owned)
+            .unwrap_or_else(|| "<environment>".into());
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: origin,
+                    message: e.to_string(),
+                })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Rejects values that would only fail later, less clearly.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if let Some(s) = &self.jwt_secret
+            && s.len() < 32
+        {
+            return Err(ConfigError::Invalid(
+                "jwt_secret (HAIS_JWT_SECRET) must be at least 32 bytes".into(),
+            ));
+        }
+        if let Some(schema) = &self.database_schema
+            && !is_identifier(schema)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "database_schema {schema:?} must be a lowercase identifier ([a-z_][a-z0-9_]*, at most 63 bytes)"
+            )));
+        }
+        if self.max_batch_events == 0 || self.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_batch_events must be > 0 and max_body_bytes >= 1024".into(),
+            ));
+        }
+        if self.redis_stream_maxlen < 100 {
+            return Err(ConfigError::Invalid(
+                "redis_stream_maxlen must be at least 100".into(),
+            ));
+        }
+        if self.database_max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "database_max_connections must be > 0".into(),
+            ));
+        }
+        for name in self.upstreams.keys() {
+            if ServiceName::parse(name).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "upstreams.{name}: unknown service"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The listen address: the configured one, or 0.0.0.0 on the service's seed port.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.service.seed_port())))
+    }
+
+    /// The database URL: the configured one, or the embedded SQLite file under `data_dir`.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("hais.db").display()),
+        }
+    }
+
+    /// Where the split-mode gateway reaches `service`.
+    pub fn upstream(&self, service: ServiceName) -> String {
+        self.upstreams
+            .get(service.as_str())
+            .cloned()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", service.seed_port()))
+    }
+
+    /// The `--help` section listing every key, generated from [`KEYS`].
+    pub fn help_text() -> String {
+        let mut out = String::from(
+            "Configuration (precedence: flags > HAIS_* environment > TOML file > defaults):\n",
+        );
+        for k in KEYS {
+            out.push_str(&format!(
+                "  {:<28} {:<30} default {}\n      {}\n",
+                k.key, k.env, k.default, k.help
+            ));
+        }
+        out
+    }
+}
+
+/// A safe SQL identifier: lowercase ASCII letters, digits and `_`, not starting with a digit.
+pub fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_run_everything_embedded() {
+        let c = Config::load(None, env_of(&[])).unwrap();
+        assert_eq!(c.service, ServiceName::All);
+        assert_eq!(c.listen_addr().port(), 3000);
+        assert_eq!(c.database_url(), "sqlite://./data/hais.db");
+        assert!(c.redis_url.is_none());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = std::env::temp_dir().join(format!("hais-cfg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "service = \"ja4\"\nretention_days = 7\n[upstreams]\nja4 = \"http://a:1\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env_of(&[
+                ("HAIS_RETENTION_DAYS", "9"),
+                ("HAIS_UPSTREAM_ALERT", "http://b:2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.service, ServiceName::Ja4);
+        assert_eq!(c.listen_addr().port(), 3001);
+        assert_eq!(c.retention_days, 9);
+        assert_eq!(c.upstream(ServiceName::Ja4), "http://a:1");
+        assert_eq!(c.upstream(ServiceName::Alert), "http://b:2");
+        assert_eq!(c.upstream(ServiceName::Threat), "http://127.0.0.1:3007");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_the_culprit() {
+        let e = Config::load(None, env_of(&[("HAIS_RETENTION_DAYS", "soon")])).unwrap_err();
+        assert!(e.to_string().contains("HAIS_RETENTION_DAYS"), "{e}");
+        let e = Config::load(None, env_of(&[("HAIS_JWT_SECRET", "short")])).unwrap_err();
+        assert!(e.to_string().contains("jwt_secret"), "{e}");
+        let e = Config::load(None, env_of(&[("HAIS_DATABASE_SCHEMA", "x; drop")])).unwrap_err();
+        assert!(e.to_string().contains("database_schema"), "{e}");
+        let e = Config::load(None, env_of(&[("HAIS_SERVICE", "nope")])).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+}

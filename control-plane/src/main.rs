@@ -1,0 +1,124 @@
+//! `hais-control-plane`: runs every control-plane service in one process (default), or one
+//! service with `--service NAME`. See `--help` for every configuration key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use hais_control_plane::config::LogFormat;
+use hais_control_plane::{App, Config, ServiceName};
+use tracing_subscriber::EnvFilter;
+
+/// HaIS control plane. With no options: all services in one process, SQLite under ./data,
+/// in-process event bus, listening on 0.0.0.0:3000.
+#[derive(Debug, Parser)]
+#[command(name = "hais-control-plane", version)]
+struct Cli {
+    /// TOML configuration file (also HAIS_CONFIG).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run one service alone on its seed port (gateway, ja4, spire, correlation, identity,
+    /// policy, alert, threat) or `all`.
+    #[arg(long)]
+    service: Option<ServiceName>,
+    /// postgres://… or sqlite://… (default: SQLite under the data directory).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// redis://… to share the event bus between processes.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Listen address, e.g. 127.0.0.1:3000.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory for the embedded database.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let file = cli
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("HAIS_CONFIG").map(PathBuf::from));
+    let mut config = Config::load(file.as_deref(), |k| std::env::var(k).ok())?;
+    if let Some(s) = cli.service {
+        config.service = s;
+    }
+    if let Some(u) = &cli.database_url {
+        config.database_url = Some(u.clone());
+    }
+    if let Some(u) = &cli.redis_url {
+        config.redis_url = Some(u.clone());
+    }
+    if let Some(l) = cli.listen {
+        config.listen = Some(l);
+    }
+    if let Some(d) = &cli.data_dir {
+        config.data_dir = d.clone();
+    }
+    if let Some(f) = cli.log_format {
+        config.log_format = f;
+    }
+    config.check()?;
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log_filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let matches = Cli::command()
+        .after_long_help(Config::help_text())
+        .after_help(Config::help_text())
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
+    let config = load_config(&cli).context("loading configuration")?;
+    init_logging(&config);
+    let addr = config.listen_addr();
+    let service = config.service;
+    let app = App::start(config)
+        .await
+        .with_context(|| format!("starting service {service}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(%service, %addr, store = app.state.store.backend(), bus = app.state.bus.backend(), "listening");
+    app.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}

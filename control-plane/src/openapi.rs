@@ -1,0 +1,64 @@
+//! The OpenAPI document, generated from the handlers' annotations and the types' derives, so
+//! it changes when the code does. Served at `GET /api/openapi.json` (no authentication: it
+//! describes the API, it holds no data).
+
+use axum::Json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::auth::routes as auth;
+use crate::services::ja4;
+use crate::{gateway, ops, services, store};
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "HaIS control plane API",
+        description = "Machine-identity security: JA4+ fingerprint ingest and search, auth, service status. \
+                       Errors are always `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    paths(
+        ops::health, ops::ready, ops::metrics,
+        auth::login, auth::refresh, auth::me, auth::create_user, auth::service_token,
+        gateway::services_status,
+        services::status,
+        ja4::ingest, ja4::search, ja4::detail, ja4::add_label, ja4::top, ja4::retention,
+    ),
+    components(schemas(
+        crate::error::ErrorBody, crate::error::ErrorDetail,
+        store::FingerprintSummary, store::FingerprintDetail, store::DimList, store::DimEntry,
+        store::TopEntry, store::RetentionOutcome, store::Page<store::FingerprintSummary>,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "ops", description = "health, readiness, metrics"),
+        (name = "auth", description = "users, tokens"),
+        (name = "gateway", description = "service overview"),
+        (name = "services", description = "per-service status"),
+        (name = "ja4", description = "fingerprints"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds the `bearer` (JWT) security scheme the paths refer to.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// `GET /api/openapi.json`
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

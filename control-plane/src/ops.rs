@@ -1,0 +1,258 @@
+//! Operations endpoints on every service: `/health` (the process is alive), `/ready` (its store
+//! and bus answer), `/metrics` (Prometheus text format).
+//!
+//! Metrics are a handful of atomics rendered by hand: the set is small and fixed, and this keeps
+//! a metrics framework out of the dependency tree.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::state::AppState;
+
+/// Upper bounds (seconds) of the request-duration histogram buckets.
+const BUCKETS: [f64; 11] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Responses by status class: 1xx..5xx at index 1..5.
+    pub http_responses: [AtomicU64; 6],
+    pub http_duration_buckets: [AtomicU64; BUCKETS.len()],
+    pub http_duration_count: AtomicU64,
+    pub http_duration_sum_us: AtomicU64,
+    pub ingest_batches: AtomicU64,
+    pub ingest_stored: AtomicU64,
+    pub ingest_duplicates: AtomicU64,
+    pub ingest_rejected: AtomicU64,
+    pub bus_published: AtomicU64,
+    pub bus_failures: AtomicU64,
+    pub bus_received: AtomicU64,
+    pub retention_events_deleted: AtomicU64,
+}
+
+impl Metrics {
+    fn observe(&self, status: StatusCode, elapsed: Duration) {
+        let class = (status.as_u16() / 100) as usize;
+        if let Some(c) = self.http_responses.get(class) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        let secs = elapsed.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.http_duration_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.http_duration_count.fetch_add(1, Ordering::Relaxed);
+        self.http_duration_sum_us
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self, service: &str, store: &str, bus: &str) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "# HELP hais_build_info Build and runtime facts.\n# TYPE hais_build_info gauge"
+        );
+        let _ = writeln!(
+            o,
+            "hais_build_info{{version=\"{}\",service=\"{service}\",store=\"{store}\",bus=\"{bus}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(
+            o,
+            "# HELP hais_http_responses_total HTTP responses by status class.\n# TYPE hais_http_responses_total counter"
+        );
+        for class in 1..=5 {
+            let _ = writeln!(
+                o,
+                "hais_http_responses_total{{class=\"{class}xx\"}} {}",
+                g(&self.http_responses[class])
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP hais_http_request_duration_seconds Request latency.\n# TYPE hais_http_request_duration_seconds histogram"
+        );
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "hais_http_request_duration_seconds_bucket{{le=\"{b}\"}} {}",
+                g(&self.http_duration_buckets[i])
+            );
+        }
+        let count = g(&self.http_duration_count);
+        let _ = writeln!(
+            o,
+            "hais_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            o,
+            "hais_http_request_duration_seconds_sum {}",
+            g(&self.http_duration_sum_us) as f64 / 1e6
+        );
+        let _ = writeln!(o, "hais_http_request_duration_seconds_count {count}");
+        for (name, help, v) in [
+            (
+                "hais_ingest_batches_total",
+                "Ingest requests accepted.",
+                &self.ingest_batches,
+            ),
+            (
+                "hais_ingest_events_stored_total",
+                "Events newly stored.",
+                &self.ingest_stored,
+            ),
+            (
+                "hais_ingest_events_duplicate_total",
+                "Events ignored as replays.",
+                &self.ingest_duplicates,
+            ),
+            (
+                "hais_ingest_events_rejected_total",
+                "Events refused by validation.",
+                &self.ingest_rejected,
+            ),
+            (
+                "hais_bus_published_total",
+                "Messages published on the bus.",
+                &self.bus_published,
+            ),
+            (
+                "hais_bus_publish_failures_total",
+                "Bus publishes that failed.",
+                &self.bus_failures,
+            ),
+            (
+                "hais_bus_received_total",
+                "Messages received from the bus.",
+                &self.bus_received,
+            ),
+            (
+                "hais_retention_events_deleted_total",
+                "Events deleted by retention.",
+                &self.retention_events_deleted,
+            ),
+        ] {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                g(v)
+            );
+        }
+        o
+    }
+}
+
+/// Middleware recording every response's status class and latency.
+pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    state.metrics.observe(resp.status(), start.elapsed());
+    resp
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+    pub service: String,
+    pub version: &'static str,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    pub store: Dependency,
+    pub bus: Dependency,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Dependency {
+    pub backend: &'static str,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+}
+
+/// Liveness: answers as long as the process serves HTTP.
+#[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, body = Health)))]
+pub async fn health(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        service: state.service.to_string(),
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Readiness: 200 when the store and the bus answer within two seconds, else 503.
+#[utoipa::path(get, path = "/ready", tag = "ops",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let limit = Duration::from_secs(2);
+    let store = match tokio::time::timeout(limit, state.store.ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("timed out".to_owned()),
+    };
+    let bus = match tokio::time::timeout(limit, state.bus.ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("timed out".to_owned()),
+    };
+    let body = Readiness {
+        ready: store.is_none() && bus.is_none(),
+        store: Dependency {
+            backend: state.store.backend(),
+            ok: store.is_none(),
+            error: store,
+        },
+        bus: Dependency {
+            backend: state.bus.backend(),
+            ok: bus.is_none(),
+            error: bus,
+        },
+    };
+    let code = if body.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.metrics.render(
+        state.service.as_str(),
+        state.store.backend(),
+        state.bus.backend(),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

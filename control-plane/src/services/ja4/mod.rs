@@ -1,0 +1,528 @@
+//! The JA4 service: fingerprint ingest, search, detail, labels, top-N statistics, retention.
+//!
+//! Every input is checked here before it reaches the store, and every refusal says which field
+//! was wrong and what is accepted: page sizes, windows and batch sizes are bounded, text filters
+//! must be printable ASCII of bounded length (what stored values can be, see
+//! `FingerprintEvent::validate`), times are RFC 3339.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hais_shared::event::FingerprintEvent;
+use hais_shared::fingerprint::Method;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::auth::{Caller, allow};
+use crate::bus::{BusMessage, topics};
+use crate::error::{ApiError, ErrorBody};
+use crate::gateway::{ApiJson, ApiPath, ApiQuery};
+use crate::state::AppState;
+use crate::store::{
+    Cursor, FingerprintDetail, FingerprintQuery, FingerprintSummary, MAX_PAGE_SIZE, Page,
+    RetentionOutcome, TopEntry, now_us, to_us, uuid_ms,
+};
+
+pub const DESCRIPTION: &str = "JA4+ fingerprint ingest, storage, search and statistics.";
+
+/// Default page size of a search.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest top-N.
+pub const MAX_TOP: u32 = 100;
+/// Longest top-N window (90 days).
+pub const MAX_WINDOW: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Earliest accepted event time (2020-01-01): older ids or timestamps are bugs, not history.
+const MIN_EVENT_MS: i64 = 1_577_836_800_000;
+/// How far in the future an event may be stamped (clock skew allowance).
+const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
+/// Longest accepted text filter.
+const MAX_FILTER_LEN: usize = 512;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/ja4/ingest", post(ingest))
+        .route("/api/ja4/fingerprints", get(search))
+        .route("/api/ja4/fingerprints/{method}/{value}", get(detail))
+        .route(
+            "/api/ja4/fingerprints/{method}/{value}/labels",
+            post(add_label),
+        )
+        .route("/api/ja4/stats/top", get(top))
+        .route("/api/ja4/retention", post(retention))
+}
+
+/// A batch of events from an agent or service.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IngestRequest {
+    /// `FingerprintEvent`s (see `hais_shared::event`): `id` (UUIDv7), `timestamp` (RFC 3339),
+    /// `agent_id`, `host`, `flow` {src_ip, src_port, dst_ip, dst_port, transport}, optional
+    /// `server_name`, `fingerprints` [{method, value}], optional `workload`.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<FingerprintEvent>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IngestResponse {
+    /// Events stored now.
+    pub stored: usize,
+    /// Events already stored before (replays), ignored.
+    pub duplicates: usize,
+}
+
+fn parse_method(s: &str) -> Result<Method, ApiError> {
+    Method::ALL
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown method {:?}; expected one of: {}",
+                truncate(s),
+                Method::ALL.map(|m| m.as_str()).join(", ")
+            ))
+        })
+}
+
+/// Shortens client input quoted back in error messages.
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// A text filter: printable ASCII without spaces, bounded.
+fn text_filter(name: &str, v: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(v)
+            if v.is_empty() || v.len() > max || v.bytes().any(|b| !(0x21..=0x7e).contains(&b)) =>
+        {
+            Err(ApiError::bad_request(format!(
+                "{name} must be 1-{max} printable ASCII characters without spaces"
+            )))
+        }
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+fn parse_time(name: &str, v: Option<String>) -> Result<Option<i64>, ApiError> {
+    v.map(|s| {
+        OffsetDateTime::parse(&s, &Rfc3339).map(to_us).map_err(|_| {
+            ApiError::bad_request(format!(
+                "{name} must be an RFC 3339 time such as 2026-11-28T12:00:00Z"
+            ))
+        })
+    })
+    .transpose()
+}
+
+fn check_event_times(e: &FingerprintEvent) -> Result<(), String> {
+    let now_ms = now_us() / 1000;
+    let id_ms = uuid_ms(&e.id);
+    let ts_ms = to_us(e.timestamp) / 1000;
+    for (what, ms) in [("id's embedded time", id_ms), ("timestamp", ts_ms)] {
+        if ms < MIN_EVENT_MS || ms > now_ms + MAX_FUTURE_MS {
+            return Err(format!(
+                "{what} is outside the accepted range (2020-01-01 to one day from now)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Store a batch of fingerprint events (service or admin token). Replayed ids are ignored.
+#[utoipa::path(post, path = "/api/ja4/ingest", tag = "ja4", security(("bearer" = [])),
+    request_body = IngestRequest,
+    responses((status = 200, body = IngestResponse), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 413, body = ErrorBody)))]
+pub async fn ingest(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiJson(req): ApiJson<IngestRequest>,
+) -> Result<Json<IngestResponse>, ApiError> {
+    c.require(allow::INGEST)?;
+    let max = state.config.max_batch_events;
+    if req.events.is_empty() || req.events.len() > max {
+        state
+            .metrics
+            .ingest_rejected
+            .fetch_add(req.events.len() as u64, Ordering::Relaxed);
+        return Err(ApiError::bad_request(format!(
+            "a batch holds 1 to {max} events, got {}",
+            req.events.len()
+        )));
+    }
+    for (i, e) in req.events.iter().enumerate() {
+        let checked = e
+            .validate()
+            .map_err(|err| err.to_string())
+            .and_then(|()| check_event_times(e));
+        if let Err(msg) = checked {
+            state
+                .metrics
+                .ingest_rejected
+                .fetch_add(req.events.len() as u64, Ordering::Relaxed);
+            return Err(ApiError::bad_request(format!(
+                "events[{i}]: {msg}; nothing from this batch was stored"
+            )));
+        }
+    }
+    let out = state.store.ingest(&req.events).await?;
+    let m = &state.metrics;
+    m.ingest_batches.fetch_add(1, Ordering::Relaxed);
+    m.ingest_stored
+        .fetch_add(out.stored.len() as u64, Ordering::Relaxed);
+    m.ingest_duplicates
+        .fetch_add(out.duplicates as u64, Ordering::Relaxed);
+    if !out.stored.is_empty() {
+        let stored: Vec<&FingerprintEvent> = out.stored.iter().map(|&i| &req.events[i]).collect();
+        state
+            .publish(BusMessage::new(
+                topics::FINGERPRINT_EVENTS,
+                &state.origin(),
+                serde_json::json!({ "events": stored }),
+            ))
+            .await;
+    }
+    Ok(Json(IngestResponse {
+        stored: out.stored.len(),
+        duplicates: out.duplicates,
+    }))
+}
+
+/// Search parameters. Every filter is optional; all given ones must match.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SearchParams {
+    /// ja4, ja4s, ja4h, ja4l, ja4ls, ja4x, ja4ssh, ja4t, ja4ts, ja4d, ja4d6
+    pub method: Option<String>,
+    /// Exact fingerprint value.
+    pub value: Option<String>,
+    /// Fingerprint value prefix.
+    pub prefix: Option<String>,
+    /// JA4 part a (first `_` section), e.g. t13d1516h2.
+    pub part_a: Option<String>,
+    pub part_b: Option<String>,
+    pub part_c: Option<String>,
+    /// Seen from this agent.
+    pub agent: Option<String>,
+    /// Seen on this host.
+    pub host: Option<String>,
+    /// Seen with this TLS server name.
+    pub server_name: Option<String>,
+    /// Seen with this workload SPIFFE ID.
+    pub identity: Option<String>,
+    /// Seen at or after (RFC 3339).
+    pub from: Option<String>,
+    /// Seen at or before (RFC 3339).
+    pub to: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    pub limit: Option<String>,
+}
+
+fn parse_limit(v: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match v {
+        None => Ok(default),
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(format!(
+                "limit must be an integer from 1 to {max}"
+            ))),
+        },
+    }
+}
+
+impl SearchParams {
+    /// Validates and converts into a store query.
+    pub fn into_query(self) -> Result<FingerprintQuery, ApiError> {
+        let limit = parse_limit(self.limit.as_deref(), DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        let after = self
+            .cursor
+            .map(|c| {
+                Cursor::decode(&c).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "cursor is not one this API issued; start over without it",
+                    )
+                })
+            })
+            .transpose()?;
+        let from_us = parse_time("from", self.from)?;
+        let to_us = parse_time("to", self.to)?;
+        if let (Some(f), Some(t)) = (from_us, to_us)
+            && f > t
+        {
+            return Err(ApiError::bad_request("from must not be after to"));
+        }
+        Ok(FingerprintQuery {
+            method: self.method.as_deref().map(parse_method).transpose()?,
+            value: text_filter("value", self.value, MAX_FILTER_LEN)?,
+            prefix: text_filter("prefix", self.prefix, MAX_FILTER_LEN)?,
+            part_a: text_filter("part_a", self.part_a, MAX_FILTER_LEN)?,
+            part_b: text_filter("part_b", self.part_b, MAX_FILTER_LEN)?,
+            part_c: text_filter("part_c", self.part_c, MAX_FILTER_LEN)?,
+            agent: text_filter("agent", self.agent, 256)?,
+            host: text_filter("host", self.host, 256)?,
+            server_name: text_filter("server_name", self.server_name, 253)?,
+            identity: text_filter("identity", self.identity, 2048)?,
+            from_us,
+            to_us,
+            after,
+            limit,
+        })
+    }
+}
+
+/// Search fingerprint roll-ups, in (method, value) order, with keyset pagination.
+#[utoipa::path(get, path = "/api/ja4/fingerprints", tag = "ja4", security(("bearer" = [])),
+    params(SearchParams),
+    responses((status = 200, body = Page<FingerprintSummary>), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody)))]
+pub async fn search(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiQuery(p): ApiQuery<SearchParams>,
+) -> Result<Json<Page<FingerprintSummary>>, ApiError> {
+    c.require(allow::READ)?;
+    let q = p.into_query()?;
+    Ok(Json(state.store.search(&q).await?))
+}
+
+fn fp_path(method: &str, value: String) -> Result<(Method, String), ApiError> {
+    let m = parse_method(method)?;
+    let v = text_filter("value", Some(value), MAX_FILTER_LEN)?.unwrap_or_default();
+    Ok((m, v))
+}
+
+/// Everything known about one fingerprint.
+#[utoipa::path(get, path = "/api/ja4/fingerprints/{method}/{value}", tag = "ja4",
+    security(("bearer" = [])),
+    params(("method" = String, Path), ("value" = String, Path)),
+    responses((status = 200, body = FingerprintDetail), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn detail(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiPath((method, value)): ApiPath<(String, String)>,
+) -> Result<Json<FingerprintDetail>, ApiError> {
+    c.require(allow::READ)?;
+    let (m, v) = fp_path(&method, value)?;
+    state
+        .store
+        .detail(m, &v)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no {m} fingerprint {v}")))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRequest {
+    /// 1-64 characters of a-z 0-9 : . _ -
+    pub label: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LabelResponse {
+    pub labels: Vec<String>,
+}
+
+/// Attach a label to a fingerprint (analyst or admin).
+#[utoipa::path(post, path = "/api/ja4/fingerprints/{method}/{value}/labels", tag = "ja4",
+    security(("bearer" = [])), request_body = LabelRequest,
+    params(("method" = String, Path), ("value" = String, Path)),
+    responses((status = 200, body = LabelResponse), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn add_label(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiPath((method, value)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<LabelRequest>,
+) -> Result<Json<LabelResponse>, ApiError> {
+    c.require(allow::ANNOTATE)?;
+    let (m, v) = fp_path(&method, value)?;
+    let l = &req.label;
+    if l.is_empty()
+        || l.len() > 64
+        || !l.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b':' | b'.' | b'_' | b'-')
+        })
+    {
+        return Err(ApiError::bad_request(
+            "label must be 1-64 characters of a-z 0-9 : . _ -",
+        ));
+    }
+    if !state.store.add_label(m, &v, l).await? {
+        return Err(ApiError::not_found(format!("no {m} fingerprint {v}")));
+    }
+    state
+        .publish(BusMessage::new(
+            topics::FINGERPRINT_LABELED,
+            &state.origin(),
+            serde_json::json!({"method": m, "value": v, "label": l, "by": c.sub}),
+        ))
+        .await;
+    let labels = state
+        .store
+        .detail(m, &v)
+        .await?
+        .map(|d| d.labels)
+        .unwrap_or_default();
+    Ok(Json(LabelResponse { labels }))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TopParams {
+    /// Window ending now: a number and m, h or d (e.g. 15m, 24h, 7d); at most 90d; default 24h.
+    pub window: Option<String>,
+    pub method: Option<String>,
+    /// 1 to 100 (default 10).
+    pub limit: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TopResponse {
+    pub window_secs: u64,
+    pub items: Vec<TopEntry>,
+}
+
+/// Parses `15m`, `24h`, `7d`.
+pub fn parse_window(s: &str) -> Option<Duration> {
+    if s.len() < 2 || s.len() > 8 {
+        return None;
+    }
+    let (num, unit) = s.split_at(s.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+/// The fingerprints carried by the most events in a window (hour granularity).
+#[utoipa::path(get, path = "/api/ja4/stats/top", tag = "ja4", security(("bearer" = [])),
+    params(TopParams),
+    responses((status = 200, body = TopResponse), (status = 400, body = ErrorBody)))]
+pub async fn top(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiQuery(p): ApiQuery<TopParams>,
+) -> Result<Json<TopResponse>, ApiError> {
+    c.require(allow::READ)?;
+    let window = match p.window.as_deref() {
+        None => Duration::from_secs(86_400),
+        Some(w) => parse_window(w)
+            .filter(|d| *d <= MAX_WINDOW)
+            .ok_or_else(|| {
+                ApiError::bad_request("window must be like 15m, 24h or 7d, at most 90d")
+            })?,
+    };
+    let limit = parse_limit(p.limit.as_deref(), 10, MAX_TOP)?;
+    let method = p.method.as_deref().map(parse_method).transpose()?;
+    let since = now_us() - window.as_micros() as i64;
+    let items = state.store.top(since, method, limit).await?;
+    Ok(Json(TopResponse {
+        window_secs: window.as_secs(),
+        items,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRequest {
+    /// Delete events older than this many seconds (default: `retention_days`).
+    pub older_than_secs: Option<u64>,
+}
+
+/// Run retention now (admin). The same pass also runs periodically.
+#[utoipa::path(post, path = "/api/ja4/retention", tag = "ja4", security(("bearer" = [])),
+    request_body = RetentionRequest,
+    responses((status = 200, body = RetentionOutcome), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
+pub async fn retention(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiJson(req): ApiJson<RetentionRequest>,
+) -> Result<Json<RetentionOutcome>, ApiError> {
+    c.require(allow::ADMIN)?;
+    let secs = match req.older_than_secs {
+        Some(s) if s > 0 && s <= 100 * 365 * 86_400 => s,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "older_than_secs must be from 1 to 100 years",
+            ));
+        }
+        None if state.config.retention_days == 0 => {
+            return Err(ApiError::bad_request(
+                "retention is disabled (retention_days = 0); pass older_than_secs",
+            ));
+        }
+        None => u64::from(state.config.retention_days) * 86_400,
+    };
+    Ok(Json(
+        run_retention(&state, Duration::from_secs(secs)).await?,
+    ))
+}
+
+/// One retention pass: deletes what is older than `age`, counts it and announces it.
+pub async fn run_retention(
+    state: &AppState,
+    age: Duration,
+) -> Result<RetentionOutcome, crate::store::StoreError> {
+    let cutoff = now_us() - age.as_micros() as i64;
+    let out = state.store.retain(cutoff).await?;
+    state
+        .metrics
+        .retention_events_deleted
+        .fetch_add(out.events_deleted, Ordering::Relaxed);
+    tracing::info!(
+        events = out.events_deleted,
+        fingerprints = out.fingerprints_deleted,
+        partitions = out.partitions_dropped,
+        "retention pass"
+    );
+    if let Ok(payload) = serde_json::to_value(&out) {
+        state
+            .publish(BusMessage::new(
+                topics::RETENTION_RAN,
+                &state.origin(),
+                payload,
+            ))
+            .await;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows() {
+        assert_eq!(parse_window("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_window("7d"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_window("0h"), None);
+        assert_eq!(parse_window("h"), None);
+        assert_eq!(parse_window("99999999999d"), None);
+        assert_eq!(parse_window("1w"), None);
+    }
+
+    #[test]
+    fn absurd_limits_are_refused() {
+        assert!(parse_limit(Some("0"), 50, 1000).is_err());
+        assert!(parse_limit(Some("1001"), 50, 1000).is_err());
+        assert!(parse_limit(Some("-1"), 50, 1000).is_err());
+        assert!(parse_limit(Some("99999999999999999999"), 50, 1000).is_err());
+        assert_eq!(parse_limit(None, 50, 1000).unwrap(), 50);
+    }
+}

@@ -1,0 +1,162 @@
+//! The services. `ja4` is implemented; the others are **placeholders** for now: each mounts a
+//! status endpoint and listens on the bus (so split deployments can be wired and tested end to
+//! end), and says plainly in its status that it does nothing else yet.
+
+pub mod alert;
+pub mod correlation;
+pub mod identity;
+pub mod ja4;
+pub mod policy;
+pub mod spire;
+pub mod threat;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::auth::{Caller, allow};
+use crate::bus::{BusMessage, Handler, topics};
+use crate::error::{ApiError, ErrorBody};
+use crate::service::ServiceName;
+use crate::state::{AppState, ServiceStats, StatsSnapshot};
+
+/// What a service's status endpoint reports.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServiceStatus {
+    pub service: String,
+    /// `ok` for implemented services, `placeholder` for those that only exist as a skeleton.
+    pub status: String,
+    pub description: String,
+    pub instance: String,
+    pub bus_backend: String,
+    pub bus: StatsSnapshot,
+}
+
+/// One-line description and implementation state of a service.
+pub fn describe(svc: ServiceName) -> (&'static str, &'static str) {
+    match svc {
+        ServiceName::Ja4 => ("ok", ja4::DESCRIPTION),
+        ServiceName::Spire => ("placeholder", spire::DESCRIPTION),
+        ServiceName::Correlation => ("placeholder", correlation::DESCRIPTION),
+        ServiceName::Identity => ("placeholder", identity::DESCRIPTION),
+        ServiceName::Policy => ("placeholder", policy::DESCRIPTION),
+        ServiceName::Alert => ("placeholder", alert::DESCRIPTION),
+        ServiceName::Threat => ("placeholder", threat::DESCRIPTION),
+        ServiceName::All | ServiceName::Gateway => ("ok", "gateway"),
+    }
+}
+
+/// The routes of one backend service.
+pub fn router(svc: ServiceName) -> Router<AppState> {
+    let status_route = Router::new().route(
+        &format!("/api/{svc}/status"),
+        get(move |state: State<AppState>, caller: Caller| status(svc, state, caller)),
+    );
+    match svc {
+        ServiceName::Ja4 => status_route.merge(ja4::router()),
+        _ => status_route,
+    }
+}
+
+/// Status of one service: implementation state and what it saw on the bus.
+#[utoipa::path(get, path = "/api/{service}/status", tag = "services", security(("bearer" = [])),
+    params(("service" = String, Path, description = "ja4, spire, correlation, identity, policy, alert or threat")),
+    responses((status = 200, body = ServiceStatus), (status = 401, body = ErrorBody)))]
+pub async fn status(
+    svc: ServiceName,
+    State(state): State<AppState>,
+    Caller(c): Caller,
+) -> Result<Json<ServiceStatus>, ApiError> {
+    c.require(allow::READ)?;
+    let (st, desc) = describe(svc);
+    let bus = state
+        .stats
+        .get(&svc)
+        .map(|s| s.snapshot())
+        .unwrap_or_else(|| ServiceStats::default().snapshot());
+    Ok(Json(ServiceStatus {
+        service: svc.to_string(),
+        status: st.into(),
+        description: desc.into(),
+        instance: state.instance.to_string(),
+        bus_backend: state.bus.backend().into(),
+        bus,
+    }))
+}
+
+/// Starts the background work of every service this process hosts: a live bus subscription per
+/// service (feeding its status counters) and, for correlation, the durable work queue of
+/// fingerprint events. Announces each service on the bus.
+pub async fn start(state: &AppState, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (svc, stats) in &state.stats {
+        tasks.push(spawn_listener(
+            state.bus.subscribe(),
+            stats.clone(),
+            state.clone(),
+            shutdown.clone(),
+        ));
+        if *svc == ServiceName::Correlation {
+            let stats = stats.clone();
+            let handler: Handler = Arc::new(move |m: BusMessage| {
+                let stats = stats.clone();
+                Box::pin(async move {
+                    let n = m
+                        .payload
+                        .get("events")
+                        .and_then(|e| e.as_array())
+                        .map_or(0, |a| a.len());
+                    stats.work_events.fetch_add(n as u64, Ordering::Relaxed);
+                    Ok(())
+                })
+            });
+            tasks.push(state.bus.consume(
+                topics::FINGERPRINT_EVENTS,
+                "correlation",
+                &state.instance.to_string(),
+                handler,
+                shutdown.clone(),
+            ));
+        }
+        state
+            .publish(BusMessage::new(
+                topics::SERVICE_STARTED,
+                &format!("{svc}/{}", state.instance),
+                serde_json::json!({"service": svc.as_str(), "instance": state.instance}),
+            ))
+            .await;
+    }
+    tasks
+}
+
+fn spawn_listener(
+    mut rx: broadcast::Receiver<BusMessage>,
+    stats: Arc<ServiceStats>,
+    state: AppState,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let m = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                m = rx.recv() => m,
+            };
+            match m {
+                Ok(m) => {
+                    state.metrics.bus_received.fetch_add(1, Ordering::Relaxed);
+                    stats.record(&m);
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(skipped = n, "bus listener lagged");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+}

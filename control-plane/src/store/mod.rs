@@ -1,0 +1,295 @@
+//! Storage behind one interface, [`Store`], with an embedded SQLite implementation (the default)
+//! and a PostgreSQL one (production).
+//!
+//! What is stored:
+//! * `events`: one row per fingerprint event, keyed by its UUIDv7 id, so a replayed event is
+//!   ignored (at-least-once delivery stores each event once). In PostgreSQL the table is range
+//!   partitioned by that id, one partition per calendar month: UUIDv7 ids start with their
+//!   millisecond timestamp, so an id range *is* a time range, and partitioning on the id keeps the
+//!   id alone unique across partitions (a time column would have to join the primary key, and a
+//!   replay with a different timestamp would slip through).
+//! * roll-ups maintained in the same transaction as the insert, counting only newly stored events:
+//!   `fingerprints` (first/last seen, count, JA4 parts), `fingerprint_dims` (per fingerprint and
+//!   host, agent, server name or workload identity) and `fingerprint_hourly` (counts per hour, for
+//!   top-N over a window).
+//! * users, refresh tokens, settings (e.g. the JWT secret shared by split processes) and labels.
+//!
+//! Times are stored as integer microseconds since the Unix epoch in both backends: one exact
+//! representation for keyset cursors and comparisons, with no time-zone or precision drift
+//! between SQLite and PostgreSQL.
+
+pub mod postgres;
+mod query;
+pub mod rollup;
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use hais_shared::event::FingerprintEvent;
+use hais_shared::fingerprint::Method;
+use serde::{Deserialize, Serialize};
+
+pub use query::{Cursor, FingerprintQuery, MAX_PAGE_SIZE};
+
+/// A boxed future, so that [`Store`] can be used as `Arc<dyn Store>`.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be reached (connection refused, pool timed out). Retrying may help.
+    #[error("database unreachable: {0}")]
+    Unavailable(String),
+    /// The operation contradicts stored state (e.g. a user that already exists).
+    #[error("{0}")]
+    Conflict(String),
+    /// Applying migrations failed at start-up.
+    #[error("migrating the database failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Stored data could not be decoded (a bug or a hand-edited database).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The URL names no supported database.
+    #[error("unsupported database URL {0:?}: expected sqlite://… or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+    /// A group-committed write failed (the cause is logged once by the writer).
+    #[error("writing events failed: {0}")]
+    Write(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+            other => StoreError::Database(other),
+        }
+    }
+}
+
+/// What an ingest did: which input events were new (by index) and how many were replays.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    pub stored: Vec<usize>,
+    pub duplicates: usize,
+}
+
+/// One fingerprint's roll-up, as search returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FingerprintSummary {
+    #[schema(value_type = String, example = "ja4")]
+    pub method: Method,
+    pub value: String,
+    pub part_a: Option<String>,
+    pub part_b: Option<String>,
+    pub part_c: Option<String>,
+    /// First time an event carried this fingerprint (µs since the Unix epoch).
+    pub first_seen_us: i64,
+    pub last_seen_us: i64,
+    /// Number of stored events that carried it.
+    pub count: i64,
+}
+
+/// One value of a dimension (a host, agent, server name or identity) a fingerprint was seen with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DimEntry {
+    pub value: String,
+    pub first_seen_us: i64,
+    pub last_seen_us: i64,
+    pub count: i64,
+}
+
+/// A dimension's values (the most frequent [`DETAIL_DIM_LIMIT`]) and how many there are in all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DimList {
+    pub total: i64,
+    pub top: Vec<DimEntry>,
+}
+
+/// How many values of each dimension a fingerprint detail lists.
+pub const DETAIL_DIM_LIMIT: i64 = 100;
+
+/// Everything known about one fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FingerprintDetail {
+    #[serde(flatten)]
+    pub summary: FingerprintSummary,
+    pub hosts: DimList,
+    pub agents: DimList,
+    pub server_names: DimList,
+    pub identities: DimList,
+    pub labels: Vec<String>,
+}
+
+/// One row of a top-N answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TopEntry {
+    #[schema(value_type = String, example = "ja4")]
+    pub method: Method,
+    pub value: String,
+    /// Events carrying it within the window.
+    pub count: i64,
+}
+
+/// What one retention pass deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct RetentionOutcome {
+    pub events_deleted: u64,
+    pub fingerprints_deleted: u64,
+    /// PostgreSQL only: whole monthly partitions dropped.
+    pub partitions_dropped: u64,
+}
+
+/// A stored user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub username: String,
+    pub password_hash: String,
+    pub role: String,
+}
+
+/// A page of results with the cursor for the next one (`None` on the last page).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// The storage interface the services use. Implemented by [`sqlite::SqliteStore`] and
+/// [`postgres::PgStore`]; object safe so the backend is chosen at run time.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Which backend this is (`sqlite` or `postgres`), for logs and `/ready`.
+    fn backend(&self) -> &'static str;
+
+    /// Cheap round trip proving the database answers.
+    fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// Stores new events and updates the roll-ups, all in one transaction. Events whose id is
+    /// already stored are skipped and counted as duplicates. Input must be validated already.
+    fn ingest<'a>(&'a self, events: &'a [FingerprintEvent]) -> StoreFuture<'a, IngestOutcome>;
+
+    /// Fingerprint roll-ups matching `q`, in (method, value) order, one page at a time.
+    fn search<'a>(&'a self, q: &'a FingerprintQuery) -> StoreFuture<'a, Page<FingerprintSummary>>;
+
+    fn detail<'a>(
+        &'a self,
+        method: Method,
+        value: &'a str,
+    ) -> StoreFuture<'a, Option<FingerprintDetail>>;
+
+    /// The `limit` fingerprints carried by the most events since `since_us` (hour granularity).
+    fn top(
+        &self,
+        since_us: i64,
+        method: Option<Method>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<TopEntry>>;
+
+    /// Attaches a label to a fingerprint. Returns false when the fingerprint is unknown.
+    fn add_label<'a>(
+        &'a self,
+        method: Method,
+        value: &'a str,
+        label: &'a str,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Deletes events older than `cutoff_us` and roll-ups not seen since then.
+    fn retain(&self, cutoff_us: i64) -> StoreFuture<'_, RetentionOutcome>;
+
+    /// Number of stored events (tests and benchmarks; may be slow on large tables).
+    fn count_events(&self) -> StoreFuture<'_, i64>;
+
+    fn count_users(&self) -> StoreFuture<'_, i64>;
+    fn get_user<'a>(&'a self, username: &'a str) -> StoreFuture<'a, Option<UserRecord>>;
+    /// Creates a user; [`StoreError::Conflict`] if the name is taken.
+    fn create_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, ()>;
+
+    fn put_refresh_token<'a>(
+        &'a self,
+        token_hash: &'a str,
+        username: &'a str,
+        expires_us: i64,
+    ) -> StoreFuture<'a, ()>;
+    /// Removes and returns a refresh token (single use), if it exists and has not expired.
+    fn take_refresh_token<'a>(&'a self, token_hash: &'a str) -> StoreFuture<'a, Option<String>>;
+
+    /// Returns the stored setting, storing `proposed` first if there is none. Lets processes
+    /// that share a database agree on one value (the first writer wins).
+    fn setting_or_init<'a>(&'a self, key: &'a str, proposed: &'a str) -> StoreFuture<'a, String>;
+
+    /// Closes the pool after in-flight queries finish.
+    fn close(&self) -> StoreFuture<'_, ()>;
+}
+
+/// Opens the store the URL names and applies its migrations.
+pub async fn open(
+    url: &str,
+    schema: Option<&str>,
+    max_connections: u32,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(
+            sqlite::SqliteStore::open(url, max_connections).await?,
+        ))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(std::sync::Arc::new(
+            postgres::PgStore::open(url, schema, max_connections).await?,
+        ))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+/// Microseconds since the Unix epoch of an `OffsetDateTime`.
+pub fn to_us(t: time::OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1000) as i64
+}
+
+/// Now, in microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    to_us(time::OffsetDateTime::now_utc())
+}
+
+/// The smallest UUID whose embedded UUIDv7 time is `ms`: the lower bound of every id generated
+/// at or after that millisecond. Used for partition bounds and retention.
+pub fn uuid_floor_ms(ms: i64) -> uuid::Uuid {
+    let ms = ms.clamp(0, (1i64 << 48) - 1) as u64;
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    uuid::Uuid::from_bytes(b)
+}
+
+/// The millisecond timestamp embedded in a UUIDv7.
+pub fn uuid_ms(id: &uuid::Uuid) -> i64 {
+    let b = id.as_bytes();
+    let mut ms = [0u8; 8];
+    ms[2..].copy_from_slice(&b[..6]);
+    u64::from_be_bytes(ms) as i64
+}
+
+pub(crate) fn method_from_db(s: &str) -> Result<Method, StoreError> {
+    Method::ALL
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown method {s:?} in database")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_floor_orders_with_v7_ids() {
+        let id = uuid::Uuid::now_v7();
+        let ms = uuid_ms(&id);
+        assert!(uuid_floor_ms(ms) <= id);
+        assert!(uuid_floor_ms(ms + 1) > id);
+        assert_eq!(uuid_ms(&uuid_floor_ms(ms)), ms);
+    }
+}

@@ -1,0 +1,981 @@
+//! PostgreSQL store: the production backend.
+//!
+//! Batches are written with one `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT DO NOTHING
+//! RETURNING id` per table, so a batch of 1,000 events costs a handful of statements, not
+//! thousands. The returned ids tell which events were new; only those feed the roll-ups.
+//!
+//! Monthly `events` partitions are created on demand, outside the ingest transaction and under an
+//! advisory lock, so concurrent writers (in this process or others) never race on DDL.
+
+use std::collections::{BTreeSet, HashSet};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hais_shared::event::FingerprintEvent;
+use hais_shared::fingerprint::Method;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Connection, Postgres, Row};
+use time::{Date, Month, OffsetDateTime, Time};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::query::{FingerprintQuery, build_search};
+use super::rollup::{self, DIM_AGENT, DIM_HOST, DIM_IDENTITY, DIM_SERVER_NAME, Rollups};
+use super::sqlite::paginate;
+use super::{
+    DETAIL_DIM_LIMIT, DimEntry, DimList, FingerprintDetail, FingerprintSummary, IngestOutcome,
+    Page, RetentionOutcome, Store, StoreError, StoreFuture, TopEntry, UserRecord, method_from_db,
+    now_us, to_us, uuid_floor_ms, uuid_ms,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Advisory lock key serialising partition DDL across processes ("HAISPART").
+const PARTITION_LOCK: i64 = 0x4841_4953_5041_5254;
+
+/// Most events one group commit writes (many ingest calls merged into one transaction).
+const MAX_GROUP_EVENTS: usize = 20_000;
+/// Ingest calls that may wait for the writers before callers are slowed down.
+const WRITER_QUEUE: usize = 64;
+/// Writer tasks. Two let one group's COPY overlap the previous group's roll-ups and commit
+/// (PostgreSQL runs each on its own backend). Roll-up upserts take row locks in one global key
+/// order (tables in a fixed order, keys sorted), so the writers can wait on each other but
+/// never deadlock.
+const WRITERS: usize = 2;
+
+/// Months (year * 12 + month0) whose partition is known to exist.
+type Partitions = Arc<Mutex<HashSet<i32>>>;
+
+/// One ingest call waiting for the writer.
+struct Job {
+    events: Vec<FingerprintEvent>,
+    reply: oneshot::Sender<Result<IngestOutcome, StoreError>>,
+}
+
+/// The PostgreSQL store.
+///
+/// Ingest goes through one writer task doing *group commit*: it takes every ingest call queued
+/// while the previous transaction ran, writes all their events in one transaction (COPY when no
+/// event is a replay), folds all their roll-ups together (a fingerprint seen in twenty batches
+/// is updated once, not twenty times) and commits once. Callers get their answer only after the
+/// commit, so an acknowledged event is durable and read-your-writes holds. One writer also means
+/// roll-up rows are never contended between concurrent transactions.
+#[derive(Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    partitions: Partitions,
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    writer_tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A calendar month, as `year * 12 + (month - 1)`.
+fn month_key(ms: i64) -> i32 {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    t.year() * 12 + (u8::from(t.month()) as i32 - 1)
+}
+
+/// Milliseconds since the epoch at the start of a month key.
+fn month_start_ms(key: i32) -> i64 {
+    let year = key.div_euclid(12);
+    let month = Month::try_from((key.rem_euclid(12) + 1) as u8).unwrap_or(Month::January);
+    let date = Date::from_calendar_date(year, month, 1).unwrap_or(Date::MIN);
+    (date
+        .with_time(Time::MIDNIGHT)
+        .assume_utc()
+        .unix_timestamp_nanos()
+        / 1_000_000) as i64
+}
+
+fn partition_name(key: i32) -> String {
+    format!(
+        "events_p{:04}{:02}",
+        key.div_euclid(12),
+        key.rem_euclid(12) + 1
+    )
+}
+
+/// Parses `events_pYYYYMM` back into a month key.
+fn parse_partition_name(name: &str) -> Option<i32> {
+    let digits = name.strip_prefix("events_p")?;
+    if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let year: i32 = digits[..4].parse().ok()?;
+    let month: i32 = digits[4..].parse().ok()?;
+    (1..=12).contains(&month).then_some(year * 12 + month - 1)
+}
+
+/// Whether an error is "no partition found for row" (a partition dropped by another process).
+fn is_missing_partition(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23514"))
+}
+
+impl PgStore {
+    /// Connects, creates `schema` if given (and uses it for everything), and migrates.
+    pub async fn open(
+        url: &str,
+        schema: Option<&str>,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        let mut opts = PgConnectOptions::from_str(url)?;
+        if let Some(schema) = schema {
+            if !crate::config::is_identifier(schema) {
+                return Err(StoreError::Conflict(format!(
+                    "invalid schema name {schema:?}"
+                )));
+            }
+            let mut conn = sqlx::PgConnection::connect_with(&opts).await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}"
+            )))
+            .execute(&mut conn)
+            .await?;
+            conn.close().await?;
+            opts = opts.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        let partitions: Partitions = Arc::default();
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let tasks = (0..WRITERS)
+            .map(|_| tokio::spawn(run_writer(pool.clone(), partitions.clone(), rx.clone())))
+            .collect();
+        Ok(PgStore {
+            pool,
+            partitions,
+            writer: Mutex::new(Some(tx)),
+            writer_tasks: Mutex::new(tasks),
+        })
+    }
+
+    /// The pool, for tests and benchmarks that need raw access.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn ingest_inner(&self, events: &[FingerprintEvent]) -> Result<IngestOutcome, StoreError> {
+        if events.is_empty() {
+            return Ok(IngestOutcome::default());
+        }
+        let sender = self
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("store is closed".into()))?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Job {
+                events: events.to_vec(),
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable("ingest writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("ingest writer stopped".into()))?
+    }
+
+    async fn dim_list(
+        &self,
+        method: Method,
+        value: &str,
+        dim: &str,
+    ) -> Result<DimList, StoreError> {
+        let total: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM fingerprint_dims WHERE method = $1 AND value = $2 AND dim = $3",
+        )
+        .bind(method.as_str())
+        .bind(value)
+        .bind(dim)
+        .fetch_one(&self.pool)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT dim_value, first_seen_us, last_seen_us, count FROM fingerprint_dims \
+             WHERE method = $1 AND value = $2 AND dim = $3 ORDER BY count DESC, dim_value LIMIT $4",
+        )
+        .bind(method.as_str())
+        .bind(value)
+        .bind(dim)
+        .bind(DETAIL_DIM_LIMIT)
+        .fetch_all(&self.pool)
+        .await?;
+        let top = rows
+            .iter()
+            .map(|r| {
+                Ok(DimEntry {
+                    value: r.try_get(0)?,
+                    first_seen_us: r.try_get(1)?,
+                    last_seen_us: r.try_get(2)?,
+                    count: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(DimList { total, top })
+    }
+}
+
+/// The group-commit writer loop; ends when every sender is gone (store closed), after
+/// finishing what was queued.
+async fn run_writer(
+    pool: PgPool,
+    partitions: Partitions,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+) {
+    loop {
+        // Hold the receiver only while taking a group, so the other writer can take the next.
+        let jobs = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut n = first.events.len();
+            let mut jobs = vec![first];
+            while n < MAX_GROUP_EVENTS {
+                match rx.try_recv() {
+                    Ok(j) => {
+                        n += j.events.len();
+                        jobs.push(j);
+                    }
+                    Err(_) => break,
+                }
+            }
+            jobs
+        };
+        let all: Vec<&FingerprintEvent> = jobs.iter().flat_map(|j| j.events.iter()).collect();
+        let result = write_group(&pool, &partitions, &all).await;
+        match result {
+            Ok(new_flags) => {
+                let mut flags = new_flags.into_iter();
+                for job in jobs {
+                    let mut out = IngestOutcome::default();
+                    for i in 0..job.events.len() {
+                        if flags.next().unwrap_or(false) {
+                            out.stored.push(i);
+                        } else {
+                            out.duplicates += 1;
+                        }
+                    }
+                    let _ = job.reply.send(Ok(out));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = all.len(), "group commit failed");
+                let msg = e.to_string();
+                let unavailable = matches!(e, StoreError::Unavailable(_));
+                for job in jobs {
+                    let err = if unavailable {
+                        StoreError::Unavailable(msg.clone())
+                    } else {
+                        StoreError::Write(msg.clone())
+                    };
+                    let _ = job.reply.send(Err(err));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a group of events and their roll-ups; returns, per event, whether it was new.
+/// Retries once when a partition it relied on was dropped meanwhile by another process.
+async fn write_group(
+    pool: &PgPool,
+    partitions: &Partitions,
+    events: &[&FingerprintEvent],
+) -> Result<Vec<bool>, StoreError> {
+    ensure_partitions(pool, partitions, events).await?;
+    match write_group_tx(pool, events).await {
+        Err(StoreError::Database(e)) if is_missing_partition(&e) => {
+            partitions.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            ensure_partitions(pool, partitions, events).await?;
+            write_group_tx(pool, events).await
+        }
+        other => other,
+    }
+}
+
+/// Makes sure a partition exists for every month the ids fall in.
+async fn ensure_partitions(
+    pool: &PgPool,
+    partitions: &Partitions,
+    events: &[&FingerprintEvent],
+) -> Result<(), StoreError> {
+    let wanted: BTreeSet<i32> = events.iter().map(|e| month_key(uuid_ms(&e.id))).collect();
+    let missing: Vec<i32> = {
+        let known = partitions.lock().unwrap_or_else(|p| p.into_inner());
+        wanted.into_iter().filter(|k| !known.contains(k)).collect()
+    };
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PARTITION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    for key in &missing {
+        let lo = uuid_floor_ms(month_start_ms(*key));
+        let hi = uuid_floor_ms(month_start_ms(key + 1));
+        // Only computed numbers and UUIDs are spliced in: nothing from the client.
+        let ddl = format!(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF events FOR VALUES FROM ('{lo}') TO ('{hi}')",
+            partition_name(*key)
+        );
+        sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    partitions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(missing);
+    Ok(())
+}
+
+/// Escapes a value for COPY's text format.
+fn copy_escape(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// One event as a COPY text-format line (columns as in [`EVENT_COLUMNS`]).
+fn copy_line(out: &mut String, e: &FingerprintEvent, received: i64) -> Result<(), StoreError> {
+    use std::fmt::Write as _;
+    let fps =
+        serde_json::to_string(&e.fingerprints).map_err(|x| StoreError::Corrupt(x.to_string()))?;
+    let _ = write!(out, "{}\t{}\t", e.id, to_us(e.timestamp));
+    copy_escape(out, &e.agent_id);
+    out.push('\t');
+    copy_escape(out, &e.host);
+    let f = &e.flow;
+    let _ = write!(
+        out,
+        "\t{}\t{}\t{}\t{}\t{}\t",
+        f.src_ip,
+        f.src_port,
+        f.dst_ip,
+        f.dst_port,
+        f.transport.as_str()
+    );
+    match &e.server_name {
+        Some(sni) => copy_escape(out, sni),
+        None => out.push_str("\\N"),
+    }
+    out.push('\t');
+    copy_escape(out, &fps);
+    out.push('\t');
+    if e.workload.is_empty() {
+        out.push_str("\\N");
+    } else {
+        let w =
+            serde_json::to_string(&e.workload).map_err(|x| StoreError::Corrupt(x.to_string()))?;
+        copy_escape(out, &w);
+    }
+    let _ = writeln!(out, "\t{received}");
+    Ok(())
+}
+
+const EVENT_COLUMNS: &str = "id, ts_us, agent_id, host, src_ip, src_port, dst_ip, dst_port, \
+                             transport, server_name, fingerprints, workload, received_us";
+
+/// The group's transaction. Events go in with COPY (the fast path) inside a savepoint; if any
+/// is a replay the COPY fails on the primary key, and the group is written again with
+/// `INSERT … ON CONFLICT DO NOTHING RETURNING id`, which tells exactly which ones were new.
+async fn write_group_tx(
+    pool: &PgPool,
+    events: &[&FingerprintEvent],
+) -> Result<Vec<bool>, StoreError> {
+    let received = now_us();
+    let mut tx = pool.begin().await?;
+    let mut data = String::with_capacity(events.len() * 320);
+    for e in events {
+        copy_line(&mut data, e, received)?;
+    }
+    sqlx::query("SAVEPOINT copy_events")
+        .execute(&mut *tx)
+        .await?;
+    let copied = {
+        let stmt = format!("COPY events ({EVENT_COLUMNS}) FROM STDIN");
+        match tx.copy_in_raw(&stmt).await {
+            Ok(mut copy) => match copy.send(data.into_bytes()).await {
+                Ok(_) => copy.finish().await,
+                Err(e) => {
+                    let _ = copy.abort("send failed").await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        }
+    };
+    let flags = match copied {
+        Ok(_) => vec![true; events.len()],
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
+            sqlx::query("ROLLBACK TO SAVEPOINT copy_events")
+                .execute(&mut *tx)
+                .await?;
+            insert_returning(&mut tx, events, received).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let new = events
+        .iter()
+        .zip(&flags)
+        .filter(|(_, new)| **new)
+        .map(|(e, _)| *e);
+    let r = Rollups::from_events(new);
+    if !r.fingerprints.is_empty() {
+        write_rollups(&mut tx, &r).await?;
+    }
+    tx.commit().await?;
+    Ok(flags)
+}
+
+/// The slow path: inserts what is new and says, per event, whether it was.
+async fn insert_returning(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    events: &[&FingerprintEvent],
+    received: i64,
+) -> Result<Vec<bool>, StoreError> {
+    let n = events.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut ts = Vec::with_capacity(n);
+    let mut agents = Vec::with_capacity(n);
+    let mut hosts = Vec::with_capacity(n);
+    let mut src_ips = Vec::with_capacity(n);
+    let mut src_ports = Vec::with_capacity(n);
+    let mut dst_ips = Vec::with_capacity(n);
+    let mut dst_ports = Vec::with_capacity(n);
+    let mut transports = Vec::with_capacity(n);
+    let mut snis: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut fps = Vec::with_capacity(n);
+    let mut workloads: Vec<Option<String>> = Vec::with_capacity(n);
+    for e in events {
+        ids.push(e.id);
+        ts.push(to_us(e.timestamp));
+        agents.push(e.agent_id.as_str());
+        hosts.push(e.host.as_str());
+        src_ips.push(e.flow.src_ip.to_string());
+        src_ports.push(i32::from(e.flow.src_port));
+        dst_ips.push(e.flow.dst_ip.to_string());
+        dst_ports.push(i32::from(e.flow.dst_port));
+        transports.push(e.flow.transport.as_str());
+        snis.push(e.server_name.as_deref());
+        fps.push(
+            serde_json::to_string(&e.fingerprints)
+                .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+        );
+        workloads.push(if e.workload.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::to_string(&e.workload)
+                    .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+            )
+        });
+    }
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO events (id, ts_us, agent_id, host, src_ip, src_port, dst_ip, dst_port, \
+         transport, server_name, fingerprints, workload, received_us) \
+         SELECT u.id, u.ts, u.agent, u.host, u.sip, u.sport, u.dip, u.dport, u.tr, u.sni, \
+                u.fps, u.wl, $13 \
+         FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int4[], \
+                     $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::text[]) \
+              AS u(id, ts, agent, host, sip, sport, dip, dport, tr, sni, fps, wl) \
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+    )
+    .bind(&ids)
+    .bind(&ts)
+    .bind(&agents)
+    .bind(&hosts)
+    .bind(&src_ips)
+    .bind(&src_ports)
+    .bind(&dst_ips)
+    .bind(&dst_ports)
+    .bind(&transports)
+    .bind(&snis)
+    .bind(&fps)
+    .bind(&workloads)
+    .bind(received)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut new_ids: HashSet<Uuid> = inserted.into_iter().collect();
+    // `remove` makes an id repeated inside the group count as new only once.
+    Ok(events.iter().map(|e| new_ids.remove(&e.id)).collect())
+}
+
+/// Upserts a batch's roll-up deltas, one statement per table.
+async fn write_rollups(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    r: &Rollups<'_>,
+) -> Result<(), StoreError> {
+    let n = r.fingerprints.len();
+    let (mut m, mut v, mut a, mut b, mut c) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut first, mut last, mut count) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for ((method, value), s) in &r.fingerprints {
+        let [pa, pb, pc] = rollup::parts(value);
+        m.push(*method);
+        v.push(*value);
+        a.push(pa);
+        b.push(pb);
+        c.push(pc);
+        first.push(s.first_us);
+        last.push(s.last_us);
+        count.push(s.count);
+    }
+    sqlx::query(
+        "INSERT INTO fingerprints AS f (method, value, part_a, part_b, part_c, first_seen_us, \
+         last_seen_us, count) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                              $6::int8[], $7::int8[], $8::int8[]) \
+         ON CONFLICT (method, value) DO UPDATE SET \
+         first_seen_us = LEAST(f.first_seen_us, EXCLUDED.first_seen_us), \
+         last_seen_us = GREATEST(f.last_seen_us, EXCLUDED.last_seen_us), \
+         count = f.count + EXCLUDED.count",
+    )
+    .bind(&m)
+    .bind(&v)
+    .bind(&a)
+    .bind(&b)
+    .bind(&c)
+    .bind(&first)
+    .bind(&last)
+    .bind(&count)
+    .execute(&mut **tx)
+    .await?;
+
+    let n = r.dims.len();
+    let (mut dim, mut dv, mut m, mut v) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut first, mut last, mut count) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for ((d, dval, method, value), s) in &r.dims {
+        dim.push(*d);
+        dv.push(*dval);
+        m.push(*method);
+        v.push(*value);
+        first.push(s.first_us);
+        last.push(s.last_us);
+        count.push(s.count);
+    }
+    sqlx::query(
+        "INSERT INTO fingerprint_dims AS d (dim, dim_value, method, value, first_seen_us, \
+         last_seen_us, count) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], \
+                              $6::int8[], $7::int8[]) \
+         ON CONFLICT (dim, dim_value, method, value) DO UPDATE SET \
+         first_seen_us = LEAST(d.first_seen_us, EXCLUDED.first_seen_us), \
+         last_seen_us = GREATEST(d.last_seen_us, EXCLUDED.last_seen_us), \
+         count = d.count + EXCLUDED.count",
+    )
+    .bind(&dim)
+    .bind(&dv)
+    .bind(&m)
+    .bind(&v)
+    .bind(&first)
+    .bind(&last)
+    .bind(&count)
+    .execute(&mut **tx)
+    .await?;
+
+    let n = r.hourly.len();
+    let (mut hour, mut m, mut v, mut count) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for ((h, method, value), k) in &r.hourly {
+        hour.push(*h);
+        m.push(*method);
+        v.push(*value);
+        count.push(*k);
+    }
+    sqlx::query(
+        "INSERT INTO fingerprint_hourly AS h (hour_us, method, value, count) \
+         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[]) \
+         ON CONFLICT (hour_us, method, value) DO UPDATE SET count = h.count + EXCLUDED.count",
+    )
+    .bind(&hour)
+    .bind(&m)
+    .bind(&v)
+    .bind(&count)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn summary_from_row(r: &PgRow) -> Result<FingerprintSummary, StoreError> {
+    let method: String = r.try_get(0)?;
+    Ok(FingerprintSummary {
+        method: method_from_db(&method)?,
+        value: r.try_get(1)?,
+        part_a: r.try_get(2)?,
+        part_b: r.try_get(3)?,
+        part_c: r.try_get(4)?,
+        first_seen_us: r.try_get(5)?,
+        last_seen_us: r.try_get(6)?,
+        count: r.try_get(7)?,
+    })
+}
+
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+    }
+
+    fn ingest<'a>(&'a self, events: &'a [FingerprintEvent]) -> StoreFuture<'a, IngestOutcome> {
+        Box::pin(self.ingest_inner(events))
+    }
+
+    fn search<'a>(&'a self, q: &'a FingerprintQuery) -> StoreFuture<'a, Page<FingerprintSummary>> {
+        Box::pin(async move {
+            let mut qb = build_search::<Postgres>(q);
+            let rows = qb.build().fetch_all(&self.pool).await?;
+            let items = rows
+                .iter()
+                .map(summary_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(paginate(items, q.limit))
+        })
+    }
+
+    fn detail<'a>(
+        &'a self,
+        method: Method,
+        value: &'a str,
+    ) -> StoreFuture<'a, Option<FingerprintDetail>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT method, value, part_a, part_b, part_c, first_seen_us, last_seen_us, count \
+                 FROM fingerprints WHERE method = $1 AND value = $2",
+            )
+            .bind(method.as_str())
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let labels: Vec<String> = sqlx::query_scalar(
+                "SELECT label FROM fingerprint_labels WHERE method = $1 AND value = $2 ORDER BY label",
+            )
+            .bind(method.as_str())
+            .bind(value)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(Some(FingerprintDetail {
+                summary: summary_from_row(&row)?,
+                hosts: self.dim_list(method, value, DIM_HOST).await?,
+                agents: self.dim_list(method, value, DIM_AGENT).await?,
+                server_names: self.dim_list(method, value, DIM_SERVER_NAME).await?,
+                identities: self.dim_list(method, value, DIM_IDENTITY).await?,
+                labels,
+            }))
+        })
+    }
+
+    fn top(
+        &self,
+        since_us: i64,
+        method: Option<Method>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<TopEntry>> {
+        Box::pin(async move {
+            let hour = since_us.div_euclid(rollup::HOUR_US) * rollup::HOUR_US;
+            let rows = sqlx::query(
+                "SELECT method, value, sum(count)::int8 AS n FROM fingerprint_hourly \
+                 WHERE hour_us >= $1 AND ($2::text IS NULL OR method = $2) \
+                 GROUP BY method, value ORDER BY n DESC, method, value LIMIT $3",
+            )
+            .bind(hour)
+            .bind(method.map(Method::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let m: String = r.try_get(0)?;
+                    Ok(TopEntry {
+                        method: method_from_db(&m)?,
+                        value: r.try_get(1)?,
+                        count: r.try_get(2)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn add_label<'a>(
+        &'a self,
+        method: Method,
+        value: &'a str,
+        label: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let known: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM fingerprints WHERE method = $1 AND value = $2")
+                    .bind(method.as_str())
+                    .bind(value)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if known.is_none() {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO fingerprint_labels (method, value, label, created_us) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(method.as_str())
+            .bind(value)
+            .bind(label)
+            .bind(now_us())
+            .execute(&self.pool)
+            .await?;
+            Ok(true)
+        })
+    }
+
+    fn retain(&self, cutoff_us: i64) -> StoreFuture<'_, RetentionOutcome> {
+        Box::pin(async move {
+            let cutoff_ms = cutoff_us.div_euclid(1000);
+            let mut out = RetentionOutcome::default();
+            let names: Vec<String> = sqlx::query_scalar(
+                "SELECT c.relname::text FROM pg_inherits i \
+                 JOIN pg_class c ON c.oid = i.inhrelid \
+                 JOIN pg_class p ON p.oid = i.inhparent \
+                 JOIN pg_namespace n ON n.oid = p.relnamespace \
+                 WHERE p.relname = 'events' AND n.nspname = current_schema()",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            for name in names {
+                let Some(key) = parse_partition_name(&name) else {
+                    continue;
+                };
+                if month_start_ms(key + 1) <= cutoff_ms {
+                    let rows: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+                        "SELECT count(*) FROM {}",
+                        partition_name(key)
+                    )))
+                    .fetch_one(&self.pool)
+                    .await?;
+                    let mut tx = self.pool.begin().await?;
+                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                        .bind(PARTITION_LOCK)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(AssertSqlSafe(format!(
+                        "DROP TABLE IF EXISTS {}",
+                        partition_name(key)
+                    )))
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    self.partitions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
+                    out.partitions_dropped += 1;
+                    out.events_deleted += rows as u64;
+                }
+            }
+            let mut tx = self.pool.begin().await?;
+            out.events_deleted += sqlx::query("DELETE FROM events WHERE id < $1")
+                .bind(uuid_floor_ms(cutoff_ms))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            out.fingerprints_deleted =
+                sqlx::query("DELETE FROM fingerprints WHERE last_seen_us < $1")
+                    .bind(cutoff_us)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            sqlx::query("DELETE FROM fingerprint_dims WHERE last_seen_us < $1")
+                .bind(cutoff_us)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM fingerprint_hourly WHERE hour_us < $1")
+                .bind(cutoff_us.div_euclid(rollup::HOUR_US) * rollup::HOUR_US)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+
+    fn count_events(&self) -> StoreFuture<'_, i64> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar("SELECT count(*) FROM events")
+                .fetch_one(&self.pool)
+                .await?)
+        })
+    }
+
+    fn count_users(&self) -> StoreFuture<'_, i64> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar("SELECT count(*) FROM users")
+                .fetch_one(&self.pool)
+                .await?)
+        })
+    }
+
+    fn get_user<'a>(&'a self, username: &'a str) -> StoreFuture<'a, Option<UserRecord>> {
+        Box::pin(async move {
+            let row =
+                sqlx::query("SELECT username, password_hash, role FROM users WHERE username = $1")
+                    .bind(username)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            row.map(|r| {
+                Ok(UserRecord {
+                    username: r.try_get(0)?,
+                    password_hash: r.try_get(1)?,
+                    role: r.try_get(2)?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn create_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let r = sqlx::query(
+                "INSERT INTO users (username, password_hash, role, created_us) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (username) DO NOTHING",
+            )
+            .bind(&user.username)
+            .bind(&user.password_hash)
+            .bind(&user.role)
+            .bind(now_us())
+            .execute(&self.pool)
+            .await?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "user {:?} already exists",
+                    user.username
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    fn put_refresh_token<'a>(
+        &'a self,
+        token_hash: &'a str,
+        username: &'a str,
+        expires_us: i64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM refresh_tokens WHERE expires_us < $1")
+                .bind(now_us())
+                .execute(&self.pool)
+                .await?;
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_hash, username, expires_us) VALUES ($1, $2, $3)",
+            )
+            .bind(token_hash)
+            .bind(username)
+            .bind(expires_us)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn take_refresh_token<'a>(&'a self, token_hash: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar(
+                "DELETE FROM refresh_tokens WHERE token_hash = $1 AND expires_us >= $2 \
+                 RETURNING username",
+            )
+            .bind(token_hash)
+            .bind(now_us())
+            .fetch_optional(&self.pool)
+            .await?)
+        })
+    }
+
+    fn setting_or_init<'a>(&'a self, key: &'a str, proposed: &'a str) -> StoreFuture<'a, String> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(key)
+            .bind(proposed)
+            .execute(&self.pool)
+            .await?;
+            Ok(
+                sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                    .bind(key)
+                    .fetch_one(&self.pool)
+                    .await?,
+            )
+        })
+    }
+
+    fn close(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            // Dropping the sender lets the writer finish the queued jobs and end.
+            drop(self.writer.lock().unwrap_or_else(|p| p.into_inner()).take());
+            let tasks =
+                std::mem::take(&mut *self.writer_tasks.lock().unwrap_or_else(|p| p.into_inner()));
+            for t in tasks {
+                let _ = t.await;
+            }
+            self.pool.close().await;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn month_keys_and_names() {
+        // 2026-11-28T00:00:00Z
+        let ms = 1_795_824_000_000;
+        let key = month_key(ms);
+        assert_eq!(partition_name(key), "events_p202611");
+        assert_eq!(parse_partition_name("events_p202611"), Some(key));
+        assert!(month_start_ms(key) <= ms && ms < month_start_ms(key + 1));
+        assert_eq!(partition_name(key + 2), "events_p202701");
+        assert_eq!(parse_partition_name("events_p2026x1"), None);
+    }
+}

@@ -1,0 +1,1108 @@
+//! The integration suite, run twice: against embedded SQLite with the in-process bus, and
+//! against PostgreSQL with Redis. Each test gets its own database (file or schema) and bus
+//! namespace, and removes them at the end.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use common::{Backend, JWT_SECRET, TestApp, error_code, event};
+use hais_shared::fingerprint::Method;
+use serde_json::{Value, json};
+
+const JA4_A: &str = "t13d1516h2_8daaf6152771_e5627efa2ab1";
+const JA4_B: &str = "t13d1517h2_8daaf6152771_b0da82dd1658";
+const JA4S_A: &str = "t130200_1301_234ea6891581";
+
+async fn ingest_dedup_and_rollups(backend: Backend) {
+    let t = TestApp::start(backend, "dedup").await;
+    let mut rx = t.app.as_ref().unwrap().state.bus.subscribe();
+    let batch: Vec<_> = (0..40)
+        .map(|i| {
+            let host = if i % 2 == 0 { "web-01" } else { "web-02" };
+            event(
+                "agent-1",
+                host,
+                Some("example.com"),
+                &[(Method::Ja4, JA4_A), (Method::Ja4s, JA4S_A)],
+                -(i as i64),
+            )
+        })
+        .collect();
+    let v = t.ingest(&batch).await;
+    assert_eq!(v, json!({"stored": 40, "duplicates": 0}));
+    // Replaying the batch (at-least-once delivery) stores nothing and counts nothing twice.
+    let v = t.ingest(&batch).await;
+    assert_eq!(v, json!({"stored": 0, "duplicates": 40}));
+    // A batch mixing new and replayed events, and an id repeated inside the batch.
+    let fresh = event("agent-2", "db-01", None, &[(Method::Ja4, JA4_A)], 0);
+    let v = t
+        .ingest(&[batch[0].clone(), fresh.clone(), fresh.clone()])
+        .await;
+    assert_eq!(v, json!({"stored": 1, "duplicates": 2}));
+    assert_eq!(
+        t.app
+            .as_ref()
+            .unwrap()
+            .state
+            .store
+            .count_events()
+            .await
+            .unwrap(),
+        41
+    );
+
+    let (s, d) = t
+        .call(
+            "GET",
+            &format!("/api/ja4/fingerprints/ja4/{JA4_A}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["count"], 41);
+    assert_eq!(d["part_a"], "t13d1516h2");
+    assert_eq!(d["hosts"]["total"], 3);
+    assert_eq!(d["agents"]["total"], 2);
+    assert_eq!(d["server_names"]["top"][0]["value"], "example.com");
+    assert_eq!(d["server_names"]["top"][0]["count"], 40);
+    let first = d["first_seen_us"].as_i64().unwrap();
+    let last = d["last_seen_us"].as_i64().unwrap();
+    assert!(last - first >= 39_000_000, "first/last seen span the batch");
+    let (_, d) = t
+        .call(
+            "GET",
+            &format!("/api/ja4/fingerprints/ja4s/{JA4S_A}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(d["count"], 40);
+
+    // The stored events were published on the bus (through Redis for the PostgreSQL suite).
+    let mut published = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while published < 41 {
+        let m = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("bus message")
+            .unwrap();
+        if m.topic == "fingerprint.events" {
+            published += m.payload["events"].as_array().unwrap().len();
+        }
+    }
+    assert_eq!(published, 41, "only newly stored events are published");
+
+    // Labels.
+    let (s, v) = t
+        .call(
+            "POST",
+            &format!("/api/ja4/fingerprints/ja4/{JA4_A}/labels"),
+            Some(&t.admin),
+            Some(json!({"label": "browser:chrome"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["labels"], json!(["browser:chrome"]));
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/ja4/fingerprints/ja4/t00_unknown_x/labels",
+            Some(&t.admin),
+            Some(json!({"label": "x"})),
+        )
+        .await;
+    assert_eq!((s, error_code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    t.finish().await;
+}
+
+async fn search_filters_and_pagination(backend: Backend) {
+    let t = TestApp::start(backend, "search").await;
+    let mut events = Vec::new();
+    for i in 0..25 {
+        let v = format!("t13d{:02}10h2_aaaaaaaaaaaa_{:012x}", i, i);
+        let host = if i < 5 { "special-host" } else { "web-01" };
+        let sni = if i % 5 == 0 {
+            Some("api.example.com")
+        } else {
+            None
+        };
+        events.push(event(
+            "agent-9",
+            host,
+            sni,
+            &[(Method::Ja4, &v)],
+            -(i * 3600),
+        ));
+    }
+    events.push(event(
+        "agent-7",
+        "edge-1",
+        None,
+        &[(
+            Method::Ja4h,
+            "ge11cn20enus_60ca1bd65281_ac95b44401d9_8df6a44f726c",
+        )],
+        0,
+    ));
+    t.ingest(&events).await;
+
+    // Pagination: 26 fingerprints in pages of 10, no repeats, nothing missed, stable order.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let uri = match &cursor {
+            Some(c) => format!("/api/ja4/fingerprints?limit=10&cursor={c}"),
+            None => "/api/ja4/fingerprints?limit=10".to_owned(),
+        };
+        let (s, v) = t.call("GET", &uri, Some(&t.admin), None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        pages += 1;
+        for it in v["items"].as_array().unwrap() {
+            seen.push((
+                it["method"].as_str().unwrap().to_owned(),
+                it["value"].as_str().unwrap().to_owned(),
+            ));
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 26);
+    let unique: BTreeSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), 26);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "(method, value) order");
+
+    let count = |v: &Value| v["items"].as_array().unwrap().len();
+    let get = |q: &str| {
+        let uri = format!("/api/ja4/fingerprints?{q}");
+        let t = &t;
+        async move {
+            let (s, v) = t.call("GET", &uri, Some(&t.admin), None).await;
+            assert_eq!(s, StatusCode::OK, "{uri}: {v}");
+            v
+        }
+    };
+    assert_eq!(count(&get("method=ja4h").await), 1);
+    assert_eq!(count(&get("method=ja4&limit=1000").await), 25);
+    assert_eq!(count(&get("prefix=t13d0").await), 10);
+    assert_eq!(count(&get("prefix=t13d2").await), 5);
+    assert_eq!(count(&get("part_a=t13d0310h2").await), 1);
+    assert_eq!(count(&get("part_b=aaaaaaaaaaaa").await), 25);
+    assert_eq!(count(&get("part_c=000000000003").await), 1);
+    assert_eq!(
+        count(&get("value=t13d0310h2_aaaaaaaaaaaa_000000000003").await),
+        1
+    );
+    assert_eq!(count(&get("host=special-host").await), 5);
+    assert_eq!(
+        count(&get("host=special-host&method=ja4&prefix=t13d0").await),
+        5
+    );
+    assert_eq!(count(&get("agent=agent-7").await), 1);
+    assert_eq!(count(&get("server_name=api.example.com").await), 5);
+    assert_eq!(
+        count(&get("server_name=api.example.com&host=special-host").await),
+        1
+    );
+    assert_eq!(count(&get("host=nobody").await), 0);
+    // Time range: events are one hour apart, going back 24 hours.
+    let from = (time::OffsetDateTime::now_utc() - time::Duration::minutes(150))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    assert_eq!(count(&get(&format!("method=ja4&from={from}")).await), 3);
+    assert_eq!(
+        count(&get(&format!("host=special-host&from={from}")).await),
+        3
+    );
+    // Paging with a filter keeps the filter's order.
+    let v = get("host=web-01&limit=7").await;
+    assert_eq!(count(&v), 7);
+    let c = v["next_cursor"].as_str().unwrap();
+    let v2 = get(&format!("host=web-01&limit=7&cursor={c}")).await;
+    assert_eq!(count(&v2), 7);
+    assert!(v2["items"][0]["value"].as_str().unwrap() > v["items"][6]["value"].as_str().unwrap());
+
+    // Top-N over a window.
+    let (s, v) = t
+        .call(
+            "GET",
+            "/api/ja4/stats/top?window=2h&limit=5",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let n = v["items"].as_array().unwrap().len();
+    assert!((2..=4).contains(&n), "hour buckets: {v}");
+    let (_, v) = t
+        .call(
+            "GET",
+            "/api/ja4/stats/top?window=7d&limit=100&method=ja4",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 25);
+    assert_eq!(v["window_secs"], 7 * 86400);
+    t.finish().await;
+}
+
+async fn top_counts_events(backend: Backend) {
+    let t = TestApp::start(backend, "top").await;
+    let mut evs = Vec::new();
+    for i in 0..6 {
+        evs.push(event("a", "h", None, &[(Method::Ja4, JA4_A)], -i));
+    }
+    for i in 0..3 {
+        evs.push(event("a", "h", None, &[(Method::Ja4, JA4_B)], -i));
+    }
+    t.ingest(&evs).await;
+    let (_, v) = t
+        .call("GET", "/api/ja4/stats/top?window=1h", Some(&t.admin), None)
+        .await;
+    assert_eq!(
+        v["items"][0],
+        json!({"method": "ja4", "value": JA4_A, "count": 6})
+    );
+    assert_eq!(
+        v["items"][1],
+        json!({"method": "ja4", "value": JA4_B, "count": 3})
+    );
+    t.finish().await;
+}
+
+async fn retention_deletes_old_data(backend: Backend) {
+    let t = TestApp::start(backend, "retention").await;
+    let day = 86_400;
+    let old: Vec<_> = (0..10)
+        .map(|i| {
+            event(
+                "a",
+                "old-host",
+                None,
+                &[(Method::Ja4, "t12d0000h1_000000000000_000000000000")],
+                -(40 * day + i),
+            )
+        })
+        .collect();
+    // One old event shares a fingerprint with fresh ones: the roll-up must survive.
+    let mut mixed = old.clone();
+    mixed.push(event(
+        "a",
+        "old-host",
+        None,
+        &[(Method::Ja4, JA4_A)],
+        -40 * day,
+    ));
+    // Far enough back that, in PostgreSQL, its whole monthly partition is dropped.
+    mixed.push(event(
+        "a",
+        "old-host",
+        None,
+        &[(Method::Ja4, "t12d0000h1_000000000000_000000000000")],
+        -100 * day,
+    ));
+    let fresh: Vec<_> = (0..5)
+        .map(|i| event("a", "new-host", None, &[(Method::Ja4, JA4_A)], -i))
+        .collect();
+    t.ingest(&mixed).await;
+    t.ingest(&fresh).await;
+    let store = &t.app.as_ref().unwrap().state.store;
+    assert_eq!(store.count_events().await.unwrap(), 17);
+
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/ja4/retention",
+            Some(&t.admin),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["events_deleted"], 12, "{v}");
+    assert_eq!(v["fingerprints_deleted"], 1, "{v}");
+    if backend == Backend::Postgres {
+        assert!(v["partitions_dropped"].as_u64().unwrap() >= 1, "{v}");
+    }
+    assert_eq!(store.count_events().await.unwrap(), 5);
+    let (s, _) = t
+        .call(
+            "GET",
+            "/api/ja4/fingerprints/ja4/t12d0000h1_000000000000_000000000000",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, d) = t
+        .call(
+            "GET",
+            &format!("/api/ja4/fingerprints/ja4/{JA4_A}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(d["hosts"]["total"], 1, "the old host pairing expired: {d}");
+    // Running it again finds nothing more.
+    let (_, v) = t
+        .call(
+            "POST",
+            "/api/ja4/retention",
+            Some(&t.admin),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(v["events_deleted"], 0);
+    // Only admins may run it.
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/ja4/retention",
+            Some(&viewer(&t).await),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!((s, error_code(&v)), (StatusCode::FORBIDDEN, "forbidden"));
+    t.finish().await;
+}
+
+async fn viewer(t: &TestApp) -> String {
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/auth/users",
+            Some(&t.admin),
+            Some(json!({"username": "vic", "password": "viewer-pass", "role": "viewer"})),
+        )
+        .await;
+    assert!(s == StatusCode::CREATED || s == StatusCode::CONFLICT, "{v}");
+    t.login("vic", "viewer-pass").await
+}
+
+fn forge(claims: Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn auth_failures(backend: Backend) {
+    let t = TestApp::start(backend, "auth").await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // No token, malformed header, garbage token.
+    let (s, v) = t.call("GET", "/api/ja4/fingerprints", None, None).await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let req = Request::get("/api/ja4/fingerprints")
+        .header(header::AUTHORIZATION, "Basic abc")
+        .body(Body::empty())
+        .unwrap();
+    let (s, v) = t.send(req).await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let (s, _) = t
+        .call("GET", "/api/ja4/fingerprints", Some("not.a.jwt"), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Expired token.
+    let expired = forge(
+        json!({"sub": "admin", "role": "admin", "iss": "hais-control-plane", "iat": now - 100, "exp": now - 10}),
+        JWT_SECRET,
+    );
+    let (s, v) = t
+        .call("GET", "/api/ja4/fingerprints", Some(&expired), None)
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "token_expired")
+    );
+    // Signed with another key.
+    let foreign = forge(
+        json!({"sub": "admin", "role": "admin", "iss": "hais-control-plane", "iat": now, "exp": now + 100}),
+        "some-other-secret-some-other-secret-xxxx",
+    );
+    let (s, _) = t
+        .call("GET", "/api/ja4/fingerprints", Some(&foreign), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Wrong password, unknown user.
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(json!({"username": "admin", "password": "nope"})),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(json!({"username": "ghost", "password": "nope"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Wrong role: a viewer may read but not ingest, create users or label.
+    let vt = viewer(&t).await;
+    let (s, _) = t
+        .call("GET", "/api/ja4/fingerprints", Some(&vt), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/ja4/ingest",
+            Some(&vt),
+            Some(json!({"events": [event("a", "h", None, &[(Method::Ja4, JA4_A)], 0)]})),
+        )
+        .await;
+    assert_eq!((s, error_code(&v)), (StatusCode::FORBIDDEN, "forbidden"));
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/auth/users",
+            Some(&vt),
+            Some(json!({"username": "x", "password": "12345678", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // An analyst may label but not ingest.
+    t.call(
+        "POST",
+        "/api/auth/users",
+        Some(&t.admin),
+        Some(json!({"username": "ana", "password": "analyst-pass", "role": "analyst"})),
+    )
+    .await;
+    let at = t.login("ana", "analyst-pass").await;
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/ja4/ingest",
+            Some(&at),
+            Some(json!({"events": []})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // Duplicate user, bad role.
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/auth/users",
+            Some(&t.admin),
+            Some(json!({"username": "ana", "password": "analyst-pass", "role": "analyst"})),
+        )
+        .await;
+    assert_eq!((s, error_code(&v)), (StatusCode::CONFLICT, "conflict"));
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/auth/users",
+            Some(&t.admin),
+            Some(json!({"username": "z", "password": "12345678", "role": "root"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // Refresh: works once, then the old refresh token is dead.
+    let (_, pair) = t
+        .call(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(json!({"username": "admin", "password": common::ADMIN_PASSWORD})),
+        )
+        .await;
+    let rt = pair["refresh_token"].as_str().unwrap();
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/auth/refresh",
+            None,
+            Some(json!({"refresh_token": rt})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, me) = t
+        .call(
+            "GET",
+            "/api/auth/me",
+            Some(v["access_token"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!((s, me["subject"].as_str()), (StatusCode::OK, Some("admin")));
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/auth/refresh",
+            None,
+            Some(json!({"refresh_token": rt})),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+
+    // Service tokens: admin mints one; it may ingest but not manage users.
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/auth/service-tokens",
+            Some(&t.admin),
+            Some(json!({"subject": "agent-42", "ttl_secs": 600})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["subject"], "spiffe://hais.local/hais/agent/agent-42");
+    let st = v["token"].as_str().unwrap();
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/ja4/ingest",
+            Some(st),
+            Some(json!({"events": [event("agent-42", "h", None, &[(Method::Ja4, JA4_A)], 0)]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/auth/users",
+            Some(st),
+            Some(json!({"username": "x", "password": "12345678", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/auth/service-tokens",
+            Some(&t.admin),
+            Some(json!({"subject": "a b", "ttl_secs": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/auth/service-tokens",
+            Some(&t.admin),
+            Some(json!({"subject": "ok", "ttl_secs": 999999999})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    t.finish().await;
+}
+
+async fn bad_input_is_4xx_json(backend: Backend) {
+    let t = TestApp::start(backend, "badinput").await;
+    t.ingest(&[event("a", "h", None, &[(Method::Ja4, JA4_A)], 0)])
+        .await;
+    let raw = |method: &str, uri: &str, ct: Option<&str>, body: Vec<u8>| {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", t.admin));
+        if let Some(ct) = ct {
+            b = b.header(header::CONTENT_TYPE, ct);
+        }
+        b.body(Body::from(body)).unwrap()
+    };
+    let json_ct = Some("application/json");
+    // Malformed JSON.
+    let (s, v) = t
+        .send(raw(
+            "POST",
+            "/api/ja4/ingest",
+            json_ct,
+            b"{\"events\": [".to_vec(),
+        ))
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "malformed_json")
+    );
+    let (s, v) = t
+        .send(raw(
+            "POST",
+            "/api/auth/login",
+            json_ct,
+            b"not json".to_vec(),
+        ))
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "malformed_json")
+    );
+    // Wrong types.
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/ja4/ingest",
+            Some(&t.admin),
+            Some(json!({"events": "lots"})),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let mut e = serde_json::to_value(event("a", "h", None, &[(Method::Ja4, JA4_A)], 0)).unwrap();
+    e["flow"]["src_port"] = json!(70000);
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/ja4/ingest",
+            Some(&t.admin),
+            Some(json!({"events": [e]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let mut e = serde_json::to_value(event("a", "h", None, &[(Method::Ja4, JA4_A)], 0)).unwrap();
+    e["fingerprints"][0]["method"] = json!("ja5");
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/ja4/ingest",
+            Some(&t.admin),
+            Some(json!({"events": [e]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(json!({"username": 1, "password": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/ja4/ingest",
+            Some(&t.admin),
+            Some(json!({"events": [], "extra": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Semantically invalid events: nothing of the batch is stored.
+    let mut bad = event("a", "h", None, &[(Method::Ja4, JA4_B)], 0);
+    bad.id = uuid::Builder::from_random_bytes([7u8; 16]).into_uuid();
+    let good = event("a", "h", None, &[(Method::Ja4, JA4_B)], 0);
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/ja4/ingest",
+            Some(&t.admin),
+            Some(json!({"events": [good, bad]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("events[1]"),
+        "{v}"
+    );
+    let (s, _) = t
+        .call(
+            "GET",
+            &format!("/api/ja4/fingerprints/ja4/{JA4_B}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let future = event("a", "h", None, &[(Method::Ja4, JA4_B)], 10 * 86_400);
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/ja4/ingest",
+            Some(&t.admin),
+            Some(json!({"events": [future]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/ja4/ingest",
+            Some(&t.admin),
+            Some(json!({"events": []})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let too_many: Vec<_> = (0..2001)
+        .map(|_| event("a", "h", None, &[(Method::Ja4, JA4_A)], 0))
+        .collect();
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/ja4/ingest",
+            Some(&t.admin),
+            Some(json!({"events": too_many})),
+        )
+        .await;
+    assert!(
+        s == StatusCode::BAD_REQUEST || s == StatusCode::PAYLOAD_TOO_LARGE,
+        "{s} {v}"
+    );
+    // Oversized body (limit is 1 MiB in tests).
+    let big = format!("{{\"events\": [], \"pad\": \"{}\"}}", "x".repeat(2 << 20));
+    let (s, v) = t
+        .send(raw("POST", "/api/ja4/ingest", json_ct, big.into_bytes()))
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    // Missing content type.
+    let (s, v) = t
+        .send(raw("POST", "/api/ja4/ingest", None, b"{}".to_vec()))
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
+    // SQL-injection strings: refused or harmlessly bound, never a 500, and the data survives.
+    for q in [
+        "host=x%27%20OR%20%271%27%3D%271",
+        "host=x'OR'1'='1",
+        "prefix=%27%3B%20DROP%20TABLE%20events%3B%20--",
+        "value=t13');DROP%20TABLE%20fingerprints;--",
+        "agent=%22%3B--",
+        "server_name=a%27%20UNION%20SELECT%20*%20FROM%20users--",
+        "cursor=%27%20OR%201%3D1",
+        "method=ja4%27%20OR%201%3D1",
+    ] {
+        let (s, v) = t
+            .call(
+                "GET",
+                &format!("/api/ja4/fingerprints?{q}"),
+                Some(&t.admin),
+                None,
+            )
+            .await;
+        assert!(
+            s == StatusCode::BAD_REQUEST
+                || (s == StatusCode::OK && v["items"].as_array().unwrap().is_empty()),
+            "{q}: {s} {v}"
+        );
+        if s == StatusCode::BAD_REQUEST {
+            error_code(&v);
+        }
+    }
+    let (s, v) = t
+        .call(
+            "GET",
+            "/api/ja4/fingerprints/ja4/x'%20OR%20'1'='1",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(json!({"username": "admin' --", "password": "' OR '1'='1"})),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let (_, v) = t
+        .call("GET", "/api/ja4/fingerprints", Some(&t.admin), None)
+        .await;
+    assert_eq!(
+        v["items"].as_array().unwrap().len(),
+        1,
+        "data intact after injection attempts"
+    );
+    // Absurd page sizes and other bad parameters.
+    for q in [
+        "limit=100000",
+        "limit=0",
+        "limit=-1",
+        "limit=abc",
+        "limit=1e9",
+        "limit=18446744073709551616",
+        "bogus=1",
+        "method=ja5",
+        "from=yesterday",
+        "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "cursor=AAAA",
+    ] {
+        let (s, v) = t
+            .call(
+                "GET",
+                &format!("/api/ja4/fingerprints?{q}"),
+                Some(&t.admin),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
+        error_code(&v);
+    }
+    for q in [
+        "window=0h",
+        "window=1000d",
+        "window=abc",
+        "limit=101",
+        "limit=0",
+    ] {
+        let (s, v) = t
+            .call(
+                "GET",
+                &format!("/api/ja4/stats/top?{q}"),
+                Some(&t.admin),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
+    }
+    let long = "a".repeat(600);
+    let (s, _) = t
+        .call(
+            "GET",
+            &format!("/api/ja4/fingerprints?prefix={long}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Unknown route and wrong method are JSON too.
+    let (s, v) = t.call("GET", "/api/nowhere", Some(&t.admin), None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, v) = t
+        .call("DELETE", "/api/ja4/ingest", Some(&t.admin), None)
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+    t.finish().await;
+}
+
+async fn ops_endpoints(backend: Backend) {
+    let t = TestApp::start(backend, "ops").await;
+    let (s, v) = t.call("GET", "/health", None, None).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let (s, v) = t.call("GET", "/ready", None, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let expect = if backend == Backend::Sqlite {
+        ("sqlite", "memory")
+    } else {
+        ("postgres", "redis")
+    };
+    assert_eq!(
+        (
+            v["store"]["backend"].as_str().unwrap(),
+            v["bus"]["backend"].as_str().unwrap()
+        ),
+        expect
+    );
+    t.ingest(&[event("a", "h", None, &[(Method::Ja4, JA4_A)], 0)])
+        .await;
+    let resp = tower::ServiceExt::oneshot(
+        t.router.clone(),
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("hais_ingest_events_stored_total 1"), "{text}");
+    assert!(text.contains("hais_http_request_duration_seconds_bucket{le=\"+Inf\"}"));
+    let (s, v) = t.call("GET", "/api/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    for p in [
+        "/api/auth/login",
+        "/api/ja4/ingest",
+        "/api/ja4/fingerprints",
+        "/api/ja4/fingerprints/{method}/{value}",
+        "/api/ja4/stats/top",
+        "/health",
+    ] {
+        assert!(v["paths"].get(p).is_some(), "openapi lacks {p}");
+    }
+    // Every service reports its status; placeholders say so.
+    for svc in [
+        "ja4",
+        "spire",
+        "correlation",
+        "identity",
+        "policy",
+        "alert",
+        "threat",
+    ] {
+        let (s, v) = t
+            .call("GET", &format!("/api/{svc}/status"), Some(&t.admin), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{svc}: {v}");
+        assert_eq!(v["status"], if svc == "ja4" { "ok" } else { "placeholder" });
+    }
+    let (s, v) = t
+        .call("GET", "/api/gateway/services", Some(&t.admin), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v.as_array().unwrap().len(), 7);
+    t.finish().await;
+}
+
+/// A second process's worth of state on the same store: the JWT secret and users are shared,
+/// so a token from one instance is accepted by the other.
+async fn instances_share_secret_and_users(backend: Backend) {
+    let iso = common::Isolation::new(backend, "shared").await;
+    let mut cfg = iso.config();
+    cfg.jwt_secret = None;
+    let a = TestApp::start_with(iso.clone(), cfg.clone()).await;
+    let b_app = hais_control_plane::App::start(cfg).await.unwrap();
+    let b_router = b_app.router();
+    let resp = tower::ServiceExt::oneshot(
+        b_router,
+        Request::get("/api/auth/me")
+            .header(header::AUTHORIZATION, format!("Bearer {}", a.admin))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    b_app.shutdown().await;
+    a.finish().await;
+}
+
+/// Text that needs escaping on the way into the database (backslashes, quotes, `%`/`_` that
+/// LIKE would treat specially, non-ASCII process names) is stored and found verbatim.
+async fn odd_but_valid_text_round_trips(backend: Backend) {
+    let t = TestApp::start(backend, "oddtext").await;
+    let host = r#"we\ird"host'%_"#;
+    let mut e = event(
+        "agent\\x",
+        host,
+        Some("a_b%c.example"),
+        &[(Method::Ja4, "t13d\\x_%_'")],
+        0,
+    );
+    e.workload.process = Some("naïve proc ✓ \\n".into());
+    e.workload.spiffe_id = Some("spiffe://hais.local/ns/a\\b/sa/c".into());
+    t.ingest(&[e]).await;
+    let q = |k: &str, v: &str| format!("/api/ja4/fingerprints?{k}={}", urlencode(v));
+    for (k, v) in [
+        ("host", host),
+        ("agent", "agent\\x"),
+        ("server_name", "a_b%c.example"),
+        ("identity", "spiffe://hais.local/ns/a\\b/sa/c"),
+        ("value", "t13d\\x_%_'"),
+    ] {
+        let (s, v2) = t.call("GET", &q(k, v), Some(&t.admin), None).await;
+        assert_eq!(s, StatusCode::OK, "{k}: {v2}");
+        assert_eq!(v2["items"].as_array().unwrap().len(), 1, "{k}={v}: {v2}");
+        assert_eq!(v2["items"][0]["value"], "t13d\\x_%_'");
+    }
+    // `_` and `%` are literal in prefixes, not wildcards.
+    let (_, v) = t
+        .call("GET", &q("prefix", "t13d\\x_%"), Some(&t.admin), None)
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    let (_, v) = t
+        .call("GET", &q("prefix", "t13d_"), Some(&t.admin), None)
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 0);
+    t.finish().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+macro_rules! suite {
+    ($modname:ident, $backend:expr) => {
+        mod $modname {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ingest_dedup_and_rollups() {
+                super::ingest_dedup_and_rollups($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn search_filters_and_pagination() {
+                super::search_filters_and_pagination($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn top_counts_events() {
+                super::top_counts_events($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn retention_deletes_old_data() {
+                super::retention_deletes_old_data($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn auth_failures() {
+                super::auth_failures($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn bad_input_is_4xx_json() {
+                super::bad_input_is_4xx_json($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ops_endpoints() {
+                super::ops_endpoints($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn odd_but_valid_text_round_trips() {
+                super::odd_but_valid_text_round_trips($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn instances_share_secret_and_users() {
+                super::instances_share_secret_and_users($backend).await
+            }
+        }
+    };
+}
+
+suite!(sqlite, Backend::Sqlite);
+suite!(postgres, Backend::Postgres);

@@ -1,0 +1,339 @@
+//! Split mode with the real binary: a gateway, the ja4 service and the correlation service in
+//! three processes, sharing PostgreSQL and Redis. Checks that the gateway routes and
+//! authenticates, that the services see each other's bus messages through Redis (live fan-out
+//! and the durable work queue), that inter-service calls use service tokens, and that SIGTERM
+//! shuts each process down cleanly.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use common::{Backend, Isolation, event, pg_url, redis_url};
+use hais_shared::fingerprint::Method;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+/// Kills the process if the test fails before stopping it.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Proc {
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(st.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "{} exited with {status}", self.name);
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop on SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(name: &'static str, iso: &Isolation, port: u16, extra_env: &[(String, String)]) -> Proc {
+    let log = std::fs::File::create(iso.dir.join(format!("{name}.log"))).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hais-control-plane"));
+    cmd.args(["--service", name, "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--database-url",
+            &pg_url(),
+            "--redis-url",
+            &redis_url(),
+            "--log-format",
+            "json",
+        ])
+        .env("HAIS_DATABASE_SCHEMA", iso.schema.as_ref().unwrap())
+        .env("HAIS_REDIS_PREFIX", iso.redis_prefix.as_ref().unwrap())
+        .env("HAIS_DATA_DIR", &iso.dir)
+        .env("HAIS_SHUTDOWN_GRACE_SECS", "5")
+        .env_remove("HAIS_JWT_SECRET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    Proc {
+        name,
+        child: cmd.spawn().unwrap(),
+    }
+}
+
+type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+async fn call(
+    http: &Http,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut b = axum::http::Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let body = match body {
+        Some(v) => {
+            b = b.header("content-type", "application/json");
+            Full::new(Bytes::from(serde_json::to_vec(&v).unwrap()))
+        }
+        None => Full::new(Bytes::new()),
+    };
+    let resp = http.request(b.body(body).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn wait_healthy(http: &Http, proc: &mut Proc, port: u16, iso: &Isolation) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = proc.child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(iso.dir.join(format!("{}.log", proc.name)))
+                .unwrap_or_default();
+            panic!("{} exited early ({st}):\n{log}", proc.name);
+        }
+        let url = format!("http://127.0.0.1:{port}/health");
+        let req = axum::http::Request::get(&url)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), http.request(req)).await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never became healthy",
+            proc.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_services_share_events_through_redis() {
+    let iso = Isolation::new(Backend::Postgres, "split").await;
+    let http: Http = Client::builder(TokioExecutor::new()).build_http();
+    let (p_ja4, p_corr, p_gw) = (free_port(), free_port(), free_port());
+
+    // ja4 first: it creates the schema and the shared signing secret.
+    let mut ja4 = spawn("ja4", &iso, p_ja4, &[]);
+    wait_healthy(&http, &mut ja4, p_ja4, &iso).await;
+    let mut corr = spawn("correlation", &iso, p_corr, &[]);
+    wait_healthy(&http, &mut corr, p_corr, &iso).await;
+    let mut env: Vec<(String, String)> = vec![
+        ("HAIS_ADMIN_PASSWORD".into(), "split-admin-pass".into()),
+        (
+            "HAIS_UPSTREAM_JA4".into(),
+            format!("http://127.0.0.1:{p_ja4}"),
+        ),
+        (
+            "HAIS_UPSTREAM_CORRELATION".into(),
+            format!("http://127.0.0.1:{p_corr}"),
+        ),
+    ];
+    // Services not started here point at a closed port.
+    for s in ["SPIRE", "IDENTITY", "POLICY", "ALERT", "THREAT"] {
+        env.push((format!("HAIS_UPSTREAM_{s}"), "http://127.0.0.1:9".into()));
+    }
+    let mut gw = spawn("gateway", &iso, p_gw, &env);
+    wait_healthy(&http, &mut gw, p_gw, &iso).await;
+    let gw_url = format!("http://127.0.0.1:{p_gw}");
+
+    let (s, v) = call(
+        &http,
+        "POST",
+        &format!("{gw_url}/api/auth/login"),
+        None,
+        Some(json!({"username": "admin", "password": "split-admin-pass"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_owned();
+
+    // Ingest through the gateway (proxied to the ja4 process).
+    let events: Vec<_> = (0..20)
+        .map(|i| {
+            event(
+                "agent-s",
+                "split-host",
+                Some("split.example"),
+                &[(Method::Ja4, "t13d1516h2_8daaf6152771_e5627efa2ab1")],
+                -i,
+            )
+        })
+        .collect();
+    let (s, v) = call(
+        &http,
+        "POST",
+        &format!("{gw_url}/api/ja4/ingest"),
+        Some(&token),
+        Some(json!({"events": events})),
+    )
+    .await;
+    assert_eq!(
+        (s, v.clone()),
+        (200, json!({"stored": 20, "duplicates": 0})),
+        "{v}"
+    );
+    let (s, v) = call(
+        &http,
+        "GET",
+        &format!("{gw_url}/api/ja4/fingerprints?host=split-host"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["items"][0]["count"], 20);
+    // Auth is enforced by the service process itself too, and errors pass through as JSON.
+    let (s, v) = call(
+        &http,
+        "GET",
+        &format!("http://127.0.0.1:{p_ja4}/api/ja4/fingerprints"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (s, v) = call(
+        &http,
+        "GET",
+        &format!("{gw_url}/api/ja4/fingerprints?limit=5000"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+
+    // The correlation process got the events through Redis: live and via its work queue.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let (s, v) = call(
+            &http,
+            "GET",
+            &format!("{gw_url}/api/correlation/status"),
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        if v["bus"]["work_events"] == 20
+            && v["bus"]["seen"]["fingerprint.events"].as_u64() >= Some(1)
+        {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "correlation never saw the events: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status["status"], "placeholder");
+    assert_eq!(status["bus_backend"], "redis");
+    assert!(
+        status["bus"]["origins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o.as_str().unwrap().starts_with("ja4/")),
+        "{status}"
+    );
+    // And the ja4 process saw the correlation process announce itself.
+    let (_, v) = call(
+        &http,
+        "GET",
+        &format!("{gw_url}/api/ja4/status"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert!(
+        v["bus"]["origins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o.as_str().unwrap().starts_with("correlation/")),
+        "{v}"
+    );
+
+    // The gateway asks each service for its status with its own service token.
+    let (s, v) = call(
+        &http,
+        "GET",
+        &format!("{gw_url}/api/gateway/services"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let by_name = |n: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["service"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_name("ja4")["reachable"], true, "{v}");
+    assert_eq!(by_name("correlation")["reachable"], true, "{v}");
+    assert_eq!(by_name("spire")["reachable"], false, "{v}");
+    // A service that is down gives a 502 JSON through the gateway.
+    let (s, v) = call(
+        &http,
+        "GET",
+        &format!("{gw_url}/api/spire/status"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (502, Some("bad_gateway")));
+
+    gw.stop();
+    corr.stop();
+    ja4.stop();
+    iso.cleanup().await;
+}
