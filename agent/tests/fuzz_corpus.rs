@@ -86,6 +86,7 @@ fn every_target_has_a_corpus() {
 #[test]
 fn corpus_replays_clean() {
     let (run, failures) = replay("corpus");
+    eprintln!("replayed {run} corpus inputs");
     assert!(run > 0, "no corpus found under {}", fuzz_dir().display());
     assert!(
         failures.is_empty(),
