@@ -78,6 +78,13 @@ impl App {
         }
     }
 
+    /// The direction's bytes will no longer be delivered: frees what buffers them.
+    pub(crate) fn release(&mut self, dir: usize) {
+        if let App::Tls(t) = self {
+            t.release(dir);
+        }
+    }
+
     /// True once the connection is known to be SSH.
     pub(crate) fn is_ssh(&self) -> bool {
         matches!(self, App::Ssh(_))

@@ -161,6 +161,7 @@ impl TcpSession {
                 } else {
                     rx[d].stop();
                 }
+                app.release(d);
             }
         }
     }

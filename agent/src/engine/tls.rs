@@ -24,11 +24,21 @@ pub(crate) fn record_client_hello(ctx: &mut Ctx<'_>, ch: &ClientHello, transport
     if ctx.fp.ja4.is_some() {
         return;
     }
-    let j = hais_ja4::ja4::ja4(ch, transport, ctx.cfg.alpn_rule);
-    let (hashed, raw) = if ctx.cfg.original_order {
-        (j.ja4_o, j.ja4_ro)
+    let alpn = ctx.cfg.alpn_rule;
+    let (hashed, raw) = if !ctx.cfg.with_raw && !ctx.cfg.original_order {
+        // Only the sorted, hashed JA4 is printed: skip building and hashing the other
+        // three variants (a third of the per-hello cost).
+        (
+            hais_ja4::ja4::ja4_string(ch, transport, alpn),
+            String::new(),
+        )
     } else {
-        (j.ja4, j.ja4_r)
+        let j = hais_ja4::ja4::ja4(ch, transport, alpn);
+        if ctx.cfg.original_order {
+            (j.ja4_o, j.ja4_ro)
+        } else {
+            (j.ja4, j.ja4_r)
+        }
     };
     ctx.fp.ja4 = Some(Print {
         hashed,
@@ -180,6 +190,16 @@ impl TlsSession {
         } else {
             !self.server_hello_seen || (!self.tls13 && !self.server_flight_done)
         }
+    }
+
+    /// Frees the record and handshake buffers of a direction whose bytes are no longer
+    /// delivered (the TCP layer stops a direction for good once [`Self::wants_bytes`] says
+    /// no). Otherwise every finished handshake keeps its certificate-sized buffers until the
+    /// stream ends.
+    pub(crate) fn release(&mut self, dir: usize) {
+        let d = &mut self.dirs[dir];
+        d.records = RecordReader::new();
+        d.handshake = HandshakeAssembler::new();
     }
 
     fn inner_wants(&self) -> bool {
