@@ -3,3 +3,5 @@
 
 pub mod event;
 pub mod fingerprint;
+pub mod spiffe;
+pub mod wire;
