@@ -1,0 +1,232 @@
+//! Attribution of real processes' connections: curl, python, a shell loop under another uid,
+//! and a process placed in its own cgroup named like a Docker container's.
+//!
+//! Each test runs a TCP server on loopback; when it accepts a connection it asks the attributor
+//! about the flow (as the agent does when it sees a SYN) while the client is still alive, then
+//! answers after `hold`, letting the client exit.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hais_attribute::{Attribution, Attributor, AttributorConfig, Direction, FlowKey, Proto};
+
+struct Server {
+    addr: SocketAddr,
+    accepted: mpsc::Receiver<SocketAddr>,
+}
+
+/// A server that reports each accepted peer, waits `hold`, answers a minimal HTTP response and
+/// closes.
+fn server(hold: Duration) -> Server {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let Ok(peer) = s.peer_addr() else { continue };
+            if tx.send(peer).is_err() {
+                return;
+            }
+            std::thread::spawn(move || {
+                std::thread::sleep(hold);
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+            });
+        }
+    });
+    Server { addr, accepted: rx }
+}
+
+fn attribute(att: &Attributor, srv: &Server) -> (FlowKey, Attribution) {
+    let peer = srv
+        .accepted
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a connection arrives");
+    let key = FlowKey {
+        proto: Proto::Tcp,
+        src: peer,
+        dst: srv.addr,
+    };
+    att.notify(key);
+    let t0 = Instant::now();
+    loop {
+        let a = att.peek(&key);
+        if a != Attribution::Unknown || t0.elapsed() > Duration::from_secs(5) {
+            return (key, att.take(&key));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn process(a: &Attribution) -> &hais_attribute::ProcessInfo {
+    match a {
+        Attribution::Process { direction, process } => {
+            assert_eq!(*direction, Direction::Outbound);
+            process
+        }
+        other => panic!("not attributed: {other:?}"),
+    }
+}
+
+fn spawn(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn canonical(p: &str) -> String {
+    std::fs::canonicalize(p).unwrap().display().to_string()
+}
+
+#[test]
+fn curl_and_python_are_attributed_with_pid_exe_and_uid() {
+    let att = Attributor::start(AttributorConfig::default()).unwrap();
+    let srv = server(Duration::from_millis(100));
+
+    let mut curl = spawn(Command::new("curl").args(["-s", &format!("http://{}/", srv.addr)]));
+    let (_, a) = attribute(&att, &srv);
+    let p = process(&a).clone();
+    assert_eq!(p.pid, curl.id());
+    assert_eq!(p.name, "curl");
+    assert_eq!(p.exe.as_deref(), Some(canonical("/usr/bin/curl").as_str()));
+    assert!(
+        p.cmdline.starts_with("curl -s http://127.0.0.1:"),
+        "{}",
+        p.cmdline
+    );
+    assert_eq!(p.uid, nix_uid());
+    curl.wait().unwrap();
+
+    let code = format!(
+        "import socket; s=socket.create_connection(('127.0.0.1',{})); s.recv(100)",
+        srv.addr.port()
+    );
+    let mut py = spawn(Command::new("python3").args(["-c", &code]));
+    let (_, a) = attribute(&att, &srv);
+    let p = process(&a).clone();
+    // pyenv shims exec the real interpreter, keeping the pid.
+    assert_eq!(p.pid, py.id());
+    assert!(p.name.starts_with("python"), "{}", p.name);
+    assert!(p.exe.as_deref().unwrap().contains("python"), "{:?}", p.exe);
+    py.wait().unwrap();
+    let st = att.stats();
+    assert_eq!(st.attributed, 2, "{st:?}");
+}
+
+fn nix_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A shell loop running as `nobody` opens three connections; each is attributed to the shell
+/// with uid 65534 and its user name.
+#[test]
+fn shell_loop_under_another_uid() {
+    if nix_uid() != 0 {
+        eprintln!("skipped: needs root to switch uid");
+        return;
+    }
+    let att = Attributor::start(AttributorConfig::default()).unwrap();
+    let srv = server(Duration::from_millis(100));
+    let script = format!(
+        "for i in 1 2 3; do exec 3<>/dev/tcp/127.0.0.1/{}; head -c1 <&3 >/dev/null; exec 3<&-; done",
+        srv.addr.port()
+    );
+    let mut sh = spawn(Command::new("setpriv").args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "bash",
+        "-c",
+        &script,
+    ]));
+    for _ in 0..3 {
+        let (_, a) = attribute(&att, &srv);
+        let p = process(&a);
+        assert_eq!(p.pid, sh.id(), "setpriv execs bash in place");
+        assert_eq!(p.name, "bash");
+        assert_eq!(p.uid, 65534);
+        assert_eq!(p.user.as_deref(), Some("nobody"));
+    }
+    assert!(sh.wait().unwrap().success());
+}
+
+/// A process moved into its own cgroup, named as Docker's systemd driver names containers,
+/// reports that cgroup and the container id.
+#[test]
+fn process_in_its_own_cgroup_reports_cgroup_and_container() {
+    let Some(root) = writable_cgroup_root() else {
+        eprintln!("skipped: no writable cgroup hierarchy");
+        return;
+    };
+    let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xfeed);
+    let rel = format!("/hais-test-{}/docker-{id}.scope", std::process::id());
+    let dir = format!("{root}{rel}");
+    std::fs::create_dir_all(&dir).unwrap();
+    let att = Attributor::start(AttributorConfig::default()).unwrap();
+    let srv = server(Duration::from_millis(100));
+    let script = format!(
+        "echo $$ > {dir}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.1/{} && head -c1 <&3 >/dev/null",
+        srv.addr.port()
+    );
+    let mut sh = spawn(Command::new("bash").args(["-c", &script]));
+    let (_, a) = attribute(&att, &srv);
+    let p = process(&a).clone();
+    assert!(sh.wait().unwrap().success());
+    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_dir(std::path::Path::new(&dir).parent().unwrap());
+    assert_eq!(p.pid, sh.id());
+    assert_eq!(p.cgroup.as_deref(), Some(rel.as_str()));
+    let c = p.container.expect("container id from the cgroup name");
+    assert_eq!(c.id, id);
+    assert_eq!(c.runtime, "docker");
+}
+
+/// The first hierarchy where a child cgroup can be created: the v2 tree, or a v1 controller.
+fn writable_cgroup_root() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let mut roots: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 3 && (f[2] == "cgroup2" || (f[2] == "cgroup" && f[3].contains("pids"))))
+                .then(|| f[1].to_owned())
+        })
+        .collect();
+    roots.sort_by_key(|r| !r.ends_with("pids"));
+    roots.into_iter().find(|r| {
+        let probe = format!("{r}/hais-probe-{}", std::process::id());
+        let ok = std::fs::create_dir(&probe).is_ok()
+            && std::path::Path::new(&format!("{probe}/cgroup.procs")).exists();
+        let _ = std::fs::remove_dir(&probe);
+        ok
+    })
+}
+
+/// Short-lived clients: curl against a server that answers at once. The rate is reported, not
+/// asserted (the issue asks to report it); the >= 50 ms case above must be 100%.
+#[test]
+fn short_lived_processes_rate_is_reported() {
+    let att = Attributor::start(AttributorConfig::default()).unwrap();
+    let srv = server(Duration::ZERO);
+    let n = 20;
+    let mut ok = 0;
+    for _ in 0..n {
+        let mut curl = spawn(Command::new("curl").args(["-s", &format!("http://{}/", srv.addr)]));
+        let (_, a) = attribute(&att, &srv);
+        if matches!(a, Attribution::Process { ref process, .. } if process.pid == curl.id()) {
+            ok += 1;
+        }
+        curl.wait().unwrap();
+    }
+    eprintln!("short-lived curl (server answers at once): {ok}/{n} attributed");
+    assert!(att.stats().requests == n);
+}
