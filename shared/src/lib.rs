@@ -3,5 +3,7 @@
 
 pub mod event;
 pub mod fingerprint;
+pub mod registration;
+pub mod selector;
 pub mod spiffe;
 pub mod wire;
