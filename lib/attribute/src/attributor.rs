@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::metadata::Metadata;
 use crate::procfs::ProcScanner;
 use crate::sockdiag::{SockDiag, wildcard_for};
 use crate::{Attribution, Direction, FlowKey, Proto};
@@ -197,11 +198,12 @@ impl Drop for Attributor {
 
 fn worker(mut sd: SockDiag, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: AttributorConfig) {
     let mut procs = ProcScanner::default();
+    let mut meta = Metadata::default();
     while let Ok(key) = rx.recv() {
         let t0 = Instant::now();
         let n = &shared.n;
         n.requests.fetch_add(1, Ordering::Relaxed);
-        let a = match resolve(&mut sd, &mut procs, key, cfg.accept_retry) {
+        let a = match resolve(&mut sd, &mut procs, &mut meta, key, cfg.accept_retry) {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(error = %e, "sock_diag lookup failed");
@@ -230,6 +232,7 @@ fn worker(mut sd: SockDiag, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: Att
 pub fn resolve(
     sd: &mut SockDiag,
     procs: &mut ProcScanner,
+    meta: &mut Metadata,
     key: FlowKey,
     accept_retry: Duration,
 ) -> io::Result<Attribution> {
@@ -253,8 +256,9 @@ pub fn resolve(
     }
     if owner.inode != 0
         && let Some(pid) = procs.pid_of_inode(owner.inode)
-        && let Some(info) = procs.process_info(pid)
+        && let Some(mut info) = procs.process_info(pid)
     {
+        meta.enrich(&mut info);
         return Ok(Attribution::Process {
             direction,
             process: Arc::new(info),

@@ -17,6 +17,7 @@
 
 pub mod attributor;
 pub mod cgroup;
+pub mod metadata;
 pub mod procfs;
 pub mod sockdiag;
 
@@ -67,6 +68,12 @@ pub struct ProcessInfo {
     pub container: Option<cgroup::Container>,
     /// Kubernetes pod UID, from the cgroup path.
     pub pod_uid: Option<String>,
+    /// SHA-256 of the executable (lowercase hex), when readable.
+    pub exe_sha256: Option<String>,
+    /// Labels of the Docker container, when the process runs in one.
+    pub container_labels: Vec<(String, String)>,
+    /// Namespace and service account of the Kubernetes pod.
+    pub pod: Option<metadata::PodInfo>,
 }
 
 /// Longest command line kept, in bytes. Command lines can hold secrets and be megabytes long;

@@ -139,6 +139,7 @@ impl ProcScanner {
             cgroup,
             container,
             pod_uid,
+            ..ProcessInfo::default()
         })
     }
 

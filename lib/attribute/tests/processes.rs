@@ -99,6 +99,7 @@ fn curl_and_python_are_attributed_with_pid_exe_and_uid() {
         p.cmdline
     );
     assert_eq!(p.uid, nix_uid());
+    assert_eq!(p.exe_sha256.as_deref().map(str::len), Some(64));
     curl.wait().unwrap();
 
     let code = format!(
