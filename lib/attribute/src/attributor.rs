@@ -25,6 +25,12 @@ pub struct AttributorConfig {
     /// An inbound connection still in the accept queue has no owner yet; it is asked again
     /// after this delay (once) before falling back to the listener.
     pub accept_retry: Duration,
+    /// How long the worker waits after a flow arrives for more to batch with it. Resolving a
+    /// batch costs about one `/proc` pass however many flows it holds, so this trades a few
+    /// milliseconds of latency (short against any process's lifetime) for CPU at high rates.
+    pub batch_window: Duration,
+    /// Batching starts above this many new flows per second.
+    pub batch_above_rate: f64,
 }
 
 impl Default for AttributorConfig {
@@ -33,6 +39,8 @@ impl Default for AttributorConfig {
             queue: 4096,
             cache: 65536,
             accept_retry: Duration::from_millis(2),
+            batch_window: Duration::from_millis(10),
+            batch_above_rate: 200.0,
         }
     }
 }
@@ -48,8 +56,14 @@ pub struct AttributorStats {
     pub errors: u64,
     /// Time the worker spent resolving, in nanoseconds (cost per flow = busy / requests).
     pub busy_ns: u64,
-    /// Lookups answered from the cache (the flow had been resolved before).
+    /// Event-time lookups ([`Attributor::take`]) that found the flow resolved.
     pub cache_hits: u64,
+    /// Event-time lookups that found nothing (flow never notified, or evicted).
+    pub cache_misses: u64,
+    /// Socket owners found among recently seen processes, without scanning `/proc`.
+    pub hot_pid_hits: u64,
+    /// Socket owners that needed a scan of every process.
+    pub full_scans: u64,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +76,9 @@ struct Counters {
     errors: AtomicU64,
     busy_ns: AtomicU64,
     cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    hot_pid_hits: AtomicU64,
+    full_scans: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -150,7 +167,10 @@ impl Attributor {
                 self.shared.n.cache_hits.fetch_add(1, Ordering::Relaxed);
                 a
             }
-            None => Attribution::Unknown,
+            None => {
+                self.shared.n.cache_misses.fetch_add(1, Ordering::Relaxed);
+                Attribution::Unknown
+            }
         }
     }
 
@@ -175,6 +195,9 @@ impl Attributor {
             errors: g(&n.errors),
             busy_ns: g(&n.busy_ns),
             cache_hits: g(&n.cache_hits),
+            cache_misses: g(&n.cache_misses),
+            hot_pid_hits: g(&n.hot_pid_hits),
+            full_scans: g(&n.full_scans),
         }
     }
 
@@ -196,33 +219,120 @@ impl Drop for Attributor {
     }
 }
 
+/// Most flows resolved in one batch.
+const MAX_BATCH: usize = 256;
+
+/// How long the facts of a process are reused before being read again (a process may change
+/// uid or exec another program; this bounds how long an event can carry the old facts).
+const INFO_TTL: Duration = Duration::from_secs(5);
+/// Processes whose facts are kept.
+const INFO_CACHE: usize = 4096;
+
+/// Facts of recently seen processes, keyed by pid and checked against the start time so that a
+/// reused pid is never given another process's facts.
+#[derive(Debug, Default)]
+pub struct InfoCache {
+    map: HashMap<u32, (u64, Instant, Arc<crate::ProcessInfo>)>,
+}
+
+impl InfoCache {
+    fn get(
+        &mut self,
+        procs: &mut ProcScanner,
+        meta: &mut Metadata,
+        pid: u32,
+    ) -> Option<Arc<crate::ProcessInfo>> {
+        let (_, start) = procs.stat(pid)?;
+        if let Some((s, at, info)) = self.map.get(&pid)
+            && *s == start
+            && at.elapsed() < INFO_TTL
+        {
+            return Some(info.clone());
+        }
+        let mut info = procs.process_info(pid)?;
+        meta.enrich(&mut info);
+        let info = Arc::new(info);
+        if self.map.len() >= INFO_CACHE {
+            self.map.retain(|_, (_, at, _)| at.elapsed() < INFO_TTL);
+            if self.map.len() >= INFO_CACHE {
+                self.map.clear();
+            }
+        }
+        self.map.insert(pid, (start, Instant::now(), info.clone()));
+        Some(info)
+    }
+}
+
 fn worker(mut sd: SockDiag, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: AttributorConfig) {
     let mut procs = ProcScanner::default();
     let mut meta = Metadata::default();
-    while let Ok(key) = rx.recv() {
+    let mut infos = InfoCache::default();
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut last_batch = Instant::now();
+    let mut rate = 0.0f64; // flows per second, smoothed
+    while let Ok(first) = rx.recv() {
+        // At high rates, let a few more flows arrive: one pass over a busy process's
+        // descriptors then serves them all. At low rates CPU does not matter and waiting
+        // would only risk missing a short-lived process, so resolve at once.
+        let window = if rate >= cfg.batch_above_rate {
+            cfg.batch_window
+        } else {
+            Duration::ZERO
+        };
+        let deadline = Instant::now() + window;
+        batch.clear();
+        batch.push(first);
+        loop {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(k) => batch.push(k),
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            if batch.len() >= MAX_BATCH || now >= deadline {
+                break;
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(1)));
+        }
         let t0 = Instant::now();
+        let since = t0.duration_since(last_batch).as_secs_f64().max(1e-6);
+        rate = 0.8 * rate + 0.2 * (batch.len() as f64 / since);
+        last_batch = t0;
         let n = &shared.n;
-        n.requests.fetch_add(1, Ordering::Relaxed);
-        let a = match resolve(&mut sd, &mut procs, &mut meta, key, cfg.accept_retry) {
-            Ok(a) => a,
+        n.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let results = match resolve_batch(
+            &mut sd,
+            &mut procs,
+            &mut meta,
+            &mut infos,
+            &batch,
+            cfg.accept_retry,
+        ) {
+            Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "sock_diag lookup failed");
-                n.errors.fetch_add(1, Ordering::Relaxed);
-                Attribution::Unknown
+                n.errors.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                batch.iter().map(|&k| (k, Attribution::Unknown)).collect()
             }
         };
-        let counter = match &a {
-            Attribution::Process { .. } => &n.attributed,
-            Attribution::SocketOnly { .. } => &n.process_gone,
-            Attribution::NotLocal => &n.not_local,
-            _ => &n.errors,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        shared
+        let mut cache = shared
             .cache
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, a);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (key, a) in results {
+            let counter = match &a {
+                Attribution::Process { .. } => &n.attributed,
+                Attribution::SocketOnly { .. } => &n.process_gone,
+                Attribution::NotLocal => &n.not_local,
+                _ => &n.errors,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            cache.insert(key, a);
+        }
+        drop(cache);
+        n.hot_pid_hits.store(procs.hot_hits, Ordering::Relaxed);
+        n.full_scans.store(procs.full_scans, Ordering::Relaxed);
         n.busy_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
@@ -236,36 +346,76 @@ pub fn resolve(
     key: FlowKey,
     accept_retry: Duration,
 ) -> io::Result<Attribution> {
-    let (mut owner, direction) = match sd.find(key.proto, key.src, key.dst)? {
-        Some(o) => (o, Direction::Outbound),
-        None => match sd.find(key.proto, key.dst, key.src)? {
-            Some(o) => (o, Direction::Inbound),
-            None => return Ok(Attribution::NotLocal),
-        },
-    };
-    if owner.inode == 0 && direction == Direction::Inbound && key.proto == Proto::Tcp {
-        // Not accepted yet: give the server a moment, then use its listening socket.
+    let mut infos = InfoCache::default();
+    let mut r = resolve_batch(sd, procs, meta, &mut infos, &[key], accept_retry)?;
+    Ok(r.pop().map_or(Attribution::Unknown, |(_, a)| a))
+}
+
+/// Resolves several flows, sharing the scan of `/proc` between them.
+pub fn resolve_batch(
+    sd: &mut SockDiag,
+    procs: &mut ProcScanner,
+    meta: &mut Metadata,
+    infos: &mut InfoCache,
+    keys: &[FlowKey],
+    accept_retry: Duration,
+) -> io::Result<Vec<(FlowKey, Attribution)>> {
+    // 1. The socket behind each flow, as initiator first, then as responder.
+    let mut owners = Vec::with_capacity(keys.len());
+    let mut unaccepted = false;
+    for &key in keys {
+        let found = match sd.find(key.proto, key.src, key.dst)? {
+            Some(o) => Some((o, Direction::Outbound)),
+            None => sd
+                .find(key.proto, key.dst, key.src)?
+                .map(|o| (o, Direction::Inbound)),
+        };
+        unaccepted |= matches!(found, Some((o, Direction::Inbound)) if o.inode == 0);
+        owners.push(found);
+    }
+    // An inbound connection still in the accept queue has no owner yet: give the server a
+    // moment, then fall back to its listening socket.
+    if unaccepted && keys.iter().any(|k| k.proto == Proto::Tcp) {
         std::thread::sleep(accept_retry);
-        if let Some(o) = sd.find(key.proto, key.dst, key.src)?
-            && o.inode != 0
-        {
-            owner = o;
-        } else if let Some(l) = sd.find(key.proto, key.dst, wildcard_for(key.dst))? {
-            owner = l;
+        for (key, found) in keys.iter().zip(owners.iter_mut()) {
+            let Some((o, Direction::Inbound)) = found else {
+                continue;
+            };
+            if o.inode != 0 || key.proto != Proto::Tcp {
+                continue;
+            }
+            if let Some(again) = sd.find(key.proto, key.dst, key.src)?
+                && again.inode != 0
+            {
+                *o = again;
+            } else if let Some(l) = sd.find(key.proto, key.dst, wildcard_for(key.dst))? {
+                *o = l;
+            }
         }
     }
-    if owner.inode != 0
-        && let Some(pid) = procs.pid_of_inode(owner.inode)
-        && let Some(mut info) = procs.process_info(pid)
-    {
-        meta.enrich(&mut info);
-        return Ok(Attribution::Process {
-            direction,
-            process: Arc::new(info),
-        });
+    // 2. Their processes, in one pass.
+    let inodes: Vec<u32> = owners.iter().flatten().map(|(o, _)| o.inode).collect();
+    let pids = procs.pids_of_inodes(&inodes);
+    // 3. Facts, once per process (and reused across batches while fresh).
+    let mut out = Vec::with_capacity(keys.len());
+    for (&key, found) in keys.iter().zip(owners) {
+        let Some((owner, direction)) = found else {
+            out.push((key, Attribution::NotLocal));
+            continue;
+        };
+        let info = pids
+            .get(&owner.inode)
+            .and_then(|&pid| infos.get(procs, meta, pid));
+        out.push((
+            key,
+            match info {
+                Some(process) => Attribution::Process { direction, process },
+                None => Attribution::SocketOnly {
+                    direction,
+                    uid: owner.uid,
+                },
+            },
+        ));
     }
-    Ok(Attribution::SocketOnly {
-        direction,
-        uid: owner.uid,
-    })
+    Ok(out)
 }

@@ -5,8 +5,7 @@
 //! ones too (a service making outbound calls), so they are searched first ("hot" pids) before a
 //! full scan, which goes newest pid first because a new socket's owner is often a new process.
 
-use std::collections::{HashMap, VecDeque};
-use std::ffi::OsStr;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -23,8 +22,12 @@ pub struct ProcScanner {
     hot: VecDeque<u32>,
     users: HashMap<u32, Option<String>>,
     passwd: PathBuf,
-    /// Processes whose fd directory was read (for the benchmark's cost accounting).
+    /// Processes whose fd directory was read (cost accounting for the benchmark).
     pub fd_dirs_read: u64,
+    /// Sockets whose owner was found among the recently seen owners.
+    pub hot_hits: u64,
+    /// Batches that needed a scan of every process.
+    pub full_scans: u64,
 }
 
 impl Default for ProcScanner {
@@ -41,47 +44,83 @@ impl ProcScanner {
             users: HashMap::new(),
             passwd: passwd.into(),
             fd_dirs_read: 0,
+            hot_hits: 0,
+            full_scans: 0,
         }
     }
 
-    /// The process holding socket `inode`, if any. A socket inherited across `fork` is held by
-    /// parent and children alike; the topmost holder in the ancestry is returned, because that
-    /// is the process that created the socket (a shell, not the `head` reading from it; a
-    /// pre-forking server's master).
+    /// The process holding socket `inode`, if any (see [`Self::pids_of_inodes`]).
     pub fn pid_of_inode(&mut self, inode: u32) -> Option<u32> {
-        let target = format!("socket:[{inode}]");
-        let target = OsStr::new(&target);
-        let mut found = self.find_holder(target)?;
-        while let Some(ppid) = self.parent_of(found) {
-            if ppid <= 1 || !self.holds(ppid, target) {
+        self.pids_of_inodes(&[inode]).get(&inode).copied()
+    }
+
+    /// The processes holding each of `inodes`. Resolving a batch costs about as much as one
+    /// inode, since every inode is looked for in each process's descriptors while they are
+    /// read: reading a busy process's descriptors is the expensive part, and at high flow
+    /// rates the attributor hands over several flows at once.
+    ///
+    /// A socket inherited across `fork` is held by parent and children alike; the topmost
+    /// holder in the ancestry is returned, because that is the process that created the socket
+    /// (a shell, not the `head` reading from it; a pre-forking server's master).
+    pub fn pids_of_inodes(&mut self, inodes: &[u32]) -> HashMap<u32, u32> {
+        let mut want: HashSet<u32> = inodes.iter().copied().filter(|&i| i != 0).collect();
+        let mut found: HashMap<u32, u32> = HashMap::new();
+        let hot: Vec<u32> = self.hot.iter().copied().collect();
+        for pid in hot {
+            if want.is_empty() {
                 break;
             }
-            found = ppid;
+            self.collect(pid, &mut want, &mut found);
         }
-        self.touch(found);
-        Some(found)
+        self.hot_hits += found.len() as u64;
+        if !want.is_empty() {
+            self.full_scans += 1;
+            let mut pids: Vec<u32> = fs::read_dir(&self.root)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect();
+            // Newest first: a new socket's owner is often a new process.
+            pids.sort_unstable_by(|a, b| b.cmp(a));
+            for pid in pids {
+                if want.is_empty() {
+                    break;
+                }
+                if !self.hot.contains(&pid) {
+                    self.collect(pid, &mut want, &mut found);
+                }
+            }
+        }
+        // Walk each holder up to the topmost ancestor that holds the same socket.
+        let mut checked: HashMap<u32, HashSet<u32>> = HashMap::new();
+        for (inode, pid) in found.iter_mut() {
+            while let Some(ppid) = self.parent_of(*pid) {
+                if ppid <= 1 {
+                    break;
+                }
+                let held = checked
+                    .entry(ppid)
+                    .or_insert_with(|| self.socket_inodes(ppid).into_iter().collect());
+                if !held.contains(inode) {
+                    break;
+                }
+                *pid = ppid;
+            }
+        }
+        let owners: HashSet<u32> = found.values().copied().collect();
+        for pid in owners {
+            self.touch(pid);
+        }
+        found
     }
 
-    fn find_holder(&mut self, target: &OsStr) -> Option<u32> {
-        let hot: Vec<u32> = self.hot.iter().copied().collect();
-        if let Some(pid) = hot.into_iter().find(|&pid| self.holds(pid, target)) {
-            return Some(pid);
+    /// Moves the inodes of `want` that `pid` holds into `found`.
+    fn collect(&mut self, pid: u32, want: &mut HashSet<u32>, found: &mut HashMap<u32, u32>) {
+        for ino in self.socket_inodes(pid) {
+            if want.remove(&ino) {
+                found.insert(ino, pid);
+            }
         }
-        let mut pids: Vec<u32> = fs::read_dir(&self.root)
-            .ok()?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-        pids.sort_unstable_by(|a, b| b.cmp(a));
-        pids.into_iter()
-            .find(|&pid| !self.hot.contains(&pid) && self.holds(pid, target))
-    }
-
-    fn parent_of(&self, pid: u32) -> Option<u32> {
-        let status = fs::read_to_string(self.root.join(pid.to_string()).join("status")).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("PPid:"))
-            .and_then(|v| v.trim().parse().ok())
     }
 
     fn touch(&mut self, pid: u32) {
@@ -92,17 +131,52 @@ impl ProcScanner {
         self.hot.push_front(pid);
     }
 
-    fn holds(&mut self, pid: u32, target: &OsStr) -> bool {
+    /// Inodes of every socket `pid` holds (empty when it is gone or not ours to read).
+    fn socket_inodes(&mut self, pid: u32) -> Vec<u32> {
         let dir = self.root.join(pid.to_string()).join("fd");
-        let Ok(entries) = fs::read_dir(&dir) else {
-            // Gone, or not ours to read: drop it from the hot list.
+        let flags = rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::CLOEXEC;
+        let Ok(dirfd) = rustix::fs::open(&dir, flags, rustix::fs::Mode::empty()) else {
             self.hot.retain(|&p| p != pid);
-            return false;
+            return Vec::new();
         };
         self.fd_dirs_read += 1;
-        entries
-            .filter_map(Result::ok)
-            .any(|e| fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == target))
+        let mut out = Vec::new();
+        if let Ok(mut d) = rustix::fs::Dir::read_from(&dirfd) {
+            while let Some(Ok(e)) = d.read() {
+                let Some(fd) = e
+                    .file_name()
+                    .to_str()
+                    .ok()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let ino = link_inode(&dirfd, fd);
+                if ino != 0 {
+                    out.push(ino);
+                }
+            }
+        }
+        out
+    }
+
+    fn parent_of(&self, pid: u32) -> Option<u32> {
+        self.stat(pid).map(|(ppid, _)| ppid)
+    }
+
+    /// Parent pid and start time (clock ticks since boot) from `/proc/<pid>/stat`, which is much
+    /// cheaper for the kernel to produce than `status`. The start time tells a reused pid from
+    /// the process that had it before.
+    pub fn stat(&self, pid: u32) -> Option<(u32, u64)> {
+        let text = fs::read_to_string(self.root.join(pid.to_string()).join("stat")).ok()?;
+        // The command name is in parentheses and may itself hold spaces and parentheses.
+        let rest = text.get(text.rfind(')')? + 2..)?;
+        let mut f = rest.split(' ');
+        let ppid = f.nth(1)?.parse().ok()?;
+        let start = f.nth(17)?.parse().ok()?;
+        Some((ppid, start))
     }
 
     /// Facts about `pid`, or `None` if it is gone.
@@ -161,6 +235,20 @@ impl ProcScanner {
     }
 }
 
+/// The socket inode descriptor `fd` refers to, or 0 for anything else. `stat` through the
+/// `/proc/<pid>/fd/<n>` link reaches the socket's own inode without formatting the link text
+/// (`socket:[N]`) that `readlink` would build, which is measurably cheaper per descriptor.
+fn link_inode(dirfd: &impl rustix::fd::AsFd, fd: u32) -> u32 {
+    match rustix::fs::statat(dirfd, fd.to_string().as_str(), rustix::fs::AtFlags::empty()) {
+        Ok(st)
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket =>
+        {
+            u32::try_from(st.st_ino).unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
 /// `/proc/<pid>/cmdline` (NUL-separated) as one line, truncated to [`MAX_CMDLINE`] bytes on a
 /// character boundary.
 pub fn cmdline_text(raw: &[u8]) -> String {
@@ -188,6 +276,23 @@ mod tests {
         let long = "é".repeat(MAX_CMDLINE);
         let t = cmdline_text(long.as_bytes());
         assert!(t.len() <= MAX_CMDLINE && t.len() >= MAX_CMDLINE - 1);
+    }
+
+    #[test]
+    fn stat_gives_parent_and_start_time() {
+        let p = ProcScanner::default();
+        let (ppid, start) = p.stat(std::process::id()).unwrap();
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let want: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(ppid, want);
+        assert!(start > 0);
+        assert_eq!(p.stat(u32::MAX), None);
     }
 
     #[test]
