@@ -8,6 +8,7 @@
 //! [`FingerprintEvent::validate`] holds the limits both sides enforce; an agent can check an event
 //! before spooling it, and the control plane rejects what fails with a clear message.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -96,28 +97,72 @@ impl Fingerprint {
 }
 
 /// The workload a flow belongs to. Every field is optional: attribution fills in what it can.
+///
+/// The agent reports what it observed about the local process (pid, executable, uid, cgroup,
+/// container, pod); the control plane adds `spiffe_id` and `selectors` on ingest by matching
+/// registration entries, so agents never hold or decide workload identities.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// Short process name (`comm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
+    /// Container id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// Kubernetes pod UID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The workload's SPIFFE ID, resolved by the control plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spiffe_id: Option<String>,
+    /// Executable path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// SHA-256 of the executable, lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe_sha256: Option<String>,
+    /// Command line, truncated by the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// User name of `uid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// `docker`, `containerd`, `cri-o`, `podman` or `unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_runtime: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_service_account: Option<String>,
+    /// `outbound` (the local process opened the flow) or `inbound` (it accepted it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    /// Why no process is known, when attribution ran and failed (`process-gone`, `not-local`,
+    /// `queue-full`, `unknown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unattributed: Option<String>,
+    /// Selectors of the registration entry that named `spiffe_id` (set by the control plane).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selectors: Vec<String>,
 }
 
 impl Workload {
-    /// True when attribution found nothing (the default today).
+    /// True when attribution found nothing.
     pub fn is_empty(&self) -> bool {
         *self == Workload::default()
     }
 }
+
+/// Most container labels kept per event.
+pub const MAX_LABELS: usize = 64;
 
 /// Why an event was refused. The message names the field and the limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -176,17 +221,45 @@ impl FingerprintEvent {
             check_text("fingerprints[].value", &fp.value, MAX_FINGERPRINT_LEN, true)?;
         }
         let w = &self.workload;
-        if let Some(p) = &w.process {
-            check_text("workload.process", p, MAX_NAME_LEN, false)?;
-        }
-        for (field, v) in [
-            ("workload.container", &w.container),
-            ("workload.pod", &w.pod),
-            ("workload.spiffe_id", &w.spiffe_id),
+        for (field, v, ascii) in [
+            ("workload.process", &w.process, false),
+            ("workload.exe", &w.exe, false),
+            ("workload.cmdline", &w.cmdline, false),
+            ("workload.cgroup", &w.cgroup, false),
+            ("workload.user", &w.user, true),
+            ("workload.container", &w.container, true),
+            ("workload.container_runtime", &w.container_runtime, true),
+            ("workload.pod", &w.pod, true),
+            ("workload.spiffe_id", &w.spiffe_id, true),
+            ("workload.exe_sha256", &w.exe_sha256, true),
+            ("workload.k8s_namespace", &w.k8s_namespace, true),
+            ("workload.k8s_service_account", &w.k8s_service_account, true),
+            ("workload.direction", &w.direction, true),
+            ("workload.unattributed", &w.unattributed, true),
         ] {
             if let Some(v) = v {
-                check_text(field, v, MAX_IDENTITY_LEN, true)?;
+                check_text(field, v, MAX_IDENTITY_LEN, ascii)?;
             }
+        }
+        if w.container_labels.len() > MAX_LABELS {
+            return Err(EventError::TooLong {
+                field: "workload.container_labels",
+                len: w.container_labels.len(),
+                max: MAX_LABELS,
+            });
+        }
+        for (k, v) in &w.container_labels {
+            check_text("workload.container_labels", k, MAX_NAME_LEN, false)?;
+            if v.len() > MAX_IDENTITY_LEN {
+                return Err(EventError::TooLong {
+                    field: "workload.container_labels",
+                    len: v.len(),
+                    max: MAX_IDENTITY_LEN,
+                });
+            }
+        }
+        for sel in &w.selectors {
+            check_text("workload.selectors", sel, MAX_IDENTITY_LEN, false)?;
         }
         Ok(())
     }

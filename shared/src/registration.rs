@@ -102,6 +102,50 @@ pub fn best_match<'a>(
     best.map(|entry| Match { entry, conflict })
 }
 
+/// The selectors an event's workload presents: what the agent observed, plus the agent and the
+/// host that saw the flow. Facts that do not make a valid selector (an odd user name) are left
+/// out rather than refusing the event.
+pub fn selectors_for(e: &crate::event::FingerprintEvent) -> BTreeSet<Selector> {
+    use crate::selector::Kind;
+    let w = &e.workload;
+    let mut out = BTreeSet::new();
+    let mut add = |kind: Kind, v: String| {
+        if let Ok(s) = Selector::new(kind, v) {
+            out.insert(s);
+        }
+    };
+    add(Kind::HaisAgent, e.agent_id.clone());
+    add(Kind::HaisHost, e.host.clone());
+    if w.pid.is_none() {
+        // Nothing observed about a process: only the node-level selectors apply.
+        return out;
+    }
+    if let Some(uid) = w.uid {
+        add(Kind::UnixUid, uid.to_string());
+    }
+    for (kind, v) in [
+        (Kind::UnixUser, &w.user),
+        (Kind::UnixPath, &w.exe),
+        (Kind::UnixSha256, &w.exe_sha256),
+        (Kind::K8sNs, &w.k8s_namespace),
+        (Kind::K8sSa, &w.k8s_service_account),
+        (Kind::K8sPodUid, &w.pod),
+    ] {
+        if let Some(v) = v {
+            add(kind, v.clone());
+        }
+    }
+    if w.container_runtime.as_deref() == Some("docker") {
+        if let Some(id) = &w.container {
+            add(Kind::DockerId, id.clone());
+        }
+        for (k, v) in &w.container_labels {
+            add(Kind::DockerLabel, format!("{k}:{v}"));
+        }
+    }
+    out
+}
+
 /// An entry read from SPIRE, before the identity service gives it an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportedEntry {
@@ -278,6 +322,72 @@ mod tests {
             validate("http://x", &["unix:uid:1".into()]),
             Err(EntryError::SpiffeId(_))
         ));
+    }
+
+    #[test]
+    fn selectors_come_from_observed_facts_and_the_node() {
+        use crate::event::{FingerprintEvent, Flow, Transport};
+        let mut e = FingerprintEvent::new(
+            "a7",
+            "web-01",
+            Flow {
+                src_ip: "10.0.0.1".parse().unwrap(),
+                src_port: 1,
+                dst_ip: "10.0.0.2".parse().unwrap(),
+                dst_port: 2,
+                transport: Transport::Tcp,
+            },
+        );
+        let names = |e: &FingerprintEvent| {
+            selectors_for(e)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&e), ["hais:agent:a7", "hais:host:web-01"]);
+        e.workload.pid = Some(10);
+        e.workload.uid = Some(1000);
+        e.workload.user = Some("svc".into());
+        e.workload.exe = Some("/usr/bin/curl".into());
+        e.workload.container = Some("c".repeat(64));
+        e.workload.container_runtime = Some("docker".into());
+        e.workload
+            .container_labels
+            .insert("app".into(), "pay".into());
+        e.workload.k8s_namespace = Some("payments".into());
+        e.workload.k8s_service_account = Some("api".into());
+        e.workload.pod = Some("8d3e5c2a-1b4f-4e6a-9c7d-0e1f2a3b4c5d".into());
+        e.workload.cmdline = Some("curl x".into());
+        let got = names(&e);
+        for want in [
+            "unix:uid:1000",
+            "unix:user:svc",
+            "unix:path:/usr/bin/curl",
+            "docker:label:app:pay",
+            "k8s:ns:payments",
+            "k8s:sa:api",
+            "k8s:pod-uid:8d3e5c2a-1b4f-4e6a-9c7d-0e1f2a3b4c5d",
+            "hais:agent:a7",
+        ] {
+            assert!(got.iter().any(|g| g == want), "{want} missing from {got:?}");
+        }
+        assert!(got.iter().any(|g| g.starts_with("docker:id:")));
+        // An invalid fact is left out, not fatal.
+        e.workload.user = Some("bad user".into());
+        assert!(!names(&e).iter().any(|g| g.starts_with("unix:user:")));
+        let entries = [entry(
+            "01",
+            "spiffe://prod/ns/payments/sa/api",
+            &["k8s:ns:payments", "k8s:sa:api"],
+        )];
+        assert_eq!(
+            best_match(&entries, &selectors_for(&e))
+                .unwrap()
+                .entry
+                .spiffe_id
+                .as_str(),
+            "spiffe://prod/ns/payments/sa/api"
+        );
     }
 
     #[test]

@@ -112,3 +112,51 @@ impl Attribution {
         }
     }
 }
+
+impl Attribution {
+    /// The event form of this attribution: the facts the agent reports (the control plane adds
+    /// the SPIFFE ID). `None` when attribution did not run for the flow.
+    pub fn to_workload(&self) -> Option<hais_shared::event::Workload> {
+        use hais_shared::event::Workload;
+        let dir = |d: &Direction| {
+            Some(match d {
+                Direction::Outbound => "outbound".to_owned(),
+                Direction::Inbound => "inbound".to_owned(),
+            })
+        };
+        match self {
+            Attribution::Unknown => None,
+            Attribution::Process {
+                direction,
+                process: p,
+            } => Some(Workload {
+                pid: Some(p.pid),
+                process: Some(p.name.clone()).filter(|n| !n.is_empty()),
+                uid: Some(p.uid),
+                user: p.user.clone(),
+                exe: p.exe.clone(),
+                exe_sha256: p.exe_sha256.clone(),
+                cmdline: Some(p.cmdline.clone()).filter(|c| !c.is_empty()),
+                cgroup: p.cgroup.clone(),
+                container: p.container.as_ref().map(|c| c.id.clone()),
+                container_runtime: p.container.as_ref().map(|c| c.runtime.to_owned()),
+                container_labels: p.container_labels.iter().cloned().collect(),
+                pod: p.pod_uid.clone(),
+                k8s_namespace: p.pod.as_ref().map(|x| x.namespace.clone()),
+                k8s_service_account: p.pod.as_ref().and_then(|x| x.service_account.clone()),
+                direction: dir(direction),
+                ..Workload::default()
+            }),
+            Attribution::SocketOnly { direction, uid } => Some(Workload {
+                uid: Some(*uid),
+                direction: dir(direction),
+                unattributed: Some(self.reason().to_owned()),
+                ..Workload::default()
+            }),
+            Attribution::NotLocal | Attribution::Dropped => Some(Workload {
+                unattributed: Some(self.reason().to_owned()),
+                ..Workload::default()
+            }),
+        }
+    }
+}

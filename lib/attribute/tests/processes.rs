@@ -100,6 +100,11 @@ fn curl_and_python_are_attributed_with_pid_exe_and_uid() {
     );
     assert_eq!(p.uid, nix_uid());
     assert_eq!(p.exe_sha256.as_deref().map(str::len), Some(64));
+    let w = a.to_workload().unwrap();
+    assert_eq!(w.pid, Some(curl.id()));
+    assert_eq!(w.process.as_deref(), Some("curl"));
+    assert_eq!(w.direction.as_deref(), Some("outbound"));
+    assert_eq!(w.unattributed, None);
     curl.wait().unwrap();
 
     let code = format!(

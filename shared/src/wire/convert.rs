@@ -119,6 +119,7 @@ impl From<&FingerprintEvent> for w::Event {
                     value: f.value.clone(),
                 })
                 .collect(),
+            // `selectors` is the control plane's, never sent by an agent.
             workload: (!wl.is_empty()).then(|| w::Workload {
                 pid: wl.pid,
                 process: wl.process.clone(),
@@ -126,6 +127,17 @@ impl From<&FingerprintEvent> for w::Event {
                 container: wl.container.clone(),
                 pod: wl.pod.clone(),
                 spiffe_id: wl.spiffe_id.clone(),
+                exe: wl.exe.clone(),
+                exe_sha256: wl.exe_sha256.clone(),
+                cmdline: wl.cmdline.clone(),
+                user: wl.user.clone(),
+                cgroup: wl.cgroup.clone(),
+                container_runtime: wl.container_runtime.clone(),
+                container_labels: wl.container_labels.clone(),
+                k8s_namespace: wl.k8s_namespace.clone(),
+                k8s_service_account: wl.k8s_service_account.clone(),
+                direction: wl.direction.clone(),
+                unattributed: wl.unattributed.clone(),
             }),
         }
     }
@@ -180,6 +192,18 @@ impl TryFrom<w::Event> for FingerprintEvent {
                 container: wl.container,
                 pod: wl.pod,
                 spiffe_id: wl.spiffe_id,
+                exe: wl.exe,
+                exe_sha256: wl.exe_sha256,
+                cmdline: wl.cmdline,
+                user: wl.user,
+                cgroup: wl.cgroup,
+                container_runtime: wl.container_runtime,
+                container_labels: wl.container_labels,
+                k8s_namespace: wl.k8s_namespace,
+                k8s_service_account: wl.k8s_service_account,
+                direction: wl.direction,
+                unattributed: wl.unattributed,
+                selectors: Vec::new(),
             })
             .unwrap_or_default();
         Ok(FingerprintEvent {

@@ -158,6 +158,28 @@ pub struct Workload {
     pub pod: Option<String>,
     #[prost(string, optional, tag = "6")]
     pub spiffe_id: Option<String>,
+    #[prost(string, optional, tag = "7")]
+    pub exe: Option<String>,
+    #[prost(string, optional, tag = "8")]
+    pub exe_sha256: Option<String>,
+    #[prost(string, optional, tag = "9")]
+    pub cmdline: Option<String>,
+    #[prost(string, optional, tag = "10")]
+    pub user: Option<String>,
+    #[prost(string, optional, tag = "11")]
+    pub cgroup: Option<String>,
+    #[prost(string, optional, tag = "12")]
+    pub container_runtime: Option<String>,
+    #[prost(btree_map = "string, string", tag = "13")]
+    pub container_labels: std::collections::BTreeMap<String, String>,
+    #[prost(string, optional, tag = "14")]
+    pub k8s_namespace: Option<String>,
+    #[prost(string, optional, tag = "15")]
+    pub k8s_service_account: Option<String>,
+    #[prost(string, optional, tag = "16")]
+    pub direction: Option<String>,
+    #[prost(string, optional, tag = "17")]
+    pub unattributed: Option<String>,
 }
 
 /// Sent once the batch is committed. `stored + duplicates + rejected.len()` equals the batch size.

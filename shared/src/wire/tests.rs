@@ -40,9 +40,19 @@ fn events_round_trip_through_the_wire_form() {
                 pid: Some(42),
                 process: Some("curl".into()),
                 uid: Some(1000),
-                container: None,
                 pod: Some("pod-1".into()),
                 spiffe_id: Some("spiffe://hais.local/w".into()),
+                exe: Some("/usr/bin/curl".into()),
+                exe_sha256: Some("ab".repeat(32)),
+                cmdline: Some("curl -s https://x/".into()),
+                user: Some("svc".into()),
+                cgroup: Some("/system.slice/x.service".into()),
+                container_runtime: Some("docker".into()),
+                container_labels: [("app".to_string(), "payments".to_string())].into(),
+                k8s_namespace: Some("payments".into()),
+                k8s_service_account: Some("api".into()),
+                direction: Some("outbound".into()),
+                ..Workload::default()
             };
         }
         let batch = Request::new(request::Body::Batch(EventBatch {
