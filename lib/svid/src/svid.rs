@@ -248,6 +248,59 @@ impl Bundle {
         Bundle::from_der(certs.into_iter().map(|c| c.to_vec()).collect())
     }
 
+    /// Parses a SPIFFE bundle in its JWKS form (what a SPIFFE bundle endpoint serves and
+    /// `spire-server bundle show -format spiffe` prints): the `x5c` certificate of every key
+    /// whose `use` is `x509-svid`. JWT authorities are ignored (HaIS authenticates with X.509).
+    pub fn from_spiffe_jwks(text: &str) -> Result<Bundle, SvidError> {
+        use base64::Engine;
+        let bad = |why: String| SvidError::Pem {
+            what: "SPIFFE bundle (JWKS)".into(),
+            why,
+        };
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let keys = v
+            .get("keys")
+            .and_then(|k| k.as_array())
+            .ok_or_else(|| bad("no \"keys\" array".into()))?;
+        let mut certs = Vec::new();
+        for k in keys {
+            if k.get("use").and_then(|u| u.as_str()) != Some("x509-svid") {
+                continue;
+            }
+            let x5c = k
+                .get("x5c")
+                .and_then(|x| x.as_array())
+                .and_then(|x| x.first())
+                .and_then(|c| c.as_str())
+                .ok_or_else(|| bad("an x509-svid key has no x5c certificate".into()))?;
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(x5c)
+                .map_err(|e| bad(format!("x5c: {e}")))?;
+            certs.push(der);
+        }
+        Bundle::from_der(certs)
+    }
+
+    /// Parses a bundle file in either form: PEM certificates or SPIFFE JWKS.
+    pub fn from_file_text(text: &str) -> Result<Bundle, SvidError> {
+        if text.trim_start().starts_with('{') {
+            Bundle::from_spiffe_jwks(text)
+        } else {
+            Bundle::from_pem(text)
+        }
+    }
+
+    /// This bundle with `other`'s CAs added (trusting the built-in CA and SPIRE's at once).
+    pub fn merged(&self, other: &Bundle) -> Bundle {
+        let mut certs = self.certs.clone();
+        for c in &other.certs {
+            if !certs.contains(c) {
+                certs.push(c.clone());
+            }
+        }
+        Bundle { certs }
+    }
+
     pub(crate) fn root_store(&self) -> Result<rustls::RootCertStore, SvidError> {
         let mut roots = rustls::RootCertStore::empty();
         for c in &self.certs {

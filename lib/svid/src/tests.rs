@@ -254,3 +254,51 @@ fn enrollment_trusts_only_the_pinned_ca() {
         .is_err()
     );
 }
+
+#[test]
+fn spiffe_jwks_bundles_parse_and_merge() {
+    use base64::Engine;
+    let a = CertificateAuthority::generate("prod.example").unwrap();
+    let b = CertificateAuthority::generate("hais.local").unwrap();
+    let x5c = base64::engine::general_purpose::STANDARD.encode(a.cert_der());
+    let jwks = format!(
+        r#"{{"keys":[{{"use":"x509-svid","kty":"EC","crv":"P-256","x":"x","y":"y","x5c":["{x5c}"]}},
+            {{"use":"jwt-svid","kty":"EC","kid":"k1","crv":"P-256","x":"x","y":"y"}}],
+            "spiffe_sequence":3,"spiffe_refresh_hint":300}}"#
+    );
+    let spire = Bundle::from_file_text(&jwks).unwrap();
+    assert_eq!(spire, a.bundle());
+    assert_eq!(
+        Bundle::from_file_text(&a.bundle().to_pem()).unwrap(),
+        a.bundle()
+    );
+    let both = b.bundle().merged(&spire);
+    assert_eq!(both.certs.len(), 2);
+    assert_eq!(
+        both.merged(&spire).certs.len(),
+        2,
+        "merging twice adds nothing"
+    );
+    // An agent with a SPIRE-issued SVID is accepted by a server trusting both CAs.
+    let server = server_config(&server_svid(&b), &both).unwrap();
+    let agent = agent_svid(&a, "n1", HOUR);
+    let s = handshake(
+        uplink_client_config(
+            &agent,
+            &both,
+            &SpiffeId::control_plane("hais.local").unwrap(),
+        )
+        .unwrap(),
+        server,
+    )
+    .unwrap();
+    assert!(s.peer_certificates().is_some());
+    for bad in [
+        "{}",
+        r#"{"keys":[{"use":"x509-svid"}]}"#,
+        r#"{"keys":[]}"#,
+        "{bad",
+    ] {
+        assert!(Bundle::from_spiffe_jwks(bad).is_err(), "{bad}");
+    }
+}
