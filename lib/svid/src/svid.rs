@@ -46,6 +46,8 @@ impl std::fmt::Debug for Svid {
 /// Parsed facts of a certificate that callers need.
 pub(crate) struct CertFacts {
     pub spiffe_id: Option<SpiffeId>,
+    /// The subject public key as raw bytes (the BIT STRING's content).
+    pub public_key: Vec<u8>,
     pub is_ca: bool,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
@@ -73,6 +75,7 @@ pub(crate) fn cert_facts(der: &[u8]) -> Result<CertFacts, SvidError> {
     };
     Ok(CertFacts {
         spiffe_id,
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
         is_ca: cert.is_ca(),
         not_before: ts(cert.validity().not_before)?,
         not_after: ts(cert.validity().not_after)?,
@@ -114,8 +117,14 @@ impl Svid {
             return Err(SvidError::SvidIsCa);
         }
         let spiffe_id = facts.spiffe_id.ok_or(SvidError::NoSpiffeId)?;
-        rcgen::KeyPair::try_from(key_pkcs8.as_slice())
+        let key = rcgen::KeyPair::try_from(key_pkcs8.as_slice())
             .map_err(|e| SvidError::BadKey(e.to_string()))?;
+        // A mismatched pair would only fail later, at a TLS handshake, far from the cause.
+        if key.public_key_raw() != facts.public_key.as_slice() {
+            return Err(SvidError::BadKey(
+                "the private key does not belong to the certificate".into(),
+            ));
+        }
         Ok(Svid {
             chain: chain.into_iter().map(CertificateDer::from).collect(),
             key_pkcs8,

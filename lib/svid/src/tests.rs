@@ -136,6 +136,14 @@ fn svids_must_be_leaves_with_one_spiffe_id() {
         Err(SvidError::SvidIsCa)
     ));
     assert!(spiffe_id_of(b"\x30\x03\x02\x01\x00").is_err());
+    // A key that is not the certificate's is refused.
+    let svid = agent_svid(&ca, "a1", HOUR);
+    let (other_key, _) = generate_csr().unwrap();
+    let chain = svid.chain.iter().map(|c| c.to_vec()).collect();
+    assert!(matches!(
+        Svid::from_der(chain, other_key),
+        Err(SvidError::BadKey(_))
+    ));
     assert!(Bundle::from_der(vec![]).is_err());
     assert_eq!(
         Bundle::from_pem(&ca.bundle().to_pem()).unwrap(),
