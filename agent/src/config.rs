@@ -7,6 +7,8 @@
 //! typed last.
 //!
 //! ```toml
+//! state_dir = "/var/lib/hais-agent"  # identity, spool, status socket
+//!
 //! [capture]
 //! interfaces = ["eth0", "eth1"]   # empty or absent: "any"
 //! bpf = "tcp or udp"              # see DEFAULT_BPF for why the default keeps bulk payload
@@ -24,11 +26,20 @@
 //! path = "-"                      # "-" is standard output
 //! format = "json"                 # or "yaml"
 //! with_raw = false
+//!
+//! [uplink]
+//! server = "cp.example:3001"      # empty: the address saved by `hais-agent enroll`
+//! heartbeat_interval_secs = 10
+//! max_in_flight = 8               # batches awaiting their ack
+//! batch_events = 1000
+//!
+//! [spool]
+//! max_bytes = 268435456           # 256 MiB; the oldest events are dropped beyond it
 //! ```
 //!
 //! Unknown keys are errors, so a misspelt setting is reported instead of silently ignored.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -65,15 +76,79 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HAIS_OUTPUT", "output.path"),
     ("HAIS_FORMAT", "output.format (json/yaml)"),
     ("HAIS_WITH_RAW", "output.with_raw (true/false)"),
+    ("HAIS_STATE_DIR", "state_dir"),
+    ("HAIS_SERVER", "uplink.server (HOST:PORT)"),
+    ("HAIS_HEARTBEAT_INTERVAL", "uplink.heartbeat_interval_secs"),
+    ("HAIS_SPOOL_MAX_BYTES", "spool.max_bytes"),
 ];
 
 /// The whole agent configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
+    /// Identity, spool and status socket (see [`crate::state`]).
+    pub state_dir: PathBuf,
     pub capture: CaptureConfig,
     pub flows: FlowConfig,
     pub output: OutputConfig,
+    pub uplink: UplinkConfig,
+    pub spool: SpoolConfig,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            state_dir: PathBuf::from(crate::state::DEFAULT_STATE_DIR),
+            capture: CaptureConfig::default(),
+            flows: FlowConfig::default(),
+            output: OutputConfig::default(),
+            uplink: UplinkConfig::default(),
+            spool: SpoolConfig::default(),
+        }
+    }
+}
+
+/// `[uplink]`: the connection to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// The control plane's `HOST:PORT` (UDP, the ja4 service's port 3001 by default). Empty:
+    /// the address `hais-agent enroll` saved in the state directory.
+    pub server: String,
+    /// Seconds between heartbeats (fleet health, clock skew).
+    pub heartbeat_interval_secs: u64,
+    /// Batches sent and not yet acknowledged, each on its own QUIC stream. Several in flight
+    /// hide the control plane's commit latency; too many only add memory.
+    pub max_in_flight: usize,
+    /// Most events per batch.
+    pub batch_events: usize,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        UplinkConfig {
+            server: String::new(),
+            heartbeat_interval_secs: 10,
+            max_in_flight: 8,
+            batch_events: 1000,
+        }
+    }
+}
+
+/// `[spool]`: the on-disk queue between capture and the uplink.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Upper bound of the spool's files; beyond it the oldest events are dropped (and counted).
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            max_bytes: crate::uplink::spool::DEFAULT_MAX_BYTES,
+        }
+    }
 }
 
 /// `[capture]`: where and how packets are read.
@@ -265,6 +340,18 @@ impl AgentConfig {
             };
         }
         env_bool(&get, "HAIS_WITH_RAW", &mut self.output.with_raw)?;
+        if let Some(v) = get("HAIS_STATE_DIR") {
+            self.state_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("HAIS_SERVER") {
+            self.uplink.server = v.trim().to_string();
+        }
+        env_parse(
+            &get,
+            "HAIS_HEARTBEAT_INTERVAL",
+            &mut self.uplink.heartbeat_interval_secs,
+        )?;
+        env_parse(&get, "HAIS_SPOOL_MAX_BYTES", &mut self.spool.max_bytes)?;
         Ok(())
     }
 
@@ -305,6 +392,21 @@ impl AgentConfig {
         }
         if self.output.path.is_empty() {
             return bad("output.path", "empty (use \"-\" for standard output)");
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return bad("state_dir", "empty");
+        }
+        if self.uplink.heartbeat_interval_secs == 0 {
+            return bad("uplink.heartbeat_interval_secs", "must be at least 1");
+        }
+        if !(1..=64).contains(&self.uplink.max_in_flight) {
+            return bad("uplink.max_in_flight", "must be 1..=64");
+        }
+        if !(1..=hais_shared::wire::MAX_EVENTS_PER_BATCH).contains(&self.uplink.batch_events) {
+            return bad("uplink.batch_events", "must be 1..=10000");
+        }
+        if self.spool.max_bytes < 1 << 20 {
+            return bad("spool.max_bytes", "must be at least 1048576 (1 MiB)");
         }
         Ok(())
     }
@@ -465,6 +567,35 @@ mod tests {
         let mut c = AgentConfig::default();
         c.capture.interfaces = vec![" ".into()];
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn uplink_and_spool_keys_have_defaults_file_and_env_layers() {
+        let c = AgentConfig::default();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/hais-agent"));
+        assert_eq!(c.uplink.heartbeat_interval_secs, 10);
+        assert_eq!(c.uplink.max_in_flight, 8);
+        assert_eq!(c.spool.max_bytes, 256 << 20);
+        let mut c = AgentConfig::from_toml(
+            "state_dir = \"/tmp/s\"\n[uplink]\nserver = \"cp:3001\"\n[spool]\nmax_bytes = 2097152\n",
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
+        assert_eq!(c.uplink.server, "cp:3001");
+        assert_eq!(c.spool.max_bytes, 2 << 20);
+        c.validate().unwrap();
+        c.apply_env(env(&[
+            ("HAIS_SERVER", "other:3001"),
+            ("HAIS_STATE_DIR", "/srv/hais"),
+            ("HAIS_HEARTBEAT_INTERVAL", "3"),
+        ]))
+        .unwrap();
+        assert_eq!(c.uplink.server, "other:3001");
+        assert_eq!(c.state_dir, PathBuf::from("/srv/hais"));
+        assert_eq!(c.uplink.heartbeat_interval_secs, 3);
+        c.spool.max_bytes = 1000;
+        assert!(c.validate().is_err());
+        assert!(AgentConfig::from_toml("[uplink]\nservr = \"x\"\n").is_err());
     }
 
     #[test]

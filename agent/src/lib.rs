@@ -1,4 +1,5 @@
-//! The HaIS agent as a library: capture, decode, flow tracking and the fingerprint engine.
+//! The HaIS agent as a library: capture, decode, flow tracking, the fingerprint engine, and
+//! the uplink to the control plane (events, spool, QUIC, enrollment).
 //!
 //! Everything except [`capture`] and [`cli`] is sans-I/O: the engine takes frames and
 //! returns fingerprints, so it is tested, fuzzed and benchmarked without a network.
@@ -11,3 +12,6 @@ pub mod engine;
 pub mod flow;
 pub mod fuzzing;
 pub mod output;
+pub mod state;
+pub mod status;
+pub mod uplink;

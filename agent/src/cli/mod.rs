@@ -2,12 +2,20 @@
 //!
 //! Exit codes (documented in `--help`): 0 success, 2 usage error, 65 input is not a
 //! usable capture file, 66 input missing or unreadable, 74 I/O error while reading or
-//! writing; `run` adds 69 unknown interface, 77 missing capability, 78 bad configuration.
+//! writing; `run` adds 69 unknown interface, 77 missing capability, 78 bad configuration;
+//! `enroll`, `status` and `doctor` document theirs in their own modules.
 
+mod doctor;
+mod enroll;
 mod read;
 mod run;
+mod status;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::AgentConfig;
 
 /// HaIS host agent: JA4+ fingerprints bound to workload identity.
 #[derive(Debug, Parser)]
@@ -40,17 +48,53 @@ pub enum Command {
     /// Fingerprint a pcap or pcapng file (`-` reads standard input) and print one record per
     /// stream, in the JA4+ reference tool's format.
     Read(read::ReadArgs),
-    /// Capture live on network interfaces and print one record per stream as it finishes.
+    /// Capture live on network interfaces; print each stream's record as it finishes, or
+    /// stream it to the control plane once enrolled.
     Run(run::RunArgs),
+    /// Enroll with the control plane using a join token (stores the SVID in the state dir).
+    Enroll(enroll::EnrollArgs),
+    /// Show the running agent's state (capture counters, spool, connection, identity).
+    Status(status::StatusArgs),
+    /// Check privileges, interfaces, identity, server reachability and clock skew.
+    Doctor(doctor::DoctorArgs),
+}
+
+/// `--config` and `--state-dir`, shared by the commands that only need the state directory.
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// Configuration file (TOML), for `state_dir` and `uplink.server`.
+    #[arg(short = 'c', long, value_name = "FILE", env = "HAIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// State directory. Default /var/lib/hais-agent (or `state_dir` / HAIS_STATE_DIR).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StateArgs {
+    /// The configuration (defaults < file < environment), with `--state-dir` applied.
+    fn config(&self) -> Result<AgentConfig, (i32, String)> {
+        let mut cfg = AgentConfig::load(self.config.as_deref())
+            .map_err(|e| (e.exit_code(), e.to_string()))?;
+        if let Some(d) = &self.state_dir {
+            cfg.state_dir = d.clone();
+        }
+        cfg.validate().map_err(|e| (e.exit_code(), e.to_string()))?;
+        Ok(cfg)
+    }
 }
 
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log);
+    // One process-wide crypto provider (ring), whatever other crates' features say.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Read(args) => read::run(args),
         Command::Run(args) => run::run(args),
+        Command::Enroll(args) => enroll::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Doctor(args) => doctor::run(args),
     }
 }
 

@@ -12,30 +12,48 @@
 //! each then finishes every flow it holds, so nothing seen is lost, and the main thread
 //! prints the summary and exits 0. A second signal exits at once with status 1, for a
 //! shutdown that hangs.
+//!
+//! When the agent is enrolled (an SVID in the state directory) and knows its server, each
+//! finished stream with a fingerprint also becomes an event: the capture thread encodes it,
+//! the main thread appends it to the on-disk spool (and fsyncs every 100 ms), and the uplink
+//! thread sends it. Capture therefore waits on the disk at worst, never on the network.
+//! Records are then printed only when an output is asked for explicitly (`-o`,
+//! `HAIS_OUTPUT`, or a file in the config). The status socket (`hais-agent status`) is served
+//! whenever the state directory is usable.
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
+use tokio::sync::Notify;
 
 use crate::capture::live::{self, CaptureStats, LiveCapture, LiveError, LiveOptions};
 use crate::config::{AgentConfig, OutputFormat};
 use crate::engine::{Engine, EngineConfig, Stats, StreamReport};
 use crate::output::{Value, write_json_line, write_yaml_list_item};
+use crate::state::{StateDir, StateLock};
+use crate::status::{AgentStatus, InterfaceCounters, StatusServer};
+use crate::uplink::SharedSpool;
+use crate::uplink::events::{self, EventSource};
+use crate::uplink::quic::{Uplink, UplinkOptions};
+use crate::uplink::spool::{Spool, SpoolOptions};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Settings come from built-in defaults, then --config FILE (TOML), then HAIS_* environment \
 variables (HAIS_INTERFACES, HAIS_BPF, HAIS_IDLE_TIMEOUT, HAIS_STATS_INTERVAL, HAIS_OUTPUT, \
-HAIS_FORMAT, ...; see README), then these flags.\n\
+HAIS_FORMAT, HAIS_SERVER, HAIS_STATE_DIR, ...; see README), then these flags.\n\
+Once enrolled (`hais-agent enroll`), events are streamed to the control plane through an \
+on-disk spool in the state directory; records are then printed only with -o.\n\
 Needs CAP_NET_RAW (CAP_NET_ADMIN on some setups), not root: \
 setcap cap_net_raw,cap_net_admin=eip /usr/bin/hais-agent\n\
 Exit codes: 0 stopped by SIGINT/SIGTERM, 2 bad filter, 66 config file missing, \
-69 unknown or unusable interface, 74 I/O error, 77 missing capability, 78 bad configuration.")]
+69 unknown or unusable interface, 74 I/O error, 75 another agent uses the state directory, \
+77 missing capability, 78 bad configuration (including a server without enrollment).")]
 pub struct RunArgs {
     /// Configuration file (TOML).
     #[arg(short = 'c', long, value_name = "FILE", env = "HAIS_CONFIG")]
@@ -74,6 +92,13 @@ pub struct RunArgs {
     /// No startup line and no summary on standard error.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Control plane to stream events to (UDP HOST:PORT). Default: the one saved by
+    /// `hais-agent enroll`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: Option<String>,
+    /// State directory: identity, spool, status socket. Default /var/lib/hais-agent.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// How often idle flows are swept when packets don't do it (packets sweep by themselves,
@@ -94,6 +119,26 @@ const BATCH: usize = 1024;
 
 /// Formatted batches in flight between the capture threads and the writer.
 const CHANNEL_BATCHES: usize = 256;
+
+/// How often the main thread makes the spool durable (see the spool's fsync policy).
+const SPOOL_SYNC_EVERY: Duration = Duration::from_millis(100);
+
+/// What a capture thread hands the main thread for one set of finished streams.
+#[derive(Debug, Default)]
+struct Finished {
+    /// Records formatted for the output, when records are printed.
+    text: Option<String>,
+    /// Encoded events for the spool, when streaming.
+    events: Vec<Vec<u8>>,
+}
+
+/// The streaming side of a run, when the agent is enrolled.
+struct Streaming {
+    spool: SharedSpool,
+    uplink: Uplink,
+    waker: Arc<Notify>,
+    source: EventSource,
+}
 
 pub fn run(args: RunArgs) -> i32 {
     match run_inner(&args) {
@@ -140,6 +185,12 @@ fn config_from(args: &RunArgs) -> Result<AgentConfig, Failure> {
     if args.promiscuous {
         cfg.capture.promiscuous = true;
     }
+    if let Some(s) = &args.server {
+        cfg.uplink.server = s.clone();
+    }
+    if let Some(d) = &args.state_dir {
+        cfg.state_dir = d.clone();
+    }
     cfg.validate().map_err(|e| (e.exit_code(), e.to_string()))?;
     Ok(cfg)
 }
@@ -176,8 +227,49 @@ fn run_inner(args: &RunArgs) -> Result<(), Failure> {
     for name in &interfaces {
         captures.push(LiveCapture::open(name, &opts).map_err(live_err)?);
     }
-    let mut out =
-        open_output(&cfg.output.path).map_err(|e| (74, format!("{}: {e}", cfg.output.path)))?;
+    let state = StateDir::new(&cfg.state_dir);
+    let counters: Vec<Arc<InterfaceCounters>> = interfaces
+        .iter()
+        .map(|i| Arc::new(InterfaceCounters::new(i)))
+        .collect();
+    let plan = plan_streaming(&cfg, &state)?;
+    // Holding the lock keeps a second agent off this spool and socket.
+    let lock = match &plan {
+        Some(_) => Some(
+            state
+                .ensure()
+                .and_then(|()| state.lock())
+                .map_err(|e| (e.exit_code(), e.to_string()))?,
+        ),
+        None => try_lock_quietly(&state),
+    };
+    let spool = match &plan {
+        Some(_) => Some(open_spool(&cfg, &state)?),
+        None => None,
+    };
+    let status = Arc::new(AgentStatus::new(counters.clone(), spool.clone()));
+    let _status_server = lock
+        .as_ref()
+        .and_then(|_| match StatusServer::start(&state.socket_path(), Arc::clone(&status)) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %state.socket_path().display(), "no status socket");
+                None
+            }
+        });
+    let streaming = match (plan, spool) {
+        (Some(p), Some(spool)) => Some(start_uplink(&cfg, &state, p, spool, &status)?),
+        _ => None,
+    };
+    let print = streaming.is_none()
+        || args.output.is_some()
+        || std::env::var_os("HAIS_OUTPUT").is_some()
+        || cfg.output.path != "-";
+    let mut out = if print {
+        Some(open_output(&cfg.output.path).map_err(|e| (74, format!("{}: {e}", cfg.output.path)))?)
+    } else {
+        None
+    };
 
     let engine_cfg = EngineConfig {
         with_raw: cfg.output.with_raw,
@@ -188,9 +280,9 @@ fn run_inner(args: &RunArgs) -> Result<(), Failure> {
     };
     let json = cfg.output.format == OutputFormat::Json;
     let stats_every = Duration::from_secs(cfg.capture.stats_interval_secs);
-    let (tx, rx) = sync_channel::<String>(CHANNEL_BATCHES);
+    let (tx, rx) = sync_channel::<Finished>(CHANNEL_BATCHES);
     let mut workers = Vec::with_capacity(captures.len());
-    for cap in captures {
+    for (cap, counters) in captures.into_iter().zip(&counters) {
         let worker = Worker {
             engine: Engine::new(engine_cfg.clone()),
             name: cap.name().to_string(),
@@ -198,6 +290,10 @@ fn run_inner(args: &RunArgs) -> Result<(), Failure> {
             stop: Arc::clone(&stop),
             tx: tx.clone(),
             json,
+            print,
+            events: streaming.as_ref().map(|s| s.source.clone()),
+            counters: Arc::clone(counters),
+            status: Arc::clone(&status),
             stats_every,
         };
         let handle = std::thread::Builder::new()
@@ -213,14 +309,21 @@ fn run_inner(args: &RunArgs) -> Result<(), Failure> {
         } else {
             format!("{:?}", cfg.capture.bpf)
         };
+        let to = match &streaming {
+            Some(_) => format!(
+                "; streaming to {}",
+                status.uplink().server.unwrap_or_default()
+            ),
+            None => String::new(),
+        };
         eprintln!(
-            "hais-agent run: capturing on {} (filter: {filter}, idle timeout {} s); SIGINT or SIGTERM stops",
+            "hais-agent run: capturing on {} (filter: {filter}, idle timeout {} s{to}); SIGINT or SIGTERM stops",
             interfaces.join(", "),
             cfg.flows.idle_timeout_secs
         );
     }
 
-    let write_error = write_batches(&rx, &mut out, &stop);
+    let write_error = consume(&rx, out.as_mut(), streaming.as_ref(), &status, &stop);
 
     let mut total = Stats::default();
     let mut drops = CaptureStats::default();
@@ -244,6 +347,23 @@ fn run_inner(args: &RunArgs) -> Result<(), Failure> {
     if let Some(e) = write_error {
         failure = Some((74, format!("writing {}: {e}", cfg.output.path)));
     }
+    if let Some(s) = streaming {
+        // Lets batches in flight (and what is spooled, while connected) go out for a few
+        // seconds; the rest waits in the spool for the next start.
+        s.uplink.stop();
+        let mut spool = s.spool.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = spool.sync() {
+            failure.get_or_insert((74, e.to_string()));
+        }
+        if !args.quiet {
+            let st = spool.stats();
+            eprintln!(
+                "hais-agent run: spool: {} events waiting, {} dropped (spool full), {} sent and acknowledged this run",
+                st.depth, st.dropped, st.acked
+            );
+        }
+    }
+    drop(lock);
     if !args.quiet {
         print_summary(&total, &drops);
     }
@@ -266,27 +386,171 @@ fn open_output(path: &str) -> std::io::Result<Box<dyn Write>> {
     Ok(Box::new(f))
 }
 
-/// Writes batches as they come, flushing each so a reader (`tail -f`, a log shipper) sees a
-/// stream as soon as it finishes. On a write error the capture is stopped and the rest of
-/// the channel drained, so the threads can finish; returns that error.
-fn write_batches(
-    rx: &Receiver<String>,
-    out: &mut Box<dyn Write>,
+/// Where the events go, when they go anywhere: `Some(server)` when the agent is enrolled.
+/// A server configured for an agent that is not enrolled is an error, not a silent fallback
+/// to printing.
+fn plan_streaming(cfg: &AgentConfig, state: &StateDir) -> Result<Option<String>, Failure> {
+    let enrolled = state.is_enrolled();
+    let server = Some(cfg.uplink.server.clone())
+        .filter(|s| !s.is_empty())
+        .or_else(|| enrolled.then(|| state.load_server()).flatten());
+    match (enrolled, server) {
+        (true, Some(s)) => Ok(Some(s)),
+        (true, None) => Err((
+            78,
+            format!(
+                "enrolled in {} but no server is known: pass --server HOST:PORT (or set uplink.server)",
+                state.path().display()
+            ),
+        )),
+        (false, Some(s)) => Err((
+            78,
+            format!(
+                "not enrolled (no SVID in {}): run `hais-agent enroll --server {s} --token TOKEN` first",
+                state.path().display()
+            ),
+        )),
+        (false, None) => Ok(None),
+    }
+}
+
+/// Without streaming the state directory is optional (a plain `run` as an unprivileged user
+/// must keep working): its lock, and so the status socket, only when it is usable.
+fn try_lock_quietly(state: &StateDir) -> Option<StateLock> {
+    if !state.path().is_dir() {
+        return None;
+    }
+    match state.lock() {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::info!(error = %e, "state directory unusable; no status socket");
+            None
+        }
+    }
+}
+
+fn open_spool(cfg: &AgentConfig, state: &StateDir) -> Result<SharedSpool, Failure> {
+    let opts = SpoolOptions::new(state.spool_dir(), cfg.spool.max_bytes);
+    let spool = Spool::open(opts).map_err(|e| (74, format!("opening the spool: {e}")))?;
+    let st = spool.stats();
+    if st.depth > 0 || st.torn_records > 0 {
+        tracing::info!(
+            waiting = st.depth,
+            torn = st.torn_records,
+            "spool holds events from an earlier run"
+        );
+    }
+    Ok(Arc::new(Mutex::new(spool)))
+}
+
+fn start_uplink(
+    cfg: &AgentConfig,
+    state: &StateDir,
+    server: String,
+    spool: SharedSpool,
+    status: &Arc<AgentStatus>,
+) -> Result<Streaming, Failure> {
+    let (svid, bundle) = state
+        .load_identity()
+        .map_err(|e| (e.exit_code(), e.to_string()))?
+        .ok_or((78, "identity vanished from the state directory".to_string()))?;
+    let now = time::OffsetDateTime::now_utc();
+    if svid.not_after <= now {
+        return Err((
+            78,
+            format!(
+                "the SVID in {} expired at {}; enroll again with a new token (`hais-agent enroll --force`)",
+                state.path().display(),
+                svid.not_after
+            ),
+        ));
+    }
+    let agent_id = svid
+        .spiffe_id
+        .agent_id()
+        .ok_or((78, format!("{} is not an agent SPIFFE ID", svid.spiffe_id)))?
+        .to_string();
+    let mut opts = UplinkOptions::new(server, state.path());
+    opts.max_in_flight = cfg.uplink.max_in_flight;
+    opts.batch_events = cfg.uplink.batch_events;
+    opts.heartbeat_interval = Duration::from_secs(cfg.uplink.heartbeat_interval_secs);
+    let source = EventSource {
+        agent_id,
+        host: opts.hostname.clone(),
+    };
+    let uplink = Uplink::start(opts, svid, bundle, Arc::clone(&spool), Arc::clone(status))
+        .map_err(|e| (71, format!("starting the uplink thread: {e}")))?;
+    Ok(Streaming {
+        waker: uplink.waker(),
+        spool,
+        uplink,
+        source,
+    })
+}
+
+/// The main thread's loop: writes records as they come, flushing each so a reader (`tail -f`,
+/// a log shipper) sees a stream as soon as it finishes, appends events to the spool and wakes
+/// the uplink, and syncs the spool on its timer. On a write error the capture is stopped and
+/// the rest of the channel drained, so the threads can finish; returns that error. A spool
+/// error only loses those events (counted and logged): the records are still printed.
+fn consume(
+    rx: &Receiver<Finished>,
+    mut out: Option<&mut Box<dyn Write>>,
+    streaming: Option<&Streaming>,
+    status: &AgentStatus,
     stop: &AtomicBool,
 ) -> Option<std::io::Error> {
     let mut error = None;
-    for batch in rx {
-        if error.is_some() {
-            continue;
+    let mut last_sync = Instant::now();
+    loop {
+        let batch = match rx.recv_timeout(SPOOL_SYNC_EVERY) {
+            Ok(b) => Some(b),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(b) = batch {
+            if let (Some(text), Some(o)) = (&b.text, out.as_mut())
+                && error.is_none()
+                && let Err(e) = o.write_all(text.as_bytes()).and_then(|()| o.flush())
+            {
+                tracing::error!(error = %e, "writing records failed; stopping capture");
+                stop.store(true, Ordering::SeqCst);
+                error = Some(e);
+            }
+            if let Some(s) = streaming
+                && !b.events.is_empty()
+            {
+                let res = s
+                    .spool
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .append(&b.events);
+                match res {
+                    Ok(()) => s.waker.notify_one(),
+                    Err(e) => {
+                        status
+                            .spool_errors
+                            .fetch_add(b.events.len() as u64, Ordering::Relaxed);
+                        tracing::error!(error = %e, events = b.events.len(), "spool write failed; events lost");
+                    }
+                }
+            }
         }
-        if let Err(e) = out.write_all(batch.as_bytes()).and_then(|()| out.flush()) {
-            tracing::error!(error = %e, "writing records failed; stopping capture");
-            stop.store(true, Ordering::SeqCst);
-            error = Some(e);
+        if let Some(s) = streaming
+            && last_sync.elapsed() >= SPOOL_SYNC_EVERY
+        {
+            last_sync = Instant::now();
+            let mut spool = s.spool.lock().unwrap_or_else(|p| p.into_inner());
+            if spool.needs_sync()
+                && let Err(e) = spool.sync()
+            {
+                tracing::warn!(error = %e, "syncing the spool");
+            }
         }
     }
     if error.is_none()
-        && let Err(e) = out.flush()
+        && let Some(o) = out
+        && let Err(e) = o.flush()
     {
         error = Some(e);
     }
@@ -299,8 +563,14 @@ struct Worker {
     engine: Engine,
     name: String,
     stop: Arc<AtomicBool>,
-    tx: SyncSender<String>,
+    tx: SyncSender<Finished>,
     json: bool,
+    /// Format records for the output.
+    print: bool,
+    /// Turn finished streams into events (when streaming).
+    events: Option<EventSource>,
+    counters: Arc<InterfaceCounters>,
+    status: Arc<AgentStatus>,
     stats_every: Duration,
 }
 
@@ -340,6 +610,7 @@ impl Worker {
                 last_sweep = now;
                 // Packet times are the kernel's wall clock, so the sweep uses it too.
                 self.engine.expire_idle(wall_clock_us());
+                self.publish();
             }
             let finished = self.engine.take_finished();
             if !finished.is_empty() {
@@ -353,6 +624,7 @@ impl Worker {
         let finished = self.engine.finish();
         self.send(finished);
         self.log_stats();
+        self.publish();
         WorkerDone {
             stats: self.engine.stats().clone(),
             drops: self.cap.totals(),
@@ -364,9 +636,48 @@ impl Worker {
         if reports.is_empty() {
             return;
         }
-        let batch = format_batch(reports, &self.name, self.json, wall_clock_us());
+        let mut batch = Finished::default();
+        if let Some(src) = &self.events {
+            for r in &reports {
+                match events::to_event(r, src) {
+                    Ok(ev) => batch.events.push(events::encode(&ev)),
+                    Err(skip) => {
+                        if let events::Skip::Invalid(why) = &skip {
+                            tracing::debug!(stream = r.stream, %why, "stream not sent");
+                        }
+                        self.status.events_skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            self.counters
+                .events
+                .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+        }
+        if self.print {
+            batch.text = Some(format_batch(
+                reports,
+                &self.name,
+                self.json,
+                wall_clock_us(),
+            ));
+        }
         // The receiver only goes away after every worker has ended.
         let _ = self.tx.send(batch);
+    }
+
+    /// Copies the engine's and libpcap's counters where `status` and heartbeats read them.
+    fn publish(&self) {
+        let s = self.engine.stats();
+        let d = self.cap.totals();
+        let c = &self.counters;
+        let set = |a: &std::sync::atomic::AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&c.packets, s.packets);
+        set(&c.bytes, s.bytes);
+        set(&c.parse_errors, s.error_total());
+        set(&c.streams, s.streams_reported);
+        set(&c.live_flows, self.engine.live_flows() as u64);
+        set(&c.kernel_dropped, d.dropped);
+        set(&c.interface_dropped, d.if_dropped);
     }
 
     fn log_stats(&mut self) {

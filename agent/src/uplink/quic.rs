@@ -1,0 +1,598 @@
+//! The uplink: spool → control plane over QUIC with mutual TLS.
+//!
+//! It runs on its own thread with a single-threaded tokio runtime, so capture threads never
+//! wait on it; they append to the spool and ring [`Uplink::waker`].
+//!
+//! One connection at a time. On it:
+//! * up to `max_in_flight` [`wire::EventBatch`]es, each on its own bidirectional stream; a
+//!   batch leaves the spool only when its [`wire::BatchAck`] arrives (the control plane sends
+//!   it after committing). Events the ack lists as rejected are logged and not sent again.
+//! * a [`wire::Heartbeat`] every `heartbeat_interval`; the answer's server time gives the
+//!   clock skew.
+//! * renewal at the SVID's half-life: a [`wire::RenewRequest`] with a CSR for a new key; the
+//!   new SVID is saved to the state directory, the batches in flight are allowed to finish,
+//!   and the agent reconnects with the new certificate. Nothing is lost: whatever was not
+//!   acknowledged stays in the spool and is sent again.
+//!
+//! When the connection fails, the spool is rewound to its oldest unacknowledged event and the
+//! agent reconnects after an exponential backoff with full jitter (200 ms doubling, capped at
+//! 30 s), so a fleet does not reconnect in lockstep after a control-plane restart.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hais_shared::spiffe::SpiffeId;
+use hais_shared::wire::{self, ErrorCode, request, response};
+use hais_svid::{Bundle, Svid};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::sleep;
+
+use super::SharedSpool;
+use super::client::{self, ClientError, Conn, Transport};
+use super::spool::BatchId;
+use crate::status::{AgentStatus, ConnectionState, unix_ms};
+
+/// How the uplink behaves.
+#[derive(Debug, Clone)]
+pub struct UplinkOptions {
+    /// `HOST:PORT` of the control plane.
+    pub server: String,
+    /// Where renewed SVIDs are saved.
+    pub state_dir: PathBuf,
+    pub max_in_flight: usize,
+    pub batch_events: usize,
+    pub heartbeat_interval: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub transport: Transport,
+    /// Longest wait for batches in flight at shutdown and before switching to a renewed SVID.
+    pub drain_timeout: Duration,
+    /// Host name reported in heartbeats.
+    pub hostname: String,
+}
+
+impl UplinkOptions {
+    pub fn new(server: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        UplinkOptions {
+            server: server.into(),
+            state_dir: state_dir.into(),
+            max_in_flight: 8,
+            batch_events: 1000,
+            heartbeat_interval: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            transport: Transport::default(),
+            drain_timeout: Duration::from_secs(5),
+            hostname: super::events::hostname(),
+        }
+    }
+}
+
+/// The running uplink.
+#[derive(Debug)]
+pub struct Uplink {
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<Stop>,
+    waker: Arc<Notify>,
+}
+
+#[derive(Debug, Default)]
+struct Stop {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Stop {
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Uplink {
+    /// Starts the uplink thread with the agent's identity.
+    pub fn start(
+        opts: UplinkOptions,
+        svid: Svid,
+        bundle: Bundle,
+        spool: SharedSpool,
+        status: Arc<AgentStatus>,
+    ) -> std::io::Result<Uplink> {
+        let stop = Arc::new(Stop::default());
+        let waker = Arc::new(Notify::new());
+        let mut task = Task {
+            expected_server: SpiffeId::control_plane(svid.spiffe_id.trust_domain())
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+            opts,
+            svid,
+            bundle,
+            spool,
+            status,
+            stop: Arc::clone(&stop),
+            waker: Arc::clone(&waker),
+        };
+        task.publish_identity();
+        let thread = std::thread::Builder::new()
+            .name("uplink".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                rt.block_on(task.run());
+            })?;
+        Ok(Uplink {
+            thread: Some(thread),
+            stop,
+            waker,
+        })
+    }
+
+    /// Rung after every append, so a waiting uplink sends at once.
+    pub fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.waker)
+    }
+
+    /// Stops sending, lets batches in flight finish (up to the drain timeout), closes the
+    /// connection and waits for the thread. Unsent events stay in the spool for the next run.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.flag.store(true, Ordering::SeqCst);
+        self.stop.notify.notify_waiters();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// How one connection ended.
+enum End {
+    Shutdown,
+    /// A new SVID is in place: reconnect at once.
+    Renewed,
+    Failed(ClientError),
+}
+
+/// What a request task hands back.
+enum Done {
+    Batch(BatchId, u64, Result<response::Body, ClientError>),
+    Heartbeat(i64, Instant, Result<response::Body, ClientError>),
+    Renew(Vec<u8>, Result<response::Body, ClientError>),
+}
+
+struct Task {
+    opts: UplinkOptions,
+    svid: Svid,
+    bundle: Bundle,
+    expected_server: SpiffeId,
+    spool: SharedSpool,
+    status: Arc<AgentStatus>,
+    stop: Arc<Stop>,
+    waker: Arc<Notify>,
+}
+
+/// Exponential backoff with full jitter.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    fn delay(&mut self) -> Duration {
+        let ceiling = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let ms = ceiling.as_millis().max(1) as u64;
+        Duration::from_millis(rand::random_range(ms / 2..=ms))
+    }
+}
+
+impl Task {
+    fn set_state(&self, state: ConnectionState, error: Option<String>) {
+        self.status.update_uplink(|u| {
+            if u.state != state {
+                u.since_unix_ms = unix_ms();
+            }
+            u.state = state;
+            if error.is_some() {
+                u.last_error = error;
+            }
+        });
+    }
+
+    fn publish_identity(&self) {
+        let svid = &self.svid;
+        let server = self.opts.server.clone();
+        self.status.update_uplink(|u| {
+            u.server = Some(server);
+            u.spiffe_id = Some(svid.spiffe_id.to_string());
+            u.svid_expiry_unix = Some(svid.not_after.unix_timestamp());
+            u.svid_renew_at_unix = Some(svid.renew_at().unix_timestamp());
+        });
+    }
+
+    fn with_spool<T>(&self, f: impl FnOnce(&mut super::spool::Spool) -> T) -> T {
+        let mut s = self.spool.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s)
+    }
+
+    async fn run(&mut self) {
+        let mut backoff = Backoff::new(self.opts.backoff_min, self.opts.backoff_max);
+        while !self.stop.is_set() {
+            self.set_state(ConnectionState::Connecting, None);
+            let end = match self.connect().await {
+                Ok(conn) => {
+                    backoff.reset();
+                    self.status.update_uplink(|u| u.connects += 1);
+                    self.set_state(ConnectionState::Connected, None);
+                    tracing::info!(server = %self.opts.server, addr = %conn.addr, "uplink connected");
+                    let end = self.serve(&conn.conn).await;
+                    let reason = match &end {
+                        End::Shutdown => "agent stopping",
+                        End::Renewed => "SVID renewed",
+                        End::Failed(_) => "error",
+                    };
+                    conn.close(reason).await;
+                    end
+                }
+                Err(e) => End::Failed(e),
+            };
+            // Whatever was in flight and not acknowledged goes out again, oldest first.
+            self.with_spool(|s| s.rewind());
+            match end {
+                End::Shutdown => break,
+                End::Renewed => continue,
+                End::Failed(e) => {
+                    let mut delay = backoff.delay();
+                    if !e.is_transient() {
+                        // Configuration or identity trouble: retrying fast will not fix it.
+                        delay = delay.max(self.opts.backoff_max / 2);
+                    }
+                    tracing::warn!(
+                        server = %self.opts.server,
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "uplink unavailable; events stay in the spool"
+                    );
+                    self.set_state(ConnectionState::Backoff, Some(e.to_string()));
+                    tokio::select! {
+                        _ = sleep(delay) => {}
+                        _ = self.stop.wait() => break,
+                    }
+                }
+            }
+        }
+        self.set_state(ConnectionState::Stopped, None);
+        self.with_spool(|s| {
+            if let Err(e) = s.sync() {
+                tracing::warn!(error = %e, "syncing the spool");
+            }
+        });
+    }
+
+    async fn connect(&self) -> Result<Conn, ClientError> {
+        let tls = hais_svid::uplink_client_config(&self.svid, &self.bundle, &self.expected_server)?;
+        let connect = client::connect(&self.opts.server, tls, &self.opts.transport);
+        tokio::select! {
+            r = connect => r,
+            _ = self.stop.wait() => Err(ClientError::Connect {
+                server: self.opts.server.clone(),
+                why: "agent stopping".into(),
+            }),
+        }
+    }
+
+    /// Runs one connection until it fails, the agent stops or the SVID was renewed.
+    async fn serve(&mut self, conn: &quinn::Connection) -> End {
+        let timeout = self.opts.transport.request_timeout;
+        let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut in_flight = 0usize;
+        let mut seq = 0u64;
+        let mut heartbeat = tokio::time::interval(self.opts.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat_out = false;
+        let mut renewing = false;
+        // Set when the connection must end once the batches in flight are answered.
+        let mut draining: Option<(End, tokio::time::Instant)> = None;
+        let renew_in = renew_delay(&self.svid);
+        let renew_timer = sleep(renew_in);
+        tokio::pin!(renew_timer);
+
+        loop {
+            // While stopping, what is spooled keeps going out until the drain deadline; while
+            // switching to a renewed SVID, nothing new goes out on the old connection.
+            let sending = !matches!(draining, Some((End::Renewed, _)));
+            let mut spool_empty = false;
+            if sending {
+                while in_flight < self.opts.max_in_flight {
+                    let batch = self.with_spool(|s| s.next_batch(self.opts.batch_events));
+                    let batch = match batch {
+                        Ok(Some(b)) => b,
+                        Ok(None) => {
+                            spool_empty = true;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "reading the spool");
+                            break;
+                        }
+                    };
+                    seq += 1;
+                    // Spool records are encoded events already: no decode/encode per event.
+                    let bytes = client::encode_batch_request(seq, &batch.records);
+                    let (c, id, s) = (conn.clone(), batch.id, seq);
+                    tasks.spawn(async move {
+                        Done::Batch(id, s, client::exchange_encoded(&c, bytes, timeout).await)
+                    });
+                    in_flight += 1;
+                }
+            }
+            if let Some((end, deadline)) = &draining {
+                let idle = in_flight == 0 && (spool_empty || !sending);
+                if idle || tokio::time::Instant::now() >= *deadline {
+                    if matches!(end, End::Shutdown) {
+                        tracing::info!(in_flight, "uplink stopping");
+                    }
+                    return draining.take().expect("checked").0;
+                }
+            }
+            let drain_deadline = draining.as_ref().map(|(_, d)| *d);
+            tokio::select! {
+                _ = self.stop.wait(), if draining.is_none() => {
+                    draining = Some((End::Shutdown, tokio::time::Instant::now() + self.opts.drain_timeout));
+                }
+                _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(tokio::time::Instant::now)), if drain_deadline.is_some() => {}
+                Some(done) = tasks.join_next() => {
+                    let Ok(done) = done else { continue };
+                    match done {
+                        Done::Batch(id, s, res) => {
+                            in_flight -= 1;
+                            if let Err(e) = self.on_batch(id, s, res) {
+                                return End::Failed(e);
+                            }
+                        }
+                        Done::Heartbeat(sent_at, started, res) => {
+                            heartbeat_out = false;
+                            self.on_heartbeat(sent_at, started, res);
+                        }
+                        Done::Renew(key, res) => {
+                            renewing = false;
+                            match self.on_renew(key, res) {
+                                Ok(()) => {
+                                    if draining.is_none() {
+                                        draining = Some((End::Renewed, tokio::time::Instant::now() + self.opts.drain_timeout));
+                                    }
+                                }
+                                Err(e) => {
+                                    let retry = renew_retry(&self.svid);
+                                    tracing::warn!(error = %e, retry_in_s = retry.as_secs(), "SVID renewal failed");
+                                    renew_timer.as_mut().reset(tokio::time::Instant::now() + retry);
+                                }
+                            }
+                        }
+                    }
+                }
+                _ = self.waker.notified(), if sending && in_flight < self.opts.max_in_flight => {}
+                _ = heartbeat.tick(), if !heartbeat_out => {
+                    let hb = self.status.heartbeat(&self.opts.hostname);
+                    let sent_at = hb.sent_at_unix_ms;
+                    let c = conn.clone();
+                    tasks.spawn(async move {
+                        let started = Instant::now();
+                        let res = client::exchange(&c, request::Body::Heartbeat(hb), timeout).await;
+                        Done::Heartbeat(sent_at, started, res)
+                    });
+                    heartbeat_out = true;
+                }
+                _ = &mut renew_timer, if !renewing && draining.is_none() => {
+                    match hais_svid::generate_csr() {
+                        Ok((key, csr)) => {
+                            tracing::info!(spiffe_id = %self.svid.spiffe_id, "renewing the SVID");
+                            let c = conn.clone();
+                            tasks.spawn(async move {
+                                let body = request::Body::Renew(wire::RenewRequest { csr_der: csr });
+                                Done::Renew(key, client::exchange(&c, body, timeout).await)
+                            });
+                            renewing = true;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "generating a key for renewal");
+                            renew_timer.as_mut().reset(tokio::time::Instant::now() + renew_retry(&self.svid));
+                        }
+                    }
+                }
+                e = conn.closed() => return End::Failed(e.into()),
+            }
+        }
+    }
+
+    /// Acks the batch in the spool. A failure that means the batch was not committed ends the
+    /// connection (the batch is resent after reconnecting).
+    fn on_batch(
+        &mut self,
+        id: BatchId,
+        seq: u64,
+        res: Result<response::Body, ClientError>,
+    ) -> Result<(), ClientError> {
+        let ack = match res {
+            Ok(response::Body::Ack(ack)) => ack,
+            Ok(_) => return Err(ClientError::Protocol("expected a batch ack".into())),
+            Err(ClientError::Refused {
+                code: ErrorCode::BadRequest,
+                message,
+            }) => {
+                // The control plane will never take this batch as it is: resending it forever
+                // would block the spool, so it is dropped, loudly.
+                tracing::error!(
+                    events = id.count,
+                    reason = %message,
+                    "control plane refused a whole batch as malformed; dropping it"
+                );
+                self.with_spool(|s| s.ack(&id));
+                self.status
+                    .update_uplink(|u| u.events_rejected += u64::from(id.count));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if ack.seq != seq {
+            return Err(ClientError::Protocol(format!(
+                "ack for batch {} on the stream of batch {seq}",
+                ack.seq
+            )));
+        }
+        for r in ack.rejected.iter().take(10) {
+            tracing::warn!(index = r.index, reason = %r.reason, "event rejected by the control plane");
+        }
+        if ack.rejected.len() > 10 {
+            tracing::warn!(
+                more = ack.rejected.len() - 10,
+                "more events of the batch rejected"
+            );
+        }
+        self.with_spool(|s| s.ack(&id));
+        self.status.update_uplink(|u| {
+            u.batches_acked += 1;
+            u.events_stored += u64::from(ack.stored);
+            u.events_duplicate += u64::from(ack.duplicates);
+            u.events_rejected += ack.rejected.len() as u64;
+            u.last_ack_unix_ms = Some(unix_ms());
+        });
+        Ok(())
+    }
+
+    fn on_heartbeat(
+        &self,
+        sent_at: i64,
+        started: Instant,
+        res: Result<response::Body, ClientError>,
+    ) {
+        match res {
+            Ok(response::Body::HeartbeatAck(a)) => {
+                let skew = clock_skew_ms(sent_at, started.elapsed(), a.server_time_unix_ms);
+                if skew.abs() > 5_000 {
+                    tracing::warn!(
+                        skew_ms = skew,
+                        "clock differs from the control plane's by more than 5 s (check NTP)"
+                    );
+                }
+                self.status.update_uplink(|u| u.clock_skew_ms = Some(skew));
+            }
+            Ok(_) => tracing::warn!("unexpected answer to a heartbeat"),
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+
+    fn on_renew(
+        &mut self,
+        key: Vec<u8>,
+        res: Result<response::Body, ClientError>,
+    ) -> Result<(), ClientError> {
+        let resp = match res? {
+            response::Body::Svid(s) => s,
+            _ => return Err(ClientError::Protocol("expected an SVID".into())),
+        };
+        let (svid, bundle) = super::enroll::svid_from_response(resp, key)?;
+        if svid.spiffe_id != self.svid.spiffe_id {
+            return Err(ClientError::Protocol(format!(
+                "renewal returned {} for {}",
+                svid.spiffe_id, self.svid.spiffe_id
+            )));
+        }
+        svid.save(&bundle, &self.opts.state_dir)?;
+        tracing::info!(
+            spiffe_id = %svid.spiffe_id,
+            not_after = %svid.not_after,
+            "SVID renewed; reconnecting with it"
+        );
+        self.svid = svid;
+        self.bundle = bundle;
+        self.publish_identity();
+        self.status.update_uplink(|u| u.renewals += 1);
+        Ok(())
+    }
+}
+
+/// Time until the SVID's half-life (zero when already past).
+fn renew_delay(svid: &Svid) -> Duration {
+    let now = time::OffsetDateTime::now_utc();
+    Duration::try_from(svid.renew_at() - now).unwrap_or(Duration::ZERO)
+}
+
+/// After a failed renewal: a tenth of the remaining lifetime, between 1 s and 30 s.
+fn renew_retry(svid: &Svid) -> Duration {
+    let left = Duration::try_from(svid.not_after - time::OffsetDateTime::now_utc())
+        .unwrap_or(Duration::ZERO);
+    (left / 10).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// Server clock minus ours, assuming the request and the answer took equal time.
+pub fn clock_skew_ms(sent_at_ms: i64, rtt: Duration, server_ms: i64) -> i64 {
+    server_ms - (sent_at_ms + rtt.as_millis() as i64 / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut ceilings = Vec::new();
+        for _ in 0..12 {
+            let ceiling = b.next;
+            let d = b.delay();
+            assert!(d <= ceiling && d >= ceiling / 2, "{d:?} vs {ceiling:?}");
+            ceilings.push(ceiling);
+        }
+        assert_eq!(ceilings[0], Duration::from_millis(200));
+        assert_eq!(ceilings[1], Duration::from_millis(400));
+        assert_eq!(*ceilings.last().unwrap(), Duration::from_secs(30));
+        b.reset();
+        assert!(b.delay() <= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn skew_accounts_for_half_the_round_trip() {
+        assert_eq!(clock_skew_ms(1_000, Duration::from_millis(100), 1_050), 0);
+        assert_eq!(clock_skew_ms(1_000, Duration::from_millis(0), 3_000), 2_000);
+        assert_eq!(
+            clock_skew_ms(5_000, Duration::from_millis(20), 1_000),
+            -4_010
+        );
+    }
+}
