@@ -4,6 +4,7 @@
 //! The tests run the real binaries (not library calls) because what they check is the product
 //! as deployed: processes that crash, restart and lose their network.
 
+pub mod cluster;
 pub mod http;
 pub mod proc;
 pub mod relay;

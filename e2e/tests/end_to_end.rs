@@ -1,0 +1,271 @@
+//! The product end to end on loopback: the real control plane (embedded SQLite), a real agent
+//! enrolled with a join token and capturing on `lo`, real servers (openssl s_server, Python's
+//! http.server, sshd) and real clients (curl, openssl s_client, ssh). Every fingerprint the agent
+//! computed for those connections must be stored in the control plane and found through its API.
+//!
+//! Needs root (capture on `lo`, sshd) and openssl, curl, python3, openssh-server/client; without
+//! capture rights the test says so and passes vacuously (CI runs it as root).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use hais_e2e::cluster::{Agent, ControlPlane, can_capture};
+use hais_e2e::proc::{Proc, free_tcp_port, wait_for};
+use serde_json::Value;
+
+fn run_ok(dir: &Path, cmd: &mut Command) -> String {
+    let out = cmd.current_dir(dir).output().expect("command runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_listening(port: u16) {
+    wait_for(
+        &format!("a listener on {port}"),
+        Duration::from_secs(20),
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        },
+    );
+}
+
+/// Starts openssl s_server (TLS 1.3), http.server and sshd; returns their ports and processes.
+fn servers(dir: &Path) -> ([u16; 3], Vec<Proc>) {
+    run_ok(
+        dir,
+        Command::new("openssl").args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=hais.test",
+            "-keyout",
+            "tls.key",
+            "-out",
+            "tls.pem",
+        ]),
+    );
+    run_ok(
+        dir,
+        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f", "host_key"]),
+    );
+    std::fs::write(
+        dir.join("sshd_config"),
+        format!(
+            "ListenAddress 127.0.0.1\nPidFile {}/sshd.pid\nStrictModes no\nUsePAM no\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let (tls, http, ssh) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let mut procs = Vec::new();
+    let mut c = Command::new("openssl");
+    c.args(["s_server", "-www", "-accept", &format!("127.0.0.1:{tls}")])
+        .args(["-cert", "tls.pem", "-key", "tls.key"])
+        .current_dir(dir);
+    procs.push(Proc::spawn("s_server", c, dir));
+    let mut c = Command::new("python3");
+    c.args([
+        "-m",
+        "http.server",
+        "--bind",
+        "127.0.0.1",
+        &http.to_string(),
+    ])
+    .current_dir(dir);
+    procs.push(Proc::spawn("http_server", c, dir));
+    let mut c = Command::new("/usr/sbin/sshd");
+    c.args(["-D", "-e", "-p", &ssh.to_string(), "-f"])
+        .arg(dir.join("sshd_config"))
+        .arg("-h")
+        .arg(dir.join("host_key"));
+    procs.push(Proc::spawn("sshd", c, dir));
+    for p in [tls, http, ssh] {
+        wait_listening(p);
+    }
+    ([tls, http, ssh], procs)
+}
+
+/// Real clients, one connection each (curl twice: TLS and plain HTTP).
+fn clients(dir: &Path, [tls, http, ssh]: [u16; 3]) {
+    let curl = |url: String| {
+        Command::new("curl")
+            .args(["-s", "-k", "-o", "/dev/null", "--max-time", "8", &url])
+            .status()
+            .unwrap()
+    };
+    assert!(curl(format!("https://127.0.0.1:{tls}/")).success());
+    assert!(curl(format!("http://127.0.0.1:{http}/")).success());
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{tls}"),
+            "-servername",
+            "hais.test",
+        ])
+        .stdin(std::process::Stdio::null())
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "s_client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No credentials: the key exchange happens, authentication fails.
+    let _ = Command::new("ssh")
+        .args(["-F", "/dev/null", "-p", &ssh.to_string()])
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .args(["nobody@127.0.0.1", "true"])
+        .output()
+        .unwrap();
+}
+
+/// `(method, value)` of every fingerprint in the agent's printed records for streams to `ports`.
+fn printed_fingerprints(records: &Path, ports: &[u16]) -> BTreeSet<(String, String)> {
+    let text = std::fs::read_to_string(records).unwrap_or_default();
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let dst = v["dst_port"].as_u64().unwrap_or(0) as u16;
+        if !ports.contains(&dst) {
+            continue;
+        }
+        for m in [
+            "ja4", "ja4s", "ja4h", "ja4ssh", "ja4t", "ja4ts", "ja4l", "ja4ls",
+        ] {
+            match &v[m] {
+                Value::String(s) => {
+                    out.insert((m.to_owned(), s.clone()));
+                }
+                Value::Array(a) => {
+                    for s in a.iter().filter_map(Value::as_str) {
+                        out.insert((m.to_owned(), s.to_owned()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn real_clients_fingerprints_reach_the_control_plane() {
+    if !can_capture() {
+        eprintln!("skipped: capturing on lo needs root or CAP_NET_RAW");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("hais-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let cp = ControlPlane::start(&dir.join("cp"), &[]);
+    let mut agent = Agent::new(&dir.join("agent"));
+    let (ok, out) = agent.enroll(cp.uplink, &cp.token());
+    assert!(ok, "enroll: {out}");
+    assert!(out.contains("spiffe://hais.local/hais/agent/"), "{out}");
+
+    let (ports, _servers) = servers(&dir);
+    let bpf = ports
+        .iter()
+        .map(|p| format!("tcp port {p}"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let records = dir.join("records.jsonl");
+    agent.run(
+        cp.uplink,
+        &[
+            "-i",
+            "lo",
+            "--bpf",
+            &bpf,
+            "--idle-timeout",
+            "2",
+            "--json",
+            "-o",
+            records.to_str().unwrap(),
+        ],
+    );
+    wait_for(
+        "the agent's uplink to connect",
+        Duration::from_secs(30),
+        || {
+            let s = agent.status()?;
+            (s["uplink"]["state"] == "connected").then_some(())
+        },
+    );
+
+    clients(&dir, ports);
+
+    // The agent prints each stream when it ends (idle timeout 2 s).
+    let expected = wait_for("the agent's records", Duration::from_secs(30), || {
+        let fps = printed_fingerprints(&records, &ports);
+        let methods: BTreeSet<&str> = fps.iter().map(|(m, _)| m.as_str()).collect();
+        ["ja4", "ja4s", "ja4h", "ja4ssh", "ja4t"]
+            .iter()
+            .all(|m| methods.contains(m))
+            .then_some(fps)
+    });
+    // Sanity of what the clients presented.
+    let ja4: Vec<&String> = expected
+        .iter()
+        .filter(|(m, _)| m == "ja4")
+        .map(|(_, v)| v)
+        .collect();
+    assert!(
+        ja4.iter().all(|v| v.starts_with("t13")),
+        "TLS 1.3 clients: {ja4:?}"
+    );
+    assert!(
+        expected
+            .iter()
+            .any(|(m, v)| m == "ja4h" && v.starts_with("ge11")),
+        "curl's plain GET: {expected:?}"
+    );
+
+    // Every one of them is stored and searchable.
+    let token = cp.login();
+    for (method, value) in &expected {
+        let path = format!("/api/ja4/fingerprints/{method}/{value}");
+        let detail = wait_for(
+            &format!("{method} {value} in the control plane"),
+            Duration::from_secs(30),
+            || {
+                let (st, body) = cp.get(&token, &path);
+                (st == 200).then_some(body)
+            },
+        );
+        assert!(detail.to_string().contains(&agent_host()), "{detail}");
+    }
+    let st = agent.status().unwrap();
+    assert_eq!(st["uplink"]["events_rejected"], 0, "{st}");
+    assert!(st["uplink"]["events_stored"].as_u64().unwrap() >= 4, "{st}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn agent_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
