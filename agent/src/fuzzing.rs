@@ -181,7 +181,7 @@ fn check_ja4(j: &Ja4, transport: Ja4Transport, rule: AlpnRule) {
     assert_eq!(j.ja4.get(..10), j.ja4_o.get(..10));
 }
 
-fn check_client_hello(ch: &ClientHello, transport: Ja4Transport) {
+fn check_client_hello(ch: &ClientHello<'_>, transport: Ja4Transport) {
     let _ = client_version(ch, transport);
     for rule in ALPN_RULES {
         let j = ja4(ch, transport, rule);

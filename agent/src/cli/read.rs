@@ -88,7 +88,7 @@ fn run_inner(args: &ReadArgs) -> Result<(), (i32, String)> {
         && let Ok(f) = std::fs::File::open(&args.file)
     {
         file_size = f.metadata().ok().map(|m| m.len());
-        for text in pcapng_secrets::scan(std::io::BufReader::new(f)) {
+        for text in pcapng_secrets::scan(f) {
             keylog.merge_text(&text);
         }
     }
@@ -124,7 +124,7 @@ fn run_inner(args: &ReadArgs) -> Result<(), (i32, String)> {
                 if since_drain >= 4096 {
                     since_drain = 0;
                     for r in engine.take_finished() {
-                        push_report(&mut sorter, args.json, &r).map_err(io_err)?;
+                        push_report(&mut sorter, args.json, r).map_err(io_err)?;
                     }
                 }
             }
@@ -137,10 +137,15 @@ fn run_inner(args: &ReadArgs) -> Result<(), (i32, String)> {
         }
     }
     progress.clear();
-    let reports = engine.finish();
-    for r in &reports {
-        push_report(&mut sorter, args.json, r).map_err(io_err)?;
-    }
+    // Streamed into the sorter: the flows still open at the end (all of them, for a file
+    // whose connections never close) are turned into text one at a time.
+    let mut pushed = Ok(());
+    engine.finish_each(|r| {
+        if pushed.is_ok() {
+            pushed = push_report(&mut sorter, args.json, r);
+        }
+    });
+    pushed.map_err(io_err)?;
     let mut stats = engine.stats().clone();
     if let Some(e) = &read_error {
         stats.error("file.truncated_or_corrupt");
@@ -157,9 +162,9 @@ fn run_inner(args: &ReadArgs) -> Result<(), (i32, String)> {
 /// Records kept in memory before sorted runs spill to temporary files.
 const SORT_MEMORY_BUDGET: usize = 16 * 1024 * 1024;
 
-fn push_report(sorter: &mut RecordSorter, json: bool, r: &StreamReport) -> std::io::Result<()> {
+fn push_report(sorter: &mut RecordSorter, json: bool, r: StreamReport) -> std::io::Result<()> {
     let mut text = String::with_capacity(512);
-    let v = Value::Map(r.record.clone());
+    let v = Value::Map(r.record);
     if json {
         write_json_line(&mut text, &v);
     } else {

@@ -3,8 +3,9 @@
 //! The engine owns the flow table and, per flow, the protocol state that turns packets into
 //! JA4+ fingerprints. It does no I/O: the `read` command feeds it frames from a capture file,
 //! live capture feeds it frames from an interface, tests feed it hand-made frames. Streams
-//! are reported when they end (idle eviction, table pressure, or the end of input) through
-//! [`Engine::take_finished`], so memory stays bounded however long the input is.
+//! are reported when they end (a TCP close, idle eviction, table pressure, or the end of
+//! input) through [`Engine::take_finished`], so memory stays bounded however long the input
+//! is.
 
 // In a JA4-only build (no `ja4plus` feature) the JA4+ state machines compile out, leaving
 // some imports and fields of the shared plumbing unused; that is expected, not rot.
@@ -130,6 +131,8 @@ pub(crate) enum Session {
     Tunnel,
 }
 
+/// Boxed in the engine's slab: the slab is sized by the flow table's slot count, and most
+/// slots of a busy table hold closed flows (tombstones) with no state at all.
 #[derive(Debug)]
 struct FlowState {
     /// The endpoint that opened the conversation.
@@ -152,7 +155,7 @@ pub struct StreamReport {
 pub struct Engine {
     cfg: EngineConfig,
     flows: FlowTable,
-    states: Vec<Option<FlowState>>,
+    states: Vec<Option<Box<FlowState>>>,
     finished: Vec<StreamReport>,
     stats: Stats,
     last_expiry: u64,
@@ -174,9 +177,10 @@ impl Engine {
         &self.stats
     }
 
-    /// Flows currently tracked (bounded by `max_flows`).
+    /// Open flows currently tracked (bounded by `max_flows`; closed TCP flows kept only
+    /// for their stream numbers do not count).
     pub fn live_flows(&self) -> usize {
-        self.flows.len()
+        self.flows.len() - self.flows.closed()
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -191,18 +195,30 @@ impl Engine {
     /// Ends every flow and returns the remaining reports, TCP streams first, each protocol
     /// in stream order (the reference tool's order).
     pub fn finish(&mut self) -> Vec<StreamReport> {
+        let mut out = Vec::new();
+        self.finish_each(|r| out.push(r));
+        out.sort_by_key(|r| (r.proto, r.stream));
+        out
+    }
+
+    /// Ends every flow, handing the remaining reports to `emit` one at a time (reports not
+    /// yet taken first, then the open flows in stream order per protocol). Each flow's state
+    /// is freed as its report goes out, so the end of a file with many open flows never
+    /// holds every report at once.
+    pub fn finish_each(&mut self, mut emit: impl FnMut(StreamReport)) {
+        self.finished.drain(..).for_each(&mut emit);
         let Engine {
             flows,
             states,
-            finished,
             stats,
             cfg,
             ..
         } = self;
-        flows.drain(&mut |id, meta| finish_flow(cfg, states, finished, stats, id, meta));
-        let mut out = std::mem::take(&mut self.finished);
-        out.sort_by_key(|r| (r.proto, r.stream));
-        out
+        flows.drain(&mut |id, meta| {
+            if let Some(r) = finish_flow(cfg, states, stats, id, meta) {
+                emit(r);
+            }
+        });
     }
 
     /// Processes one captured frame. `ts` is the capture time in microseconds.
@@ -248,7 +264,9 @@ impl Engine {
                     port: seg.dst_port,
                 };
                 let (mut id, mut created) = self.lookup(Proto::Tcp, src, dst, ts);
-                if !created && tcp::is_new_syn(self.state(id), seg) {
+                let closed_isn = self.flows.meta(id).and_then(FlowMeta::closed_isn);
+                let client_isn = closed_isn.or_else(|| tcp::client_isn(self.state(id)));
+                if !created && tcp::is_new_syn(client_isn, seg) {
                     let Engine {
                         flows,
                         states,
@@ -258,10 +276,14 @@ impl Engine {
                         ..
                     } = self;
                     let look = flows.restart(id, src, dst, ts, &mut |fid, meta| {
-                        finish_flow(cfg, states, finished, stats, fid, meta)
+                        finished.extend(finish_flow(cfg, states, stats, fid, meta));
                     });
                     id = look.id;
                     created = true;
+                } else if closed_isn.is_some() {
+                    // A straggler of a connection already closed and reported: it keeps
+                    // the stream number it had, and there is nothing left to learn.
+                    return;
                 }
                 let client = tcp::initiator(seg, src, dst);
                 self.ensure_state(id, created, client, || {
@@ -286,6 +308,9 @@ impl Engine {
                     // reference's numbering, and so ours, skips one.
                     if ctx.socks_request && (src.port == SOCKS_PORT || dst.port == SOCKS_PORT) {
                         self.flows.reserve_stream(Proto::Tcp);
+                    }
+                    if let Some(isn) = sess.finished_isn() {
+                        self.close_tcp(id, isn);
                     }
                 }
             }
@@ -323,6 +348,23 @@ impl Engine {
         }
     }
 
+    /// Reports a TCP flow whose connection is over and frees its state, leaving a
+    /// tombstone in the flow table (see [`FlowTable::close`]).
+    fn close_tcp(&mut self, id: FlowId, client_isn: u32) {
+        let Engine {
+            flows,
+            states,
+            finished,
+            stats,
+            cfg,
+            ..
+        } = self;
+        if let Some(meta) = flows.meta(id) {
+            finished.extend(finish_flow(cfg, states, stats, id, meta));
+        }
+        flows.close(id, client_isn);
+    }
+
     fn state(&self, id: FlowId) -> Option<&Session> {
         self.states
             .get(id)
@@ -340,7 +382,7 @@ impl Engine {
             ..
         } = self;
         let look = flows.lookup(proto, src, dst, ts, &mut |id, meta| {
-            finish_flow(cfg, states, finished, stats, id, meta)
+            finished.extend(finish_flow(cfg, states, stats, id, meta));
         });
         if look.created {
             self.stats.flows += 1;
@@ -360,11 +402,11 @@ impl Engine {
             self.states.resize_with(id + 1, || None);
         }
         if created || self.states[id].is_none() {
-            self.states[id] = Some(FlowState {
+            self.states[id] = Some(Box::new(FlowState {
                 client,
                 session: make(),
                 fp: Fingerprints::default(),
-            });
+            }));
         }
     }
 
@@ -395,35 +437,34 @@ impl Engine {
             ..
         } = self;
         flows.expire(cutoff, &mut |id, meta| {
-            finish_flow(cfg, states, finished, stats, id, meta)
+            finished.extend(finish_flow(cfg, states, stats, id, meta));
         });
     }
 }
 
-/// Ends a flow: flushes partial state (JA4SSH windows, JA4L, JA4TS) and queues its report.
+/// Ends a flow: flushes partial state (JA4SSH windows, JA4L, JA4TS), frees it and returns
+/// its report, if it has one. A flow without state (a tombstone, already reported) has
+/// none.
 fn finish_flow(
     cfg: &EngineConfig,
-    states: &mut [Option<FlowState>],
-    finished: &mut Vec<StreamReport>,
+    states: &mut [Option<Box<FlowState>>],
     stats: &mut Stats,
     id: FlowId,
     meta: &FlowMeta,
-) {
-    let Some(mut state) = states.get_mut(id).and_then(Option::take) else {
-        return;
-    };
+) -> Option<StreamReport> {
+    let mut state = states.get_mut(id).and_then(Option::take)?;
     match &mut state.session {
         Session::Tcp(sess) => sess.finish(cfg, &mut state.fp),
         Session::Udp(sess) => sess.finish(cfg, &mut state.fp),
         Session::Tunnel => {}
     }
     if state.fp.is_empty() {
-        return;
+        return None;
     }
     stats.streams_reported += 1;
-    finished.push(StreamReport {
+    Some(StreamReport {
         proto: meta.key.proto,
         stream: meta.stream,
         record: state.fp.to_record(meta, cfg),
-    });
+    })
 }

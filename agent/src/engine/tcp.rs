@@ -9,6 +9,7 @@ use super::app::App;
 use super::fingerprints::{Fingerprints, Print};
 use super::{Ctx, EngineConfig, Session};
 
+pub(crate) const FIN: u8 = 0x01;
 pub(crate) const SYN: u8 = 0x02;
 pub(crate) const RST: u8 = 0x04;
 pub(crate) const ACK: u8 = 0x10;
@@ -28,16 +29,26 @@ pub(crate) fn initiator(seg: &TcpSegment<'_>, src: Endpoint, dst: Endpoint) -> E
     }
 }
 
+/// The client's initial sequence number of a TCP flow, when its SYN was seen.
+pub(crate) fn client_isn(state: Option<&Session>) -> Option<u32> {
+    match state {
+        Some(Session::Tcp(s)) => s.client_isn,
+        _ => None,
+    }
+}
+
 /// A SYN with a different initial sequence number on a known address pair: the port was
 /// reused for a new connection, which gets a new stream (as Wireshark numbers them).
-pub(crate) fn is_new_syn(state: Option<&Session>, seg: &TcpSegment<'_>) -> bool {
+pub(crate) fn is_new_syn(client_isn: Option<u32>, seg: &TcpSegment<'_>) -> bool {
     if seg.flags & SYN == 0 || seg.flags & ACK != 0 {
         return false;
     }
-    match state {
-        Some(Session::Tcp(s)) => s.client_isn.is_some_and(|isn| isn != seg.seq),
-        _ => false,
-    }
+    client_isn.is_some_and(|isn| isn != seg.seq)
+}
+
+/// `a` is at or after `b` in sequence space.
+fn seq_at_or_after(a: u32, b: u32) -> bool {
+    a.wrapping_sub(b) as i32 >= 0
 }
 
 /// State of one TCP connection.
@@ -48,6 +59,12 @@ pub(crate) struct TcpSession {
     rx: [TcpReassembler; 2],
     app: App,
     early_acks: [u32; 2],
+    /// Per direction, the sequence number just past its FIN, once one was sent.
+    fin_end: [Option<u32>; 2],
+    /// Per direction, whether the other side acknowledged its FIN.
+    fin_acked: [bool; 2],
+    /// A RST went by, in either direction.
+    reset: bool,
     #[cfg(feature = "ja4plus")]
     ja4l: hais_ja4plus::ja4l::Ja4lTcp,
     #[cfg(feature = "ja4plus")]
@@ -62,6 +79,9 @@ impl TcpSession {
             rx: [TcpReassembler::default(), TcpReassembler::default()],
             app: App::default(),
             early_acks: [0; 2],
+            fin_end: [None; 2],
+            fin_acked: [false; 2],
+            reset: false,
             #[cfg(feature = "ja4plus")]
             ja4l: Default::default(),
             #[cfg(feature = "ja4plus")]
@@ -164,6 +184,48 @@ impl TcpSession {
                 app.release(d);
             }
         }
+        self.track_teardown(dir, seg);
+    }
+
+    fn track_teardown(&mut self, dir: usize, seg: &TcpSegment<'_>) {
+        if seg.flags & FIN != 0 && self.fin_end[dir].is_none() {
+            let end = seg
+                .seq
+                .wrapping_add(seg.payload.len() as u32)
+                .wrapping_add(1);
+            self.fin_end[dir] = Some(end);
+        }
+        let other = 1 - dir;
+        if seg.flags & ACK != 0
+            && let Some(end) = self.fin_end[other]
+            && seq_at_or_after(seg.ack, end)
+        {
+            self.fin_acked[other] = true;
+        }
+        self.reset |= seg.flags & RST != 0;
+    }
+
+    /// `Some(client ISN)` once the connection is over and its report can be made now
+    /// rather than at the end of the input, which is what keeps memory flat on files with
+    /// many connections. Over means: both FINs acknowledged, or a RST when nothing the
+    /// connection could still send would change its fingerprints (no direction still
+    /// reassembled, JA4TS settled; the peer of a RST may still have packets in flight).
+    /// SSH connections are never over early: JA4SSH counts every packet to the very last
+    /// (in sshv1.pcap both ends send their FIN twice and two more ACKs follow once both
+    /// FINs are acknowledged; the reference counts them). Only flows whose SYN was seen qualify: the ISN is what tells a later
+    /// connection on the same addresses from stragglers of this one.
+    pub(crate) fn finished_isn(&self) -> Option<u32> {
+        let isn = self.client_isn?;
+        if self.app.is_ssh() {
+            return None;
+        }
+        #[cfg(feature = "ja4plus")]
+        let ja4ts_settled = self.ja4ts.is_closed();
+        #[cfg(not(feature = "ja4plus"))]
+        let ja4ts_settled = true;
+        let fins = self.fin_acked == [true, true];
+        let reset = self.reset && self.rx.iter().all(TcpReassembler::is_stopped) && ja4ts_settled;
+        (fins || reset).then_some(isn)
     }
 
     pub(crate) fn finish(&mut self, cfg: &EngineConfig, fp: &mut Fingerprints) {

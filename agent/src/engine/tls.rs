@@ -2,6 +2,8 @@
 //! decryption of TLS 1.3 handshakes (certificates) and of application data (HTTP inside
 //! TLS, for JA4H).
 
+use std::borrow::Cow;
+
 use hais_dissect::keylog::KeyLog;
 use hais_dissect::tls::client_hello::ClientHello;
 use hais_dissect::tls::decrypt::RecordDecrypter;
@@ -20,7 +22,11 @@ use super::tcp::{C2S, S2C};
 /// The JA4 of a ClientHello, whatever carried it (TCP, QUIC, DTLS). Only the first
 /// ClientHello of a stream counts (a second one after a HelloRetryRequest is the same
 /// client and would only repeat it).
-pub(crate) fn record_client_hello(ctx: &mut Ctx<'_>, ch: &ClientHello, transport: Ja4Transport) {
+pub(crate) fn record_client_hello(
+    ctx: &mut Ctx<'_>,
+    ch: &ClientHello<'_>,
+    transport: Ja4Transport,
+) {
     if ctx.fp.ja4.is_some() {
         return;
     }
@@ -46,7 +52,7 @@ pub(crate) fn record_client_hello(ctx: &mut Ctx<'_>, ch: &ClientHello, transport
         pkt: ctx.pkt,
     });
     if ctx.fp.tls_server_name.is_none() {
-        ctx.fp.tls_server_name.clone_from(&ch.server_name);
+        ctx.fp.tls_server_name = ch.server_name_lossy().map(Cow::into_owned);
     }
 }
 

@@ -11,7 +11,7 @@
 
 use hais_dissect::tls::client_hello::{ClientHello, EXT_ALPN, EXT_SERVER_NAME, is_grease};
 
-use crate::hash::hash12;
+use crate::hash::{HEX_PAIRS, Hash12Writer};
 
 /// How the ClientHello travelled; the first character of JA4 (and JA4S).
 ///
@@ -116,12 +116,8 @@ pub const fn version_code(v: u16) -> &'static str {
 /// The version JA4 reports: the newest non-GREASE entry of supported_versions, else
 /// legacy_version (also when the list holds only GREASE, where the references emit nothing).
 /// For DTLS the newest version has the lowest code (0xfefc = 1.3 < 0xfefd = 1.2).
-pub fn client_version(ch: &ClientHello, transport: Ja4Transport) -> u16 {
-    let versions = ch
-        .supported_versions
-        .iter()
-        .copied()
-        .filter(|v| !is_grease(*v));
+pub fn client_version(ch: &ClientHello<'_>, transport: Ja4Transport) -> u16 {
+    let versions = ch.supported_versions.iter().filter(|v| !is_grease(*v));
     let newest = if transport == Ja4Transport::Dtls {
         versions.min()
     } else {
@@ -172,119 +168,233 @@ pub struct Ja4 {
     pub ja4_ro: String,
 }
 
-/// GREASE-free views of the hello, shared by both orderings.
-struct Lists {
-    a: [u8; 10],
-    ciphers: Vec<u16>,
-    exts: Vec<u16>,
+/// Values a list of a typical hello fits in without touching the heap (Chrome sends 16
+/// ciphers and 18 extensions; the largest hello in the corpus has fewer than 100 values).
+const STACK_VALUES: usize = 128;
+
+/// A GREASE-free copy of one hello list, on the stack unless the hello is unusually large,
+/// so sorting it costs no allocation.
+struct Values {
+    stack: [u16; STACK_VALUES],
+    heap: Vec<u16>,
+    len: usize,
 }
 
-fn lists(ch: &ClientHello, transport: Ja4Transport, alpn: AlpnRule) -> Lists {
-    // Sized up front: `filter().collect()` would grow the vectors step by step.
-    let mut ciphers = Vec::with_capacity(ch.cipher_suites.len());
-    ciphers.extend(ch.cipher_suites.iter().copied().filter(|c| !is_grease(*c)));
-    let mut exts = Vec::with_capacity(ch.extension_types.len());
-    exts.extend(
-        ch.extension_types
+impl Values {
+    /// Collects the non-GREASE values; `max` bounds how many `values` yields.
+    fn non_grease(values: impl Iterator<Item = u16>, max: usize) -> Values {
+        let mut v = Values {
+            stack: [0; STACK_VALUES],
+            heap: Vec::new(),
+            len: 0,
+        };
+        let values = values.filter(|x| !is_grease(*x));
+        if max <= STACK_VALUES {
+            for x in values {
+                // `max` is a bound from the message layout, so this never overflows.
+                if let Some(slot) = v.stack.get_mut(v.len) {
+                    *slot = x;
+                    v.len += 1;
+                }
+            }
+        } else {
+            v.heap.extend(values);
+            v.len = v.heap.len();
+        }
+        v
+    }
+
+    fn as_slice(&self) -> &[u16] {
+        if self.heap.is_empty() {
+            &self.stack[..self.len]
+        } else {
+            &self.heap
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u16] {
+        if self.heap.is_empty() {
+            &mut self.stack[..self.len]
+        } else {
+            &mut self.heap
+        }
+    }
+
+    /// Keeps the values for which `keep` holds, in order.
+    fn retain(&mut self, keep: impl Fn(u16) -> bool) {
+        let s = self.as_mut_slice();
+        let mut n = 0;
+        for i in 0..s.len() {
+            if keep(s[i]) {
+                s[n] = s[i];
+                n += 1;
+            }
+        }
+        self.heap.truncate(n);
+        self.len = n;
+    }
+}
+
+/// Where list text goes: the raw string being built, or the hash of a section fed as the
+/// text is produced (the hashed fingerprint never materialises its raw form).
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl Sink for Hash12Writer {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.write(bytes);
+    }
+}
+
+/// Writes the values as comma-separated four-digit hex, the list format of every method.
+#[inline]
+fn put_hex_list(out: &mut impl Sink, values: impl IntoIterator<Item = u16>) {
+    for (i, v) in values.into_iter().enumerate() {
+        let [hi, lo] = v.to_be_bytes();
+        let [a, b] = HEX_PAIRS[usize::from(hi)];
+        let [c, d] = HEX_PAIRS[usize::from(lo)];
+        if i == 0 {
+            out.put(&[a, b, c, d]);
+        } else {
+            out.put(&[b',', a, b, c, d]);
+        }
+    }
+}
+
+/// One ordering of the hello's lists (sorted for `ja4`, wire order for `ja4_o`).
+struct Sections<'v, 'h> {
+    a: [u8; 10],
+    ciphers: &'v [u16],
+    exts: &'v [u16],
+    hello: &'v ClientHello<'h>,
+}
+
+impl Sections<'_, '_> {
+    /// The `b` section: the cipher list.
+    fn write_b(&self, out: &mut impl Sink) {
+        put_hex_list(out, self.ciphers.iter().copied());
+    }
+
+    /// The `c` section: the extension list, then `_` and the signature algorithms (wire
+    /// order, GREASE removed) when there are any.
+    fn write_c(&self, out: &mut impl Sink) {
+        put_hex_list(out, self.exts.iter().copied());
+        let mut sigs = self
+            .hello
+            .signature_algorithms
             .iter()
-            .copied()
-            .filter(|e| !is_grease(*e)),
-    );
+            .filter(|s| !is_grease(*s))
+            .peekable();
+        if sigs.peek().is_some() {
+            out.put(b"_");
+            put_hex_list(out, sigs);
+        }
+    }
+
+    /// `a_hash(b)_hash(c)`, the lists formatted straight into the hashes.
+    fn hashed(&self) -> String {
+        let mut b = Hash12Writer::new();
+        self.write_b(&mut b);
+        let mut c = Hash12Writer::new();
+        self.write_c(&mut c);
+        self.join(b, c)
+    }
+
+    /// The raw form `a_b_c` with the lists in clear, and the hashed form computed from its
+    /// sections (the text exists already; formatting it again for the hashes would double
+    /// the work).
+    fn raw_and_hashed(&self) -> (String, String) {
+        let sigs = self.hello.signature_algorithms.len();
+        let mut raw = Vec::with_capacity(13 + 5 * (self.ciphers.len() + self.exts.len() + sigs));
+        raw.extend_from_slice(&self.a);
+        raw.push(b'_');
+        self.write_b(&mut raw);
+        // `b` is five characters per cipher minus the last comma, or nothing.
+        let b_end = raw.len();
+        raw.push(b'_');
+        self.write_c(&mut raw);
+        let (mut b, mut c) = (Hash12Writer::new(), Hash12Writer::new());
+        b.write(raw.get(11..b_end).unwrap_or_default());
+        c.write(raw.get(b_end + 1..).unwrap_or_default());
+        (ascii_string(raw), self.join(b, c))
+    }
+
+    fn join(&self, b: Hash12Writer, c: Hash12Writer) -> String {
+        let mut out = Vec::with_capacity(36);
+        out.extend_from_slice(&self.a);
+        out.push(b'_');
+        out.extend_from_slice(&b.finish());
+        out.push(b'_');
+        out.extend_from_slice(&c.finish());
+        ascii_string(out)
+    }
+}
+
+/// Only ASCII is ever written (the ALPN characters are ASCII under both rules), so this
+/// never fails; the fallback keeps the function total anyway.
+fn ascii_string(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
+/// The hello's lists without GREASE, and the `a` section, which counts them.
+struct Lists {
+    a: [u8; 10],
+    ciphers: Values,
+    exts: Values,
+}
+
+fn lists(ch: &ClientHello<'_>, transport: Ja4Transport, alpn: AlpnRule) -> Lists {
+    let ciphers = Values::non_grease(ch.cipher_suites.iter(), ch.cipher_suites.len());
+    let exts = Values::non_grease(ch.extensions.types(), ch.extensions.max_len());
     let mut a = [0u8; 10];
     a[0] = transport.as_char() as u8;
     a[1..3].copy_from_slice(version_code(client_version(ch, transport)).as_bytes());
-    a[3] = if ch.extension_types.contains(&EXT_SERVER_NAME) {
+    a[3] = if ch.extensions.contains(EXT_SERVER_NAME) {
         b'd'
     } else {
         b'i'
     };
-    let c = ciphers.len().min(99) as u8;
-    let e = exts.len().min(99) as u8;
+    let c = ciphers.len.min(99) as u8;
+    let e = exts.len.min(99) as u8;
     a[4..8].copy_from_slice(&[b'0' + c / 10, b'0' + c % 10, b'0' + e / 10, b'0' + e % 10]);
-    let first = ch.alpn.first().map(Vec::as_slice).unwrap_or_default();
-    a[8..10].copy_from_slice(&alpn_chars(first, alpn));
+    a[8..10].copy_from_slice(&alpn_chars(ch.alpn.first().unwrap_or_default(), alpn));
     Lists { a, ciphers, exts }
 }
 
-/// Appends `v` as four lowercase hex digits to a byte buffer.
-#[inline]
-fn put_hex_u16(out: &mut Vec<u8>, v: u16) {
-    let [hi, lo] = v.to_be_bytes();
-    out.extend_from_slice(&[
-        HEX[usize::from(hi >> 4)],
-        HEX[usize::from(hi & 0x0f)],
-        HEX[usize::from(lo >> 4)],
-        HEX[usize::from(lo & 0x0f)],
-    ]);
-}
+impl Lists {
+    /// Turns the wire-order lists into JA4's sorted ones: SNI and ALPN leave the
+    /// extensions (they are already in `a`), both lists are sorted.
+    fn sort(&mut self) {
+        self.ciphers.as_mut_slice().sort_unstable();
+        self.exts.retain(|e| e != EXT_SERVER_NAME && e != EXT_ALPN);
+        self.exts.as_mut_slice().sort_unstable();
+    }
 
-fn put_hex_list(out: &mut Vec<u8>, values: impl IntoIterator<Item = u16>) {
-    for (i, v) in values.into_iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+    fn sections<'v, 'h>(&'v self, hello: &'v ClientHello<'h>) -> Sections<'v, 'h> {
+        Sections {
+            a: self.a,
+            ciphers: self.ciphers.as_slice(),
+            exts: self.exts.as_slice(),
+            hello,
         }
-        put_hex_u16(out, v);
     }
-}
-
-/// Builds `a_ciphers_exts[_sigs]`. Bytes rather than `String::push` per character: this
-/// string is built twice per hello, and every byte is ASCII.
-fn build_raw(a: &[u8; 10], ciphers: &[u16], exts: &[u16], ch: &ClientHello, cap: usize) -> String {
-    let mut raw = Vec::with_capacity(cap);
-    raw.extend_from_slice(a);
-    raw.push(b'_');
-    put_hex_list(&mut raw, ciphers.iter().copied());
-    raw.push(b'_');
-    put_hex_list(&mut raw, exts.iter().copied());
-    let mut sigs = ch
-        .signature_algorithms
-        .iter()
-        .copied()
-        .filter(|s| !is_grease(*s))
-        .peekable();
-    if sigs.peek().is_some() {
-        raw.push(b'_');
-        put_hex_list(&mut raw, sigs);
-    }
-    // Only ASCII was written (the ALPN characters are ASCII under both rules), so this
-    // never fails; the fallback keeps the function total anyway.
-    String::from_utf8(raw).unwrap_or_default()
-}
-
-/// Hashes the `b` and `c` sections of a raw string produced by [`build_raw`].
-fn hashed_from_raw(raw: &str, n_ciphers: usize) -> String {
-    // Layout: 10 chars of `a`, '_', 5 chars per cipher minus one (or nothing), '_', rest.
-    let b_start = 11;
-    let b_end = b_start + (5 * n_ciphers).saturating_sub(1);
-    let b = raw.get(b_start..b_end).unwrap_or_default();
-    let c = raw.get(b_end + 1..).unwrap_or_default();
-    let mut out = String::with_capacity(36);
-    out.push_str(raw.get(..10).unwrap_or_default());
-    out.push('_');
-    out.push_str(&hash12(b));
-    out.push('_');
-    out.push_str(&hash12(c));
-    out
-}
-
-fn raw_capacity(l: &Lists, ch: &ClientHello) -> usize {
-    13 + 5 * (l.ciphers.len() + l.exts.len() + ch.signature_algorithms.len())
 }
 
 /// Computes JA4 and its raw and original-order variants.
-pub fn ja4(ch: &ClientHello, transport: Ja4Transport, alpn: AlpnRule) -> Ja4 {
+pub fn ja4(ch: &ClientHello<'_>, transport: Ja4Transport, alpn: AlpnRule) -> Ja4 {
     let mut l = lists(ch, transport, alpn);
-    let cap = raw_capacity(&l, ch);
-
-    let ja4_ro = build_raw(&l.a, &l.ciphers, &l.exts, ch, cap);
-    let ja4_o = hashed_from_raw(&ja4_ro, l.ciphers.len());
-
-    l.ciphers.sort_unstable();
-    l.exts.retain(|&e| e != EXT_SERVER_NAME && e != EXT_ALPN);
-    l.exts.sort_unstable();
-    let ja4_r = build_raw(&l.a, &l.ciphers, &l.exts, ch, cap);
-    let ja4 = hashed_from_raw(&ja4_r, l.ciphers.len());
-
+    let (ja4_ro, ja4_o) = l.sections(ch).raw_and_hashed();
+    l.sort();
+    let (ja4_r, ja4) = l.sections(ch).raw_and_hashed();
     Ja4 {
         ja4,
         ja4_r,
@@ -294,19 +404,19 @@ pub fn ja4(ch: &ClientHello, transport: Ja4Transport, alpn: AlpnRule) -> Ja4 {
 }
 
 /// Computes only the default JA4 string, for callers that do not report the raw or
-/// original-order variants (half the hashing of [`ja4`]).
-pub fn ja4_string(ch: &ClientHello, transport: Ja4Transport, alpn: AlpnRule) -> String {
+/// original-order variants: no raw string is built, and nothing but the result touches
+/// the heap for a hello of ordinary size.
+pub fn ja4_string(ch: &ClientHello<'_>, transport: Ja4Transport, alpn: AlpnRule) -> String {
     let mut l = lists(ch, transport, alpn);
-    l.ciphers.sort_unstable();
-    l.exts.retain(|&e| e != EXT_SERVER_NAME && e != EXT_ALPN);
-    l.exts.sort_unstable();
-    let raw = build_raw(&l.a, &l.ciphers, &l.exts, ch, raw_capacity(&l, ch));
-    hashed_from_raw(&raw, l.ciphers.len())
+    l.sort();
+    l.sections(ch).hashed()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::hash12;
+    use hais_dissect::tls::client_hello::U16List;
 
     // ---- hand-built ClientHello bodies -------------------------------------------------
 
@@ -387,7 +497,8 @@ mod tests {
 
     #[test]
     fn spec_chrome_example_end_to_end() {
-        let ch = ClientHello::parse(&chrome_body()).unwrap();
+        let body = chrome_body();
+        let ch = ClientHello::parse(&body).unwrap();
         let fp = ja4(&ch, Ja4Transport::Tcp, AlpnRule::Spec);
         assert_eq!(fp.ja4, "t13d1516h2_8daaf6152771_e5627efa2ab1");
         assert_eq!(fp.ja4_o, "t13d1516h2_acb858a92679_18f69afefd3d");
@@ -405,8 +516,8 @@ mod tests {
         );
         assert_eq!(ja4_string(&ch, Ja4Transport::Tcp, AlpnRule::Spec), fp.ja4);
         // Spec: without signature algorithms the c hash is over the extensions alone.
-        let mut no_sigs = ch.clone();
-        no_sigs.signature_algorithms.clear();
+        let mut no_sigs = ch;
+        no_sigs.signature_algorithms = Default::default();
         let fp = ja4(&no_sigs, Ja4Transport::Tcp, AlpnRule::Spec);
         assert_eq!(fp.ja4, "t13d1516h2_8daaf6152771_6d807ffa2a79");
         assert!(fp.ja4_r.ends_with("4469,ff01"), "no trailing underscore");
@@ -461,7 +572,7 @@ mod tests {
         );
         let ch = ClientHello::parse(&body).unwrap();
         assert_eq!(
-            ch.server_name.as_deref(),
+            ch.server_name_lossy().as_deref(),
             Some("contile.services.mozilla.com")
         );
         let fp = ja4(&ch, Ja4Transport::Tcp, AlpnRule::Spec);
@@ -520,6 +631,57 @@ mod tests {
         assert!(fp.ja4.starts_with("d12i999900_"), "{}", fp.ja4);
     }
 
+    fn versions(wire: &'static [u8]) -> U16List<'static> {
+        U16List::new(wire).unwrap()
+    }
+
+    /// Lists on the stack (up to 128 values) and on the heap (beyond) give the same
+    /// strings as a plain formatting of the sorted lists, and each hash is the hash of its
+    /// raw section.
+    #[test]
+    fn stack_and_heap_lists_agree_with_plain_formatting() {
+        let hex = |v: &[u16]| {
+            v.iter()
+                .map(|x| format!("{x:04x}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        for n in [1usize, 2, 127, 128, 129, 130, 300] {
+            let ciphers: Vec<u16> = (0..n as u16)
+                .map(|i| {
+                    if i % 9 == 4 {
+                        0x1a1a
+                    } else {
+                        i.wrapping_mul(7919)
+                    }
+                })
+                .collect();
+            let mut exts: Vec<u16> = (0..n as u16).map(|i| 0x0100 + (n as u16 - i)).collect();
+            exts.push(0x000d);
+            let body = hello_body(0x0303, &ciphers, &exts, None, &[], &[0x0403], &[]);
+            let ch = ClientHello::parse(&body).unwrap();
+            let fp = ja4(&ch, Ja4Transport::Tcp, AlpnRule::Spec);
+            let mut sorted: Vec<u16> = ciphers.iter().copied().filter(|c| !is_grease(*c)).collect();
+            sorted.sort_unstable();
+            let mut sorted_exts = exts.clone();
+            sorted_exts.sort_unstable();
+            let b = hex(&sorted);
+            let c = format!("{}_0403", hex(&sorted_exts));
+            assert_eq!(fp.ja4_r, format!("{}_{b}_{c}", &fp.ja4[..10]), "{n}");
+            assert_eq!(
+                fp.ja4,
+                format!("{}_{}_{}", &fp.ja4[..10], hash12(&b), hash12(&c)),
+                "{n}"
+            );
+            let wire: Vec<u16> = ciphers.iter().copied().filter(|c| !is_grease(*c)).collect();
+            assert_eq!(
+                fp.ja4_ro,
+                format!("{}_{}_{}_0403", &fp.ja4[..10], hex(&wire), hex(&exts))
+            );
+            assert_eq!(ja4_string(&ch, Ja4Transport::Tcp, AlpnRule::Spec), fp.ja4);
+        }
+    }
+
     #[test]
     fn version_selection() {
         let mut ch = ClientHello {
@@ -527,18 +689,18 @@ mod tests {
             ..ClientHello::default()
         };
         assert_eq!(client_version(&ch, Ja4Transport::Tcp), 0x0303);
-        ch.supported_versions = vec![0x2a2a];
+        ch.supported_versions = versions(&[0x2a, 0x2a]);
         assert_eq!(
             client_version(&ch, Ja4Transport::Tcp),
             0x0303,
             "GREASE only"
         );
-        ch.supported_versions = vec![0x0a0a, 0x0303, 0x0304, 0x0302];
+        ch.supported_versions = versions(&[0x0a, 0x0a, 3, 3, 3, 4, 3, 2]);
         assert_eq!(client_version(&ch, Ja4Transport::Tcp), 0x0304);
-        ch.supported_versions = vec![0x0301];
+        ch.supported_versions = versions(&[3, 1]);
         assert_eq!(client_version(&ch, Ja4Transport::Tcp), 0x0301);
         ch.legacy_version = 0xfefd;
-        ch.supported_versions = vec![0xfefd, 0xfefc];
+        ch.supported_versions = versions(&[0xfe, 0xfd, 0xfe, 0xfc]);
         assert_eq!(client_version(&ch, Ja4Transport::Dtls), 0xfefc);
         for (v, code) in [
             (0x0304, "13"),

@@ -116,6 +116,11 @@ impl Ja4tsTracker {
         self.closed = true;
     }
 
+    /// True once later SYN-ACKs and RSTs can no longer change the fingerprint.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
     /// JA4TS as known so far: `None` before any SYN-ACK; the `_e` section only when a
     /// retransmission or RST was seen.
     pub fn fingerprint(&self) -> Option<String> {

@@ -6,6 +6,13 @@
 //! *extension body* does not fail the whole hello (its type is still recorded and the field
 //! it would fill stays empty), because a fingerprint of a slightly broken client is more
 //! useful than none; a malformed hello *structure* is an error.
+//!
+//! The parsed hello borrows the message: lists are views over the wire bytes, checked once
+//! while parsing. A hello is parsed for every connection, and copying its lists into
+//! vectors (eight or more allocations per hello) used to cost more than the parsing itself.
+
+use std::borrow::Cow;
+use std::fmt;
 
 use super::record::TlsError;
 use crate::bytes::Reader;
@@ -34,45 +41,181 @@ pub const fn is_grease(v: u16) -> bool {
     v & 0x0f0f == 0x0a0a && (v >> 8) == (v & 0xff)
 }
 
-/// The ClientHello fields the fingerprints use.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientHello {
+/// A list of big-endian `u16` values borrowed from the message (cipher suites, signature
+/// algorithms, versions). The length is even by construction.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct U16List<'a>(&'a [u8]);
+
+impl<'a> U16List<'a> {
+    /// A view of `bytes` as big-endian values; `None` on an odd length.
+    pub fn new(bytes: &'a [u8]) -> Option<Self> {
+        bytes.len().is_multiple_of(2).then_some(U16List(bytes))
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.0.len() / 2
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The values in wire order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = u16> + ExactSizeIterator + 'a {
+        self.0
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+    }
+
+    pub fn contains(&self, v: u16) -> bool {
+        self.iter().any(|x| x == v)
+    }
+
+    pub fn to_vec(&self) -> Vec<u16> {
+        self.iter().collect()
+    }
+}
+
+impl fmt::Debug for U16List<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|v| format!("{v:#06x}")))
+            .finish()
+    }
+}
+
+/// An ALPN ProtocolNameList body (u8-length names), checked to be well formed.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct AlpnList<'a>(&'a [u8]);
+
+impl<'a> AlpnList<'a> {
+    /// Parses the extension data (a u16-length ProtocolNameList); `None` when malformed.
+    pub fn parse(data: &'a [u8]) -> Option<Self> {
+        let list = Reader::new(data).vec16()?;
+        let mut r = Reader::new(list);
+        while !r.is_empty() {
+            r.vec8()?;
+        }
+        Some(AlpnList(list))
+    }
+
+    /// The protocol names, client order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut r = Reader::new(self.0);
+        std::iter::from_fn(move || r.vec8())
+    }
+
+    /// The first (preferred) protocol name.
+    pub fn first(&self) -> Option<&'a [u8]> {
+        self.iter().next()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn to_vec(&self) -> Vec<Vec<u8>> {
+        self.iter().map(<[u8]>::to_vec).collect()
+    }
+}
+
+impl fmt::Debug for AlpnList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(String::from_utf8_lossy))
+            .finish()
+    }
+}
+
+/// The extensions block of a hello, checked to be a well-formed sequence of
+/// (type, u16-length data) entries.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extensions<'a>(&'a [u8]);
+
+impl<'a> Extensions<'a> {
+    /// The extension types, wire order, GREASE and duplicates included.
+    pub fn types(&self) -> impl Iterator<Item = u16> + 'a {
+        let mut r = Reader::new(self.0);
+        std::iter::from_fn(move || {
+            let ty = r.u16()?;
+            r.vec16()?;
+            Some(ty)
+        })
+    }
+
+    /// An upper bound on the number of extensions (each takes at least four bytes), for
+    /// sizing buffers without walking the block.
+    pub fn max_len(&self) -> usize {
+        self.0.len() / 4
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, ty: u16) -> bool {
+        self.types().any(|t| t == ty)
+    }
+
+    pub fn to_vec(&self) -> Vec<u16> {
+        self.types().collect()
+    }
+}
+
+impl fmt::Debug for Extensions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.types().map(|v| format!("{v:#06x}")))
+            .finish()
+    }
+}
+
+/// The ClientHello fields the fingerprints use, borrowed from the message body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientHello<'a> {
     /// `legacy_version` (`client_version` before TLS 1.3). JA4 falls back to it when there is
     /// no usable supported_versions extension.
     pub legacy_version: u16,
     /// Client random.
     pub random: [u8; 32],
     /// Legacy session id (up to 32 bytes per the RFCs; up to 255 accepted).
-    pub session_id: Vec<u8>,
+    pub session_id: &'a [u8],
     /// DTLS cookie (empty for TLS and for a first DTLS hello).
-    pub cookie: Vec<u8>,
+    pub cookie: &'a [u8],
     /// Cipher suites, wire order, GREASE included.
-    pub cipher_suites: Vec<u16>,
+    pub cipher_suites: U16List<'a>,
     /// Extension types, wire order, GREASE and duplicates included.
-    pub extension_types: Vec<u16>,
-    /// First `host_name` entry of server_name, lossily decoded as UTF-8.
-    pub server_name: Option<String>,
-    /// ALPN protocol names, client order.
-    pub alpn: Vec<Vec<u8>>,
+    pub extensions: Extensions<'a>,
+    /// First `host_name` entry of server_name, as sent (see [`Self::server_name_lossy`]).
+    pub server_name: Option<&'a [u8]>,
+    /// ALPN protocol names, client order (empty when absent or malformed).
+    pub alpn: AlpnList<'a>,
     /// Contents of the first signature_algorithms (0x000d) extension, wire order. The
     /// lists in signature_algorithms_cert / delegated_credentials are deliberately not here.
-    pub signature_algorithms: Vec<u16>,
+    pub signature_algorithms: U16List<'a>,
     /// Contents of supported_versions, wire order, GREASE included.
-    pub supported_versions: Vec<u16>,
+    pub supported_versions: U16List<'a>,
     /// Whether quic_transport_parameters (0x0039) is present.
     pub has_quic_transport_parameters: bool,
 }
 
-impl ClientHello {
+impl<'a> ClientHello<'a> {
     /// Parses a TLS ClientHello body (the bytes after the 4-byte handshake header).
-    pub fn parse(body: &[u8]) -> Result<ClientHello, TlsError> {
+    pub fn parse(body: &'a [u8]) -> Result<ClientHello<'a>, TlsError> {
         parse(body, false)
     }
 
     /// Parses a DTLS ClientHello body (reassembled, after the 12-byte DTLS handshake
     /// header), which carries a cookie after the session id.
-    pub fn parse_dtls(body: &[u8]) -> Result<ClientHello, TlsError> {
+    pub fn parse_dtls(body: &'a [u8]) -> Result<ClientHello<'a>, TlsError> {
         parse(body, true)
+    }
+
+    /// The server name lossily decoded as UTF-8 (what is printed). Decoding is left to the
+    /// caller that prints it, so fingerprinting alone never pays for it.
+    pub fn server_name_lossy(&self) -> Option<Cow<'a, str>> {
+        self.server_name.map(String::from_utf8_lossy)
     }
 }
 
@@ -80,19 +223,19 @@ const fn trunc(what: &'static str) -> TlsError {
     TlsError::Truncated { what }
 }
 
-fn parse(body: &[u8], dtls: bool) -> Result<ClientHello, TlsError> {
+fn parse(body: &[u8], dtls: bool) -> Result<ClientHello<'_>, TlsError> {
     let mut r = Reader::new(body);
     let legacy_version = r.u16().ok_or(trunc("ClientHello version"))?;
     let mut random = [0u8; 32];
     random.copy_from_slice(r.take(32).ok_or(trunc("ClientHello random"))?);
-    let session_id = r.vec8().ok_or(trunc("ClientHello session id"))?.to_vec();
+    let session_id = r.vec8().ok_or(trunc("ClientHello session id"))?;
     let cookie = if dtls {
-        r.vec8().ok_or(trunc("ClientHello cookie"))?.to_vec()
+        r.vec8().ok_or(trunc("ClientHello cookie"))?
     } else {
-        Vec::new()
+        &[]
     };
     let suites = r.vec16().ok_or(trunc("ClientHello cipher suites"))?;
-    let cipher_suites = u16_list(suites).ok_or(TlsError::Malformed {
+    let cipher_suites = U16List::new(suites).ok_or(TlsError::Malformed {
         what: "ClientHello cipher suites",
     })?;
     r.vec8().ok_or(trunc("ClientHello compression methods"))?;
@@ -113,70 +256,47 @@ fn parse(body: &[u8], dtls: bool) -> Result<ClientHello, TlsError> {
     // Bytes after the extensions block are ignored, as TLS stacks do for forward
     // compatibility.
     let mut er = Reader::new(exts);
-    ch.extension_types.reserve(exts.len() / 4);
     let mut seen_sig_algs = false;
     while !er.is_empty() {
         let ty = er.u16().ok_or(trunc("ClientHello extension"))?;
         let data = er.vec16().ok_or(trunc("ClientHello extension"))?;
-        ch.extension_types.push(ty);
         match ty {
             EXT_SERVER_NAME if ch.server_name.is_none() => ch.server_name = parse_sni(data),
-            EXT_ALPN if ch.alpn.is_empty() => ch.alpn = parse_alpn_list(data).unwrap_or_default(),
+            EXT_ALPN if ch.alpn.is_empty() => ch.alpn = AlpnList::parse(data).unwrap_or_default(),
             EXT_SIGNATURE_ALGORITHMS if !seen_sig_algs => {
                 seen_sig_algs = true;
                 ch.signature_algorithms = Reader::new(data)
                     .vec16()
-                    .and_then(u16_list)
+                    .and_then(U16List::new)
                     .unwrap_or_default();
             }
             EXT_SUPPORTED_VERSIONS if ch.supported_versions.is_empty() => {
                 ch.supported_versions = Reader::new(data)
                     .vec8()
-                    .and_then(u16_list)
+                    .and_then(U16List::new)
                     .unwrap_or_default();
             }
             EXT_QUIC_TRANSPORT_PARAMETERS => ch.has_quic_transport_parameters = true,
             _ => {}
         }
     }
+    // The whole block was walked above, so every entry in it is well formed.
+    ch.extensions = Extensions(exts);
     Ok(ch)
 }
 
-/// Big-endian u16 list; `None` on odd length.
-pub(crate) fn u16_list(b: &[u8]) -> Option<Vec<u16>> {
-    if !b.len().is_multiple_of(2) {
-        return None;
-    }
-    Some(
-        b.chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .collect(),
-    )
-}
-
 /// First host_name (type 0) from a ServerNameList.
-fn parse_sni(data: &[u8]) -> Option<String> {
+fn parse_sni(data: &[u8]) -> Option<&[u8]> {
     let list = Reader::new(data).vec16()?;
     let mut r = Reader::new(list);
     while !r.is_empty() {
         let name_type = r.u8()?;
         let name = r.vec16()?;
         if name_type == 0 {
-            return Some(String::from_utf8_lossy(name).into_owned());
+            return Some(name);
         }
     }
     None
-}
-
-/// ProtocolNameList: u16 length, then u8-length names. Shared with the ServerHello parser.
-pub(crate) fn parse_alpn_list(data: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let list = Reader::new(data).vec16()?;
-    let mut r = Reader::new(list);
-    let mut out = Vec::new();
-    while !r.is_empty() {
-        out.push(r.vec8()?.to_vec());
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -282,22 +402,24 @@ pub(crate) mod tests {
 
     #[test]
     fn parses_fields() {
-        let ch = ClientHello::parse(&sample()).unwrap();
+        let body = sample();
+        let ch = ClientHello::parse(&body).unwrap();
         assert_eq!(ch.legacy_version, 0x0303);
         assert_eq!(ch.random, [0x11; 32]);
-        assert_eq!(ch.session_id, vec![0x22; 32]);
+        assert_eq!(ch.session_id, [0x22; 32]);
         assert!(ch.cookie.is_empty());
-        assert_eq!(ch.cipher_suites, [0x2a2a, 0x1301, 0x1302, 0xc02b]);
+        assert_eq!(ch.cipher_suites.to_vec(), [0x2a2a, 0x1301, 0x1302, 0xc02b]);
         assert_eq!(
-            ch.extension_types,
+            ch.extensions.to_vec(),
             [
                 0xdada, 0x0000, 0x0010, 0x000d, 0x0032, 0x002b, 0x0039, 0x0a0a
             ]
         );
-        assert_eq!(ch.server_name.as_deref(), Some("example.com"));
-        assert_eq!(ch.alpn, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
-        assert_eq!(ch.signature_algorithms, [0x0403, 0x0804]);
-        assert_eq!(ch.supported_versions, [0x7a7a, 0x0304, 0x0303]);
+        assert_eq!(ch.server_name, Some(&b"example.com"[..]));
+        assert_eq!(ch.server_name_lossy().as_deref(), Some("example.com"));
+        assert_eq!(ch.alpn.to_vec(), vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(ch.signature_algorithms.to_vec(), [0x0403, 0x0804]);
+        assert_eq!(ch.supported_versions.to_vec(), [0x7a7a, 0x0304, 0x0303]);
         assert!(ch.has_quic_transport_parameters);
     }
 
@@ -307,7 +429,7 @@ pub(crate) mod tests {
         let ch = ClientHello::parse_dtls(&body).unwrap();
         assert_eq!(ch.legacy_version, 0xfefd);
         assert_eq!(ch.cookie, [5, 6, 7]);
-        assert_eq!(ch.cipher_suites, [0xc02b]);
+        assert_eq!(ch.cipher_suites.to_vec(), [0xc02b]);
         // Read as TLS, the cookie shifts everything: must not be silently accepted as the
         // same hello.
         assert_ne!(ClientHello::parse(&body).ok(), Some(ch));
@@ -318,9 +440,40 @@ pub(crate) mod tests {
         let mut body = build_hello(0x0301, None, &[0x0035, 0x002f], &[]);
         body.truncate(body.len() - 2); // drop the (empty) extensions length
         let ch = ClientHello::parse(&body).unwrap();
-        assert_eq!(ch.cipher_suites, [0x0035, 0x002f]);
-        assert!(ch.extension_types.is_empty());
+        assert_eq!(ch.cipher_suites.to_vec(), [0x0035, 0x002f]);
+        assert!(ch.extensions.is_empty());
         assert_eq!(ch.server_name, None);
+    }
+
+    #[test]
+    fn views_borrow_and_check() {
+        assert_eq!(U16List::new(&[1, 2, 3]), None, "odd length");
+        let l = U16List::new(&[0x13, 0x01, 0xfa, 0xfa]).unwrap();
+        assert_eq!((l.len(), l.to_vec()), (2, vec![0x1301, 0xfafa]));
+        assert!(l.contains(0xfafa) && !l.contains(0x1302));
+        assert_eq!(format!("{l:?}"), "[\"0x1301\", \"0xfafa\"]");
+        // A name running past the list makes the whole ALPN list malformed.
+        assert_eq!(AlpnList::parse(&[0, 3, 3, b'h', b'2']), None);
+        let a = AlpnList::parse(&[0, 6, 2, b'h', b'2', 2, b'h', b'3']).unwrap();
+        assert_eq!(a.first(), Some(&b"h2"[..]));
+        assert_eq!(a.to_vec(), vec![b"h2".to_vec(), b"h3".to_vec()]);
+        let body = sample();
+        let ch = ClientHello::parse(&body).unwrap();
+        assert!(ch.extensions.max_len() >= ch.extensions.types().count());
+        assert!(ch.extensions.contains(EXT_ALPN) && !ch.extensions.contains(0x0015));
+        // The lists point into the message itself: nothing was copied.
+        let within = |s: &[u8]| body.as_ptr_range().contains(&s.as_ptr());
+        assert!(within(ch.session_id) && within(ch.server_name.unwrap()));
+    }
+
+    #[test]
+    fn server_name_is_decoded_only_when_asked() {
+        let mut name = sni_ext("x");
+        *name.last_mut().unwrap() = 0xff;
+        let body = build_hello(0x0303, None, &[0x1301], &[(EXT_SERVER_NAME, name)]);
+        let ch = ClientHello::parse(&body).unwrap();
+        assert_eq!(ch.server_name, Some(&[0xff][..]));
+        assert_eq!(ch.server_name_lossy().as_deref(), Some("\u{fffd}"));
     }
 
     #[test]
@@ -335,7 +488,7 @@ pub(crate) mod tests {
             ],
         );
         let ch = ClientHello::parse(&body).unwrap();
-        assert_eq!(ch.extension_types, [0x0000, 0x000d]);
+        assert_eq!(ch.extensions.to_vec(), [0x0000, 0x000d]);
         assert_eq!(ch.server_name, None);
         assert!(ch.signature_algorithms.is_empty());
     }

@@ -466,8 +466,8 @@ mod tests {
         let m = re.pop().unwrap();
         assert_eq!((m.msg_type, m.message_seq), (1, 0));
         let ch = ClientHello::parse_dtls(&m.body).unwrap();
-        assert_eq!(ch.cipher_suites, [0xc02b, 0x0035]);
-        assert_eq!(ch.extension_types, [0x0023]);
+        assert_eq!(ch.cipher_suites.to_vec(), [0xc02b, 0x0035]);
+        assert_eq!(ch.extensions.to_vec(), [0x0023]);
         // Retransmission is dropped.
         re.push_datagram(&dg).unwrap();
         assert_eq!(re.pop(), None);

@@ -1,7 +1,7 @@
 //! The ServerHello message (RFC 8446 §4.1.3, RFC 5246 §7.4.1.3), which JA4S fingerprints,
 //! including the HelloRetryRequest that TLS 1.3 disguises as a ServerHello.
 
-use super::client_hello::{EXT_ALPN, EXT_SUPPORTED_VERSIONS, parse_alpn_list};
+use super::client_hello::{AlpnList, EXT_ALPN, EXT_SUPPORTED_VERSIONS};
 use super::record::TlsError;
 use crate::bytes::Reader;
 
@@ -67,7 +67,9 @@ impl ServerHello {
                     sh.supported_version = d.u16().filter(|_| d.is_empty());
                 }
                 EXT_ALPN if sh.alpn.is_none() => {
-                    sh.alpn = parse_alpn_list(data).and_then(|l| l.into_iter().next());
+                    sh.alpn = AlpnList::parse(data)
+                        .and_then(|l| l.first())
+                        .map(<[u8]>::to_vec);
                 }
                 _ => {}
             }
