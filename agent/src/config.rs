@@ -26,6 +26,15 @@
 //! path = "-"                      # "-" is standard output
 //! format = "json"                 # or "yaml"
 //! with_raw = false
+//! with_workload = false           # add the `workload` object to printed records
+//!
+//! [attribution]                   # which process is behind each flow (Linux)
+//! enabled = true
+//! queue = 4096                    # flows waiting to be resolved; beyond: "queue-full"
+//! cache = 65536                   # resolved flows waiting for their event
+//! batch_window_ms = 10            # batching delay, only above 200 new flows/s
+//! notified_flows = 16384          # per interface: flows already asked about
+//! max_latency_ms = 10             # longest the capture holds a packet before we see it
 //!
 //! [uplink]
 //! server = "cp.example:3001"      # empty: the address saved by `hais-agent enroll`
@@ -76,6 +85,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HAIS_OUTPUT", "output.path"),
     ("HAIS_FORMAT", "output.format (json/yaml)"),
     ("HAIS_WITH_RAW", "output.with_raw (true/false)"),
+    ("HAIS_WITH_WORKLOAD", "output.with_workload (true/false)"),
+    ("HAIS_ATTRIBUTION", "attribution.enabled (true/false)"),
     ("HAIS_STATE_DIR", "state_dir"),
     ("HAIS_SERVER", "uplink.server (HOST:PORT)"),
     ("HAIS_HEARTBEAT_INTERVAL", "uplink.heartbeat_interval_secs"),
@@ -93,6 +104,7 @@ pub struct AgentConfig {
     pub output: OutputConfig,
     pub uplink: UplinkConfig,
     pub spool: SpoolConfig,
+    pub attribution: AttributionConfig,
 }
 
 impl Default for AgentConfig {
@@ -104,6 +116,47 @@ impl Default for AgentConfig {
             output: OutputConfig::default(),
             uplink: UplinkConfig::default(),
             spool: SpoolConfig::default(),
+            attribution: AttributionConfig::default(),
+        }
+    }
+}
+
+/// `[attribution]`: finding the process, user, container and pod behind each flow (see
+/// [`crate::attribution`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttributionConfig {
+    /// On by default on Linux, the only platform with sock_diag. When the kernel refuses the
+    /// netlink socket the agent logs one warning and runs without attribution.
+    pub enabled: bool,
+    /// Flows waiting for the attribution thread; a burst beyond it marks the excess
+    /// `queue-full` instead of slowing capture down.
+    pub queue: usize,
+    /// Answers kept until their flow's event is built (flows can last minutes).
+    pub cache: usize,
+    /// How long the attribution thread gathers new flows into one batch, above 200 new flows
+    /// a second (one `/proc` pass then serves the whole batch).
+    pub batch_window_ms: u64,
+    /// Per interface: flows whose first packet was already seen and notified. Older entries
+    /// are forgotten (at worst a flow is looked up twice).
+    pub notified_flows: usize,
+    /// Longest a packet may wait in the kernel's capture ring before the agent reads it, while
+    /// attribution is on. A flow is attributed only while its socket exists, so a short-lived
+    /// process must be looked up within its lifetime; without attribution the capture may
+    /// hold packets up to 100 ms to save wake-ups. Lower is more accurate and costs about
+    /// 1000/max_latency_ms wake-ups a second per interface.
+    pub max_latency_ms: u64,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        AttributionConfig {
+            enabled: cfg!(target_os = "linux"),
+            queue: 4096,
+            cache: 65_536,
+            batch_window_ms: 10,
+            notified_flows: 16_384,
+            max_latency_ms: 10,
         }
     }
 }
@@ -214,6 +267,9 @@ pub struct OutputConfig {
     pub format: OutputFormat,
     /// Also write the raw (unhashed) strings.
     pub with_raw: bool,
+    /// Add the flow's `workload` (pid, process, uid, user, exe, cgroup, container, ...) to each
+    /// printed record. Off by default so records stay diffable with the reference tool's.
+    pub with_workload: bool,
 }
 
 impl Default for OutputConfig {
@@ -222,6 +278,7 @@ impl Default for OutputConfig {
             path: "-".to_string(),
             format: OutputFormat::Yaml,
             with_raw: false,
+            with_workload: false,
         }
     }
 }
@@ -340,6 +397,8 @@ impl AgentConfig {
             };
         }
         env_bool(&get, "HAIS_WITH_RAW", &mut self.output.with_raw)?;
+        env_bool(&get, "HAIS_WITH_WORKLOAD", &mut self.output.with_workload)?;
+        env_bool(&get, "HAIS_ATTRIBUTION", &mut self.attribution.enabled)?;
         if let Some(v) = get("HAIS_STATE_DIR") {
             self.state_dir = PathBuf::from(v);
         }
@@ -407,6 +466,25 @@ impl AgentConfig {
         }
         if self.spool.max_bytes < 1 << 20 {
             return bad("spool.max_bytes", "must be at least 1048576 (1 MiB)");
+        }
+        let a = &self.attribution;
+        if !(1..=1 << 20).contains(&a.queue) {
+            return bad("attribution.queue", "must be 1..=1048576");
+        }
+        if !(1..=1 << 24).contains(&a.cache) {
+            return bad("attribution.cache", "must be 1..=16777216");
+        }
+        if a.batch_window_ms > 1000 {
+            return bad("attribution.batch_window_ms", "must be 0..=1000");
+        }
+        if !(2..=1 << 24).contains(&a.notified_flows) {
+            return bad("attribution.notified_flows", "must be 2..=16777216");
+        }
+        if !(1..=100).contains(&a.max_latency_ms) {
+            return bad(
+                "attribution.max_latency_ms",
+                "must be 1..=100 (the capture's own limit is 100 ms)",
+            );
         }
         Ok(())
     }
@@ -596,6 +674,37 @@ mod tests {
         c.spool.max_bytes = 1000;
         assert!(c.validate().is_err());
         assert!(AgentConfig::from_toml("[uplink]\nservr = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn attribution_keys_have_defaults_file_and_env_layers() {
+        let c = AgentConfig::default();
+        assert_eq!(c.attribution.enabled, cfg!(target_os = "linux"));
+        assert!(!c.output.with_workload);
+        let mut c = AgentConfig::from_toml(
+            "[attribution]\nenabled = false\nqueue = 16\nbatch_window_ms = 0\n\
+             [output]\nwith_workload = true\n",
+        )
+        .unwrap();
+        assert!(!c.attribution.enabled);
+        assert_eq!(c.attribution.queue, 16);
+        assert_eq!(c.attribution.cache, 65_536);
+        assert!(c.output.with_workload);
+        c.validate().unwrap();
+        c.apply_env(env(&[
+            ("HAIS_ATTRIBUTION", "on"),
+            ("HAIS_WITH_WORKLOAD", "0"),
+        ]))
+        .unwrap();
+        assert!(c.attribution.enabled);
+        assert!(!c.output.with_workload);
+        c.attribution.max_latency_ms = 0;
+        assert!(c.validate().is_err());
+        assert!(AgentConfig::from_toml("[attribution]\nenable = true\n").is_err());
+        let e = c
+            .apply_env(env(&[("HAIS_ATTRIBUTION", "perhaps")]))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("HAIS_ATTRIBUTION="), "{e}");
     }
 
     #[test]

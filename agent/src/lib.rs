@@ -1,9 +1,11 @@
 //! The HaIS agent as a library: capture, decode, flow tracking, the fingerprint engine, and
-//! the uplink to the control plane (events, spool, QUIC, enrollment).
+//! the uplink to the control plane (events, spool, QUIC, enrollment), and the glue to workload
+//! attribution.
 //!
-//! Everything except [`capture`] and [`cli`] is sans-I/O: the engine takes frames and
+//! Everything except [`capture`], [`cli`] and [`attribution`] is sans-I/O: the engine takes frames and
 //! returns fingerprints, so it is tested, fuzzed and benchmarked without a network.
 
+pub mod attribution;
 pub mod capture;
 pub mod cli;
 pub mod config;

@@ -11,12 +11,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hais_shared::wire;
 use serde::{Deserialize, Serialize};
 
+use crate::attribution::Attributor;
 use crate::uplink::SharedSpool;
 use crate::uplink::spool::SpoolStats;
 
@@ -136,6 +137,45 @@ pub struct AgentStatus {
     /// Streams that produced no event (no fingerprint, or invalid), and spool write failures.
     pub events_skipped: AtomicU64,
     pub spool_errors: AtomicU64,
+    /// The workload attributor, once started (absent when disabled or unavailable).
+    pub attribution: OnceLock<Arc<Attributor>>,
+}
+
+/// The attributor's counters since start, as `status` and heartbeats show them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttributionReport {
+    /// Flows whose first packet asked for attribution.
+    pub requests: u64,
+    /// Resolved to a process.
+    pub attributed: u64,
+    /// The socket was found but its process had already exited.
+    pub process_gone: u64,
+    /// No local socket (traffic passing through, another network namespace).
+    pub not_local: u64,
+    /// Not attempted: the request queue was full.
+    pub dropped: u64,
+    pub errors: u64,
+    /// Time the attribution thread spent resolving, in microseconds.
+    pub busy_us: u64,
+    /// Events that found their flow's answer / found none.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+}
+
+impl AttributionReport {
+    pub fn from_stats(s: &crate::attribution::AttributorStats) -> Self {
+        AttributionReport {
+            requests: s.requests,
+            attributed: s.attributed,
+            process_gone: s.process_gone,
+            not_local: s.not_local,
+            dropped: s.dropped,
+            errors: s.errors,
+            busy_us: s.busy_ns / 1000,
+            cache_hits: s.cache_hits,
+            cache_misses: s.cache_misses,
+        }
+    }
 }
 
 /// `hais-agent status --json`: a snapshot of [`AgentStatus`].
@@ -149,6 +189,9 @@ pub struct StatusReport {
     pub uplink: UplinkStatus,
     pub events_skipped: u64,
     pub spool_errors: u64,
+    /// Workload attribution, when it runs (absent from older agents' reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<AttributionReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +216,7 @@ impl AgentStatus {
             spool,
             events_skipped: AtomicU64::new(0),
             spool_errors: AtomicU64::new(0),
+            attribution: OnceLock::new(),
         }
     }
 
@@ -209,6 +253,10 @@ impl AgentStatus {
             uplink: self.uplink(),
             events_skipped: self.events_skipped.load(Ordering::Relaxed),
             spool_errors: self.spool_errors.load(Ordering::Relaxed),
+            attribution: self
+                .attribution
+                .get()
+                .map(|a| AttributionReport::from_stats(&a.stats())),
         }
     }
 
@@ -230,6 +278,14 @@ impl AgentStatus {
             svid_expiry_unix: r.uplink.svid_expiry_unix.unwrap_or(0),
             sent_at_unix_ms: unix_ms(),
             hostname: hostname.to_string(),
+            attribution: r.attribution.map(|a| wire::AttributionCounters {
+                requests: a.requests,
+                attributed: a.attributed,
+                process_gone: a.process_gone,
+                not_local: a.not_local,
+                dropped: a.dropped,
+                busy_us: a.busy_us,
+            }),
         }
     }
 }
@@ -313,6 +369,8 @@ mod tests {
         assert_eq!(hb.interfaces, vec!["eth0", "lo"]);
         assert_eq!(hb.svid_expiry_unix, 1_900_000_000);
         assert_eq!(hb.hostname, "host-1");
+        assert_eq!(hb.attribution, None, "no attributor: no counters");
+        assert_eq!(r.attribution, None);
         drop(server);
         assert!(!path.exists());
     }

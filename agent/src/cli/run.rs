@@ -20,6 +20,14 @@
 //! Records are then printed only when an output is asked for explicitly (`-o`,
 //! `HAIS_OUTPUT`, or a file in the config). The status socket (`hais-agent status`) is served
 //! whenever the state directory is usable.
+//!
+//! Workload attribution (on Linux, when events are streamed or `--with-workload` is given):
+//! each capture thread spots the first packet of every flow (a client's SYN, a UDP flow's
+//! first datagram) and notifies the one shared [`Attributor`], whose thread looks the socket's
+//! owner up while the process is still alive; the answer is taken when the stream's record
+//! and event are built (see [`crate::attribution`]). Capture never waits for it: the request
+//! queue drops rather than blocks, and a report whose answer is not in yet is held back a few
+//! milliseconds by the capture thread, not waited for.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,6 +39,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Args;
 use tokio::sync::Notify;
 
+use hais_shared::event::Workload;
+
+use crate::attribution::{self, Attributor, Holdback, Notifier};
 use crate::capture::live::{self, CaptureStats, LiveCapture, LiveError, LiveOptions};
 use crate::config::{AgentConfig, OutputFormat};
 use crate::engine::{Engine, EngineConfig, Stats, StreamReport};
@@ -77,6 +88,10 @@ pub struct RunArgs {
     /// Also print the raw (unhashed) strings: ja4_r, ja4s_r, ja4x_r, ja4h_r.
     #[arg(short = 'r', long)]
     pub with_raw: bool,
+    /// Add each flow's `workload` (pid, process, uid, user, exe, cgroup, container, pod) to
+    /// printed records. Off by default so records stay diffable with the reference tool's.
+    #[arg(long)]
+    pub with_workload: bool,
     /// A flow idle this many seconds is finished and its record written. Default 30.
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
@@ -122,6 +137,14 @@ const CHANNEL_BATCHES: usize = 256;
 
 /// How often the main thread makes the spool durable (see the spool's fsync policy).
 const SPOOL_SYNC_EVERY: Duration = Duration::from_millis(100);
+
+/// Longest a finished stream waits for its attribution (see [`Holdback`]): far above the
+/// attributor's usual answer time (well under a millisecond, plus its batch window under
+/// load), far below anything a reader of the records would notice.
+const HOLDBACK_WAIT: Duration = Duration::from_millis(200);
+
+/// Most finished streams held back per capture thread; beyond, they go out unattributed.
+const HOLDBACK_MAX: usize = 4096;
 
 /// What a capture thread hands the main thread for one set of finished streams.
 #[derive(Debug, Default)]
@@ -173,6 +196,9 @@ fn config_from(args: &RunArgs) -> Result<AgentConfig, Failure> {
     if args.with_raw {
         cfg.output.with_raw = true;
     }
+    if args.with_workload {
+        cfg.output.with_workload = true;
+    }
     if let Some(t) = args.idle_timeout {
         cfg.flows.idle_timeout_secs = t;
     }
@@ -216,23 +242,41 @@ fn run_inner(args: &RunArgs) -> Result<(), Failure> {
             .map_err(|e| (71, format!("installing signal handlers: {e}")))?;
     }
 
-    let opts = LiveOptions {
+    let state = StateDir::new(&cfg.state_dir);
+    let plan = plan_streaming(&cfg, &state)?;
+    // Attribution is only worth its CPU when someone reads it: the events, or the records
+    // with `--with-workload`.
+    let attributor = if plan.is_some() || cfg.output.with_workload {
+        attribution::start(&cfg.attribution)
+    } else {
+        None
+    };
+    let mut opts = LiveOptions {
         bpf: cfg.capture.bpf.clone(),
         snaplen: cfg.capture.snaplen as i32,
         buffer_bytes: (cfg.capture.buffer_mib as i32) << 20,
         promiscuous: cfg.capture.promiscuous,
         ..LiveOptions::default()
     };
+    // A first packet read late may find its process gone: with attribution on, the kernel
+    // hands packets over sooner (see `attribution.max_latency_ms`).
+    let latency = Duration::from_millis(cfg.attribution.max_latency_ms);
+    let idle_wait_max = if attributor.is_some() {
+        opts.block_timeout_ms = opts
+            .block_timeout_ms
+            .min(cfg.attribution.max_latency_ms as i32);
+        IDLE_WAIT_MAX.min(latency).max(IDLE_WAIT_MIN)
+    } else {
+        IDLE_WAIT_MAX
+    };
     let mut captures = Vec::with_capacity(interfaces.len());
     for name in &interfaces {
         captures.push(LiveCapture::open(name, &opts).map_err(live_err)?);
     }
-    let state = StateDir::new(&cfg.state_dir);
     let counters: Vec<Arc<InterfaceCounters>> = interfaces
         .iter()
         .map(|i| Arc::new(InterfaceCounters::new(i)))
         .collect();
-    let plan = plan_streaming(&cfg, &state)?;
     // Holding the lock keeps a second agent off this spool and socket.
     let lock = match &plan {
         Some(_) => Some(
@@ -248,6 +292,9 @@ fn run_inner(args: &RunArgs) -> Result<(), Failure> {
         None => None,
     };
     let status = Arc::new(AgentStatus::new(counters.clone(), spool.clone()));
+    if let Some(a) = &attributor {
+        let _ = status.attribution.set(Arc::clone(a));
+    }
     let _status_server = lock
         .as_ref()
         .and_then(|_| match StatusServer::start(&state.socket_path(), Arc::clone(&status)) {
@@ -295,6 +342,17 @@ fn run_inner(args: &RunArgs) -> Result<(), Failure> {
             counters: Arc::clone(counters),
             status: Arc::clone(&status),
             stats_every,
+            notifier: attributor.as_ref().map(|a| {
+                Notifier::new(
+                    Arc::clone(a),
+                    cfg.attribution.notified_flows,
+                    engine_cfg.idle_timeout_us,
+                )
+            }),
+            attributor: attributor.clone(),
+            holdback: Holdback::new(HOLDBACK_MAX, HOLDBACK_WAIT),
+            with_workload: cfg.output.with_workload,
+            idle_wait_max,
         };
         let handle = std::thread::Builder::new()
             .name(format!("capture-{}", worker.name))
@@ -316,8 +374,13 @@ fn run_inner(args: &RunArgs) -> Result<(), Failure> {
             ),
             None => String::new(),
         };
+        let attr = if attributor.is_some() {
+            "; workload attribution on"
+        } else {
+            ""
+        };
         eprintln!(
-            "hais-agent run: capturing on {} (filter: {filter}, idle timeout {} s{to}); SIGINT or SIGTERM stops",
+            "hais-agent run: capturing on {} (filter: {filter}, idle timeout {} s{to}{attr}); SIGINT or SIGTERM stops",
             interfaces.join(", "),
             cfg.flows.idle_timeout_secs
         );
@@ -366,6 +429,9 @@ fn run_inner(args: &RunArgs) -> Result<(), Failure> {
     drop(lock);
     if !args.quiet {
         print_summary(&total, &drops);
+        if let Some(a) = &attributor {
+            print_attribution_summary(&a.stats());
+        }
     }
     match failure {
         Some(f) => Err(f),
@@ -572,6 +638,15 @@ struct Worker {
     counters: Arc<InterfaceCounters>,
     status: Arc<AgentStatus>,
     stats_every: Duration,
+    /// Spots first packets and asks for their attribution (when attribution runs).
+    notifier: Option<Notifier>,
+    attributor: Option<Arc<Attributor>>,
+    /// Finished streams waiting for their attribution.
+    holdback: Holdback<StreamReport>,
+    /// Add the workload to printed records.
+    with_workload: bool,
+    /// The longest pause on a quiet interface (shorter while attribution runs).
+    idle_wait_max: Duration,
 }
 
 /// What a capture thread hands back at the end.
@@ -590,13 +665,17 @@ impl Worker {
         let mut idle_wait = IDLE_WAIT_MIN;
         while !self.stop.load(Ordering::Relaxed) {
             let engine = &mut self.engine;
-            match self
-                .cap
-                .dispatch(BATCH, |p| engine.on_frame(p.ts_us, link, p.data))
-            {
+            let notifier = &mut self.notifier;
+            match self.cap.dispatch(BATCH, |p| {
+                // Before the engine, so the request is queued as early as possible.
+                if let Some(n) = notifier {
+                    n.on_frame(p.ts_us, link, p.data);
+                }
+                engine.on_frame(p.ts_us, link, p.data);
+            }) {
                 Ok(0) => {
                     std::thread::sleep(idle_wait);
-                    idle_wait = (idle_wait * 2).min(IDLE_WAIT_MAX);
+                    idle_wait = (idle_wait * 2).min(self.idle_wait_max);
                 }
                 Ok(_) => idle_wait = IDLE_WAIT_MIN,
                 Err(e) => {
@@ -613,8 +692,8 @@ impl Worker {
                 self.publish();
             }
             let finished = self.engine.take_finished();
-            if !finished.is_empty() {
-                self.send(finished);
+            if !finished.is_empty() || !self.holdback.is_empty() {
+                self.send(finished, false);
             }
             if now.duration_since(last_stats) >= self.stats_every {
                 last_stats = now;
@@ -622,7 +701,14 @@ impl Worker {
             }
         }
         let finished = self.engine.finish();
-        self.send(finished);
+        self.send(finished, false);
+        // Streams of flows that began just before shutdown may still be resolving.
+        let deadline = Instant::now() + HOLDBACK_WAIT;
+        while !self.holdback.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+            self.send(Vec::new(), false);
+        }
+        self.send(Vec::new(), true);
         self.log_stats();
         self.publish();
         WorkerDone {
@@ -632,14 +718,35 @@ impl Worker {
         }
     }
 
-    fn send(&self, reports: Vec<StreamReport>) {
-        if reports.is_empty() {
+    /// Turns finished streams into records and events and hands them to the main thread.
+    /// With attribution, each stream first gets its flow's workload; those whose answer is
+    /// not in yet wait in the hold-back (released here on a later call, or all of them when
+    /// `force`).
+    fn send(&mut self, reports: Vec<StreamReport>, force: bool) {
+        let ready = match &self.attributor {
+            Some(att) => {
+                let now = Instant::now();
+                let mut out = Vec::with_capacity(reports.len());
+                let mut ready = Vec::with_capacity(reports.len());
+                for r in reports {
+                    match events::report_key(&r) {
+                        Some(k) => self.holdback.offer(att, k, r, now, &mut out),
+                        None => ready.push((r, None)),
+                    }
+                }
+                self.holdback.poll(att, now, force, &mut out);
+                ready.extend(out.into_iter().map(|(r, a)| (r, events::workload_of(&a))));
+                ready
+            }
+            None => reports.into_iter().map(|r| (r, None)).collect(),
+        };
+        if ready.is_empty() {
             return;
         }
         let mut batch = Finished::default();
         if let Some(src) = &self.events {
-            for r in &reports {
-                match events::to_event(r, src) {
+            for (r, w) in &ready {
+                match events::to_event_with(r, src, w.clone()) {
                     Ok(ev) => batch.events.push(events::encode(&ev)),
                     Err(skip) => {
                         if let events::Skip::Invalid(why) = &skip {
@@ -655,9 +762,10 @@ impl Worker {
         }
         if self.print {
             batch.text = Some(format_batch(
-                reports,
+                ready,
                 &self.name,
                 self.json,
+                self.with_workload,
                 wall_clock_us(),
             ));
         }
@@ -719,14 +827,24 @@ impl Worker {
 
 /// Each record as `read` prints it, plus where (`interface`) and when (`ts`, the time the
 /// stream was reported, ISO-8601 UTC) it was seen: a live agent's output has no capture
-/// file to say either.
-fn format_batch(reports: Vec<StreamReport>, interface: &str, json: bool, now_us: u64) -> String {
+/// file to say either. With `with_workload`, the flow's `workload` comes last, so the rest of
+/// the line is the same with or without it.
+fn format_batch(
+    reports: Vec<(StreamReport, Option<Workload>)>,
+    interface: &str,
+    json: bool,
+    with_workload: bool,
+    now_us: u64,
+) -> String {
     let ts = iso8601_utc(now_us);
     let mut text = String::with_capacity(512 * reports.len());
-    for r in reports {
+    for (r, w) in reports {
         let mut record = r.record;
         record.push("interface", interface);
         record.push("ts", ts.clone());
+        if with_workload {
+            record.push("workload", attribution::workload_record(w.as_ref()));
+        }
         let v = Value::Map(record);
         if json {
             write_json_line(&mut text, &v);
@@ -783,6 +901,34 @@ fn merge_stats(total: &mut Stats, s: &Stats) {
     for (k, v) in &s.errors {
         *total.errors.entry(k.clone()).or_insert(0) += v;
     }
+}
+
+/// One line on how attribution went, for the operator judging whether it works here.
+fn print_attribution_summary(s: &attribution::AttributorStats) {
+    let pct = |n: u64| {
+        if s.requests == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / s.requests as f64
+        }
+    };
+    let per_flow_us = if s.requests == 0 {
+        0.0
+    } else {
+        s.busy_ns as f64 / s.requests as f64 / 1000.0
+    };
+    eprintln!(
+        "hais-agent run: attribution: {} flows, {} attributed ({:.1}%), {} process gone, \
+         {} not local, {} dropped (queue full), {} errors; {:.1} µs per flow",
+        s.requests,
+        s.attributed,
+        pct(s.attributed),
+        s.process_gone,
+        s.not_local,
+        s.dropped,
+        s.errors,
+        per_flow_us
+    );
 }
 
 fn print_summary(stats: &Stats, drops: &CaptureStats) {
@@ -845,14 +991,32 @@ mod tests {
             stream: 0,
             record,
         };
-        let text = format_batch(vec![r.clone()], "eth0", true, 0);
+        let text = format_batch(vec![(r.clone(), None)], "eth0", true, false, 0);
         assert_eq!(
             text,
             "{\"stream\":0,\"ja4\":\"t13d1516h2_8daaf6152771_02713d6af862\",\
              \"interface\":\"eth0\",\"ts\":\"1970-01-01T00:00:00.000000Z\"}\n"
         );
-        let yaml = format_batch(vec![r], "eth0", false, 0);
+        let yaml = format_batch(vec![(r.clone(), None)], "eth0", false, false, 0);
         assert!(yaml.starts_with("- stream: 0\n"), "{yaml}");
         assert!(yaml.contains("  interface: eth0\n"), "{yaml}");
+        // `--with-workload` appends the workload object, leaving the rest as it was.
+        let w = Workload {
+            pid: Some(7),
+            uid: Some(65534),
+            user: Some("nobody".into()),
+            ..Workload::default()
+        };
+        let with = format_batch(vec![(r.clone(), Some(w))], "eth0", true, true, 0);
+        assert_eq!(
+            with,
+            text.trim_end().trim_end_matches('}').to_string()
+                + ",\"workload\":{\"pid\":7,\"uid\":65534,\"user\":\"nobody\"}}\n"
+        );
+        let unknown = format_batch(vec![(r, None)], "eth0", true, true, 0);
+        assert!(
+            unknown.ends_with(",\"workload\":{\"unattributed\":\"unknown\"}}\n"),
+            "{unknown}"
+        );
     }
 }

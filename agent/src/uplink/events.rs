@@ -8,12 +8,17 @@
 //!
 //! Streams without any fingerprint (e.g. a TCP flow seen only mid-connection) produce no event:
 //! the control plane has nothing to learn from them.
+//!
+//! The event also carries the flow's [`Workload`]: the attribution resolved when the flow's
+//! first packet was seen ([`crate::attribution`]), taken from the attributor by the flow's key
+//! ([`take_workload`]) with the event's own orientation, client → server.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
+use hais_attribute::{Attribution, Attributor, FlowKey, Proto};
 use hais_shared::event::{
-    self, Fingerprint, FingerprintEvent, MAX_FINGERPRINTS_PER_EVENT, MAX_SERVER_NAME_LEN,
+    self, Fingerprint, FingerprintEvent, MAX_FINGERPRINTS_PER_EVENT, MAX_SERVER_NAME_LEN, Workload,
 };
 use hais_shared::fingerprint::Method;
 use hais_shared::wire;
@@ -132,9 +137,9 @@ pub fn fingerprints_of(record: &Map, ipv6: bool) -> Vec<Fingerprint> {
     out
 }
 
-/// The event for one finished stream.
-pub fn to_event(report: &StreamReport, src: &EventSource) -> Result<FingerprintEvent, Skip> {
-    let r = &report.record;
+/// The flow of a record: its first packet's endpoints (for a TCP stream opened in view, the
+/// client's SYN; for UDP, the first datagram's sender) and transport.
+pub fn flow_of(r: &Map) -> Result<event::Flow, Skip> {
     let ip = |key: &'static str| -> Result<IpAddr, Skip> {
         str_field(r, key)
             .and_then(|s| s.parse().ok())
@@ -150,13 +155,57 @@ pub fn to_event(report: &StreamReport, src: &EventSource) -> Result<FingerprintE
         Some("udp") => event::Transport::Udp,
         _ => return Err(Skip::Malformed("transport")),
     };
-    let flow = event::Flow {
+    Ok(event::Flow {
         src_ip: ip("src")?,
         src_port: port("src_port")?,
         dst_ip: ip("dst")?,
         dst_port: port("dst_port")?,
         transport,
-    };
+    })
+}
+
+/// The attributor's key of a flow, oriented as the event's flow (initiator first), which is
+/// how the capture thread notified it.
+pub fn flow_key(flow: &event::Flow) -> FlowKey {
+    FlowKey {
+        proto: match flow.transport {
+            event::Transport::Tcp => Proto::Tcp,
+            event::Transport::Udp => Proto::Udp,
+        },
+        src: SocketAddr::new(flow.src_ip, flow.src_port),
+        dst: SocketAddr::new(flow.dst_ip, flow.dst_port),
+    }
+}
+
+/// The attributor's key of a finished stream, when its record has endpoints.
+pub fn report_key(report: &StreamReport) -> Option<FlowKey> {
+    flow_of(&report.record).ok().map(|f| flow_key(&f))
+}
+
+/// Takes the stream's attribution out of the attributor (each flow's answer is taken once)
+/// and returns it in the event's form; `None` when attribution never ran for the flow.
+pub fn take_workload(report: &StreamReport, attributor: &Attributor) -> Option<Workload> {
+    report_key(report).and_then(|k| workload_of(&attributor.take(&k)))
+}
+
+/// The event form of an attribution, sanitized to pass the event limits.
+pub fn workload_of(a: &Attribution) -> Option<Workload> {
+    a.to_workload().map(crate::attribution::sanitize)
+}
+
+/// The event for one finished stream, without workload.
+pub fn to_event(report: &StreamReport, src: &EventSource) -> Result<FingerprintEvent, Skip> {
+    to_event_with(report, src, None)
+}
+
+/// The event for one finished stream, carrying `workload` (from [`take_workload`]).
+pub fn to_event_with(
+    report: &StreamReport,
+    src: &EventSource,
+    workload: Option<Workload>,
+) -> Result<FingerprintEvent, Skip> {
+    let r = &report.record;
+    let flow = flow_of(r)?;
     let fingerprints = fingerprints_of(r, flow.src_ip.is_ipv6());
     if fingerprints.is_empty() {
         return Err(Skip::NoFingerprint);
@@ -173,6 +222,15 @@ pub fn to_event(report: &StreamReport, src: &EventSource) -> Result<FingerprintE
         .map(str::to_string);
     ev.fingerprints = fingerprints;
     ev.validate().map_err(|e| Skip::Invalid(e.to_string()))?;
+    if let Some(w) = workload {
+        ev.workload = w;
+        // Sanitized already; should a workload still break a limit, the event keeps its
+        // fingerprints and loses the workload rather than the other way round.
+        if let Err(e) = ev.validate() {
+            tracing::debug!(error = %e, "workload dropped from event");
+            ev.workload = Workload::default();
+        }
+    }
     Ok(ev)
 }
 
@@ -357,6 +415,36 @@ mod tests {
         );
         let ev = to_event(&report(m), &src()).unwrap();
         assert_eq!(ev.fingerprints.len(), MAX_FINGERPRINTS_PER_EVENT);
+    }
+
+    #[test]
+    fn workload_rides_on_the_event_and_keys_follow_the_record() {
+        let mut m = base("tcp", "10.0.0.2", "10.0.0.3");
+        m.push("ja4t", "64240_2-4-8-1-3_1460_7");
+        let rep = report(m);
+        let key = report_key(&rep).unwrap();
+        assert_eq!(key.proto, hais_attribute::Proto::Tcp);
+        assert_eq!(key.src, "10.0.0.2:51000".parse().unwrap());
+        assert_eq!(key.dst, "10.0.0.3:443".parse().unwrap());
+        let w = Workload {
+            pid: Some(42),
+            uid: Some(0),
+            process: Some("curl".into()),
+            direction: Some("outbound".into()),
+            ..Workload::default()
+        };
+        let ev = to_event_with(&rep, &src(), Some(w.clone())).unwrap();
+        assert_eq!(ev.workload, w);
+        let back: wire::Event = wire::decode(&encode(&ev)).unwrap();
+        assert_eq!(FingerprintEvent::try_from(back).unwrap().workload, w);
+        // A workload that breaks the limits costs the event its workload, not the event.
+        let bad = Workload {
+            user: Some(String::new()),
+            ..Workload::default()
+        };
+        let ev = to_event_with(&rep, &src(), Some(bad)).unwrap();
+        assert!(ev.workload.is_empty());
+        assert!(to_event(&rep, &src()).unwrap().workload.is_empty());
     }
 
     #[test]

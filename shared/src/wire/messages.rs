@@ -240,6 +240,33 @@ pub struct Heartbeat {
     pub sent_at_unix_ms: i64,
     #[prost(string, tag = "12")]
     pub hostname: String,
+    /// Workload attribution counters since the agent started; absent when attribution is
+    /// off (or from agents that predate it).
+    #[prost(message, optional, tag = "13")]
+    pub attribution: Option<AttributionCounters>,
+}
+
+/// How well the agent attributes flows to processes (see `hais-attribute`).
+#[derive(Clone, PartialEq, Message)]
+pub struct AttributionCounters {
+    /// Flows the agent asked about (first packet seen).
+    #[prost(uint64, tag = "1")]
+    pub requests: u64,
+    /// Resolved to a process.
+    #[prost(uint64, tag = "2")]
+    pub attributed: u64,
+    /// Socket found, its process already gone.
+    #[prost(uint64, tag = "3")]
+    pub process_gone: u64,
+    /// No local socket behind the flow.
+    #[prost(uint64, tag = "4")]
+    pub not_local: u64,
+    /// Skipped because the agent's attribution queue was full.
+    #[prost(uint64, tag = "5")]
+    pub dropped: u64,
+    /// Time spent resolving, microseconds (cost per flow = busy_us / requests).
+    #[prost(uint64, tag = "6")]
+    pub busy_us: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
