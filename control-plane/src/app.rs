@@ -37,6 +37,10 @@ pub enum StartError {
     Auth(#[from] AuthError),
     #[error("serving HTTP failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("loading the SPIFFE CA failed: {0}")]
+    Spire(#[from] services::spire::SpireError),
+    #[error("starting the agent uplink failed: {0}")]
+    Uplink(#[from] services::ja4::uplink::UplinkError),
 }
 
 /// A started process: state, router and background tasks.
@@ -48,6 +52,8 @@ pub struct App {
     tasks: Vec<JoinHandle<()>>,
     /// The admin password generated at first start, if any (tests read it; the binary prints it).
     pub generated_admin_password: Option<String>,
+    /// The UDP address of the agents' QUIC uplink, when this process runs it.
+    pub uplink_addr: Option<std::net::SocketAddr>,
 }
 
 impl App {
@@ -89,6 +95,14 @@ impl App {
             .filter(|s| config.service.runs(*s))
             .map(|s| (s, Arc::new(ServiceStats::default())))
             .collect();
+        let spire =
+            if config.service.runs(ServiceName::Spire) || config.service.runs(ServiceName::Ja4) {
+                Some(Arc::new(
+                    services::spire::Spire::load(&*store, &config.spire).await?,
+                ))
+            } else {
+                None
+            };
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build_http();
@@ -103,10 +117,19 @@ impl App {
             dummy_hash,
             stats,
             http,
+            spire,
         });
         let mut tasks = services::start(&state, shutdown_rx.clone()).await;
         if state.service.runs(ServiceName::Ja4) && state.config.retention_days > 0 {
-            tasks.push(spawn_retention(state.clone(), shutdown_rx));
+            tasks.push(spawn_retention(state.clone(), shutdown_rx.clone()));
+        }
+        let mut uplink_addr = None;
+        if state.service.runs(ServiceName::Ja4)
+            && let Some(bind) = state.config.ja4.uplink_bind
+        {
+            let uplink = services::ja4::uplink::start(state.clone(), bind, shutdown_rx.clone())?;
+            uplink_addr = Some(uplink.local_addr);
+            tasks.push(uplink.task);
         }
         let router = crate::gateway::router(state.clone());
         Ok(App {
@@ -115,6 +138,7 @@ impl App {
             shutdown_tx,
             tasks,
             generated_admin_password,
+            uplink_addr,
         })
     }
 

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -38,6 +39,8 @@ pub enum ConfigError {
 pub enum KeyKind {
     Str,
     Int,
+    /// Comma-separated in the environment, an array of strings in the file.
+    List,
 }
 
 /// One documented configuration key.
@@ -203,6 +206,62 @@ pub const KEYS: &[KeyDoc] = &[
         help: "how long shutdown waits for in-flight requests and writes",
     },
     KeyDoc {
+        key: "spire.trust_domain",
+        env: "HAIS_SPIRE_TRUST_DOMAIN",
+        kind: KeyKind::Str,
+        default: "hais.local",
+        help: "SPIFFE trust domain of the built-in CA (fixed once the CA exists in the database)",
+    },
+    KeyDoc {
+        key: "spire.svid_ttl",
+        env: "HAIS_SPIRE_SVID_TTL",
+        kind: KeyKind::Str,
+        default: "1h",
+        help: "lifetime of the X.509-SVIDs the CA issues (agents renew at half-life); e.g. 30m, 1h, 3600",
+    },
+    KeyDoc {
+        key: "spire.token_ttl",
+        env: "HAIS_SPIRE_TOKEN_TTL",
+        kind: KeyKind::Str,
+        default: "1h",
+        help: "default lifetime of join tokens (at most 30d)",
+    },
+    KeyDoc {
+        key: "spire.stale_after",
+        env: "HAIS_SPIRE_STALE_AFTER",
+        kind: KeyKind::Str,
+        default: "90s",
+        help: "an agent without a heartbeat for this long is shown as stale (3 heartbeat intervals)",
+    },
+    KeyDoc {
+        key: "spire.server_dns_names",
+        env: "HAIS_SPIRE_SERVER_DNS_NAMES",
+        kind: KeyKind::List,
+        default: "(none)",
+        help: "extra DNS names in the uplink's server certificate, besides localhost",
+    },
+    KeyDoc {
+        key: "ja4.uplink_bind",
+        env: "HAIS_JA4_UPLINK_BIND",
+        kind: KeyKind::Str,
+        default: "0.0.0.0:3001",
+        help: "UDP address of the agents' QUIC uplink and enrollment endpoint; `off` disables it",
+    },
+    KeyDoc {
+        key: "ja4.uplink_max_connections",
+        env: "HAIS_JA4_UPLINK_MAX_CONNECTIONS",
+        kind: KeyKind::Int,
+        default: "10000",
+        help: "most agent connections at once; more are refused",
+    },
+    KeyDoc {
+        key: "ja4.uplink_max_streams",
+        env: "HAIS_JA4_UPLINK_MAX_STREAMS",
+        kind: KeyKind::Int,
+        default: "32",
+        help: "most requests (batches) one agent connection may have in flight",
+    },
+    KeyDoc {
         key: "upstreams.<service>",
         env: "HAIS_UPSTREAM_<SERVICE>",
         kind: KeyKind::Str,
@@ -237,6 +296,121 @@ pub struct Config {
     pub max_batch_events: usize,
     pub shutdown_grace_secs: u64,
     pub upstreams: BTreeMap<String, String>,
+    pub spire: SpireConfig,
+    pub ja4: Ja4Config,
+}
+
+/// `[spire]`: the built-in SPIFFE CA and the fleet view.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpireConfig {
+    pub trust_domain: String,
+    pub svid_ttl: HumanDuration,
+    pub token_ttl: HumanDuration,
+    pub stale_after: HumanDuration,
+    pub server_dns_names: Vec<String>,
+}
+
+impl Default for SpireConfig {
+    fn default() -> Self {
+        SpireConfig {
+            trust_domain: hais_shared::spiffe::DEFAULT_TRUST_DOMAIN.into(),
+            svid_ttl: HumanDuration::from_secs(3600),
+            token_ttl: HumanDuration::from_secs(3600),
+            stale_after: HumanDuration::from_secs(90),
+            server_dns_names: Vec::new(),
+        }
+    }
+}
+
+/// Longest join-token lifetime: a token is a bearer credential, so it must not live for long.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+/// `[ja4]`: the agents' QUIC uplink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ja4Config {
+    /// `None` (`off` in the file) disables the uplink.
+    #[serde(deserialize_with = "de_bind")]
+    pub uplink_bind: Option<SocketAddr>,
+    pub uplink_max_connections: usize,
+    pub uplink_max_streams: u32,
+}
+
+impl Default for Ja4Config {
+    fn default() -> Self {
+        Ja4Config {
+            uplink_bind: Some(SocketAddr::from((
+                [0, 0, 0, 0],
+                ServiceName::Ja4.seed_port(),
+            ))),
+            uplink_max_connections: 10_000,
+            uplink_max_streams: 32,
+        }
+    }
+}
+
+fn de_bind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim() {
+        "off" | "" => Ok(None),
+        a => a.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "ja4.uplink_bind {a:?} is neither an address like 0.0.0.0:3001 nor `off`"
+            ))
+        }),
+    }
+}
+
+/// A duration written for humans: `90s`, `30m`, `1h`, `7d`, or bare seconds (`3600`, as a
+/// string or an integer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub const fn from_secs(s: u64) -> Self {
+        HumanDuration(Duration::from_secs(s))
+    }
+}
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s)
+            .map(HumanDuration)
+            .ok_or_else(|| format!("{s:?} is not a duration like 90s, 30m, 1h or 7d"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) if n > 0 => Ok(HumanDuration::from_secs(n)),
+            Raw::Secs(_) => Err(serde::de::Error::custom("a duration must be positive")),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `90s`, `30m`, `1h`, `7d` or bare seconds; `None` for anything else, zero included.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 's') => (&s[..i], 1),
+        (i, 'm') => (&s[..i], 60),
+        (i, 'h') => (&s[..i], 3600),
+        (i, 'd') => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().ok()?;
+    let secs = n.checked_mul(mult)?;
+    (secs > 0 && secs <= 100 * 365 * 86_400).then(|| Duration::from_secs(secs))
 }
 
 /// Log output format.
@@ -273,6 +447,8 @@ impl Default for Config {
             max_batch_events: 5000,
             shutdown_grace_secs: 30,
             upstreams: BTreeMap::new(),
+            spire: SpireConfig::default(),
+            ja4: Ja4Config::default(),
         }
     }
 }
@@ -302,6 +478,13 @@ impl Config {
             if let Some(v) = env(k.env) {
                 let value = match k.kind {
                     KeyKind::Str => toml::Value::String(v),
+                    KeyKind::List => toml::Value::Array(
+                        v.split(',')
+                            .map(str::trim)
+                            .filter(|x| !x.is_empty())
+                            .map(|x| toml::Value::String(x.to_owned()))
+                            .collect(),
+                    ),
                     KeyKind::Int => {
                         toml::Value::Integer(v.trim().parse().map_err(|_| ConfigError::Env {
                             var: k.env,
@@ -310,7 +493,7 @@ impl Config {
                         })?)
                     }
                 };
-                table.insert(k.key.to_owned(), value);
+                insert_dotted(&mut table, k.key, value)?;
             }
         }
         let mut upstreams = match table.remove("upstreams") {
@@ -374,6 +557,34 @@ impl Config {
                 "database_max_connections must be > 0".into(),
             ));
         }
+        hais_shared::spiffe::validate_trust_domain(&self.spire.trust_domain).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "spire.trust_domain {:?}: {e}",
+                self.spire.trust_domain
+            ))
+        })?;
+        // Leaves are backdated a minute for clock skew, and renewed at half-life: shorter
+        // lifetimes would have agents renew almost continuously.
+        if self.spire.svid_ttl.0 < Duration::from_secs(300) {
+            return Err(ConfigError::Invalid(
+                "spire.svid_ttl must be at least 5m".into(),
+            ));
+        }
+        if let Some(bad) = self.spire.server_dns_names.iter().find(|n| !is_dns_name(n)) {
+            return Err(ConfigError::Invalid(format!(
+                "spire.server_dns_names: {bad:?} is not a DNS name"
+            )));
+        }
+        if self.spire.token_ttl.0 > MAX_TOKEN_TTL {
+            return Err(ConfigError::Invalid(
+                "spire.token_ttl must be at most 30d".into(),
+            ));
+        }
+        if self.ja4.uplink_max_connections == 0 || self.ja4.uplink_max_streams == 0 {
+            return Err(ConfigError::Invalid(
+                "ja4.uplink_max_connections and ja4.uplink_max_streams must be > 0".into(),
+            ));
+        }
         for name in self.upstreams.keys() {
             if ServiceName::parse(name).is_none() {
                 return Err(ConfigError::Invalid(format!(
@@ -418,6 +629,44 @@ impl Config {
             ));
         }
         out
+    }
+}
+
+/// A host name for a certificate's DNS SAN: dot-separated labels of letters, digits and `-`
+/// (a leading `*.` allowed), at most 253 bytes.
+fn is_dns_name(s: &str) -> bool {
+    let s = s.strip_prefix("*.").unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Sets `a.b = value` in `table`, creating the sub-table `a` when missing.
+fn insert_dotted(
+    table: &mut toml::Table,
+    key: &str,
+    value: toml::Value,
+) -> Result<(), ConfigError> {
+    match key.split_once('.') {
+        None => {
+            table.insert(key.to_owned(), value);
+            Ok(())
+        }
+        Some((head, rest)) => {
+            let sub = table
+                .entry(head)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match sub {
+                toml::Value::Table(t) => insert_dotted(t, rest, value),
+                _ => Err(ConfigError::Invalid(format!("`{head}` must be a table"))),
+            }
+        }
     }
 }
 
@@ -476,6 +725,43 @@ mod tests {
         assert_eq!(c.upstream(ServiceName::Alert), "http://b:2");
         assert_eq!(c.upstream(ServiceName::Threat), "http://127.0.0.1:3007");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn nested_keys_from_env_and_durations() {
+        let c = Config::load(
+            None,
+            env_of(&[
+                ("HAIS_SPIRE_TRUST_DOMAIN", "example.org"),
+                ("HAIS_SPIRE_SVID_TTL", "30m"),
+                ("HAIS_SPIRE_SERVER_DNS_NAMES", "cp.example.org, cp2"),
+                ("HAIS_JA4_UPLINK_BIND", "off"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.spire.trust_domain, "example.org");
+        assert_eq!(c.spire.svid_ttl.0, Duration::from_secs(1800));
+        assert_eq!(c.spire.server_dns_names, ["cp.example.org", "cp2"]);
+        assert_eq!(c.ja4.uplink_bind, None);
+        let d = Config::load(None, env_of(&[])).unwrap();
+        assert_eq!(d.ja4.uplink_bind.unwrap().port(), 3001);
+        assert_eq!(d.spire.trust_domain, "hais.local");
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("3600"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("0h"), None);
+        assert_eq!(parse_duration("1w"), None);
+        assert_eq!(parse_duration(""), None);
+        let e = Config::load(None, env_of(&[("HAIS_SPIRE_TRUST_DOMAIN", "Bad TD")])).unwrap_err();
+        assert!(e.to_string().contains("spire.trust_domain"), "{e}");
+        let e = Config::load(
+            None,
+            env_of(&[("HAIS_SPIRE_SERVER_DNS_NAMES", "ok.example, bad name")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("server_dns_names"), "{e}");
+        let e = Config::load(None, env_of(&[("HAIS_JA4_UPLINK_BIND", "nowhere")])).unwrap_err();
+        assert!(e.to_string().contains("uplink_bind"), "{e}");
     }
 
     #[test]

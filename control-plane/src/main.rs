@@ -1,12 +1,15 @@
 //! `hais-control-plane`: runs every control-plane service in one process (default), or one
-//! service with `--service NAME`. See `--help` for every configuration key.
+//! service with `--service NAME`; `hais-control-plane token create` makes an agent join token.
+//! See `--help` for every configuration key.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{CommandFactory, FromArgMatches, Parser};
-use hais_control_plane::config::LogFormat;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use hais_control_plane::config::{HumanDuration, LogFormat};
+use hais_control_plane::services::spire;
+use hais_control_plane::store::{self, StoreOptions};
 use hais_control_plane::{App, Config, ServiceName};
 use tracing_subscriber::EnvFilter;
 
@@ -15,15 +18,17 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "hais-control-plane", version)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file (also HAIS_CONFIG).
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Run one service alone on its seed port (gateway, ja4, spire, correlation, identity,
     /// policy, alert, threat) or `all`.
     #[arg(long)]
     service: Option<ServiceName>,
     /// postgres://… or sqlite://… (default: SQLite under the data directory).
-    #[arg(long)]
+    #[arg(long, global = true)]
     database_url: Option<String>,
     /// redis://… to share the event bus between processes.
     #[arg(long)]
@@ -32,11 +37,32 @@ struct Cli {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Data directory for the embedded database.
-    #[arg(long)]
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Agent join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a one-time join token for `hais-agent enroll`, in the database the server uses
+    /// (same --config / --data-dir / --database-url). The token is the last word printed.
+    Create {
+        /// Lifetime, e.g. 30m, 1h, 7d (at most 30d; default spire.token_ttl).
+        #[arg(long)]
+        ttl: Option<HumanDuration>,
+        /// Free text kept with the token, e.g. the host it is meant for.
+        #[arg(long)]
+        description: Option<String>,
+    },
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -101,8 +127,46 @@ async fn shutdown_signal() {
     }
 }
 
+/// `token create`: opens the store (migrating it if this runs first), loads or creates the CA
+/// exactly as the server does, and stores a token. Runs beside a live server: SQLite waits for
+/// the server's writer, PostgreSQL does not care.
+async fn token_create(
+    config: &Config,
+    ttl: Option<HumanDuration>,
+    description: Option<String>,
+) -> anyhow::Result<()> {
+    let ttl = ttl.unwrap_or(config.spire.token_ttl).0;
+    let url = config.database_url();
+    // No roll-up worker: this process only writes a token.
+    let store = store::open_with(
+        &url,
+        config.database_schema.as_deref(),
+        1,
+        StoreOptions {
+            rollup_interval: None,
+        },
+    )
+    .await
+    .context("opening the database")?;
+    let result = async {
+        let authority = spire::Authority::load(&*store, &config.spire).await?;
+        spire::issue_token(&*store, &authority, ttl, description, "cli").await
+    }
+    .await;
+    let _ = store.close().await;
+    let t = result.context("creating the join token")?;
+    println!(
+        "Join token {} (single use, expires {}).\nEnroll an agent with:\n  hais-agent enroll --server <this host>:3001 --token {}",
+        t.id,
+        spire::routes::rfc3339_us(t.expires_us),
+        t.token
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let matches = Cli::command()
         .after_long_help(Config::help_text())
         .after_help(Config::help_text())
@@ -110,6 +174,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&matches)?;
     let config = load_config(&cli).context("loading configuration")?;
     init_logging(&config);
+    if let Some(Command::Token(TokenCommand::Create { ttl, description })) = cli.command {
+        return token_create(&config, ttl, description).await;
+    }
     let addr = config.listen_addr();
     let service = config.service;
     let app = App::start(config)

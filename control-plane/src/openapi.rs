@@ -8,13 +8,14 @@ use utoipa::{Modify, OpenApi};
 
 use crate::auth::routes as auth;
 use crate::services::ja4;
+use crate::services::spire::routes as spire;
 use crate::{gateway, ops, services, store};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
         title = "HaIS control plane API",
-        description = "Machine-identity security: JA4+ fingerprint ingest and search, auth, service status. \
+        description = "Machine-identity security: JA4+ fingerprint ingest and search, agent enrollment and fleet, auth, service status. \
                        Errors are always `{\"error\": {\"code\", \"message\"}}`."
     ),
     paths(
@@ -23,11 +24,16 @@ use crate::{gateway, ops, services, store};
         gateway::services_status,
         services::status,
         ja4::ingest, ja4::search, ja4::detail, ja4::add_label, ja4::top, ja4::retention,
+        spire::create_token, spire::list_agents, spire::get_agent, spire::revoke_agent,
+        spire::bundle,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorDetail,
         store::FingerprintSummary, store::FingerprintDetail, store::DimList, store::DimEntry,
         store::TopEntry, store::RetentionOutcome, store::Page<store::FingerprintSummary>,
+        store::spire::AgentRecord, store::spire::HeartbeatRecord,
+        crate::services::spire::AgentView, crate::services::spire::AgentStatus,
+        store::Page<crate::services::spire::AgentView>,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -36,6 +42,7 @@ use crate::{gateway, ops, services, store};
         (name = "gateway", description = "service overview"),
         (name = "services", description = "per-service status"),
         (name = "ja4", description = "fingerprints"),
+        (name = "spire", description = "SPIFFE CA, join tokens, agent fleet"),
     )
 )]
 pub struct ApiDoc;

@@ -39,6 +39,26 @@ pub struct Metrics {
     pub bus_failures: AtomicU64,
     pub bus_received: AtomicU64,
     pub retention_events_deleted: AtomicU64,
+    /// The agents' QUIC uplink (`services::ja4::uplink`).
+    pub uplink: UplinkMetrics,
+}
+
+/// Counters of the QUIC uplink. Batches also count in the `ingest_*` totals.
+#[derive(Debug, Default)]
+pub struct UplinkMetrics {
+    /// Connections open now (a gauge).
+    pub connections_active: AtomicU64,
+    pub connections: AtomicU64,
+    /// Refused before or after the handshake: over the limit, no or wrong identity, revoked.
+    pub connections_refused: AtomicU64,
+    pub batches: AtomicU64,
+    pub events: AtomicU64,
+    pub events_rejected: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub enrollments: AtomicU64,
+    pub renewals: AtomicU64,
+    /// Requests answered with a wire `Error`.
+    pub errors: AtomicU64,
 }
 
 impl Metrics {
@@ -145,6 +165,51 @@ impl Metrics {
                 "Events deleted by retention.",
                 &self.retention_events_deleted,
             ),
+            (
+                "hais_uplink_connections_total",
+                "Uplink connections accepted (enrollment and mutual TLS).",
+                &self.uplink.connections,
+            ),
+            (
+                "hais_uplink_connections_refused_total",
+                "Uplink connections refused: over the limit, no or wrong identity, revoked.",
+                &self.uplink.connections_refused,
+            ),
+            (
+                "hais_uplink_batches_total",
+                "Event batches acknowledged over the uplink.",
+                &self.uplink.batches,
+            ),
+            (
+                "hais_uplink_events_total",
+                "Events received over the uplink (stored, duplicate or rejected).",
+                &self.uplink.events,
+            ),
+            (
+                "hais_uplink_events_rejected_total",
+                "Uplink events rejected as invalid or from another agent.",
+                &self.uplink.events_rejected,
+            ),
+            (
+                "hais_uplink_heartbeats_total",
+                "Agent heartbeats recorded.",
+                &self.uplink.heartbeats,
+            ),
+            (
+                "hais_uplink_enrollments_total",
+                "Agents enrolled.",
+                &self.uplink.enrollments,
+            ),
+            (
+                "hais_uplink_renewals_total",
+                "Agent SVIDs renewed.",
+                &self.uplink.renewals,
+            ),
+            (
+                "hais_uplink_errors_total",
+                "Uplink requests answered with an error.",
+                &self.uplink.errors,
+            ),
         ] {
             let _ = writeln!(
                 o,
@@ -152,6 +217,12 @@ impl Metrics {
                 g(v)
             );
         }
+        let _ = writeln!(
+            o,
+            "# HELP hais_uplink_connections_active Uplink connections open now.\n\
+             # TYPE hais_uplink_connections_active gauge\nhais_uplink_connections_active {}",
+            g(&self.uplink.connections_active)
+        );
         o
     }
 }

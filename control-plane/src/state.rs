@@ -39,6 +39,8 @@ pub struct Inner {
     /// What each service hosted by this process has seen on the bus.
     pub stats: BTreeMap<ServiceName, Arc<ServiceStats>>,
     pub http: HttpClient,
+    /// The spire CA and revocation set, when this process runs the spire or ja4 service.
+    pub spire: Option<Arc<crate::services::spire::Spire>>,
 }
 
 impl Deref for AppState {

@@ -4,12 +4,14 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::{Backend, JWT_SECRET, TestApp, error_code, event};
+use hais_control_plane::store::{self, RollupBacklog, Store, StoreOptions};
+use hais_shared::event::FingerprintEvent;
 use hais_shared::fingerprint::Method;
 use serde_json::{Value, json};
 
@@ -957,6 +959,8 @@ async fn ops_endpoints(backend: Backend) {
         "/api/ja4/fingerprints",
         "/api/ja4/fingerprints/{method}/{value}",
         "/api/ja4/stats/top",
+        "/api/spire/tokens",
+        "/api/spire/agents/{id}",
         "/health",
     ] {
         assert!(v["paths"].get(p).is_some(), "openapi lacks {p}");
@@ -975,7 +979,8 @@ async fn ops_endpoints(backend: Backend) {
             .call("GET", &format!("/api/{svc}/status"), Some(&t.admin), None)
             .await;
         assert_eq!(s, StatusCode::OK, "{svc}: {v}");
-        assert_eq!(v["status"], if svc == "ja4" { "ok" } else { "placeholder" });
+        let implemented = matches!(svc, "ja4" | "spire");
+        assert_eq!(v["status"], if implemented { "ok" } else { "placeholder" });
     }
     let (s, v) = t
         .call("GET", "/api/gateway/services", Some(&t.admin), None)
@@ -1048,6 +1053,214 @@ async fn odd_but_valid_text_round_trips(backend: Backend) {
     t.finish().await;
 }
 
+/// Opens the store of an isolated test database directly, with or without the roll-up worker.
+async fn open_store(
+    iso: &common::Isolation,
+    interval: Option<Duration>,
+) -> std::sync::Arc<dyn Store> {
+    store::open_with(
+        &iso.config().database_url(),
+        iso.schema.as_deref(),
+        4,
+        StoreOptions {
+            rollup_interval: interval,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Batches whose fingerprints, hosts and hours overlap, each event at its own time.
+fn overlapping_batches(
+    tag: &str,
+    n_batches: usize,
+    per_batch: usize,
+) -> Vec<Vec<FingerprintEvent>> {
+    let values = [JA4_A, JA4_B, "t12d0102h1_aaaaaaaaaaaa_bbbbbbbbbbbb"];
+    (0..n_batches)
+        .map(|b| {
+            (0..per_batch)
+                .map(|i| {
+                    let k = b * per_batch + i;
+                    let host = format!("{tag}-host-{}", k % 4);
+                    let sni = (!k.is_multiple_of(3)).then(|| format!("svc-{}.example", k % 5));
+                    let mut fps = vec![(Method::Ja4, values[k % 3])];
+                    if k.is_multiple_of(2) {
+                        fps.push((Method::Ja4s, JA4S_A));
+                    }
+                    // Spread over about three days, so several hours and first/last seen move.
+                    event(
+                        "agent-x",
+                        &host,
+                        sni.as_deref(),
+                        &fps,
+                        -((k as i64 * 997) % 250_000) - 1,
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// What the roll-ups must say about `events`, computed independently of the store:
+/// (method, value) → (count, first µs, last µs, host → count).
+type Expected = BTreeMap<(Method, String), (i64, i64, i64, BTreeMap<String, i64>)>;
+
+fn expected(events: &[&FingerprintEvent]) -> Expected {
+    let mut out = Expected::new();
+    for e in events {
+        let ts = store::to_us(e.timestamp);
+        let fps: BTreeSet<_> = e
+            .fingerprints
+            .iter()
+            .map(|f| (f.method, f.value.clone()))
+            .collect();
+        for k in fps {
+            let x = out
+                .entry(k)
+                .or_insert((0, i64::MAX, i64::MIN, BTreeMap::new()));
+            x.0 += 1;
+            x.1 = x.1.min(ts);
+            x.2 = x.2.max(ts);
+            *x.3.entry(e.host.clone()).or_default() += 1;
+        }
+    }
+    out
+}
+
+async fn assert_rollups(store: &dyn Store, want: &Expected) {
+    for ((method, value), (count, first, last, hosts)) in want {
+        let d = store
+            .detail(*method, value)
+            .await
+            .unwrap()
+            .expect("known fingerprint");
+        let s = &d.summary;
+        assert_eq!(
+            (s.count, s.first_seen_us, s.last_seen_us),
+            (*count, *first, *last),
+            "{value}"
+        );
+        let got: BTreeMap<String, i64> = d
+            .hosts
+            .top
+            .iter()
+            .map(|h| (h.value.clone(), h.count))
+            .collect();
+        assert_eq!(&got, hosts, "{value}");
+        assert_eq!(d.hosts.total, hosts.len() as i64);
+    }
+    // The hourly roll-up agrees with the totals.
+    let top = store.top(0, None, 100).await.unwrap();
+    let got: BTreeMap<(Method, String), i64> = top
+        .into_iter()
+        .map(|t| ((t.method, t.value), t.count))
+        .collect();
+    let want: BTreeMap<(Method, String), i64> =
+        want.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+    assert_eq!(got, want);
+}
+
+/// The roll-up stage: deltas pending across a crash (a store closed without folding), a partial
+/// fold, replays before and after it; every event counted exactly once.
+async fn rollup_stage_replay_after_partial_fold(backend: Backend) {
+    let iso = common::Isolation::new(backend, "fold").await;
+    let batches = overlapping_batches("p", 4, 30);
+    let s = open_store(&iso, None).await;
+    for b in &batches {
+        assert_eq!(s.ingest(b).await.unwrap().stored.len(), b.len());
+    }
+    assert_eq!(
+        s.pending_rollups().await.unwrap(),
+        RollupBacklog {
+            groups: 4,
+            events: 120
+        }
+    );
+    // Fold the oldest record only, then replay everything: nothing new, nothing pending added.
+    assert_eq!(
+        s.fold_rollups(1).await.unwrap(),
+        RollupBacklog {
+            groups: 1,
+            events: 30
+        }
+    );
+    for b in &batches {
+        assert_eq!(s.ingest(b).await.unwrap().duplicates, b.len());
+    }
+    assert_eq!(s.pending_rollups().await.unwrap().groups, 3);
+    // "Crash" between ingest and fold: no worker, so closing folds nothing.
+    s.close().await.unwrap();
+
+    let s = open_store(&iso, None).await;
+    assert_eq!(
+        s.pending_rollups().await.unwrap().groups,
+        3,
+        "pending survives a restart"
+    );
+    // A replay mixing stored and new events after the restart.
+    let mut mixed = batches[2].clone();
+    let fresh = overlapping_batches("q", 1, 10).remove(0);
+    mixed.extend(fresh.iter().cloned());
+    let out = s.ingest(&mixed).await.unwrap();
+    assert_eq!((out.stored.len(), out.duplicates), (10, 30));
+    // A read folds what is pending first.
+    let all: Vec<&FingerprintEvent> = batches.iter().flatten().chain(fresh.iter()).collect();
+    assert_rollups(&*s, &expected(&all)).await;
+    assert_eq!(s.pending_rollups().await.unwrap(), RollupBacklog::default());
+    assert_eq!(s.fold_rollups(10).await.unwrap(), RollupBacklog::default());
+    // Replaying after the fold counts nothing again.
+    for b in &batches {
+        assert_eq!(s.ingest(b).await.unwrap().duplicates, b.len());
+    }
+    assert_rollups(&*s, &expected(&all)).await;
+    s.close().await.unwrap();
+    iso.cleanup().await;
+}
+
+/// Concurrent ingest calls (new batches and replays of each other's), a fast background fold
+/// and concurrent reads: roll-ups end up exact, and reads see acknowledged events.
+async fn rollup_stage_concurrent_batches(backend: Backend) {
+    let iso = common::Isolation::new(backend, "foldconc").await;
+    let s = open_store(&iso, Some(Duration::from_millis(5))).await;
+    let batches = std::sync::Arc::new(overlapping_batches("c", 24, 40));
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let (s, batches) = (s.clone(), batches.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (w..batches.len()).step_by(6) {
+                let out = s.ingest(&batches[i]).await.unwrap();
+                assert_eq!(out.stored.len() + out.duplicates, batches[i].len());
+                // Replay a batch another task may be writing right now.
+                let j = (i + 7) % batches.len();
+                s.ingest(&batches[j]).await.unwrap();
+                // Read-your-writes: this batch's first event is counted already.
+                let e = &batches[i][0];
+                let f = &e.fingerprints[0];
+                let d = s
+                    .detail(f.method, &f.value)
+                    .await
+                    .unwrap()
+                    .expect("visible");
+                assert!(d.summary.first_seen_us <= store::to_us(e.timestamp));
+                assert!(d.hosts.top.iter().any(|h| h.value == e.host));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(s.count_events().await.unwrap(), 24 * 40);
+    let all: Vec<&FingerprintEvent> = batches.iter().flatten().collect();
+    assert_rollups(&*s, &expected(&all)).await;
+    s.close().await.unwrap();
+    // The worker folded everything at close.
+    let s = open_store(&iso, None).await;
+    assert_eq!(s.pending_rollups().await.unwrap(), RollupBacklog::default());
+    s.close().await.unwrap();
+    iso.cleanup().await;
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| {
@@ -1099,6 +1312,14 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn instances_share_secret_and_users() {
                 super::instances_share_secret_and_users($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rollup_stage_replay_after_partial_fold() {
+                super::rollup_stage_replay_after_partial_fold($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rollup_stage_concurrent_batches() {
+                super::rollup_stage_concurrent_batches($backend).await
             }
         }
     };

@@ -2,11 +2,12 @@
 //! three processes, sharing PostgreSQL and Redis. Checks that the gateway routes and
 //! authenticates, that the services see each other's bus messages through Redis (live fan-out
 //! and the durable work queue), that inter-service calls use service tokens, and that SIGTERM
-//! shuts each process down cleanly.
+//! shuts each process down cleanly. A second test runs spire and ja4 apart: enrollment at the
+//! ja4 process's QUIC port with a token from the spire process, revocation crossing over Redis.
 
 mod common;
 
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,14 @@ fn free_port() -> u16 {
         .port()
 }
 
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn spawn(name: &'static str, iso: &Isolation, port: u16, extra_env: &[(String, String)]) -> Proc {
     let log = std::fs::File::create(iso.dir.join(format!("{name}.log"))).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hais-control-plane"));
@@ -78,6 +87,7 @@ fn spawn(name: &'static str, iso: &Isolation, port: u16, extra_env: &[(String, S
         .env("HAIS_DATABASE_SCHEMA", iso.schema.as_ref().unwrap())
         .env("HAIS_REDIS_PREFIX", iso.redis_prefix.as_ref().unwrap())
         .env("HAIS_DATA_DIR", &iso.dir)
+        .env("HAIS_JA4_UPLINK_BIND", "127.0.0.1:0")
         .env("HAIS_SHUTDOWN_GRACE_SECS", "5")
         .env_remove("HAIS_JWT_SECRET")
         .stdin(Stdio::null())
@@ -334,6 +344,102 @@ async fn split_services_share_events_through_redis() {
 
     gw.stop();
     corr.stop();
+    ja4.stop();
+    iso.cleanup().await;
+}
+
+/// Spire and ja4 in separate processes sharing PostgreSQL and Redis: a join token made through
+/// the gateway (by the spire process) enrolls an agent at the ja4 process's QUIC port (both use
+/// the CA stored in the database), events and heartbeats flow, the fleet view in the spire
+/// process shows them, and a revocation there closes the agent's live connection in the ja4
+/// process through the bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_spire_enrollment_and_revocation() {
+    use common::quic::{self, ack, batch_req, wire_event};
+    let iso = Isolation::new(Backend::Postgres, "splitspire").await;
+    let http: Http = Client::builder(TokioExecutor::new()).build_http();
+    let (p_ja4, p_spire, p_gw, udp) = (free_port(), free_port(), free_port(), free_udp_port());
+    let uplink: std::net::SocketAddr = format!("127.0.0.1:{udp}").parse().unwrap();
+
+    let mut ja4 = spawn(
+        "ja4",
+        &iso,
+        p_ja4,
+        &[("HAIS_JA4_UPLINK_BIND".into(), uplink.to_string())],
+    );
+    wait_healthy(&http, &mut ja4, p_ja4, &iso).await;
+    let mut spire = spawn("spire", &iso, p_spire, &[]);
+    wait_healthy(&http, &mut spire, p_spire, &iso).await;
+    let mut env: Vec<(String, String)> = vec![
+        ("HAIS_ADMIN_PASSWORD".into(), "split-admin-pass".into()),
+        (
+            "HAIS_UPSTREAM_JA4".into(),
+            format!("http://127.0.0.1:{p_ja4}"),
+        ),
+        (
+            "HAIS_UPSTREAM_SPIRE".into(),
+            format!("http://127.0.0.1:{p_spire}"),
+        ),
+    ];
+    for s in ["CORRELATION", "IDENTITY", "POLICY", "ALERT", "THREAT"] {
+        env.push((format!("HAIS_UPSTREAM_{s}"), "http://127.0.0.1:9".into()));
+    }
+    let mut gw = spawn("gateway", &iso, p_gw, &env);
+    wait_healthy(&http, &mut gw, p_gw, &iso).await;
+    let gw_url = format!("http://127.0.0.1:{p_gw}");
+    let (s, v) = call(
+        &http,
+        "POST",
+        &format!("{gw_url}/api/auth/login"),
+        None,
+        Some(json!({"username": "admin", "password": "split-admin-pass"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let admin = v["access_token"].as_str().unwrap().to_owned();
+
+    let (s, v) = call(
+        &http,
+        "POST",
+        &format!("{gw_url}/api/spire/tokens"),
+        Some(&admin),
+        Some(json!({"description": "split"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let a = quic::enroll(uplink, v["token"].as_str().unwrap()).await;
+    let live = quic::uplink(uplink, &a).await.unwrap();
+    let events: Vec<_> = (0..5).map(|_| wire_event(&a.agent_id)).collect();
+    let got = ack(quic::call(&live, &batch_req(1, events)).await.unwrap());
+    assert_eq!((got.stored, got.duplicates), (5, 0));
+    quic::call(&live, &quic::heartbeat_req()).await.unwrap();
+
+    let agent_url = format!("{gw_url}/api/spire/agents/{}", a.agent_id);
+    let (s, v) = call(&http, "GET", &agent_url, Some(&admin), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "online", "{v}");
+    assert_eq!(v["heartbeat"]["packets"], 1000, "{v}");
+
+    let (s, v) = call(
+        &http,
+        "POST",
+        &format!("{agent_url}/revoke"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("revoked")), "{v}");
+    let reason = tokio::time::timeout(Duration::from_secs(8), live.closed())
+        .await
+        .expect("the ja4 process closes the revoked agent's connection");
+    assert_eq!(
+        quic::app_code(&reason),
+        Some(hais_control_plane::services::ja4::uplink::close::REVOKED.into()),
+        "{reason:?}"
+    );
+
+    gw.stop();
+    spire.stop();
     ja4.stop();
     iso.cleanup().await;
 }

@@ -35,9 +35,36 @@ fn produced(agent: &Agent) -> Option<(u64, u64, u64)> {
     Some((events, depth, dropped))
 }
 
-/// Sum of the roll-up counts of every JA4T fingerprint this agent reported: each connection's
-/// event carries exactly one JA4T, so this is the number of events stored (once each).
-fn stored(cp: &ControlPlane, token: &str, agent_id: &str) -> u64 {
+/// Events of `agent_id` in the control plane's SQLite database, read with Python's sqlite3
+/// module (an independent reader of the file): `(rows, distinct ids)`.
+fn stored(cp: &ControlPlane, agent_id: &str) -> (u64, u64) {
+    let db = cp.dir.join("hais.db");
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect('file:'+sys.argv[1]+'?mode=ro', uri=True); \
+             print(*c.execute('SELECT count(*), count(DISTINCT id) FROM events WHERE agent_id=?', \
+             (sys.argv[2],)).fetchone())",
+        ])
+        .arg(&db)
+        .arg(agent_id)
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+    match (it.next(), it.next()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => panic!(
+            "reading {}: {}",
+            db.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Sum of the roll-up counts of the JA4T fingerprints this agent reported, through the API: the
+/// roll-ups must count each stored event once too.
+fn ja4t_rollup(cp: &ControlPlane, token: &str, agent_id: &str) -> u64 {
     let mut total = 0;
     let mut cursor: Option<String> = None;
     loop {
@@ -170,16 +197,24 @@ fn every_event_is_stored_exactly_once_across_a_crash_and_an_outage() {
         "the agent produced {events} events for {CONNECTIONS} connections:\n{}",
         agent.log()
     );
+    let (rows, distinct) = stored(&cp, &agent_id);
     let token = cp.login();
-    let got = stored(&cp, &token, &agent_id);
+    let rollup = ja4t_rollup(&cp, &token, &agent_id);
     let st = agent.status().unwrap_or(Value::Null);
     eprintln!(
-        "produced {events}, stored {got}, agent view: stored {} duplicates {} rejected {}",
+        "produced {events}, stored {rows} ({distinct} distinct ids), JA4T roll-ups {rollup}; \
+         agent view: stored {} duplicates {} rejected {}",
         st["uplink"]["events_stored"],
         st["uplink"]["events_duplicate"],
         st["uplink"]["events_rejected"]
     );
-    assert_eq!(got, events, "every event stored exactly once");
+    assert_eq!(rows, events, "every event stored");
+    assert_eq!(distinct, rows, "none stored twice");
+    // Each event carries at most one JA4T (a flow whose SYN was not captured has none).
+    assert!(
+        rollup <= rows && rollup >= rows * 99 / 100,
+        "roll-ups {rollup} vs {rows}"
+    );
     assert_eq!(st["uplink"]["events_rejected"], 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,6 +3,8 @@
 //! Work queues are served from the same channel, so they are exactly as durable as the process:
 //! good enough for the embedded mode, where producer and consumers live and die together.
 
+use std::sync::Arc;
+
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
@@ -10,7 +12,7 @@ use super::{Bus, BusFuture, BusMessage, Handler, SUBSCRIBER_BUFFER};
 
 #[derive(Debug, Clone)]
 pub struct MemoryBus {
-    tx: broadcast::Sender<BusMessage>,
+    tx: broadcast::Sender<Arc<BusMessage>>,
 }
 
 impl MemoryBus {
@@ -34,11 +36,11 @@ impl Bus for MemoryBus {
 
     fn publish<'a>(&'a self, msg: &'a BusMessage) -> BusFuture<'a, ()> {
         // No receiver is not an error: nobody is listening yet.
-        let _ = self.tx.send(msg.clone());
+        let _ = self.tx.send(Arc::new(msg.clone()));
         Box::pin(async { Ok(()) })
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
+    fn subscribe(&self) -> broadcast::Receiver<Arc<BusMessage>> {
         self.tx.subscribe()
     }
 
@@ -61,7 +63,7 @@ impl Bus for MemoryBus {
                 };
                 match msg {
                     Ok(m) if m.topic == topic => {
-                        if let Err(e) = handler(m).await {
+                        if let Err(e) = handler(Arc::unwrap_or_clone(m)).await {
                             tracing::warn!(%topic, %group, error = %e, "in-process handler failed; message dropped");
                         }
                     }

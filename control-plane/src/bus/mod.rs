@@ -33,6 +33,14 @@ pub mod topics {
     pub const USER_CREATED: &str = "user.created";
     /// Retention ran: payload is a `RetentionOutcome`.
     pub const RETENTION_RAN: &str = "retention.ran";
+    /// An agent enrolled: payload `{"agent_id", "spiffe_id", "hostname", "svid_expires_us"}`.
+    pub const AGENT_ENROLLED: &str = "agent.enrolled";
+    /// An agent was revoked: payload `{"agent_id", "spiffe_id", "revoked_us", "by"}`. Uplinks
+    /// close the agent's live connections when they see it.
+    pub const AGENT_REVOKED: &str = "agent.revoked";
+    /// An agent's fleet status changed: payload `{"agent_id", "status", "previous"}` (status
+    /// `online`, `stale` or `revoked`).
+    pub const AGENT_STATUS: &str = "agent.status";
 }
 
 /// One message on the bus.
@@ -84,8 +92,9 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Publishes to live subscribers and to the topic's work queue.
     fn publish<'a>(&'a self, msg: &'a BusMessage) -> BusFuture<'a, ()>;
 
-    /// A live feed of every message on every topic.
-    fn subscribe(&self) -> broadcast::Receiver<BusMessage>;
+    /// A live feed of every message on every topic. Messages are shared, not copied, between
+    /// subscribers: an event batch's payload is large and every service in the process listens.
+    fn subscribe(&self) -> broadcast::Receiver<Arc<BusMessage>>;
 
     /// Runs `handler` for each message of `topic`, as member `consumer` of `group`, until
     /// `shutdown` turns true.

@@ -6,6 +6,7 @@
 //! forwards into a local broadcast channel, so [`Bus::subscribe`] is cheap and reconnects are
 //! handled in one place.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::AsyncCommands;
@@ -27,7 +28,7 @@ pub struct RedisBus {
     prefix: String,
     /// Approximate cap of each topic's stream: older entries beyond it are trimmed.
     stream_maxlen: usize,
-    local: broadcast::Sender<BusMessage>,
+    local: broadcast::Sender<Arc<BusMessage>>,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -84,7 +85,7 @@ impl RedisBus {
                     let Some(msg) = msg else { break };
                     match serde_json::from_slice::<BusMessage>(msg.get_payload_bytes()) {
                         Ok(m) => {
-                            let _ = self.local.send(m);
+                            let _ = self.local.send(Arc::new(m));
                         }
                         Err(e) => tracing::warn!(
                             channel = msg.get_channel_name(),
@@ -161,7 +162,7 @@ impl Bus for RedisBus {
         })
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
+    fn subscribe(&self) -> broadcast::Receiver<Arc<BusMessage>> {
         self.local.subscribe()
     }
 

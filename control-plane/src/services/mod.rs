@@ -1,4 +1,4 @@
-//! The services. `ja4` is implemented; the others are **placeholders** for now: each mounts a
+//! The services. `ja4` and `spire` are implemented; the others are **placeholders** for now: each mounts a
 //! status endpoint and listens on the bus (so split deployments can be wired and tested end to
 //! end), and says plainly in its status that it does nothing else yet.
 
@@ -42,7 +42,7 @@ pub struct ServiceStatus {
 pub fn describe(svc: ServiceName) -> (&'static str, &'static str) {
     match svc {
         ServiceName::Ja4 => ("ok", ja4::DESCRIPTION),
-        ServiceName::Spire => ("placeholder", spire::DESCRIPTION),
+        ServiceName::Spire => ("ok", spire::DESCRIPTION),
         ServiceName::Correlation => ("placeholder", correlation::DESCRIPTION),
         ServiceName::Identity => ("placeholder", identity::DESCRIPTION),
         ServiceName::Policy => ("placeholder", policy::DESCRIPTION),
@@ -60,6 +60,7 @@ pub fn router(svc: ServiceName) -> Router<AppState> {
     );
     match svc {
         ServiceName::Ja4 => status_route.merge(ja4::router()),
+        ServiceName::Spire => status_route.merge(spire::router()),
         _ => status_route,
     }
 }
@@ -132,11 +133,18 @@ pub async fn start(state: &AppState, shutdown: watch::Receiver<bool>) -> Vec<Joi
             ))
             .await;
     }
+    tasks.extend(spire::start(state, shutdown));
     tasks
 }
 
+/// Resolves once shutdown is requested. Its output is a plain `()`, so a `select!` using it holds
+/// no watch guard (which is not `Send`) while other branches await.
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
 fn spawn_listener(
-    mut rx: broadcast::Receiver<BusMessage>,
+    mut rx: broadcast::Receiver<Arc<BusMessage>>,
     stats: Arc<ServiceStats>,
     state: AppState,
     mut shutdown: watch::Receiver<bool>,

@@ -8,19 +8,25 @@
 //!   millisecond timestamp, so an id range *is* a time range, and partitioning on the id keeps the
 //!   id alone unique across partitions (a time column would have to join the primary key, and a
 //!   replay with a different timestamp would slip through).
-//! * roll-ups maintained in the same transaction as the insert, counting only newly stored events:
-//!   `fingerprints` (first/last seen, count, JA4 parts), `fingerprint_dims` (per fingerprint and
-//!   host, agent, server name or workload identity) and `fingerprint_hourly` (counts per hour, for
-//!   top-N over a window).
+//! * roll-ups, counting only newly stored events: `fingerprints` (first/last seen, count, JA4
+//!   parts), `fingerprint_dims` (per fingerprint and host, agent, server name or workload
+//!   identity) and `fingerprint_hourly` (counts per hour, for top-N over a window). Ingest does
+//!   not touch them: it commits, with the events, one `rollup_pending` record of the
+//!   transaction's pre-aggregated deltas, and the roll-up stage ([`fold`]) folds those records
+//!   into the roll-up tables in large merged chunks, exactly once. Roll-up reads fold what is
+//!   pending first, so they reflect every acknowledged ingest.
 //! * users, refresh tokens, settings (e.g. the JWT secret shared by split processes) and labels.
 //!
 //! Times are stored as integer microseconds since the Unix epoch in both backends: one exact
 //! representation for keyset cursors and comparisons, with no time-zone or precision drift
 //! between SQLite and PostgreSQL.
 
+pub mod fold;
 pub mod postgres;
 mod query;
+mod reads;
 pub mod rollup;
+pub mod spire;
 pub mod sqlite;
 
 use std::future::Future;
@@ -78,6 +84,34 @@ impl From<sqlx::Error> for StoreError {
 pub struct IngestOutcome {
     pub stored: Vec<usize>,
     pub duplicates: usize,
+}
+
+/// Roll-up delta records (one per ingest transaction) and the events they cover.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RollupBacklog {
+    pub groups: u64,
+    pub events: u64,
+}
+
+/// Store behaviour that is not configuration a user needs (tests and benchmarks change it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Period of the background roll-up worker's checks; `None`: no worker, and nothing is
+    /// folded at close (reads still fold first). Tests use `None` to leave deltas pending, as
+    /// a crash between ingest and fold would.
+    pub rollup_interval: Option<std::time::Duration>,
+}
+
+/// Default period at which the background roll-up worker checks the backlog (see
+/// [`fold`] for when it folds).
+pub const ROLLUP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            rollup_interval: Some(ROLLUP_INTERVAL),
+        }
+    }
 }
 
 /// One fingerprint's roll-up, as search returns it.
@@ -162,17 +196,29 @@ pub struct Page<T> {
 }
 
 /// The storage interface the services use. Implemented by [`sqlite::SqliteStore`] and
-/// [`postgres::PgStore`]; object safe so the backend is chosen at run time.
-pub trait Store: Send + Sync + std::fmt::Debug {
+/// [`postgres::PgStore`]; object safe so the backend is chosen at run time. The spire service's
+/// tables (join tokens, agents) are in the [`spire::SpireStore`] supertrait.
+pub trait Store: spire::SpireStore + Send + Sync + std::fmt::Debug {
     /// Which backend this is (`sqlite` or `postgres`), for logs and `/ready`.
     fn backend(&self) -> &'static str;
 
     /// Cheap round trip proving the database answers.
     fn ping(&self) -> StoreFuture<'_, ()>;
 
-    /// Stores new events and updates the roll-ups, all in one transaction. Events whose id is
-    /// already stored are skipped and counted as duplicates. Input must be validated already.
+    /// Stores new events, and their roll-up deltas as one pending record, in one transaction.
+    /// Events whose id is already stored are skipped and counted as duplicates (and not rolled
+    /// up). Input must be validated already. Roll-up reads afterwards reflect the events.
     fn ingest<'a>(&'a self, events: &'a [FingerprintEvent]) -> StoreFuture<'a, IngestOutcome>;
+
+    /// Folds every roll-up delta record pending now into the roll-up tables. Reads of roll-ups
+    /// do this first; the background worker does it periodically.
+    fn settle_rollups(&self) -> StoreFuture<'_, ()>;
+
+    /// Folds at most `max_groups` of the oldest pending delta records, in one transaction.
+    fn fold_rollups(&self, max_groups: u32) -> StoreFuture<'_, RollupBacklog>;
+
+    /// Delta records not folded yet.
+    fn pending_rollups(&self) -> StoreFuture<'_, RollupBacklog>;
 
     /// Fingerprint roll-ups matching `q`, in (method, value) order, one page at a time.
     fn search<'a>(&'a self, q: &'a FingerprintQuery) -> StoreFuture<'a, Page<FingerprintSummary>>;
@@ -223,7 +269,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// that share a database agree on one value (the first writer wins).
     fn setting_or_init<'a>(&'a self, key: &'a str, proposed: &'a str) -> StoreFuture<'a, String>;
 
-    /// Closes the pool after in-flight queries finish.
+    /// Stops the roll-up worker (folding what is pending, if there is a worker), then closes the
+    /// pool after in-flight queries finish.
     fn close(&self) -> StoreFuture<'_, ()>;
 }
 
@@ -233,13 +280,23 @@ pub async fn open(
     schema: Option<&str>,
     max_connections: u32,
 ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    open_with(url, schema, max_connections, StoreOptions::default()).await
+}
+
+/// [`open`] with non-default [`StoreOptions`].
+pub async fn open_with(
+    url: &str,
+    schema: Option<&str>,
+    max_connections: u32,
+    options: StoreOptions,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(
-            sqlite::SqliteStore::open(url, max_connections).await?,
+            sqlite::SqliteStore::open(url, max_connections, options).await?,
         ))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         Ok(std::sync::Arc::new(
-            postgres::PgStore::open(url, schema, max_connections).await?,
+            postgres::PgStore::open(url, schema, max_connections, options).await?,
         ))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))

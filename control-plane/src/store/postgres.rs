@@ -1,8 +1,9 @@
 //! PostgreSQL store: the production backend.
 //!
-//! Batches are written with one `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT DO NOTHING
-//! RETURNING id` per table, so a batch of 1,000 events costs a handful of statements, not
-//! thousands. The returned ids tell which events were new; only those feed the roll-ups.
+//! Events go in with `COPY` (replays: `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT DO
+//! NOTHING RETURNING id`), so a group of batches costs a handful of statements, not thousands.
+//! Only new events feed the roll-up deltas, committed with them as one `rollup_pending` record
+//! and folded later by the roll-up stage ([`super::fold`]).
 //!
 //! Monthly `events` partitions are created on demand, outside the ingest transaction and under an
 //! advisory lock, so concurrent writers (in this process or others) never race on DDL.
@@ -14,35 +15,37 @@ use std::time::Duration;
 
 use hais_shared::event::FingerprintEvent;
 use hais_shared::fingerprint::Method;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Postgres, Row};
 use time::{Date, Month, OffsetDateTime, Time};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::query::{FingerprintQuery, build_search};
-use super::rollup::{self, DIM_AGENT, DIM_HOST, DIM_IDENTITY, DIM_SERVER_NAME, Rollups};
-use super::sqlite::paginate;
+use super::fold::{FoldBackend, Stage, decode_all, merge_all, take_count};
+use super::query::FingerprintQuery;
+use super::reads::Reads;
+use super::rollup::{self, BatchDeltas, Rollups};
 use super::{
-    DETAIL_DIM_LIMIT, DimEntry, DimList, FingerprintDetail, FingerprintSummary, IngestOutcome,
-    Page, RetentionOutcome, Store, StoreError, StoreFuture, TopEntry, UserRecord, method_from_db,
-    now_us, to_us, uuid_floor_ms, uuid_ms,
+    FingerprintDetail, FingerprintSummary, IngestOutcome, Page, RetentionOutcome, RollupBacklog,
+    Store, StoreError, StoreFuture, StoreOptions, TopEntry, UserRecord, now_us, to_us,
+    uuid_floor_ms, uuid_ms,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Advisory lock key serialising partition DDL across processes ("HAISPART").
 const PARTITION_LOCK: i64 = 0x4841_4953_5041_5254;
+/// Advisory lock key serialising roll-up folds (and retention's roll-up deletes) across
+/// processes ("HAISFOLD").
+const FOLD_LOCK: i64 = 0x4841_4953_464f_4c44;
 
 /// Most events one group commit writes (many ingest calls merged into one transaction).
 const MAX_GROUP_EVENTS: usize = 20_000;
 /// Ingest calls that may wait for the writers before callers are slowed down.
 const WRITER_QUEUE: usize = 64;
-/// Writer tasks. Two let one group's COPY overlap the previous group's roll-ups and commit
-/// (PostgreSQL runs each on its own backend). Roll-up upserts take row locks in one global key
-/// order (tables in a fixed order, keys sorted), so the writers can wait on each other but
-/// never deadlock.
+/// Writer tasks. Two let one group's COPY overlap the previous group's commit (PostgreSQL runs
+/// each on its own backend). Writers only append, so they never wait on each other's rows.
 const WRITERS: usize = 2;
 
 /// Months (year * 12 + month0) whose partition is known to exist.
@@ -56,18 +59,24 @@ struct Job {
 
 /// The PostgreSQL store.
 ///
-/// Ingest goes through one writer task doing *group commit*: it takes every ingest call queued
-/// while the previous transaction ran, writes all their events in one transaction (COPY when no
-/// event is a replay), folds all their roll-ups together (a fingerprint seen in twenty batches
-/// is updated once, not twenty times) and commits once. Callers get their answer only after the
-/// commit, so an acknowledged event is durable and read-your-writes holds. One writer also means
-/// roll-up rows are never contended between concurrent transactions.
+/// Ingest goes through writer tasks doing *group commit*: a writer takes every ingest call
+/// queued while the previous transaction ran, writes all their events in one transaction (COPY
+/// when no event is a replay) with one record of their merged roll-up deltas, and commits once.
+/// Callers get their answer only after the commit, so an acknowledged event is durable; roll-up
+/// reads fold pending deltas first, so read-your-writes holds.
 #[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
     partitions: Partitions,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_tasks: Mutex<Vec<JoinHandle<()>>>,
+    rollups: Stage,
+}
+
+/// The roll-up stage's view of PostgreSQL.
+#[derive(Debug)]
+struct PgFold {
+    pool: PgPool,
 }
 
 /// A calendar month, as `year * 12 + (month - 1)`.
@@ -119,6 +128,7 @@ impl PgStore {
         url: &str,
         schema: Option<&str>,
         max_connections: u32,
+        options: StoreOptions,
     ) -> Result<Self, StoreError> {
         let mut opts = PgConnectOptions::from_str(url)?;
         if let Some(schema) = schema {
@@ -148,11 +158,16 @@ impl PgStore {
         let tasks = (0..WRITERS)
             .map(|_| tokio::spawn(run_writer(pool.clone(), partitions.clone(), rx.clone())))
             .collect();
+        let rollups = Stage::start(
+            Arc::new(PgFold { pool: pool.clone() }),
+            options.rollup_interval,
+        );
         Ok(PgStore {
             pool,
             partitions,
             writer: Mutex::new(Some(tx)),
             writer_tasks: Mutex::new(tasks),
+            rollups,
         })
     }
 
@@ -182,44 +197,6 @@ impl PgStore {
         answer
             .await
             .map_err(|_| StoreError::Unavailable("ingest writer stopped".into()))?
-    }
-
-    async fn dim_list(
-        &self,
-        method: Method,
-        value: &str,
-        dim: &str,
-    ) -> Result<DimList, StoreError> {
-        let total: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM fingerprint_dims WHERE method = $1 AND value = $2 AND dim = $3",
-        )
-        .bind(method.as_str())
-        .bind(value)
-        .bind(dim)
-        .fetch_one(&self.pool)
-        .await?;
-        let rows = sqlx::query(
-            "SELECT dim_value, first_seen_us, last_seen_us, count FROM fingerprint_dims \
-             WHERE method = $1 AND value = $2 AND dim = $3 ORDER BY count DESC, dim_value LIMIT $4",
-        )
-        .bind(method.as_str())
-        .bind(value)
-        .bind(dim)
-        .bind(DETAIL_DIM_LIMIT)
-        .fetch_all(&self.pool)
-        .await?;
-        let top = rows
-            .iter()
-            .map(|r| {
-                Ok(DimEntry {
-                    value: r.try_get(0)?,
-                    first_seen_us: r.try_get(1)?,
-                    last_seen_us: r.try_get(2)?,
-                    count: r.try_get(3)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        Ok(DimList { total, top })
     }
 }
 
@@ -282,7 +259,7 @@ async fn run_writer(
     }
 }
 
-/// Writes a group of events and their roll-ups; returns, per event, whether it was new.
+/// Writes a group of events and their roll-up deltas; returns, per event, whether it was new.
 /// Retries once when a partition it relied on was dropped meanwhile by another process.
 async fn write_group(
     pool: &PgPool,
@@ -337,53 +314,67 @@ async fn ensure_partitions(
     Ok(())
 }
 
-/// Escapes a value for COPY's text format.
-fn copy_escape(out: &mut String, v: &str) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
-    }
+/// Start of a binary COPY stream: signature, flags (none), header extension length (0).
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// End of a binary COPY stream.
+const COPY_TRAILER: &[u8] = &(-1i16).to_be_bytes();
+
+/// One binary COPY field: length, then the value in the type's binary form.
+fn put_field(out: &mut Vec<u8>, value: &[u8]) {
+    out.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    out.extend_from_slice(value);
 }
 
-/// One event as a COPY text-format line (columns as in [`EVENT_COLUMNS`]).
-fn copy_line(out: &mut String, e: &FingerprintEvent, received: i64) -> Result<(), StoreError> {
-    use std::fmt::Write as _;
-    let fps =
-        serde_json::to_string(&e.fingerprints).map_err(|x| StoreError::Corrupt(x.to_string()))?;
-    let _ = write!(out, "{}\t{}\t", e.id, to_us(e.timestamp));
-    copy_escape(out, &e.agent_id);
-    out.push('\t');
-    copy_escape(out, &e.host);
+fn put_null(out: &mut Vec<u8>) {
+    out.extend_from_slice(&(-1i32).to_be_bytes());
+}
+
+/// A text field written by `write` straight into the stream (length patched in afterwards).
+fn put_with(
+    out: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    write(out)?;
+    let len = (out.len() - at - 4) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+fn json_into(out: &mut Vec<u8>, v: &impl serde::Serialize) -> Result<(), StoreError> {
+    serde_json::to_writer(out, v).map_err(|x| StoreError::Corrupt(x.to_string()))
+}
+
+/// One event as a binary COPY tuple (columns as in [`EVENT_COLUMNS`]). Binary spares both
+/// sides the text conversions (UUIDs, integers) and escaping.
+fn copy_row(out: &mut Vec<u8>, e: &FingerprintEvent, received: i64) -> Result<(), StoreError> {
+    use std::io::Write as _;
+    let text = |out: &mut Vec<u8>, v: &dyn std::fmt::Display| {
+        write!(out, "{v}").map_err(|x| StoreError::Corrupt(x.to_string()))
+    };
+    out.extend_from_slice(&13i16.to_be_bytes());
+    put_field(out, e.id.as_bytes());
+    put_field(out, &to_us(e.timestamp).to_be_bytes());
+    put_field(out, e.agent_id.as_bytes());
+    put_field(out, e.host.as_bytes());
     let f = &e.flow;
-    let _ = write!(
-        out,
-        "\t{}\t{}\t{}\t{}\t{}\t",
-        f.src_ip,
-        f.src_port,
-        f.dst_ip,
-        f.dst_port,
-        f.transport.as_str()
-    );
+    put_with(out, |o| text(o, &f.src_ip))?;
+    put_field(out, &i32::from(f.src_port).to_be_bytes());
+    put_with(out, |o| text(o, &f.dst_ip))?;
+    put_field(out, &i32::from(f.dst_port).to_be_bytes());
+    put_field(out, f.transport.as_str().as_bytes());
     match &e.server_name {
-        Some(sni) => copy_escape(out, sni),
-        None => out.push_str("\\N"),
+        Some(sni) => put_field(out, sni.as_bytes()),
+        None => put_null(out),
     }
-    out.push('\t');
-    copy_escape(out, &fps);
-    out.push('\t');
+    put_with(out, |o| json_into(o, &e.fingerprints))?;
     if e.workload.is_empty() {
-        out.push_str("\\N");
+        put_null(out);
     } else {
-        let w =
-            serde_json::to_string(&e.workload).map_err(|x| StoreError::Corrupt(x.to_string()))?;
-        copy_escape(out, &w);
+        put_with(out, |o| json_into(o, &e.workload))?;
     }
-    let _ = writeln!(out, "\t{received}");
+    put_field(out, &received.to_be_bytes());
     Ok(())
 }
 
@@ -399,17 +390,19 @@ async fn write_group_tx(
 ) -> Result<Vec<bool>, StoreError> {
     let received = now_us();
     let mut tx = pool.begin().await?;
-    let mut data = String::with_capacity(events.len() * 320);
+    let mut data = Vec::with_capacity(events.len() * 320);
+    data.extend_from_slice(COPY_HEADER);
     for e in events {
-        copy_line(&mut data, e, received)?;
+        copy_row(&mut data, e, received)?;
     }
+    data.extend_from_slice(COPY_TRAILER);
     sqlx::query("SAVEPOINT copy_events")
         .execute(&mut *tx)
         .await?;
     let copied = {
-        let stmt = format!("COPY events ({EVENT_COLUMNS}) FROM STDIN");
+        let stmt = format!("COPY events ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)");
         match tx.copy_in_raw(&stmt).await {
-            Ok(mut copy) => match copy.send(data.into_bytes()).await {
+            Ok(mut copy) => match copy.send(data).await {
                 Ok(_) => copy.finish().await,
                 Err(e) => {
                     let _ = copy.abort("send failed").await;
@@ -434,12 +427,80 @@ async fn write_group_tx(
         .zip(&flags)
         .filter(|(_, new)| **new)
         .map(|(e, _)| *e);
-    let r = Rollups::from_events(new);
-    if !r.fingerprints.is_empty() {
-        write_rollups(&mut tx, &r).await?;
+    let r = BatchDeltas::from_events(new);
+    if !r.is_empty() {
+        let n = flags.iter().filter(|f| **f).count() as i64;
+        sqlx::query("INSERT INTO rollup_pending (events, created_us, deltas) VALUES ($1, $2, $3)")
+            .bind(n)
+            .bind(received)
+            .bind(r.encode())
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(flags)
+}
+
+impl FoldBackend for PgFold {
+    fn newest_pending(&self) -> StoreFuture<'_, Option<i64>> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar("SELECT max(id) FROM rollup_pending")
+                .fetch_one(&self.pool)
+                .await?)
+        })
+    }
+
+    fn pending(&self) -> StoreFuture<'_, RollupBacklog> {
+        Box::pin(async move {
+            let (groups, events): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), coalesce(sum(events), 0)::int8 FROM rollup_pending",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(RollupBacklog {
+                groups: groups as u64,
+                events: events as u64,
+            })
+        })
+    }
+
+    fn fold_once(&self, upto: i64, max_groups: u32) -> StoreFuture<'_, RollupBacklog> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(FOLD_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            // A fold need not wait for its WAL flush: if a crash loses the commit, it loses the
+            // deletes of the pending rows with it (one atomic WAL record stream), and they are
+            // folded again. Exactly once either way.
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+            let rows: Vec<(i64, i64)> = sqlx::query_as(
+                "SELECT id, events FROM rollup_pending WHERE id <= $1 ORDER BY id LIMIT $2",
+            )
+            .bind(upto)
+            .bind(i64::from(max_groups))
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = rows[..take_count(&rows)].last().map(|r| r.0) else {
+                return Ok(RollupBacklog::default());
+            };
+            // Whatever this deletes is what this folds (a record with a smaller id committed
+            // meanwhile included).
+            let taken: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+                "DELETE FROM rollup_pending WHERE id <= $1 RETURNING events, deltas",
+            )
+            .bind(last)
+            .fetch_all(&mut *tx)
+            .await?;
+            let (decoded, covered) = decode_all(&taken)?;
+            write_rollups(&mut tx, &merge_all(&decoded)).await?;
+            tx.commit().await?;
+            Ok(covered)
+        })
+    }
 }
 
 /// The slow path: inserts what is new and says, per event, whether it was.
@@ -515,7 +576,7 @@ async fn insert_returning(
     Ok(events.iter().map(|e| new_ids.remove(&e.id)).collect())
 }
 
-/// Upserts a batch's roll-up deltas, one statement per table.
+/// Upserts merged roll-up deltas, one statement per table.
 async fn write_rollups(
     tx: &mut sqlx::Transaction<'static, Postgres>,
     r: &Rollups<'_>,
@@ -633,20 +694,6 @@ async fn write_rollups(
     Ok(())
 }
 
-fn summary_from_row(r: &PgRow) -> Result<FingerprintSummary, StoreError> {
-    let method: String = r.try_get(0)?;
-    Ok(FingerprintSummary {
-        method: method_from_db(&method)?,
-        value: r.try_get(1)?,
-        part_a: r.try_get(2)?,
-        part_b: r.try_get(3)?,
-        part_c: r.try_get(4)?,
-        first_seen_us: r.try_get(5)?,
-        last_seen_us: r.try_get(6)?,
-        count: r.try_get(7)?,
-    })
-}
-
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
@@ -663,15 +710,22 @@ impl Store for PgStore {
         Box::pin(self.ingest_inner(events))
     }
 
+    fn settle_rollups(&self) -> StoreFuture<'_, ()> {
+        Box::pin(self.rollups.settle())
+    }
+
+    fn fold_rollups(&self, max_groups: u32) -> StoreFuture<'_, RollupBacklog> {
+        Box::pin(self.rollups.fold(max_groups))
+    }
+
+    fn pending_rollups(&self) -> StoreFuture<'_, RollupBacklog> {
+        Box::pin(self.rollups.pending())
+    }
+
     fn search<'a>(&'a self, q: &'a FingerprintQuery) -> StoreFuture<'a, Page<FingerprintSummary>> {
         Box::pin(async move {
-            let mut qb = build_search::<Postgres>(q);
-            let rows = qb.build().fetch_all(&self.pool).await?;
-            let items = rows
-                .iter()
-                .map(summary_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(paginate(items, q.limit))
+            self.rollups.settle().await?;
+            Reads(&self.pool).search(q).await
         })
     }
 
@@ -681,30 +735,8 @@ impl Store for PgStore {
         value: &'a str,
     ) -> StoreFuture<'a, Option<FingerprintDetail>> {
         Box::pin(async move {
-            let row = sqlx::query(
-                "SELECT method, value, part_a, part_b, part_c, first_seen_us, last_seen_us, count \
-                 FROM fingerprints WHERE method = $1 AND value = $2",
-            )
-            .bind(method.as_str())
-            .bind(value)
-            .fetch_optional(&self.pool)
-            .await?;
-            let Some(row) = row else { return Ok(None) };
-            let labels: Vec<String> = sqlx::query_scalar(
-                "SELECT label FROM fingerprint_labels WHERE method = $1 AND value = $2 ORDER BY label",
-            )
-            .bind(method.as_str())
-            .bind(value)
-            .fetch_all(&self.pool)
-            .await?;
-            Ok(Some(FingerprintDetail {
-                summary: summary_from_row(&row)?,
-                hosts: self.dim_list(method, value, DIM_HOST).await?,
-                agents: self.dim_list(method, value, DIM_AGENT).await?,
-                server_names: self.dim_list(method, value, DIM_SERVER_NAME).await?,
-                identities: self.dim_list(method, value, DIM_IDENTITY).await?,
-                labels,
-            }))
+            self.rollups.settle().await?;
+            Reads(&self.pool).detail(method, value).await
         })
     }
 
@@ -715,27 +747,8 @@ impl Store for PgStore {
         limit: u32,
     ) -> StoreFuture<'_, Vec<TopEntry>> {
         Box::pin(async move {
-            let hour = since_us.div_euclid(rollup::HOUR_US) * rollup::HOUR_US;
-            let rows = sqlx::query(
-                "SELECT method, value, sum(count)::int8 AS n FROM fingerprint_hourly \
-                 WHERE hour_us >= $1 AND ($2::text IS NULL OR method = $2) \
-                 GROUP BY method, value ORDER BY n DESC, method, value LIMIT $3",
-            )
-            .bind(hour)
-            .bind(method.map(Method::as_str))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-            rows.iter()
-                .map(|r| {
-                    let m: String = r.try_get(0)?;
-                    Ok(TopEntry {
-                        method: method_from_db(&m)?,
-                        value: r.try_get(1)?,
-                        count: r.try_get(2)?,
-                    })
-                })
-                .collect()
+            self.rollups.settle().await?;
+            Reads(&self.pool).top(since_us, method, limit).await
         })
     }
 
@@ -746,6 +759,7 @@ impl Store for PgStore {
         label: &'a str,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
+            self.rollups.settle().await?;
             let known: Option<i32> =
                 sqlx::query_scalar("SELECT 1 FROM fingerprints WHERE method = $1 AND value = $2")
                     .bind(method.as_str())
@@ -813,27 +827,39 @@ impl Store for PgStore {
                     out.events_deleted += rows as u64;
                 }
             }
-            let mut tx = self.pool.begin().await?;
             out.events_deleted += sqlx::query("DELETE FROM events WHERE id < $1")
                 .bind(uuid_floor_ms(cutoff_ms))
-                .execute(&mut *tx)
+                .execute(&self.pool)
                 .await?
                 .rows_affected();
-            out.fingerprints_deleted =
-                sqlx::query("DELETE FROM fingerprints WHERE last_seen_us < $1")
-                    .bind(cutoff_us)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            sqlx::query("DELETE FROM fingerprint_dims WHERE last_seen_us < $1")
-                .bind(cutoff_us)
-                .execute(&mut *tx)
+            // Roll-ups of events stored before now are folded first, so none of them comes back
+            // after the cut; the deletes run under the fold lock, which orders them with folds.
+            self.rollups.settle().await?;
+            out.fingerprints_deleted = self
+                .rollups
+                .exclusive(async {
+                    let mut tx = self.pool.begin().await?;
+                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                        .bind(FOLD_LOCK)
+                        .execute(&mut *tx)
+                        .await?;
+                    let n = sqlx::query("DELETE FROM fingerprints WHERE last_seen_us < $1")
+                        .bind(cutoff_us)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    sqlx::query("DELETE FROM fingerprint_dims WHERE last_seen_us < $1")
+                        .bind(cutoff_us)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM fingerprint_hourly WHERE hour_us < $1")
+                        .bind(cutoff_us.div_euclid(rollup::HOUR_US) * rollup::HOUR_US)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(n)
+                })
                 .await?;
-            sqlx::query("DELETE FROM fingerprint_hourly WHERE hour_us < $1")
-                .bind(cutoff_us.div_euclid(rollup::HOUR_US) * rollup::HOUR_US)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
             Ok(out)
         })
     }
@@ -957,7 +983,9 @@ impl Store for PgStore {
             for t in tasks {
                 let _ = t.await;
             }
+            let folded = self.rollups.stop().await;
             self.pool.close().await;
+            folded?;
             Ok(())
         })
     }

@@ -2,29 +2,32 @@
 //!
 //! SQLite allows one writer at a time, so writes go through a dedicated single-connection pool:
 //! transactions queue in-process instead of failing with `SQLITE_BUSY`, while reads use their own
-//! pool and proceed concurrently thanks to WAL mode.
+//! pool and proceed concurrently thanks to WAL mode. Ingest appends events and one record of
+//! roll-up deltas; the roll-up stage ([`super::fold`]) folds the records on the same writer.
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hais_shared::event::FingerprintEvent;
 use hais_shared::fingerprint::Method;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use std::collections::HashSet;
 
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
-use super::query::{Cursor, FingerprintQuery, build_search};
-use super::rollup::{self, DIM_AGENT, DIM_HOST, DIM_IDENTITY, DIM_SERVER_NAME, Rollups};
+use super::fold::{FoldBackend, Stage, decode_all, merge_all, take_count};
+use super::query::FingerprintQuery;
+use super::reads::Reads;
+use super::rollup::{self, BatchDeltas, Rollups};
 use super::{
-    DETAIL_DIM_LIMIT, DimEntry, DimList, FingerprintDetail, FingerprintSummary, IngestOutcome,
-    Page, RetentionOutcome, Store, StoreError, StoreFuture, TopEntry, UserRecord, method_from_db,
-    now_us, to_us, uuid_floor_ms,
+    FingerprintDetail, FingerprintSummary, IngestOutcome, Page, RetentionOutcome, RollupBacklog,
+    Store, StoreError, StoreFuture, StoreOptions, TopEntry, UserRecord, now_us, to_us,
+    uuid_floor_ms,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -34,15 +37,28 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// The embedded store.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    rollups: Stage,
+}
+
+/// The roll-up stage's view of SQLite: folds run on the single writer connection, which
+/// serialises them with ingest and with each other.
+#[derive(Debug)]
+struct SqliteFold {
     writer: SqlitePool,
     reader: SqlitePool,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file the URL names and migrates it.
-    pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -69,7 +85,18 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        let rollups = Stage::start(
+            Arc::new(SqliteFold {
+                writer: writer.clone(),
+                reader: reader.clone(),
+            }),
+            options.rollup_interval,
+        );
+        Ok(SqliteStore {
+            writer,
+            reader,
+            rollups,
+        })
     }
 
     async fn ingest_inner(&self, events: &[FingerprintEvent]) -> Result<IngestOutcome, StoreError> {
@@ -125,144 +152,138 @@ impl SqliteStore {
                 out.duplicates += 1;
             }
         }
-        let r = Rollups::from_events(out.stored.iter().map(|&i| &events[i]));
-        let fps: Vec<_> = r.fingerprints.iter().collect();
-        for chunk in fps.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO fingerprints (method, value, part_a, part_b, part_c, first_seen_us, \
-                 last_seen_us, count) ",
-            );
-            qb.push_values(chunk, |mut b, ((method, value), s)| {
-                let [pa, pb, pc] = rollup::parts(value);
-                b.push_bind(*method)
-                    .push_bind(*value)
-                    .push_bind(pa)
-                    .push_bind(pb)
-                    .push_bind(pc)
-                    .push_bind(s.first_us)
-                    .push_bind(s.last_us)
-                    .push_bind(s.count);
-            });
-            qb.push(
-                " ON CONFLICT (method, value) DO UPDATE SET \
-                 first_seen_us = min(first_seen_us, excluded.first_seen_us), \
-                 last_seen_us = max(last_seen_us, excluded.last_seen_us), \
-                 count = count + excluded.count",
-            );
-            qb.build().execute(&mut *tx).await?;
-        }
-        let dims: Vec<_> = r.dims.iter().collect();
-        for chunk in dims.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO fingerprint_dims (dim, dim_value, method, value, first_seen_us, \
-                 last_seen_us, count) ",
-            );
-            qb.push_values(chunk, |mut b, ((dim, dv, method, value), s)| {
-                b.push_bind(*dim)
-                    .push_bind(*dv)
-                    .push_bind(*method)
-                    .push_bind(*value)
-                    .push_bind(s.first_us)
-                    .push_bind(s.last_us)
-                    .push_bind(s.count);
-            });
-            qb.push(
-                " ON CONFLICT (dim, dim_value, method, value) DO UPDATE SET \
-                 first_seen_us = min(first_seen_us, excluded.first_seen_us), \
-                 last_seen_us = max(last_seen_us, excluded.last_seen_us), \
-                 count = count + excluded.count",
-            );
-            qb.build().execute(&mut *tx).await?;
-        }
-        let hourly: Vec<_> = r.hourly.iter().collect();
-        for chunk in hourly.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO fingerprint_hourly (hour_us, method, value, count) ",
-            );
-            qb.push_values(chunk, |mut b, ((hour, method, value), n)| {
-                b.push_bind(*hour)
-                    .push_bind(*method)
-                    .push_bind(*value)
-                    .push_bind(**n);
-            });
-            qb.push(
-                " ON CONFLICT (hour_us, method, value) DO UPDATE SET count = count + excluded.count",
-            );
-            qb.build().execute(&mut *tx).await?;
+        let r = BatchDeltas::from_events(out.stored.iter().map(|&i| &events[i]));
+        if !r.is_empty() {
+            sqlx::query("INSERT INTO rollup_pending (events, created_us, deltas) VALUES (?, ?, ?)")
+                .bind(out.stored.len() as i64)
+                .bind(received)
+                .bind(r.encode())
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(out)
     }
+}
 
-    async fn dim_list(
-        &self,
-        method: Method,
-        value: &str,
-        dim: &str,
-    ) -> Result<DimList, StoreError> {
-        let total: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM fingerprint_dims WHERE method = ? AND value = ? AND dim = ?",
-        )
-        .bind(method.as_str())
-        .bind(value)
-        .bind(dim)
-        .fetch_one(&self.reader)
-        .await?;
-        let rows = sqlx::query(
-            "SELECT dim_value, first_seen_us, last_seen_us, count FROM fingerprint_dims \
-             WHERE method = ? AND value = ? AND dim = ? ORDER BY count DESC, dim_value LIMIT ?",
-        )
-        .bind(method.as_str())
-        .bind(value)
-        .bind(dim)
-        .bind(DETAIL_DIM_LIMIT)
-        .fetch_all(&self.reader)
-        .await?;
-        let top = rows
-            .iter()
-            .map(|r| {
-                Ok(DimEntry {
-                    value: r.try_get(0)?,
-                    first_seen_us: r.try_get(1)?,
-                    last_seen_us: r.try_get(2)?,
-                    count: r.try_get(3)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        Ok(DimList { total, top })
+/// Upserts merged roll-up deltas, in multi-row statements.
+async fn write_rollups(
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    r: &Rollups<'_>,
+) -> Result<(), StoreError> {
+    let fps: Vec<_> = r.fingerprints.iter().collect();
+    for chunk in fps.chunks(ROWS_PER_STATEMENT) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO fingerprints (method, value, part_a, part_b, part_c, first_seen_us, \
+             last_seen_us, count) ",
+        );
+        qb.push_values(chunk, |mut b, ((method, value), s)| {
+            let [pa, pb, pc] = rollup::parts(value);
+            b.push_bind(*method)
+                .push_bind(*value)
+                .push_bind(pa)
+                .push_bind(pb)
+                .push_bind(pc)
+                .push_bind(s.first_us)
+                .push_bind(s.last_us)
+                .push_bind(s.count);
+        });
+        qb.push(
+            " ON CONFLICT (method, value) DO UPDATE SET \
+             first_seen_us = min(first_seen_us, excluded.first_seen_us), \
+             last_seen_us = max(last_seen_us, excluded.last_seen_us), \
+             count = count + excluded.count",
+        );
+        qb.build().execute(&mut **tx).await?;
     }
+    let dims: Vec<_> = r.dims.iter().collect();
+    for chunk in dims.chunks(ROWS_PER_STATEMENT) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO fingerprint_dims (dim, dim_value, method, value, first_seen_us, \
+             last_seen_us, count) ",
+        );
+        qb.push_values(chunk, |mut b, ((dim, dv, method, value), s)| {
+            b.push_bind(*dim)
+                .push_bind(*dv)
+                .push_bind(*method)
+                .push_bind(*value)
+                .push_bind(s.first_us)
+                .push_bind(s.last_us)
+                .push_bind(s.count);
+        });
+        qb.push(
+            " ON CONFLICT (dim, dim_value, method, value) DO UPDATE SET \
+             first_seen_us = min(first_seen_us, excluded.first_seen_us), \
+             last_seen_us = max(last_seen_us, excluded.last_seen_us), \
+             count = count + excluded.count",
+        );
+        qb.build().execute(&mut **tx).await?;
+    }
+    let hourly: Vec<_> = r.hourly.iter().collect();
+    for chunk in hourly.chunks(ROWS_PER_STATEMENT) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO fingerprint_hourly (hour_us, method, value, count) ",
+        );
+        qb.push_values(chunk, |mut b, ((hour, method, value), n)| {
+            b.push_bind(*hour)
+                .push_bind(*method)
+                .push_bind(*value)
+                .push_bind(**n);
+        });
+        qb.push(
+            " ON CONFLICT (hour_us, method, value) DO UPDATE SET count = count + excluded.count",
+        );
+        qb.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
-fn summary_from_row(r: &SqliteRow) -> Result<FingerprintSummary, StoreError> {
-    let method: String = r.try_get(0)?;
-    Ok(FingerprintSummary {
-        method: method_from_db(&method)?,
-        value: r.try_get(1)?,
-        part_a: r.try_get(2)?,
-        part_b: r.try_get(3)?,
-        part_c: r.try_get(4)?,
-        first_seen_us: r.try_get(5)?,
-        last_seen_us: r.try_get(6)?,
-        count: r.try_get(7)?,
-    })
-}
-
-/// Turns `limit + 1` fetched rows into a page and the cursor after its last item.
-pub(crate) fn paginate(mut items: Vec<FingerprintSummary>, limit: u32) -> Page<FingerprintSummary> {
-    let limit = limit as usize;
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|l| {
-            Cursor {
-                method: l.method.as_str().to_owned(),
-                value: l.value.clone(),
-            }
-            .encode()
+impl FoldBackend for SqliteFold {
+    fn newest_pending(&self) -> StoreFuture<'_, Option<i64>> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar("SELECT max(id) FROM rollup_pending")
+                .fetch_one(&self.reader)
+                .await?)
         })
-    } else {
-        None
-    };
-    Page { items, next_cursor }
+    }
+
+    fn pending(&self) -> StoreFuture<'_, RollupBacklog> {
+        Box::pin(async move {
+            let (groups, events): (i64, i64) =
+                sqlx::query_as("SELECT count(*), coalesce(sum(events), 0) FROM rollup_pending")
+                    .fetch_one(&self.reader)
+                    .await?;
+            Ok(RollupBacklog {
+                groups: groups as u64,
+                events: events as u64,
+            })
+        })
+    }
+
+    fn fold_once(&self, upto: i64, max_groups: u32) -> StoreFuture<'_, RollupBacklog> {
+        Box::pin(async move {
+            let mut tx = self.writer.begin().await?;
+            let rows: Vec<(i64, i64)> = sqlx::query_as(
+                "SELECT id, events FROM rollup_pending WHERE id <= ? ORDER BY id LIMIT ?",
+            )
+            .bind(upto)
+            .bind(i64::from(max_groups))
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = rows[..take_count(&rows)].last().map(|r| r.0) else {
+                return Ok(RollupBacklog::default());
+            };
+            let taken: Vec<(i64, Vec<u8>)> =
+                sqlx::query_as("DELETE FROM rollup_pending WHERE id <= ? RETURNING events, deltas")
+                    .bind(last)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let (decoded, covered) = decode_all(&taken)?;
+            write_rollups(&mut tx, &merge_all(&decoded)).await?;
+            tx.commit().await?;
+            Ok(covered)
+        })
+    }
 }
 
 impl Store for SqliteStore {
@@ -281,15 +302,22 @@ impl Store for SqliteStore {
         Box::pin(self.ingest_inner(events))
     }
 
+    fn settle_rollups(&self) -> StoreFuture<'_, ()> {
+        Box::pin(self.rollups.settle())
+    }
+
+    fn fold_rollups(&self, max_groups: u32) -> StoreFuture<'_, RollupBacklog> {
+        Box::pin(self.rollups.fold(max_groups))
+    }
+
+    fn pending_rollups(&self) -> StoreFuture<'_, RollupBacklog> {
+        Box::pin(self.rollups.pending())
+    }
+
     fn search<'a>(&'a self, q: &'a FingerprintQuery) -> StoreFuture<'a, Page<FingerprintSummary>> {
         Box::pin(async move {
-            let mut qb = build_search::<Sqlite>(q);
-            let rows = qb.build().fetch_all(&self.reader).await?;
-            let items = rows
-                .iter()
-                .map(summary_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(paginate(items, q.limit))
+            self.rollups.settle().await?;
+            Reads(&self.reader).search(q).await
         })
     }
 
@@ -299,30 +327,8 @@ impl Store for SqliteStore {
         value: &'a str,
     ) -> StoreFuture<'a, Option<FingerprintDetail>> {
         Box::pin(async move {
-            let row = sqlx::query(
-                "SELECT method, value, part_a, part_b, part_c, first_seen_us, last_seen_us, count \
-                 FROM fingerprints WHERE method = ? AND value = ?",
-            )
-            .bind(method.as_str())
-            .bind(value)
-            .fetch_optional(&self.reader)
-            .await?;
-            let Some(row) = row else { return Ok(None) };
-            let labels: Vec<String> = sqlx::query_scalar(
-                "SELECT label FROM fingerprint_labels WHERE method = ? AND value = ? ORDER BY label",
-            )
-            .bind(method.as_str())
-            .bind(value)
-            .fetch_all(&self.reader)
-            .await?;
-            Ok(Some(FingerprintDetail {
-                summary: summary_from_row(&row)?,
-                hosts: self.dim_list(method, value, DIM_HOST).await?,
-                agents: self.dim_list(method, value, DIM_AGENT).await?,
-                server_names: self.dim_list(method, value, DIM_SERVER_NAME).await?,
-                identities: self.dim_list(method, value, DIM_IDENTITY).await?,
-                labels,
-            }))
+            self.rollups.settle().await?;
+            Reads(&self.reader).detail(method, value).await
         })
     }
 
@@ -333,28 +339,8 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreFuture<'_, Vec<TopEntry>> {
         Box::pin(async move {
-            let hour = since_us.div_euclid(rollup::HOUR_US) * rollup::HOUR_US;
-            let rows = sqlx::query(
-                "SELECT method, value, sum(count) AS n FROM fingerprint_hourly \
-                 WHERE hour_us >= ? AND (? IS NULL OR method = ?) \
-                 GROUP BY method, value ORDER BY n DESC, method, value LIMIT ?",
-            )
-            .bind(hour)
-            .bind(method.map(Method::as_str))
-            .bind(method.map(Method::as_str))
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?;
-            rows.iter()
-                .map(|r| {
-                    let m: String = r.try_get(0)?;
-                    Ok(TopEntry {
-                        method: method_from_db(&m)?,
-                        value: r.try_get(1)?,
-                        count: r.try_get(2)?,
-                    })
-                })
-                .collect()
+            self.rollups.settle().await?;
+            Reads(&self.reader).top(since_us, method, limit).await
         })
     }
 
@@ -365,6 +351,7 @@ impl Store for SqliteStore {
         label: &'a str,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
+            self.rollups.settle().await?;
             let r = sqlx::query(
                 "INSERT INTO fingerprint_labels (method, value, label, created_us) \
                  SELECT method, value, ?, ? FROM fingerprints WHERE method = ? AND value = ? \
@@ -392,6 +379,9 @@ impl Store for SqliteStore {
     fn retain(&self, cutoff_us: i64) -> StoreFuture<'_, RetentionOutcome> {
         Box::pin(async move {
             let floor = uuid_floor_ms(cutoff_us.div_euclid(1000));
+            // Roll-ups of events stored before now are folded first, so none comes back after
+            // the cut (folds and these deletes share the one writer connection).
+            self.rollups.settle().await?;
             let mut tx = self.writer.begin().await?;
             let events = sqlx::query("DELETE FROM events WHERE id < ?")
                 .bind(floor)
@@ -534,9 +524,23 @@ impl Store for SqliteStore {
 
     fn close(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
+            let folded = self.rollups.stop().await;
             self.reader.close().await;
             self.writer.close().await;
-            Ok(())
+            folded
         })
+    }
+}
+
+// ---- spire (agent enrollment): the tables' queries are in store/spire.rs ----
+impl SqliteStore {
+    /// The single writer connection, for [`super::spire::SpireStore`]'s writes.
+    pub(super) fn spire_writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// The read-only pool, for [`super::spire::SpireStore`]'s reads.
+    pub(super) fn spire_reader(&self) -> &SqlitePool {
+        &self.reader
     }
 }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // reason: each test binary uses a different subset of the helpers.
 
+pub mod quic;
+
 use std::path::PathBuf;
 
 use axum::Router;
@@ -120,6 +122,8 @@ impl Isolation {
             max_batch_events: 2000,
             ..Config::default()
         };
+        // Tests run side by side: the agents' UDP uplink takes any free loopback port.
+        c.ja4.uplink_bind = Some("127.0.0.1:0".parse().unwrap());
         if self.backend == Backend::Postgres {
             c.database_url = Some(pg_url());
             c.database_schema = self.schema.clone();

@@ -23,11 +23,14 @@ use crate::error::{ApiError, ErrorBody};
 use crate::gateway::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 use crate::store::{
-    Cursor, FingerprintDetail, FingerprintQuery, FingerprintSummary, MAX_PAGE_SIZE, Page,
-    RetentionOutcome, TopEntry, now_us, to_us, uuid_ms,
+    Cursor, FingerprintDetail, FingerprintQuery, FingerprintSummary, IngestOutcome, MAX_PAGE_SIZE,
+    Page, RetentionOutcome, TopEntry, now_us, to_us, uuid_ms,
 };
 
-pub const DESCRIPTION: &str = "JA4+ fingerprint ingest, storage, search and statistics.";
+pub mod uplink;
+
+pub const DESCRIPTION: &str =
+    "JA4+ fingerprint ingest (HTTP and the agents' QUIC uplink), storage, search and statistics.";
 
 /// Default page size of a search.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -156,11 +159,7 @@ pub async fn ingest(
         )));
     }
     for (i, e) in req.events.iter().enumerate() {
-        let checked = e
-            .validate()
-            .map_err(|err| err.to_string())
-            .and_then(|()| check_event_times(e));
-        if let Err(msg) = checked {
+        if let Err(msg) = check_event(e) {
             state
                 .metrics
                 .ingest_rejected
@@ -170,7 +169,28 @@ pub async fn ingest(
             )));
         }
     }
-    let out = state.store.ingest(&req.events).await?;
+    let out = store_events(&state, &req.events).await?;
+    Ok(Json(IngestResponse {
+        stored: out.stored.len(),
+        duplicates: out.duplicates,
+    }))
+}
+
+/// Checks one event as every ingest path must (HTTP and uplink alike): the shared content limits
+/// of `FingerprintEvent::validate`, and plausible times.
+pub fn check_event(e: &FingerprintEvent) -> Result<(), String> {
+    e.validate()
+        .map_err(|err| err.to_string())
+        .and_then(|()| check_event_times(e))
+}
+
+/// Stores checked events, counts them, and publishes the new ones on `fingerprint.events`.
+/// Returns after the store committed them, so the caller may acknowledge.
+pub async fn store_events(
+    state: &AppState,
+    events: &[FingerprintEvent],
+) -> Result<IngestOutcome, crate::store::StoreError> {
+    let out = state.store.ingest(events).await?;
     let m = &state.metrics;
     m.ingest_batches.fetch_add(1, Ordering::Relaxed);
     m.ingest_stored
@@ -178,7 +198,7 @@ pub async fn ingest(
     m.ingest_duplicates
         .fetch_add(out.duplicates as u64, Ordering::Relaxed);
     if !out.stored.is_empty() {
-        let stored: Vec<&FingerprintEvent> = out.stored.iter().map(|&i| &req.events[i]).collect();
+        let stored: Vec<&FingerprintEvent> = out.stored.iter().map(|&i| &events[i]).collect();
         state
             .publish(BusMessage::new(
                 topics::FINGERPRINT_EVENTS,
@@ -187,10 +207,7 @@ pub async fn ingest(
             ))
             .await;
     }
-    Ok(Json(IngestResponse {
-        stored: out.stored.len(),
-        duplicates: out.duplicates,
-    }))
+    Ok(out)
 }
 
 /// Search parameters. Every filter is optional; all given ones must match.
