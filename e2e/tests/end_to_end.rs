@@ -147,26 +147,37 @@ fn printed_fingerprints(records: &Path, ports: &[u16]) -> BTreeSet<(String, Stri
             continue;
         };
         let dst = v["dst_port"].as_u64().unwrap_or(0) as u16;
-        if !ports.contains(&dst) {
-            continue;
-        }
-        for m in [
-            "ja4", "ja4s", "ja4h", "ja4ssh", "ja4t", "ja4ts", "ja4l", "ja4ls",
-        ] {
-            match &v[m] {
-                Value::String(s) => {
-                    out.insert((m.to_owned(), s.clone()));
-                }
-                Value::Array(a) => {
-                    for s in a.iter().filter_map(Value::as_str) {
-                        out.insert((m.to_owned(), s.to_owned()));
-                    }
-                }
-                _ => {}
-            }
+        if ports.contains(&dst) {
+            collect(&v, &mut out);
         }
     }
     out
+}
+
+/// Fingerprint fields anywhere in a record (JA4H sits in `http[]`, JA4SSH in `ssh[]`, ...).
+fn collect(v: &Value, out: &mut BTreeSet<(String, String)>) {
+    const METHODS: [&str; 8] = [
+        "ja4", "ja4s", "ja4h", "ja4ssh", "ja4t", "ja4ts", "ja4l", "ja4ls",
+    ];
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map {
+                match x {
+                    Value::String(s) if METHODS.contains(&k.as_str()) => {
+                        out.insert((k.clone(), s.clone()));
+                    }
+                    Value::Array(a) if METHODS.contains(&k.as_str()) => {
+                        for s in a.iter().filter_map(Value::as_str) {
+                            out.insert((k.clone(), s.to_owned()));
+                        }
+                    }
+                    _ => collect(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+        _ => {}
+    }
 }
 
 #[test]
