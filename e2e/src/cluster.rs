@@ -125,6 +125,8 @@ pub struct Agent {
     pub state_dir: PathBuf,
     pub log_dir: PathBuf,
     pub proc: Option<Proc>,
+    /// Extra environment for `run` (e.g. `HAIS_ATTRIBUTION=0`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -134,6 +136,7 @@ impl Agent {
             state_dir: dir.join("state"),
             log_dir: dir.to_owned(),
             proc: None,
+            env: Vec::new(),
         }
     }
 
@@ -167,7 +170,8 @@ impl Agent {
             .args(["--server", &server.to_string()])
             .arg("--state-dir")
             .arg(&self.state_dir)
-            .args(args);
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         self.proc = Some(Proc::spawn("agent", cmd, &self.log_dir));
     }
 
