@@ -11,7 +11,10 @@
 //! Initial always decrypting. The first input byte(s) usually select a mode, so one target
 //! reaches both the framing layers and the message parsers behind them.
 
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes128Gcm, KeyInit};
@@ -45,9 +48,17 @@ use hais_dissect::tls::server_hello::ServerHello;
 use hais_ja4::ja4::{AlpnRule, Ja4, Ja4Transport, ja4, ja4_string};
 use hais_ja4::{hash12, ja4::client_version};
 
+use hais_shared::event::FingerprintEvent;
+use hais_shared::registration::{MAX_SELECTORS_PER_ENTRY, import_spire_json};
+use hais_shared::selector::Selector;
+use hais_shared::spiffe::{SpiffeId, validate_trust_domain};
+use hais_shared::wire;
+use hais_svid::{Bundle, JoinToken, Svid, spiffe_id_of, split_credential};
+
 use crate::decode::{self, LinkType, Transport};
 use crate::engine::{Engine, EngineConfig};
 use crate::output::{Value, write_json_line, write_yaml_list_item};
+use crate::uplink::spool::{Batch, MAX_RECORD_BYTES, Spool, SpoolOptions};
 
 /// Both ALPN rules: every fingerprint is computed under each.
 const ALPN_RULES: [AlpnRule; 2] = [AlpnRule::Spec, AlpnRule::Reference];
@@ -1169,4 +1180,476 @@ pub fn decode_chain(data: &[u8]) {
         check_record(&Value::Map(r.record.clone()));
     }
     assert!(engine.finish().is_empty(), "second finish() reported again");
+}
+
+// ---------------------------------------------------------------------------------------
+// Wire protocol (`hais_shared::wire`).
+
+/// Most events of one decoded batch run through conversion and validation (a batch of tiny
+/// events could hold hundreds of thousands).
+const MAX_WIRE_EVENTS: usize = 1024;
+
+/// Decodes the input both as a [`wire::Request`] and as a [`wire::Response`] (the whole input
+/// is one message, as on a QUIC stream), and converts every event of a decoded batch with
+/// `FingerprintEvent::try_from` and [`FingerprintEvent::validate`]. Checked: a decoded message
+/// re-encodes to bytes that decode to the same message; a converted event survives the agent's
+/// encoding (`wire::Event::from`) unchanged; a valid event survives the JSON form the control
+/// plane stores and serves, and stays valid; a certificate of an SVID response that names a
+/// SPIFFE ID names a valid one.
+pub fn wire(data: &[u8]) {
+    if let Ok(req) = wire::decode::<wire::Request>(data) {
+        check_reencode(&req);
+        if let Some(wire::request::Body::Batch(batch)) = &req.body {
+            for ev in batch.events.iter().take(MAX_WIRE_EVENTS) {
+                check_wire_event(ev);
+            }
+        }
+    }
+    if let Ok(resp) = wire::decode::<wire::Response>(data) {
+        check_reencode(&resp);
+        if let Some(wire::response::Body::Svid(s)) = &resp.body {
+            for der in s.svid_chain_der.iter().chain(&s.bundle_der).take(MAX_CERTS) {
+                check_spiffe_id_of(der);
+            }
+        }
+    }
+}
+
+fn check_reencode<M: prost::Message + Default + PartialEq + std::fmt::Debug>(msg: &M) {
+    let bytes = wire::encode(msg);
+    let back: M = wire::decode(&bytes).expect("a re-encoded message decodes");
+    assert_eq!(&back, msg, "message changed through encode/decode");
+}
+
+fn check_wire_event(ev: &wire::Event) {
+    let Ok(event) = FingerprintEvent::try_from(ev.clone()) else {
+        return;
+    };
+    let again = FingerprintEvent::try_from(wire::Event::from(&event))
+        .expect("an event the agent encodes converts back");
+    assert_eq!(again, event, "event changed through wire::Event::from");
+    if event.validate().is_ok() {
+        let json = serde_json::to_string(&event).expect("a valid event serialises");
+        let back: FingerprintEvent =
+            serde_json::from_str(&json).expect("a valid event's JSON parses");
+        assert_eq!(back, event, "event changed through JSON: {json}");
+        back.validate()
+            .expect("a valid event stays valid through JSON");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Spool recovery (`uplink::spool`).
+
+/// Spool record frame header: `len: u32 LE | crc32: u32 LE` (see `uplink::spool`).
+const SPOOL_FRAME_HEADER: usize = 8;
+const SPOOL_CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+const SPOOL_SEGMENT: &str = "00000000000000000001.seg";
+const SPOOL_MAX_BYTES: u64 = 32 << 10;
+
+static SPOOL_DIRS: AtomicU64 = AtomicU64::new(0);
+
+/// A scratch directory under the system temp dir (`TMPDIR`; point it at a tmpfs when
+/// fuzzing), removed on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> Self {
+        let n = SPOOL_DIRS.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("hais-fuzz-spool-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create scratch dir");
+        ScratchDir(path)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn spool_frame(payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&SPOOL_CRC.checksum(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The valid prefix of a segment as the spool defines it: its payloads, and the offsets of
+/// every record boundary (0 first, the end of the last valid record last).
+fn spool_scan(data: &[u8]) -> (Vec<&[u8]>, Vec<u64>) {
+    let mut payloads = Vec::new();
+    let mut bounds = vec![0u64];
+    let mut pos = 0;
+    while let Some(header) = data.get(pos..pos + SPOOL_FRAME_HEADER) {
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        let start = pos + SPOOL_FRAME_HEADER;
+        let Some(payload) = data
+            .get(start..start + len)
+            .filter(|_| len <= MAX_RECORD_BYTES)
+        else {
+            break;
+        };
+        if SPOOL_CRC.checksum(payload) != crc {
+            break;
+        }
+        payloads.push(payload);
+        pos = start + len;
+        bounds.push(pos as u64);
+    }
+    (payloads, bounds)
+}
+
+/// Hands out batches until the spool has nothing more, checking each batch's shape.
+fn spool_hand_out(spool: &mut Spool, max_events: usize) -> Vec<Batch> {
+    let mut out = Vec::new();
+    while let Some(b) = spool.next_batch(max_events).expect("spool read") {
+        assert!(!b.records.is_empty() && b.records.len() <= max_events);
+        assert_eq!(b.id.count as usize, b.records.len());
+        let bytes: u64 = b
+            .records
+            .iter()
+            .map(|r| (SPOOL_FRAME_HEADER + r.len()) as u64)
+            .sum();
+        assert_eq!(b.id.end - b.id.start, bytes, "batch {:?}", b.id);
+        out.push(b);
+        assert!(out.len() <= MAX_PIECES, "spool hands out batches forever");
+    }
+    out
+}
+
+fn spool_records(batches: &[Batch]) -> Vec<Vec<u8>> {
+    batches.iter().flat_map(|b| b.records.clone()).collect()
+}
+
+fn spool_options(dir: &Path, flags: u8) -> SpoolOptions {
+    SpoolOptions {
+        dir: dir.to_path_buf(),
+        max_bytes: SPOOL_MAX_BYTES,
+        segment_bytes: [64, 1024, 4096, SPOOL_MAX_BYTES / 2][usize::from(flags >> 6)],
+        fsync_interval: std::time::Duration::from_secs(3600),
+    }
+}
+
+/// Writes the input as the segment file of a spool directory (optionally with a head file),
+/// opens the spool, hands out every batch and acknowledges them (in order, reversed, or half
+/// of them, then the rest after a rewind). Checked: opening never fails or panics on any
+/// segment bytes; a torn or invalid tail is counted in `torn_records` (and only then), and the
+/// segment is truncated to its valid records; exactly the valid records after the head come
+/// out, in order, in well-formed batches; after the acks nothing is left, an append after the
+/// repair reads back, and reopening finds a clean, empty spool.
+///
+/// Layout: `flags`, `max_events - 1` (low 4 bits), `head: u16`, then the segment. `flags`
+/// bit 0: the segment is built from records (`len: u8 | payload` each, framed with a correct
+/// CRC, preceded by `cut: u16` truncating the result and `flip_at: u16, flip: u8` damaging one
+/// byte) instead of taken raw; bits 1-2: head file (none, at the `head`-th record boundary,
+/// `1 <head>`, or `len: u8 | text` taken as its contents); bit 3: ack in reverse order; bit 4:
+/// rewind and read everything again before acking; bit 5: ack every other batch first, then
+/// rewind and read the rest; bits 6-7: segment size.
+pub fn spool(data: &[u8]) {
+    let mut input = Input::new(data);
+    let flags = input.byte();
+    let max_events = usize::from(input.byte() & 15) + 1;
+    let head = input.u16();
+    let head_mode = (flags >> 1) & 3;
+    let head_text = if head_mode == 3 {
+        let n = usize::from(input.byte());
+        Some(input.take(n).to_vec())
+    } else {
+        None
+    };
+    let segment = if flags & 1 == 0 {
+        input.rest().to_vec()
+    } else {
+        let cut = usize::from(input.u16());
+        let flip_at = usize::from(input.u16());
+        let flip = input.byte();
+        let mut seg = Vec::new();
+        while !input.is_empty() {
+            let n = usize::from(input.byte());
+            spool_frame(input.take(n), &mut seg);
+        }
+        if let Some(b) = seg.get_mut(flip_at) {
+            *b ^= flip;
+        }
+        if cut != 0 && cut < seg.len() {
+            seg.truncate(cut);
+        }
+        seg
+    };
+    let (payloads, bounds) = spool_scan(&segment);
+    let valid_len = *bounds.last().expect("bounds start at 0");
+    let torn_bytes = segment.len() as u64 - valid_len;
+
+    let scratch = ScratchDir::new();
+    let dir = scratch.0.join("spool");
+    fs::create_dir_all(&dir).expect("create spool dir");
+    let seg_path = dir.join(SPOOL_SEGMENT);
+    fs::write(&seg_path, &segment).expect("write segment");
+    // Records acknowledged before the "restart", when the head says so exactly.
+    let skip = match head_mode {
+        0 => Some(0),
+        1 => {
+            let i = usize::from(head) % bounds.len();
+            fs::write(dir.join("head"), format!("1 {}\n", bounds[i])).expect("write head");
+            Some(i)
+        }
+        2 => {
+            fs::write(dir.join("head"), format!("1 {head}\n")).expect("write head");
+            Some(
+                bounds
+                    .iter()
+                    .position(|b| *b == u64::from(head))
+                    .unwrap_or(0),
+            )
+        }
+        _ => {
+            fs::write(dir.join("head"), head_text.unwrap_or_default()).expect("write head");
+            None
+        }
+    };
+
+    let opts = spool_options(&dir, flags);
+    let mut spool = Spool::open(opts.clone()).expect("a spool opens whatever its segment holds");
+    let st = spool.stats();
+    if skip.is_some() {
+        assert_eq!(
+            st.torn_records > 0,
+            torn_bytes > 0,
+            "torn records {st:?}, torn bytes {torn_bytes}"
+        );
+    }
+    assert!(st.torn_records <= torn_bytes.div_ceil(SPOOL_FRAME_HEADER as u64) + 1);
+    if let Ok(meta) = fs::metadata(&seg_path) {
+        assert_eq!(
+            meta.len(),
+            valid_len,
+            "segment not truncated to its valid records"
+        );
+    }
+    let expected: Vec<Vec<u8>> = match skip {
+        _ if st.dropped > 0 => Vec::new(),
+        Some(skip) => payloads[skip..].iter().map(|p| p.to_vec()).collect(),
+        None => {
+            let n = st.depth as usize;
+            assert!(n <= payloads.len());
+            payloads[payloads.len() - n..]
+                .iter()
+                .map(|p| p.to_vec())
+                .collect()
+        }
+    };
+    if skip.is_some() || st.dropped > 0 {
+        assert_eq!(
+            st.depth + st.dropped,
+            (payloads.len() - skip.unwrap_or(0)) as u64
+        );
+    }
+
+    let batches = spool_hand_out(&mut spool, max_events);
+    assert_eq!(spool_records(&batches), expected);
+    let batches = if flags & 16 != 0 {
+        spool.rewind();
+        let again = spool_hand_out(&mut spool, max_events);
+        assert_eq!(spool_records(&again), expected);
+        again
+    } else {
+        batches
+    };
+    if flags & 32 != 0 {
+        let mut want = Vec::new();
+        for (i, b) in batches.iter().enumerate() {
+            if i % 2 == 0 {
+                spool.ack(&b.id);
+            } else {
+                want.extend(b.records.iter().cloned());
+            }
+        }
+        spool.rewind();
+        let again = spool_hand_out(&mut spool, max_events);
+        assert_eq!(spool_records(&again), want, "rewind after partial acks");
+        for b in &again {
+            spool.ack(&b.id);
+        }
+    } else if flags & 8 != 0 {
+        for b in batches.iter().rev() {
+            spool.ack(&b.id);
+        }
+    } else {
+        for b in &batches {
+            spool.ack(&b.id);
+        }
+    }
+    let st = spool.stats();
+    assert_eq!(st.depth, 0, "{st:?}");
+    assert_eq!(st.acked, expected.len() as u64, "{st:?}");
+    assert!(spool.next_batch(max_events).expect("spool read").is_none());
+
+    // The repaired spool takes new records, and they survive a restart before being acked.
+    let fresh: Vec<Vec<u8>> = (0..max_events % 4 + 1)
+        .map(|i| format!("after-recovery-{i}").into_bytes())
+        .collect();
+    spool.append(&fresh).expect("append after recovery");
+    drop(spool);
+    let mut spool = Spool::open(opts.clone()).expect("reopen");
+    let st = spool.stats();
+    assert_eq!(
+        (st.torn_records, st.depth),
+        (0, fresh.len() as u64),
+        "{st:?}"
+    );
+    let after = spool_hand_out(&mut spool, max_events);
+    assert_eq!(
+        spool_records(&after),
+        fresh,
+        "records appended after recovery"
+    );
+    for b in &after {
+        spool.ack(&b.id);
+    }
+    drop(spool);
+    let mut spool = Spool::open(opts).expect("reopen");
+    let st = spool.stats();
+    assert_eq!((st.torn_records, st.depth), (0, 0), "{st:?}");
+    assert!(spool.next_batch(max_events).expect("spool read").is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// Identity text: SPIFFE IDs, selectors, SPIRE entry imports, join tokens, trust bundles.
+
+/// The first byte picks the parser, the rest (lossily decoded as UTF-8) is its input:
+/// 0 `SpiffeId::parse`, 1 `Selector::parse`, 2 `import_spire_json`, 3 `JoinToken::parse` (and
+/// `split_credential`), 4 `Bundle::from_file_text` (PEM or SPIFFE JWKS). Checked: whatever
+/// parses prints back as its input (IDs, selectors, tokens) and reparses to the same value;
+/// imported entries hold 1 to `MAX_SELECTORS_PER_ENTRY` sorted, distinct selectors; a bundle
+/// holds at least one certificate and survives its PEM form.
+pub fn identity_text(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    match sel % 5 {
+        0 => check_spiffe_id(&text),
+        1 => check_selector(&text),
+        2 => check_spire_import(&text),
+        3 => check_join_token(&text),
+        _ => check_bundle_text(&text),
+    }
+}
+
+fn check_spiffe_id(s: &str) {
+    let Ok(id) = SpiffeId::parse(s) else {
+        return;
+    };
+    assert_eq!(id.as_str(), s);
+    assert_eq!(format!("spiffe://{}{}", id.trust_domain(), id.path()), s);
+    assert_eq!(
+        SpiffeId::new(id.trust_domain(), id.path()).as_ref(),
+        Ok(&id)
+    );
+    validate_trust_domain(id.trust_domain()).expect("the trust domain of a valid ID");
+    if let Some(agent) = id.agent_id() {
+        assert_eq!(SpiffeId::agent(id.trust_domain(), agent).as_ref(), Ok(&id));
+    }
+}
+
+fn check_selector(s: &str) {
+    if let Ok(sel) = Selector::parse(s) {
+        assert_eq!(sel.to_string(), s);
+        assert_eq!(
+            Selector::new(sel.kind, sel.value.clone()).as_ref(),
+            Ok(&sel)
+        );
+    }
+}
+
+fn check_spire_import(s: &str) {
+    let Ok(report) = import_spire_json(s) else {
+        return;
+    };
+    for e in &report.entries {
+        let n = e.selectors.len();
+        assert!((1..=MAX_SELECTORS_PER_ENTRY).contains(&n), "{n} selectors");
+        assert!(e.selectors.windows(2).all(|w| w[0] < w[1]), "not sorted");
+        assert_eq!(
+            SpiffeId::parse(e.spiffe_id.as_str()).as_ref(),
+            Ok(&e.spiffe_id)
+        );
+        for sel in &e.selectors {
+            assert_eq!(Selector::parse(&sel.to_string()).as_ref(), Ok(sel));
+        }
+    }
+}
+
+fn check_join_token(s: &str) {
+    if let Ok(t) = JoinToken::parse(s) {
+        assert_eq!(t.to_string(), s.trim());
+        assert_eq!(JoinToken::parse(&t.to_string()).ok().as_ref(), Some(&t));
+        let cred = t.credential();
+        assert_eq!(
+            split_credential(&cred),
+            Some((t.id.as_str(), t.secret.as_str()))
+        );
+    }
+    if let Some((id, secret)) = split_credential(s) {
+        assert_eq!(format!("{id}.{secret}"), s);
+    }
+}
+
+fn check_bundle_text(s: &str) {
+    let Ok(bundle) = Bundle::from_file_text(s) else {
+        return;
+    };
+    assert!(!bundle.certs.is_empty());
+    let again = Bundle::from_pem(&bundle.to_pem()).expect("a bundle's PEM form parses");
+    assert_eq!(again, bundle);
+    assert_eq!(bundle.merged(&bundle), bundle);
+}
+
+// ---------------------------------------------------------------------------------------
+// SVID certificates (`hais_svid`).
+
+/// Mode byte, then: (even) one DER certificate for `spiffe_id_of`; (odd) chunks
+/// (`len: u16 | bytes`): a PKCS#8 key, then a chain for `Svid::from_der` and `Bundle::from_der`
+/// (each certificate also through `spiffe_id_of`). Checked: an ID found is a valid SPIFFE ID;
+/// an accepted SVID names its leaf's ID, keeps its key and chain, and renews within its
+/// validity.
+pub fn svid(data: &[u8]) {
+    let mut input = Input::new(data);
+    if input.byte() & 1 == 0 {
+        check_spiffe_id_of(input.rest());
+        return;
+    }
+    let key = input.chunk().unwrap_or_default().to_vec();
+    let mut chain = Vec::new();
+    while let Some(der) = input.chunk() {
+        if chain.len() == MAX_CERTS {
+            break;
+        }
+        check_spiffe_id_of(der);
+        chain.push(der.to_vec());
+    }
+    if let Ok(b) = Bundle::from_der(chain.clone()) {
+        assert_eq!(b.certs.len(), chain.len());
+    }
+    if let Ok(s) = Svid::from_der(chain.clone(), key.clone()) {
+        assert_eq!(
+            spiffe_id_of(&chain[0]).ok().as_ref(),
+            Some(&s.spiffe_id),
+            "SVID ID differs from its leaf's"
+        );
+        assert_eq!(s.key_pkcs8, key);
+        assert_eq!(s.chain.len(), chain.len());
+        if s.not_before <= s.not_after {
+            let r = s.renew_at();
+            assert!(s.not_before <= r && r <= s.not_after, "renew_at {r}");
+        }
+    }
+}
+
+fn check_spiffe_id_of(der: &[u8]) {
+    if let Ok(id) = spiffe_id_of(der) {
+        assert_eq!(SpiffeId::parse(id.as_str()).as_ref(), Ok(&id));
+    }
 }

@@ -103,6 +103,13 @@ impl App {
             } else {
                 None
             };
+        let identity = Arc::new(
+            if config.service.runs(ServiceName::Identity) || config.service.runs(ServiceName::Ja4) {
+                services::identity::Identity::load(&*store).await?
+            } else {
+                services::identity::Identity::default()
+            },
+        );
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build_http();
@@ -118,6 +125,7 @@ impl App {
             stats,
             http,
             spire,
+            identity,
         });
         let mut tasks = services::start(&state, shutdown_rx.clone()).await;
         if state.service.runs(ServiceName::Ja4) && state.config.retention_days > 0 {

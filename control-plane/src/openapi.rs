@@ -7,6 +7,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::auth::routes as auth;
+use crate::services::identity::routes as identity;
 use crate::services::ja4;
 use crate::services::spire::routes as spire;
 use crate::{gateway, ops, services, store};
@@ -26,6 +27,9 @@ use crate::{gateway, ops, services, store};
         ja4::ingest, ja4::search, ja4::detail, ja4::add_label, ja4::top, ja4::retention,
         spire::create_token, spire::list_agents, spire::get_agent, spire::revoke_agent,
         spire::bundle,
+        identity::create_entry, identity::import_entries, identity::list_entries,
+        identity::get_entry, identity::delete_entry, identity::list_identities,
+        identity::get_identity,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorDetail,
@@ -34,6 +38,11 @@ use crate::{gateway, ops, services, store};
         store::spire::AgentRecord, store::spire::HeartbeatRecord,
         crate::services::spire::AgentView, crate::services::spire::AgentStatus,
         store::Page<crate::services::spire::AgentView>,
+        identity::CreateEntryRequest, identity::ImportResponse, identity::SkippedEntry,
+        identity::IdentityView, store::identity::EntryRecord, store::identity::IdentitySummary,
+        store::identity::IdentityDetail, store::identity::IdentityFingerprint,
+        store::identity::MethodCount, store::Page<store::identity::EntryRecord>,
+        store::Page<store::identity::IdentitySummary>,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -43,6 +52,7 @@ use crate::{gateway, ops, services, store};
         (name = "services", description = "per-service status"),
         (name = "ja4", description = "fingerprints"),
         (name = "spire", description = "SPIFFE CA, join tokens, agent fleet"),
+        (name = "identity", description = "registration entries, workload identity inventory"),
     )
 )]
 pub struct ApiDoc;

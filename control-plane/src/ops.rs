@@ -41,6 +41,22 @@ pub struct Metrics {
     pub retention_events_deleted: AtomicU64,
     /// The agents' QUIC uplink (`services::ja4::uplink`).
     pub uplink: UplinkMetrics,
+    /// Workload identity resolution on ingest (`services::identity`).
+    pub identity: IdentityMetrics,
+}
+
+/// Counters of identity resolution (events count once, when newly stored).
+#[derive(Debug, Default)]
+pub struct IdentityMetrics {
+    /// Events given a SPIFFE ID by a registration entry.
+    pub resolved: AtomicU64,
+    /// Events no entry matched.
+    pub unmatched: AtomicU64,
+    /// Resolved events whose best match tied with an entry naming another SPIFFE ID.
+    pub conflicts: AtomicU64,
+    /// Reloads of the registration entries (after changes, on the bus, periodically).
+    pub refreshes: AtomicU64,
+    pub refresh_failures: AtomicU64,
 }
 
 /// Counters of the QUIC uplink. Batches also count in the `ingest_*` totals.
@@ -209,6 +225,31 @@ impl Metrics {
                 "hais_uplink_errors_total",
                 "Uplink requests answered with an error.",
                 &self.uplink.errors,
+            ),
+            (
+                "hais_identity_events_resolved_total",
+                "Stored events given a SPIFFE ID by a registration entry.",
+                &self.identity.resolved,
+            ),
+            (
+                "hais_identity_events_unmatched_total",
+                "Stored events no registration entry matched.",
+                &self.identity.unmatched,
+            ),
+            (
+                "hais_identity_conflicts_total",
+                "Stored events whose most specific entries tied, naming different SPIFFE IDs.",
+                &self.identity.conflicts,
+            ),
+            (
+                "hais_identity_refreshes_total",
+                "Reloads of the registration entries.",
+                &self.identity.refreshes,
+            ),
+            (
+                "hais_identity_refresh_failures_total",
+                "Reloads of the registration entries that failed.",
+                &self.identity.refresh_failures,
             ),
         ] {
             let _ = writeln!(

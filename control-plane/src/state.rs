@@ -41,6 +41,9 @@ pub struct Inner {
     pub http: HttpClient,
     /// The spire CA and revocation set, when this process runs the spire or ja4 service.
     pub spire: Option<Arc<crate::services::spire::Spire>>,
+    /// Registration entries for resolving workload identities on ingest (loaded when this
+    /// process runs the ja4 or identity service; empty otherwise).
+    pub identity: Arc<crate::services::identity::Identity>,
 }
 
 impl Deref for AppState {

@@ -357,7 +357,16 @@ impl Spool {
         }
         // A segment fully acked before the restart (e.g. the last one) carries nothing.
         spool.delete_acked_segments();
-        spool.start_writer()?;
+        if spool.segments.is_empty()
+            && let Some((hid, _)) = head
+        {
+            // The head file names a segment just deleted (fully acknowledged). Reusing its id
+            // would make that stale head mark the new segment's first records as acknowledged
+            // at the next restart.
+            spool.new_segment(hid.saturating_add(1))?;
+        } else {
+            spool.start_writer()?;
+        }
         spool.rewind();
         spool.saved_head = spool.head();
         spool.enforce_bound();
@@ -932,6 +941,29 @@ mod tests {
         let mut s = Spool::open(cfg(d.path(), 1 << 20, 2048)).unwrap();
         assert_eq!(s.depth(), 0);
         assert!(s.next_batch(10).unwrap().is_none());
+    }
+
+    #[test]
+    fn records_appended_after_a_fully_acked_restart_survive_the_next_one() {
+        // Found while writing the `spool` fuzz target's restart check. Everything acked: the
+        // head file names the end of segment 1. The restart deletes that segment; the new one
+        // must not reuse id 1, or the stale head would mark its first records as acknowledged
+        // on the next restart.
+        let d = tempfile::tempdir().unwrap();
+        let recs: Vec<Vec<u8>> = (0..4).map(rec).collect();
+        {
+            let mut s = Spool::open(cfg(d.path(), 1 << 20, 64 << 10)).unwrap();
+            s.append(&recs[..2]).unwrap();
+            drain(&mut s, 100);
+        }
+        {
+            let mut s = Spool::open(cfg(d.path(), 1 << 20, 64 << 10)).unwrap();
+            assert_eq!(s.depth(), 0);
+            s.append(&recs).unwrap();
+        }
+        let mut s = Spool::open(cfg(d.path(), 1 << 20, 64 << 10)).unwrap();
+        assert_eq!(s.depth(), 4);
+        assert_eq!(drain(&mut s, 100), recs);
     }
 
     /// `cargo test -p hais-agent --release --lib append_throughput -- --ignored --nocapture`

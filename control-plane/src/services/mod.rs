@@ -1,4 +1,4 @@
-//! The services. `ja4` and `spire` are implemented; the others are **placeholders** for now: each mounts a
+//! The services. `ja4`, `spire` and `identity` are implemented; the others are **placeholders** for now: each mounts a
 //! status endpoint and listens on the bus (so split deployments can be wired and tested end to
 //! end), and says plainly in its status that it does nothing else yet.
 
@@ -44,7 +44,7 @@ pub fn describe(svc: ServiceName) -> (&'static str, &'static str) {
         ServiceName::Ja4 => ("ok", ja4::DESCRIPTION),
         ServiceName::Spire => ("ok", spire::DESCRIPTION),
         ServiceName::Correlation => ("placeholder", correlation::DESCRIPTION),
-        ServiceName::Identity => ("placeholder", identity::DESCRIPTION),
+        ServiceName::Identity => ("ok", identity::DESCRIPTION),
         ServiceName::Policy => ("placeholder", policy::DESCRIPTION),
         ServiceName::Alert => ("placeholder", alert::DESCRIPTION),
         ServiceName::Threat => ("placeholder", threat::DESCRIPTION),
@@ -61,6 +61,7 @@ pub fn router(svc: ServiceName) -> Router<AppState> {
     match svc {
         ServiceName::Ja4 => status_route.merge(ja4::router()),
         ServiceName::Spire => status_route.merge(spire::router()),
+        ServiceName::Identity => status_route.merge(identity::routes::router()),
         _ => status_route,
     }
 }
@@ -133,6 +134,7 @@ pub async fn start(state: &AppState, shutdown: watch::Receiver<bool>) -> Vec<Joi
             ))
             .await;
     }
+    tasks.extend(identity::start(state, shutdown.clone()));
     tasks.extend(spire::start(state, shutdown));
     tasks
 }

@@ -22,6 +22,7 @@
 //! between SQLite and PostgreSQL.
 
 pub mod fold;
+pub mod identity;
 pub mod postgres;
 mod query;
 mod reads;
@@ -197,8 +198,11 @@ pub struct Page<T> {
 
 /// The storage interface the services use. Implemented by [`sqlite::SqliteStore`] and
 /// [`postgres::PgStore`]; object safe so the backend is chosen at run time. The spire service's
-/// tables (join tokens, agents) are in the [`spire::SpireStore`] supertrait.
-pub trait Store: spire::SpireStore + Send + Sync + std::fmt::Debug {
+/// tables (join tokens, agents) are in the [`spire::SpireStore`] supertrait, the identity
+/// service's (registration entries, inventory) in [`identity::IdentityStore`].
+pub trait Store:
+    spire::SpireStore + identity::IdentityStore + Send + Sync + std::fmt::Debug
+{
     /// Which backend this is (`sqlite` or `postgres`), for logs and `/ready`.
     fn backend(&self) -> &'static str;
 

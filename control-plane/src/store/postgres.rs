@@ -691,6 +691,8 @@ async fn write_rollups(
     .bind(&count)
     .execute(&mut **tx)
     .await?;
+    // Per-identity roll-ups (identity service): store/identity.rs.
+    super::identity::write_rollups::<Postgres>(&mut **tx, r).await?;
     Ok(())
 }
 
@@ -852,6 +854,9 @@ impl Store for PgStore {
                         .bind(cutoff_us)
                         .execute(&mut *tx)
                         .await?;
+                    for sql in super::identity::RETAIN_SQL {
+                        sqlx::query(sql).bind(cutoff_us).execute(&mut *tx).await?;
+                    }
                     sqlx::query("DELETE FROM fingerprint_hourly WHERE hour_us < $1")
                         .bind(cutoff_us.div_euclid(rollup::HOUR_US) * rollup::HOUR_US)
                         .execute(&mut *tx)

@@ -7,6 +7,7 @@
 //! since the previous one) shrinks the writes further. Merged keys come out sorted, so writers
 //! lock roll-up rows in one order and cannot deadlock each other.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -19,6 +20,10 @@ pub const DIM_HOST: &str = "host";
 pub const DIM_AGENT: &str = "agent";
 pub const DIM_SERVER_NAME: &str = "server_name";
 pub const DIM_IDENTITY: &str = "identity";
+/// Identity roll-ups (`identity_rollups`, see `store::identity`): the identity itself (dim and
+/// value empty), and where it was seen: host, agent (the dims above) and destination.
+pub const DIM_SELF: &str = "";
+pub const DIM_DESTINATION: &str = "destination";
 
 /// One hour, in microseconds: the bucket size of `fingerprint_hourly`.
 pub const HOUR_US: i64 = 3_600_000_000;
@@ -61,6 +66,9 @@ pub struct Rollups<'a> {
     pub dims: BTreeMap<(&'a str, &'a str, &'a str, &'a str), Seen>,
     /// (hour start µs, method, value) → count.
     pub hourly: BTreeMap<(i64, &'a str, &'a str), i64>,
+    /// (SPIFFE ID, dim, dim value) → seen: per-identity roll-ups (identity service). Only
+    /// merged records fill it; [`Rollups::from_events`] leaves it empty.
+    pub identities: BTreeMap<(&'a str, &'a str, &'a str), Seen>,
 }
 
 impl<'a> Rollups<'a> {
@@ -129,6 +137,12 @@ impl<'a> Rollups<'a> {
         for &(hour, m, v, n) in &d.hourly {
             *self.hourly.entry((hour, s(m), s(v))).or_default() += n;
         }
+        for &([id, dim, dv], seen) in &d.identities {
+            self.identities
+                .entry((s(id), s(dim), s(dv)))
+                .and_modify(|x| x.merge(seen))
+                .or_insert(seen);
+        }
     }
 }
 
@@ -172,11 +186,15 @@ type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
 /// tuples in hash maps. Unordered: the fold sorts when it merges.
 #[derive(Debug, Default)]
 pub struct BatchDeltas<'a> {
-    strings: Vec<&'a str>,
+    /// Borrowed from the events, or built for the record (an identity's `ip:port` destination).
+    strings: Vec<Cow<'a, str>>,
     ids: HashMap<&'a str, u32>,
+    owned_ids: HashMap<String, u32>,
     fingerprints: FxMap<(u32, u32), Seen>,
     dims: FxMap<[u32; 4], Seen>,
     hourly: FxMap<(i64, u32, u32), i64>,
+    /// [SPIFFE ID, dim, dim value] → seen.
+    identities: FxMap<[u32; 3], Seen>,
 }
 
 impl<'a> BatchDeltas<'a> {
@@ -185,9 +203,43 @@ impl<'a> BatchDeltas<'a> {
             return i;
         }
         let i = self.strings.len() as u32;
-        self.strings.push(s);
+        self.strings.push(Cow::Borrowed(s));
         self.ids.insert(s, i);
         i
+    }
+
+    /// [`Self::intern`] for a string the events do not hold.
+    fn intern_owned(&mut self, s: String) -> u32 {
+        if let Some(&i) = self.ids.get(s.as_str()).or_else(|| self.owned_ids.get(&s)) {
+            return i;
+        }
+        let i = self.strings.len() as u32;
+        self.strings.push(Cow::Owned(s.clone()));
+        self.owned_ids.insert(s, i);
+        i
+    }
+
+    /// Identity roll-ups of one event whose workload has a SPIFFE ID (interned as `id`): the
+    /// identity itself, its host and agent (`dims[0]`, `dims[1]`), and its destination.
+    fn add_identity(&mut self, e: &'a FingerprintEvent, id: u32, ts: i64, dims: &[(u32, u32)]) {
+        let [this, dest_dim] = [DIM_SELF, DIM_DESTINATION].map(|d| self.intern(d));
+        let dest = match &e.server_name {
+            Some(sni) => self.intern(sni),
+            None => self.intern_owned(
+                std::net::SocketAddr::new(e.flow.dst_ip, e.flow.dst_port).to_string(),
+            ),
+        };
+        for key in [
+            [id, this, this],
+            [id, dims[0].0, dims[0].1],
+            [id, dims[1].0, dims[1].1],
+            [id, dest_dim, dest],
+        ] {
+            self.identities
+                .entry(key)
+                .and_modify(|s| s.add(ts))
+                .or_insert_with(|| Seen::new(ts));
+        }
     }
 
     /// Aggregates the given (newly stored) events. A fingerprint repeated inside one event
@@ -227,7 +279,9 @@ impl<'a> BatchDeltas<'a> {
                 dims.push((sni, r.intern(v)));
             }
             if let Some(v) = &e.workload.spiffe_id {
-                dims.push((identity, r.intern(v)));
+                let id = r.intern(v);
+                dims.push((identity, id));
+                r.add_identity(e, id, ts, &dims);
             }
             for &(m, v) in &fps {
                 r.fingerprints
@@ -282,11 +336,20 @@ impl<'a> BatchDeltas<'a> {
             put(&mut out, u64::from(v));
             put(&mut out, zigzag(*n));
         }
+        put(&mut out, self.identities.len() as u64);
+        for (k, s) in &self.identities {
+            for &x in k {
+                put(&mut out, u64::from(x));
+            }
+            put_seen(&mut out, s);
+        }
         out
     }
 }
 
-const FORMAT_VERSION: u8 = 1;
+/// Version 2 appends the identity roll-ups; version 1 records (pending across an upgrade)
+/// have none.
+const FORMAT_VERSION: u8 = 2;
 
 /// One stored delta record, decoded: strings once, keys as indexes into them.
 #[derive(Debug, Default)]
@@ -295,13 +358,15 @@ pub struct Deltas {
     fingerprints: Vec<(u32, u32, Seen)>,
     dims: Vec<([u32; 4], Seen)>,
     hourly: Vec<(i64, u32, u32, i64)>,
+    identities: Vec<([u32; 3], Seen)>,
 }
 
 impl Deltas {
     pub fn decode(b: &[u8]) -> Result<Deltas, StoreError> {
         let corrupt = || StoreError::Corrupt("undecodable roll-up delta record".into());
         let mut r = Reader { b, at: 0 };
-        if r.byte().ok_or_else(corrupt)? != FORMAT_VERSION {
+        let version = r.byte().ok_or_else(corrupt)?;
+        if version != 1 && version != FORMAT_VERSION {
             return Err(corrupt());
         }
         let mut d = Deltas::default();
@@ -330,6 +395,12 @@ impl Deltas {
             let (m, v) = (ix(&mut r)?, ix(&mut r)?);
             let n = unzigzag(r.var().ok_or_else(corrupt)?);
             d.hourly.push((hour, m, v, n));
+        }
+        if version >= 2 {
+            for _ in 0..r.len()? {
+                let k = [ix(&mut r)?, ix(&mut r)?, ix(&mut r)?];
+                d.identities.push((k, r.seen()?));
+            }
         }
         if r.at != b.len() {
             return Err(corrupt());

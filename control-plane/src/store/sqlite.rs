@@ -235,6 +235,8 @@ async fn write_rollups(
         );
         qb.build().execute(&mut **tx).await?;
     }
+    // Per-identity roll-ups (identity service): store/identity.rs.
+    super::identity::write_rollups::<Sqlite>(&mut **tx, r).await?;
     Ok(())
 }
 
@@ -397,6 +399,9 @@ impl Store for SqliteStore {
                 .bind(cutoff_us)
                 .execute(&mut *tx)
                 .await?;
+            for sql in super::identity::RETAIN_SQL {
+                sqlx::query(sql).bind(cutoff_us).execute(&mut *tx).await?;
+            }
             sqlx::query("DELETE FROM fingerprint_hourly WHERE hour_us < ?")
                 .bind(cutoff_us.div_euclid(rollup::HOUR_US) * rollup::HOUR_US)
                 .execute(&mut *tx)

@@ -144,7 +144,7 @@ fn check_event_times(e: &FingerprintEvent) -> Result<(), String> {
 pub async fn ingest(
     State(state): State<AppState>,
     Caller(c): Caller,
-    ApiJson(req): ApiJson<IngestRequest>,
+    ApiJson(mut req): ApiJson<IngestRequest>,
 ) -> Result<Json<IngestResponse>, ApiError> {
     c.require(allow::INGEST)?;
     let max = state.config.max_batch_events;
@@ -169,7 +169,7 @@ pub async fn ingest(
             )));
         }
     }
-    let out = store_events(&state, &req.events).await?;
+    let out = store_events(&state, &mut req.events).await?;
     Ok(Json(IngestResponse {
         stored: out.stored.len(),
         duplicates: out.duplicates,
@@ -184,13 +184,17 @@ pub fn check_event(e: &FingerprintEvent) -> Result<(), String> {
         .and_then(|()| check_event_times(e))
 }
 
-/// Stores checked events, counts them, and publishes the new ones on `fingerprint.events`.
-/// Returns after the store committed them, so the caller may acknowledge.
+/// Resolves the events' workload identities (registration entries, see
+/// [`crate::services::identity::resolve`]), stores them, counts them, and publishes the new ones
+/// on `fingerprint.events`. Returns after the store committed them, so the caller may
+/// acknowledge. Both ingest paths (HTTP and the QUIC uplink) come through here.
 pub async fn store_events(
     state: &AppState,
-    events: &[FingerprintEvent],
+    events: &mut [FingerprintEvent],
 ) -> Result<IngestOutcome, crate::store::StoreError> {
+    let identities = crate::services::identity::resolve(&state.identity.snapshot(), events);
     let out = state.store.ingest(events).await?;
+    crate::services::identity::record(state, events, &identities, &out).await;
     let m = &state.metrics;
     m.ingest_batches.fetch_add(1, Ordering::Relaxed);
     m.ingest_stored

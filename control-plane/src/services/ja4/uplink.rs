@@ -577,7 +577,14 @@ async fn batch(state: &AppState, agent_id: &str, b: wire::EventBatch) -> Respons
                 check_event(&e).map(|()| e)
             });
         match checked {
-            Ok(e) => valid.push(e),
+            Ok(mut e) => {
+                // Workload identities are the control plane's to decide (from registration
+                // entries, on ingest): whatever an agent claims is dropped, so a compromised
+                // agent cannot name its flows after another workload.
+                e.workload.spiffe_id = None;
+                e.workload.selectors.clear();
+                valid.push(e)
+            }
             Err(reason) => rejected.push(wire::RejectedEvent {
                 index: i as u32,
                 reason,
@@ -589,7 +596,7 @@ async fn batch(state: &AppState, agent_id: &str, b: wire::EventBatch) -> Respons
     let (stored, duplicates) = if valid.is_empty() {
         (0, 0)
     } else {
-        match store_events(state, &valid).await {
+        match store_events(state, &mut valid).await {
             Ok(out) => (out.stored.len(), out.duplicates),
             Err(e) => {
                 tracing::warn!(error = %e, agent_id, events = valid.len(), "storing an uplink batch failed");

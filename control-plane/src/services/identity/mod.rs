@@ -1,0 +1,380 @@
+//! The identity service: registration entries (selectors → workload SPIFFE ID), resolution of
+//! every ingested event's workload to a SPIFFE ID, and the identity inventory.
+//!
+//! **Resolution happens centrally, on ingest** ([`resolve`], called by
+//! [`crate::services::ja4::store_events`], the one path both HTTP ingest and the agents' QUIC
+//! uplink take): the selectors a workload presents are derived from the facts the agent observed
+//! (`hais_shared::registration::selectors_for`), the most specific entry whose selectors are all
+//! among them wins (most selectors; a tie goes to the oldest entry and is flagged as a conflict),
+//! and the event is stored with that entry's SPIFFE ID and selectors. Agents never hold or decide
+//! workload identities, and a new entry applies to the next event ingested, with no agent
+//! involved. An event no entry matches keeps whatever SPIFFE ID its sender gave (HaIS agents
+//! send none; a trusted service posting to `/api/ja4/ingest` may have resolved it itself).
+//!
+//! Every process that ingests (ja4) or serves entries (identity) holds a [`Snapshot`] of the
+//! entries in memory, reloaded from the shared store after its own changes, when another process
+//! announces a change on the bus (`identity.entries`), and every [`REFRESH_INTERVAL`] in case a
+//! message was missed.
+//!
+//! Conflicts are counted (`hais_identity_conflicts_total`) and recorded per pair of identities
+//! (`identity_conflicts`), which the inventory shows; the tie rule is documented in
+//! `hais_shared::registration`.
+
+pub mod routes;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hais_shared::event::FingerprintEvent;
+use hais_shared::registration::{RegistrationEntry, best_match, selectors_for};
+use hais_shared::selector::Selector;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::bus::topics;
+use crate::service::ServiceName;
+use crate::state::AppState;
+use crate::store::identity::ConflictDeltas;
+use crate::store::rollup::Seen;
+use crate::store::{IngestOutcome, Store, StoreError, to_us};
+
+/// Shown by the status endpoint.
+pub const DESCRIPTION: &str = "Identity: registration entries (selectors → workload SPIFFE ID), \
+    resolution of every ingested event to a SPIFFE ID, and the identity inventory.";
+
+/// How often the entries are reloaded even when no change was announced.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The registration entries at one moment, in id order (oldest first).
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    entries: Vec<RegistrationEntry>,
+}
+
+impl Snapshot {
+    pub fn new(mut entries: Vec<RegistrationEntry>) -> Snapshot {
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        Snapshot { entries }
+    }
+
+    pub fn entries(&self) -> &[RegistrationEntry] {
+        &self.entries
+    }
+}
+
+/// A tied match: the event at `index` got `spiffe_id`, and equally specific entries named
+/// `others` too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub index: usize,
+    pub spiffe_id: String,
+    pub others: Vec<String>,
+}
+
+/// What [`resolve`] did to a batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// Indexes of the events an entry matched.
+    pub resolved: Vec<usize>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// True when two events present the same selectors (what `selectors_for` reads is equal).
+fn same_facts(a: &FingerprintEvent, b: &FingerprintEvent) -> bool {
+    let (x, y) = (&a.workload, &b.workload);
+    a.agent_id == b.agent_id
+        && a.host == b.host
+        && x.pid.is_some() == y.pid.is_some()
+        && x.uid == y.uid
+        && x.user == y.user
+        && x.exe == y.exe
+        && x.exe_sha256 == y.exe_sha256
+        && x.k8s_namespace == y.k8s_namespace
+        && x.k8s_service_account == y.k8s_service_account
+        && x.pod == y.pod
+        && x.container_runtime == y.container_runtime
+        && x.container == y.container
+        && x.container_labels == y.container_labels
+}
+
+/// The match for one set of observed selectors: (SPIFFE ID, the entry's selectors, the other
+/// SPIFFE IDs of a tie).
+type Matched = Option<(String, Vec<String>, Vec<String>)>;
+
+fn match_one(snap: &Snapshot, observed: &BTreeSet<Selector>) -> Matched {
+    let m = best_match(&snap.entries, observed)?;
+    let others = if m.conflict {
+        let n = m.entry.selectors.len();
+        let mut o: Vec<String> = snap
+            .entries
+            .iter()
+            .filter(|e| {
+                e.selectors.len() == n
+                    && e.spiffe_id != m.entry.spiffe_id
+                    && e.selectors.iter().all(|s| observed.contains(s))
+            })
+            .map(|e| e.spiffe_id.to_string())
+            .collect();
+        o.sort();
+        o.dedup();
+        o
+    } else {
+        Vec::new()
+    };
+    Some((
+        m.entry.spiffe_id.to_string(),
+        m.entry.selectors.iter().map(ToString::to_string).collect(),
+        others,
+    ))
+}
+
+/// Resolves each event's workload against the entries: sets `workload.spiffe_id` and
+/// `workload.selectors` (the matched entry's selectors) when an entry matches, and leaves the
+/// event alone otherwise. Consecutive events with the same facts (one process's flows) are
+/// matched once.
+pub fn resolve(snap: &Snapshot, events: &mut [FingerprintEvent]) -> Resolution {
+    let mut out = Resolution::default();
+    if snap.entries.is_empty() {
+        return out;
+    }
+    let mut prev: Option<(usize, Matched)> = None;
+    for i in 0..events.len() {
+        let matched = match &prev {
+            Some((p, m)) if same_facts(&events[*p], &events[i]) => m.clone(),
+            _ => match_one(snap, &selectors_for(&events[i])),
+        };
+        if let Some((id, selectors, others)) = &matched {
+            let w = &mut events[i].workload;
+            w.spiffe_id = Some(id.clone());
+            w.selectors = selectors.clone();
+            out.resolved.push(i);
+            if !others.is_empty() {
+                out.conflicts.push(Conflict {
+                    index: i,
+                    spiffe_id: id.clone(),
+                    others: others.clone(),
+                });
+            }
+        }
+        prev = Some((i, matched));
+    }
+    out
+}
+
+/// The identity state of one process: the entries snapshot and how to refresh it.
+#[derive(Debug, Default)]
+pub struct Identity {
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Serialises reloads, so the last one to finish read the newest entries.
+    reload: tokio::sync::Mutex<()>,
+}
+
+impl Identity {
+    /// Loads the entries from the store.
+    pub async fn load(store: &dyn Store) -> Result<Identity, StoreError> {
+        let id = Identity::default();
+        id.refresh(store).await?;
+        Ok(id)
+    }
+
+    /// The entries now (cheap: one `Arc`).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reloads the entries from the store.
+    pub async fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let _g = self.reload.lock().await;
+        let entries = store
+            .all_entries()
+            .await?
+            .iter()
+            .map(|r| r.to_entry())
+            .collect::<Result<Vec<_>, _>>()?;
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Snapshot::new(entries));
+        Ok(())
+    }
+}
+
+/// Reloads the process's entries, counting the outcome.
+pub async fn refresh(state: &AppState) {
+    let m = &state.metrics.identity;
+    match state.identity.refresh(&*state.store).await {
+        Ok(()) => m.refreshes.fetch_add(1, Ordering::Relaxed),
+        Err(e) => {
+            tracing::warn!(error = %e, "reloading registration entries failed");
+            m.refresh_failures.fetch_add(1, Ordering::Relaxed)
+        }
+    };
+}
+
+/// After an ingest committed: counts the newly stored events' resolution and records their
+/// conflicts. A failure to record is logged, not returned: the events are stored already.
+pub async fn record(
+    state: &AppState,
+    events: &[FingerprintEvent],
+    r: &Resolution,
+    out: &IngestOutcome,
+) {
+    let m = &state.metrics.identity;
+    let stored: BTreeSet<usize> = out.stored.iter().copied().collect();
+    let resolved = r.resolved.iter().filter(|i| stored.contains(i)).count();
+    m.resolved.fetch_add(resolved as u64, Ordering::Relaxed);
+    m.unmatched
+        .fetch_add((stored.len() - resolved) as u64, Ordering::Relaxed);
+    let mut deltas = ConflictDeltas::new();
+    for c in r.conflicts.iter().filter(|c| stored.contains(&c.index)) {
+        m.conflicts.fetch_add(1, Ordering::Relaxed);
+        let ts = to_us(events[c.index].timestamp);
+        for other in &c.others {
+            deltas
+                .entry((c.spiffe_id.clone(), other.clone()))
+                .and_modify(|s: &mut Seen| {
+                    s.first_us = s.first_us.min(ts);
+                    s.last_us = s.last_us.max(ts);
+                    s.count += 1;
+                })
+                .or_insert(Seen {
+                    first_us: ts,
+                    last_us: ts,
+                    count: 1,
+                });
+        }
+    }
+    if !deltas.is_empty() {
+        tracing::warn!(
+            conflicts = deltas.len(),
+            "equally specific registration entries name different SPIFFE IDs; the oldest won"
+        );
+        if let Err(e) = state.store.record_conflicts(&deltas).await {
+            tracing::warn!(error = %e, "recording identity conflicts failed");
+        }
+    }
+}
+
+/// Keeps the entries of a process that runs ja4 or identity fresh: reloads on every
+/// `identity.entries` message (from any process), when the bus listener lagged, and every
+/// [`REFRESH_INTERVAL`].
+pub fn start(state: &AppState, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    if !(state.service.runs(ServiceName::Ja4) || state.service.runs(ServiceName::Identity)) {
+        return Vec::new();
+    }
+    let (state, mut shutdown) = (state.clone(), shutdown);
+    let mut rx = state.bus.subscribe();
+    vec![tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate; the entries were loaded at start
+        loop {
+            let reload = tokio::select! {
+                _ = super::stopped(&mut shutdown) => return,
+                _ = tick.tick() => true,
+                m = rx.recv() => match m {
+                    Ok(m) => m.topic == topics::IDENTITY_ENTRIES,
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if reload {
+                refresh(&state).await;
+            }
+        }
+    })]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hais_shared::event::{Fingerprint, Flow, Transport};
+    use hais_shared::fingerprint::Method;
+    use hais_shared::registration::validate;
+
+    fn entry(id: &str, spiffe: &str, sels: &[&str]) -> RegistrationEntry {
+        let texts: Vec<String> = sels.iter().map(|s| s.to_string()).collect();
+        let (spiffe_id, selectors) = validate(spiffe, &texts).unwrap();
+        RegistrationEntry {
+            id: id.into(),
+            spiffe_id,
+            selectors,
+            description: None,
+        }
+    }
+
+    fn ev(uid: Option<u32>) -> FingerprintEvent {
+        let mut e = FingerprintEvent::new(
+            "a1",
+            "web-01",
+            Flow {
+                src_ip: "10.0.0.1".parse().unwrap(),
+                src_port: 1,
+                dst_ip: "10.0.0.2".parse().unwrap(),
+                dst_port: 443,
+                transport: Transport::Tcp,
+            },
+        );
+        e.fingerprints.push(Fingerprint {
+            method: Method::Ja4,
+            value: "x_y_z".into(),
+        });
+        if let Some(uid) = uid {
+            e.workload.pid = Some(1);
+            e.workload.uid = Some(uid);
+            e.workload.user = Some(format!("u{uid}"));
+        }
+        e
+    }
+
+    #[test]
+    fn resolves_most_specific_and_reports_ties() {
+        let snap = Snapshot::new(vec![
+            entry(
+                "03",
+                "spiffe://t/tie",
+                &["unix:user:u7", "hais:host:web-01"],
+            ),
+            entry("01", "spiffe://t/node", &["hais:host:web-01"]),
+            entry("02", "spiffe://t/uid7", &["unix:uid:7", "hais:host:web-01"]),
+        ]);
+        let mut events = vec![ev(Some(7)), ev(Some(7)), ev(Some(8)), ev(None)];
+        events[3].workload.spiffe_id = Some("spiffe://t/given".into());
+        let r = resolve(&snap, &mut events);
+        assert_eq!(r.resolved, [0, 1, 2, 3]);
+        // uid 7: two entries of two selectors tie; the oldest (02) wins, flagged.
+        assert_eq!(
+            events[0].workload.spiffe_id.as_deref(),
+            Some("spiffe://t/uid7")
+        );
+        assert_eq!(
+            events[0].workload.selectors,
+            ["unix:uid:7", "hais:host:web-01"]
+        );
+        assert_eq!(events[1].workload, events[0].workload);
+        assert_eq!(
+            r.conflicts,
+            [0, 1].map(|index| Conflict {
+                index,
+                spiffe_id: "spiffe://t/uid7".into(),
+                others: vec!["spiffe://t/tie".into()],
+            })
+        );
+        // uid 8 and a node without process facts: only the node entry matches.
+        assert_eq!(
+            events[2].workload.spiffe_id.as_deref(),
+            Some("spiffe://t/node")
+        );
+        assert_eq!(
+            events[3].workload.spiffe_id.as_deref(),
+            Some("spiffe://t/node")
+        );
+        // No entries: events are left as sent.
+        let mut e = vec![ev(Some(7))];
+        assert_eq!(resolve(&Snapshot::default(), &mut e), Resolution::default());
+        assert_eq!(e[0].workload.spiffe_id, None);
+    }
+}

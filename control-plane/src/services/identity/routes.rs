@@ -1,0 +1,340 @@
+//! The identity service's HTTP API: registration entries (CRUD and SPIRE import) and the
+//! identity inventory.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hais_shared::registration::{RegistrationEntry, import_spire_json, validate};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Caller, allow};
+use crate::bus::{BusMessage, topics};
+use crate::error::{ApiError, ErrorBody};
+use crate::gateway::{ApiJson, ApiPath, ApiQuery};
+use crate::state::AppState;
+use crate::store::identity::{EntryRecord, IdentityDetail, IdentitySummary};
+use crate::store::{Page, now_us};
+
+/// Default and largest page of entries or identities.
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 1000;
+/// Longest entry description, in bytes.
+const MAX_DESCRIPTION: usize = 256;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/identity/entries",
+            post(create_entry).get(list_entries),
+        )
+        .route("/api/identity/entries/import", post(import_entries))
+        .route(
+            "/api/identity/entries/{id}",
+            get(get_entry).delete(delete_entry),
+        )
+        .route("/api/identity/identities", get(list_identities))
+        .route("/api/identity/identities/{*spiffe_id}", get(get_identity))
+}
+
+/// A new registration entry.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEntryRequest {
+    /// The workload's SPIFFE ID, e.g. `spiffe://prod.example/ns/payments/sa/api`.
+    pub spiffe_id: String,
+    /// 1 to 32 selectors, all of which a workload must present: `unix:uid:`, `unix:user:`,
+    /// `unix:path:`, `unix:sha256:`, `docker:label:<k>:<v>`, `docker:id:`, `k8s:ns:`,
+    /// `k8s:sa:`, `k8s:pod-uid:`, `hais:agent:`, `hais:host:`.
+    pub selectors: Vec<String>,
+    /// Free text (at most 256 bytes).
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// 1 to 1000 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn page_limit(p: &PageParams) -> Result<u32, ApiError> {
+    let limit = p.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {MAX_PAGE}"
+        )));
+    }
+    Ok(limit)
+}
+
+/// Checks an entry id from a path or cursor: a UUID in its canonical text form.
+fn entry_id(s: &str, what: &str) -> Result<String, ApiError> {
+    uuid::Uuid::parse_str(s)
+        .ok()
+        .filter(|u| u.to_string() == s)
+        .map(|_| s.to_owned())
+        .ok_or_else(|| ApiError::bad_request(format!("{what} must be an entry id (a UUID)")))
+}
+
+/// One skipped entry of an import.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SkippedEntry {
+    /// The entry's id in SPIRE.
+    pub id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImportResponse {
+    pub imported: Vec<EntryRecord>,
+    pub skipped: Vec<SkippedEntry>,
+}
+
+/// Stores a validated entry; `Err` names the entry with the same SPIFFE ID and selectors.
+async fn insert(
+    state: &AppState,
+    e: &RegistrationEntry,
+    by: &str,
+) -> Result<Result<EntryRecord, String>, ApiError> {
+    let rec = EntryRecord::new(e, by, now_us());
+    Ok(state.store.insert_entry(&rec).await?.map(|()| rec))
+}
+
+/// Reloads this process's entries at once (so the next ingest uses them), and tells the others.
+async fn announce(state: &AppState, action: &str, ids: Vec<String>) {
+    super::refresh(state).await;
+    state
+        .publish(BusMessage::new(
+            topics::IDENTITY_ENTRIES,
+            &state.origin(),
+            serde_json::json!({ "action": action, "ids": ids }),
+        ))
+        .await;
+}
+
+/// Create a registration entry (admin). It applies to every event ingested from now on.
+#[utoipa::path(post, path = "/api/identity/entries", tag = "identity", security(("bearer" = [])),
+    request_body = CreateEntryRequest,
+    responses((status = 201, body = EntryRecord),
+              (status = 400, description = "malformed SPIFFE ID or selector (the message names it)", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, description = "an entry with this SPIFFE ID and these selectors exists", body = ErrorBody)))]
+pub async fn create_entry(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiJson(req): ApiJson<CreateEntryRequest>,
+) -> Result<(StatusCode, Json<EntryRecord>), ApiError> {
+    c.require(allow::ADMIN)?;
+    let (spiffe_id, selectors) = validate(&req.spiffe_id, &req.selectors)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(d) = &req.description
+        && (d.len() > MAX_DESCRIPTION || d.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(format!(
+            "description: at most {MAX_DESCRIPTION} bytes, no control characters"
+        )));
+    }
+    let entry = RegistrationEntry {
+        id: uuid::Uuid::now_v7().to_string(),
+        spiffe_id,
+        selectors,
+        description: req.description,
+    };
+    let rec = insert(&state, &entry, &c.sub).await?.map_err(|existing| {
+        ApiError::conflict(format!(
+            "entry {existing} already maps these selectors to {}",
+            entry.spiffe_id
+        ))
+    })?;
+    announce(&state, "created", vec![rec.id.clone()]).await;
+    Ok((StatusCode::CREATED, Json(rec)))
+}
+
+/// Import entries from SPIRE (admin): the body is what `spire-server entry show -output json`
+/// prints. Entries HaIS cannot represent exactly (selector kinds it does not observe, invalid
+/// IDs) and duplicates of existing entries are skipped, each with its reason.
+#[utoipa::path(post, path = "/api/identity/entries/import", tag = "identity", security(("bearer" = [])),
+    request_body(content = Object, description = "`spire-server entry show -output json` output: {\"entries\": [...]}"),
+    responses((status = 200, body = ImportResponse), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn import_entries(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Json<ImportResponse>, ApiError> {
+    c.require(allow::ADMIN)?;
+    let report = import_spire_json(&body.to_string())
+        .map_err(|e| ApiError::bad_request(format!("not SPIRE entry JSON: {e}")))?;
+    let mut skipped: Vec<SkippedEntry> = report
+        .skipped
+        .into_iter()
+        .map(|(id, reason)| SkippedEntry { id, reason })
+        .collect();
+    let mut imported = Vec::new();
+    let by = format!("spire-import:{}", c.sub);
+    for e in report.entries {
+        let entry = RegistrationEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            spiffe_id: e.spiffe_id,
+            selectors: e.selectors,
+            description: Some(format!("SPIRE entry {}", e.spire_id))
+                .filter(|_| !e.spire_id.is_empty()),
+        };
+        match insert(&state, &entry, &by).await? {
+            Ok(rec) => imported.push(rec),
+            Err(existing) => skipped.push(SkippedEntry {
+                id: e.spire_id,
+                reason: format!("duplicate of entry {existing}"),
+            }),
+        }
+    }
+    if !imported.is_empty() {
+        let ids = imported.iter().map(|r| r.id.clone()).collect();
+        announce(&state, "imported", ids).await;
+    }
+    Ok(Json(ImportResponse { imported, skipped }))
+}
+
+/// Registration entries, oldest first.
+#[utoipa::path(get, path = "/api/identity/entries", tag = "identity", security(("bearer" = [])),
+    params(PageParams),
+    responses((status = 200, body = Page<EntryRecord>), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody)))]
+pub async fn list_entries(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Json<Page<EntryRecord>>, ApiError> {
+    c.require(allow::READ)?;
+    let limit = page_limit(&p)?;
+    let after = p
+        .cursor
+        .as_deref()
+        .map(|s| entry_id(s, "cursor"))
+        .transpose()?;
+    let items = state.store.list_entries(after.as_deref(), limit).await?;
+    let next_cursor = (items.len() == limit as usize)
+        .then(|| items.last().map(|e| e.id.clone()))
+        .flatten();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// One registration entry.
+#[utoipa::path(get, path = "/api/identity/entries/{id}", tag = "identity", security(("bearer" = [])),
+    params(("id" = String, Path, description = "entry id (UUID)")),
+    responses((status = 200, body = EntryRecord), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn get_entry(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<EntryRecord>, ApiError> {
+    c.require(allow::READ)?;
+    let id = entry_id(&id, "the entry id")?;
+    state
+        .store
+        .get_entry(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no entry {id}")))
+}
+
+/// Delete a registration entry (admin). Events stored before keep the SPIFFE ID they got.
+#[utoipa::path(delete, path = "/api/identity/entries/{id}", tag = "identity", security(("bearer" = [])),
+    params(("id" = String, Path, description = "entry id (UUID)")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn delete_entry(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    c.require(allow::ADMIN)?;
+    let id = entry_id(&id, "the entry id")?;
+    if !state.store.delete_entry(&id).await? {
+        return Err(ApiError::not_found(format!("no entry {id}")));
+    }
+    announce(&state, "deleted", vec![id]).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The identity inventory: every workload SPIFFE ID seen in stored events, in byte order, with
+/// its fingerprints by method, first/last seen, counts, hosts, destinations and conflicts.
+#[utoipa::path(get, path = "/api/identity/identities", tag = "identity", security(("bearer" = [])),
+    params(PageParams),
+    responses((status = 200, body = Page<IdentitySummary>), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody)))]
+pub async fn list_identities(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Json<Page<IdentitySummary>>, ApiError> {
+    c.require(allow::READ)?;
+    let limit = page_limit(&p)?;
+    let after = p
+        .cursor
+        .as_deref()
+        .map(|s| {
+            URL_SAFE_NO_PAD
+                .decode(s)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| ApiError::bad_request("cursor is not a next_cursor value"))
+        })
+        .transpose()?;
+    let items = state.store.list_identities(after.as_deref(), limit).await?;
+    let next_cursor = (items.len() == limit as usize)
+        .then(|| items.last().map(|i| URL_SAFE_NO_PAD.encode(&i.spiffe_id)))
+        .flatten();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// One identity of the inventory, with the registration entries that name it now.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IdentityView {
+    #[serde(flatten)]
+    pub detail: IdentityDetail,
+    /// Ids of the entries naming this SPIFFE ID.
+    pub entries: Vec<String>,
+}
+
+/// One identity: all its fingerprints by method, hosts, agents, destinations, and the other
+/// identities its matches tied with. The SPIFFE ID goes in the path as is or percent-encoded
+/// (`/api/identity/identities/spiffe://prod/ns/payments/sa/api`).
+#[utoipa::path(get, path = "/api/identity/identities/{spiffe_id}", tag = "identity", security(("bearer" = [])),
+    params(("spiffe_id" = String, Path, description = "the SPIFFE ID")),
+    responses((status = 200, body = IdentityView), (status = 404, body = ErrorBody),
+              (status = 401, body = ErrorBody)))]
+pub async fn get_identity(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiPath(spiffe_id): ApiPath<String>,
+) -> Result<Json<IdentityView>, ApiError> {
+    c.require(allow::READ)?;
+    // A path segment cannot start with '/', so `spiffe://x` arrives as `spiffe:/x` when not
+    // encoded: put the second slash back.
+    let spiffe_id = match spiffe_id.strip_prefix("spiffe:/") {
+        Some(rest) if !rest.starts_with('/') => format!("spiffe://{rest}"),
+        _ => spiffe_id,
+    };
+    let detail = state
+        .store
+        .identity_detail(&spiffe_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no events of identity {spiffe_id}")))?;
+    let entries = state
+        .identity
+        .snapshot()
+        .entries()
+        .iter()
+        .filter(|e| e.spiffe_id.as_str() == spiffe_id)
+        .map(|e| e.id.clone())
+        .collect();
+    Ok(Json(IdentityView { detail, entries }))
+}

@@ -1,0 +1,732 @@
+//! The identity service: registration entries (CRUD, validation, SPIRE import), resolution of
+//! workload identities on ingest (HTTP and the QUIC uplink), conflicts, and the inventory. Run on
+//! SQLite with the in-process bus and on PostgreSQL with Redis, like `api.rs`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::quic::{ack, batch_req, call, enroll, uplink};
+use common::{Backend, TestApp, error_code, event};
+use hais_control_plane::bus::{BusMessage, topics};
+use hais_shared::event::FingerprintEvent;
+use hais_shared::fingerprint::Method;
+use hais_shared::wire;
+use serde_json::{Value, json};
+
+const JA4_A: &str = "t13d1516h2_8daaf6152771_e5627efa2ab1";
+const JA4_B: &str = "t13d1517h2_8daaf6152771_b0da82dd1658";
+const JA4H_A: &str = "ge11nn05enus_974ebe531c03_000000000000_000000000000";
+const JA4T_A: &str = "64240_2-4-8-1-3_1460_7";
+
+type BusRx = tokio::sync::broadcast::Receiver<Arc<BusMessage>>;
+
+fn bus(t: &TestApp) -> BusRx {
+    t.app.as_ref().unwrap().state.bus.subscribe()
+}
+
+/// The workloads of the next `fingerprint.events` messages, in order, until `n` events.
+async fn stored_workloads(rx: &mut BusRx, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        let m = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("fingerprint.events in time")
+            .unwrap();
+        if m.topic == topics::FINGERPRINT_EVENTS {
+            for e in m.payload["events"].as_array().unwrap() {
+                out.push(e.get("workload").cloned().unwrap_or(Value::Null));
+            }
+        }
+    }
+    out
+}
+
+async fn create(t: &TestApp, spiffe_id: &str, selectors: &[&str]) -> Value {
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/identity/entries",
+            Some(&t.admin),
+            Some(json!({"spiffe_id": spiffe_id, "selectors": selectors})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v
+}
+
+/// An event from a process with `uid` (and user, exe) on `host`.
+fn process_event(host: &str, uid: u32, exe: &str, fps: &[(Method, &str)]) -> FingerprintEvent {
+    let mut e = event("agent-1", host, Some("api.example"), fps, 0);
+    e.workload.pid = Some(4242);
+    e.workload.uid = Some(uid);
+    e.workload.user = Some(format!("user{uid}"));
+    e.workload.exe = Some(exe.into());
+    e.workload.process = exe.rsplit('/').next().map(str::to_owned);
+    e
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn metric(t: &TestApp, name: &str) -> u64 {
+    let req = axum::http::Request::builder()
+        .uri("/metrics")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = tower::ServiceExt::oneshot(t.router.clone(), req)
+        .await
+        .unwrap();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+        .parse()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- scenarios
+
+/// Create, validate, list (paginated), get, delete; the service reports itself implemented.
+async fn entries_crud_and_validation(backend: Backend) {
+    let t = TestApp::start(backend, "idcrud").await;
+    let mut rx = bus(&t);
+    let (s, v) = t
+        .call("GET", "/api/identity/status", Some(&t.admin), None)
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("ok")),
+        "{v}"
+    );
+
+    let a = create(
+        &t,
+        "spiffe://prod.example/ns/payments/sa/api",
+        &["k8s:sa:api", "k8s:ns:payments", "k8s:sa:api"],
+    )
+    .await;
+    let id = a["id"].as_str().unwrap();
+    assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
+    assert_eq!(a["selectors"], json!(["k8s:ns:payments", "k8s:sa:api"]));
+    assert_eq!(a["created_by"], "admin");
+    // Entry changes are announced on the bus, for split processes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if m.topic == topics::IDENTITY_ENTRIES {
+            assert_eq!(m.payload, json!({"action": "created", "ids": [id]}));
+            break;
+        }
+    }
+
+    // Validation: the message names the bad part.
+    for (body, want) in [
+        (
+            json!({"spiffe_id": "spiffe://prod/x", "selectors": ["unix:uid:1", "unix:uid:root"]}),
+            "selectors[1]: unix:uid value \"root\" is invalid: not a number",
+        ),
+        (
+            json!({"spiffe_id": "spiffe://prod/x", "selectors": ["unix:pid:1"]}),
+            "selectors[0]: unknown selector unix:pid",
+        ),
+        (
+            json!({"spiffe_id": "https://prod/x", "selectors": ["unix:uid:1"]}),
+            "spiffe_id: a SPIFFE ID must start with",
+        ),
+        (
+            json!({"spiffe_id": "spiffe://prod/x", "selectors": []}),
+            "between 1 and 32 selectors",
+        ),
+    ] {
+        let (s, v) = t
+            .call("POST", "/api/identity/entries", Some(&t.admin), Some(body))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(error_code(&v), "invalid_request");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(want), "{msg:?} lacks {want:?}");
+    }
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/identity/entries",
+            Some(&t.admin),
+            Some(json!({"spiffe_id": "spiffe://prod/x", "selectors": ["unix:uid:1"], "x": 1})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "unknown fields are refused: {v}"
+    );
+    // The same SPIFFE ID and selector set (in any order) again: 409 naming the entry.
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/identity/entries",
+            Some(&t.admin),
+            Some(
+                json!({"spiffe_id": "spiffe://prod.example/ns/payments/sa/api",
+                        "selectors": ["k8s:sa:api", "k8s:ns:payments"]}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains(id), "{v}");
+    // Same selectors, another ID: a separate entry.
+    let b = create(
+        &t,
+        "spiffe://prod.example/other",
+        &["k8s:ns:payments", "k8s:sa:api"],
+    )
+    .await;
+    let c = create(&t, "spiffe://prod.example/db", &["unix:uid:999"]).await;
+
+    // Listing pages in creation order.
+    let (s, p1) = t
+        .call("GET", "/api/identity/entries?limit=2", Some(&t.admin), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p1}");
+    let ids = |p: &Value| -> Vec<String> {
+        p["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&p1), [id, b["id"].as_str().unwrap()]);
+    let cursor = p1["next_cursor"].as_str().unwrap();
+    let (_, p2) = t
+        .call(
+            "GET",
+            &format!("/api/identity/entries?limit=2&cursor={cursor}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&p2), [c["id"].as_str().unwrap()]);
+    assert_eq!(p2["next_cursor"], Value::Null);
+    let (s, _) = t
+        .call("GET", "/api/identity/entries?limit=0", Some(&t.admin), None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // Get, delete, gone.
+    let uri = format!("/api/identity/entries/{id}");
+    let (s, v) = t.call("GET", &uri, Some(&t.admin), None).await;
+    assert_eq!((s, &v), (StatusCode::OK, &a));
+    let (s, _) = t
+        .call("GET", "/api/identity/entries/nope", Some(&t.admin), None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = t.call("DELETE", &uri, Some(&t.admin), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = t.call("GET", &uri, Some(&t.admin), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, _) = t.call("DELETE", &uri, Some(&t.admin), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Only admins change entries.
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/auth/users",
+            Some(&t.admin),
+            Some(json!({"username": "ana", "password": "a-long-password-1", "role": "analyst"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let ana = t.login("ana", "a-long-password-1").await;
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/identity/entries",
+            Some(&ana),
+            Some(json!({"spiffe_id": "spiffe://prod/x", "selectors": ["unix:uid:1"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = t
+        .call("GET", "/api/identity/entries", Some(&ana), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    t.finish().await;
+}
+
+/// `spire-server entry show -output json`: importable entries become entries, the others are
+/// skipped with their reason; importing again skips duplicates.
+async fn spire_import(backend: Backend) {
+    let t = TestApp::start(backend, "idimport").await;
+    let doc = json!({"entries": [
+      {"id": "e1", "spiffe_id": {"trust_domain": "prod.example", "path": "/ns/payments/sa/api"},
+       "parent_id": {"trust_domain": "prod.example", "path": "/spire/agent/k8s_psat/c1/n1"},
+       "selectors": [{"type": "k8s", "value": "ns:payments"}, {"type": "k8s", "value": "sa:api"}],
+       "x509_svid_ttl": 3600, "federates_with": [], "admin": false, "downstream": false,
+       "expires_at": "0", "dns_names": [], "revision_number": "0", "store_svid": false},
+      {"id": "e2", "spiffe_id": {"trust_domain": "prod.example", "path": "/db"},
+       "parent_id": {"trust_domain": "prod.example", "path": "/hais/agent/a7"},
+       "selectors": [{"type": "unix", "value": "uid:999"}]},
+      {"id": "e3", "spiffe_id": {"trust_domain": "prod.example", "path": "/web"},
+       "selectors": [{"type": "k8s", "value": "container-name:nginx"}]},
+      {"id": "e4", "spiffe_id": {"trust_domain": "Bad TD", "path": "/x"},
+       "selectors": [{"type": "unix", "value": "uid:1"}]}
+    ]});
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/identity/entries/import",
+            Some(&t.admin),
+            Some(doc.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let imported = v["imported"].as_array().unwrap();
+    assert_eq!(imported.len(), 2, "{v}");
+    assert_eq!(
+        imported[0]["spiffe_id"],
+        "spiffe://prod.example/ns/payments/sa/api"
+    );
+    assert_eq!(imported[0]["description"], "SPIRE entry e1");
+    assert_eq!(imported[0]["created_by"], "spire-import:admin");
+    assert_eq!(
+        imported[1]["selectors"],
+        json!(["unix:uid:999", "hais:agent:a7"])
+    );
+    let skipped = v["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 2, "{v}");
+    assert_eq!(skipped[0]["id"], "e3");
+    assert!(
+        skipped[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unknown selector k8s:container-name"),
+        "{v}"
+    );
+    assert_eq!(skipped[1]["id"], "e4");
+    let (_, list) = t
+        .call("GET", "/api/identity/entries", Some(&t.admin), None)
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+
+    // Again: the two importable ones are duplicates now.
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/identity/entries/import",
+            Some(&t.admin),
+            Some(doc),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["imported"], json!([]));
+    let reasons: Vec<&str> = v["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 4);
+    assert!(reasons[2].starts_with("duplicate of entry "), "{reasons:?}");
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/identity/entries/import",
+            Some(&t.admin),
+            Some(json!({"entries": "nope"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("not SPIRE entry JSON")
+    );
+    t.finish().await;
+}
+
+/// Events are resolved on ingest: the most specific entry wins, a tie goes to the oldest entry
+/// and is flagged (metric, inventory), a new entry applies to the next event at once, and the
+/// JA4 detail lists the identities that presented a fingerprint.
+async fn resolution_on_ingest(backend: Backend) {
+    let t = TestApp::start(backend, "idresolve").await;
+    let mut rx = bus(&t);
+    create(&t, "spiffe://prod/uid1000", &["unix:uid:1000"]).await;
+    create(
+        &t,
+        "spiffe://prod/curl",
+        &["unix:uid:1000", "unix:path:/usr/bin/curl"],
+    )
+    .await;
+    // Two equally specific entries that both match uid 2000 on web-01: the older one wins.
+    create(
+        &t,
+        "spiffe://prod/svc-a",
+        &["unix:user:user2000", "hais:host:web-01"],
+    )
+    .await;
+    create(
+        &t,
+        "spiffe://prod/svc-b",
+        &["unix:uid:2000", "hais:host:web-01"],
+    )
+    .await;
+
+    let events = vec![
+        process_event("web-01", 1000, "/usr/bin/curl", &[(Method::Ja4, JA4_A)]),
+        process_event("web-01", 1000, "/usr/bin/python3", &[(Method::Ja4, JA4_B)]),
+        process_event("web-01", 2000, "/usr/bin/svc", &[(Method::Ja4, JA4_A)]),
+        process_event("web-02", 2000, "/usr/bin/svc", &[(Method::Ja4, JA4_A)]),
+        process_event("web-01", 3000, "/usr/bin/other", &[(Method::Ja4, JA4_A)]),
+    ];
+    assert_eq!(
+        t.ingest(&events).await,
+        json!({"stored": 5, "duplicates": 0})
+    );
+    let w = stored_workloads(&mut rx, 5).await;
+    assert_eq!(w[0]["spiffe_id"], "spiffe://prod/curl");
+    assert_eq!(
+        w[0]["selectors"],
+        json!(["unix:uid:1000", "unix:path:/usr/bin/curl"])
+    );
+    assert_eq!(w[0]["exe"], "/usr/bin/curl", "facts are kept");
+    assert_eq!(w[1]["spiffe_id"], "spiffe://prod/uid1000");
+    assert_eq!(w[1]["selectors"], json!(["unix:uid:1000"]));
+    assert_eq!(w[2]["spiffe_id"], "spiffe://prod/svc-a");
+    assert_eq!(
+        w[2]["selectors"],
+        json!(["unix:user:user2000", "hais:host:web-01"])
+    );
+    assert_eq!(w[3].get("spiffe_id"), None, "web-02 matches nothing");
+    assert_eq!(w[4].get("spiffe_id"), None);
+    assert_eq!(w[4].get("selectors"), None);
+    assert_eq!(metric(&t, "hais_identity_conflicts_total").await, 1);
+    assert_eq!(metric(&t, "hais_identity_events_resolved_total").await, 3);
+    assert_eq!(metric(&t, "hais_identity_events_unmatched_total").await, 2);
+    // A replay is not counted again.
+    t.ingest(&events[..1]).await;
+    assert_eq!(metric(&t, "hais_identity_events_resolved_total").await, 3);
+
+    // The stored events carry it: roll-ups are built from what was stored.
+    let (s, d) = t
+        .call(
+            "GET",
+            &format!("/api/ja4/fingerprints/ja4/{JA4_A}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    let ids: Vec<&str> = d["identities"]["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["spiffe://prod/curl", "spiffe://prod/svc-a"]);
+
+    // The conflict is visible in the inventory.
+    let (s, v) = t
+        .call(
+            "GET",
+            "/api/identity/identities/spiffe://prod/svc-a",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["conflicts"], 1);
+    assert_eq!(
+        v["conflicts_with"]["top"][0]["value"],
+        "spiffe://prod/svc-b"
+    );
+    assert_eq!(v["conflicts_with"]["top"][0]["count"], 1);
+    assert_eq!(v["entries"].as_array().unwrap().len(), 1);
+
+    // A new entry applies to the next event at once, with no agent involved; events stored
+    // before keep what they got.
+    create(&t, "spiffe://prod/other", &["unix:uid:3000"]).await;
+    let later = process_event("web-01", 3000, "/usr/bin/other", &[(Method::Ja4, JA4_B)]);
+    t.ingest(std::slice::from_ref(&later)).await;
+    let w = stored_workloads(&mut rx, 1).await;
+    assert_eq!(w[0]["spiffe_id"], "spiffe://prod/other");
+    // Deleting it stops it at once too.
+    let (_, list) = t
+        .call(
+            "GET",
+            "/api/identity/entries?limit=1000",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    let other = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["spiffe_id"] == "spiffe://prod/other")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _) = t
+        .call(
+            "DELETE",
+            &format!("/api/identity/entries/{other}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let again = process_event("web-01", 3000, "/usr/bin/other", &[(Method::Ja4, JA4_B)]);
+    t.ingest(&[again]).await;
+    let w = stored_workloads(&mut rx, 1).await;
+    assert_eq!(w[0].get("spiffe_id"), None);
+    t.finish().await;
+}
+
+/// The QUIC uplink resolves too (the same ingest path), including node-scoped entries
+/// (`hais:agent:<id>`, what a SPIRE import of an entry parented to a HaIS agent gives).
+async fn uplink_events_are_resolved(backend: Backend) {
+    let t = TestApp::start(backend, "iduplink").await;
+    let mut rx = bus(&t);
+    let addr = t.app.as_ref().unwrap().uplink_addr.expect("uplink running");
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/spire/tokens",
+            Some(&t.admin),
+            Some(json!({"description": "test"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let a = enroll(addr, v["token"].as_str().unwrap()).await;
+    create(
+        &t,
+        "spiffe://prod/node-db",
+        &["unix:uid:999", &format!("hais:agent:{}", a.agent_id)],
+    )
+    .await;
+    let conn = uplink(addr, &a).await.expect("uplink handshake");
+    let mut e = process_event(
+        "test-host",
+        999,
+        "/usr/bin/postgres",
+        &[(Method::Ja4, JA4_A)],
+    );
+    e.agent_id = a.agent_id.clone();
+    let mut other_uid = e.clone();
+    other_uid.id = uuid::Uuid::now_v7();
+    other_uid.workload.uid = Some(998);
+    let got = ack(call(
+        &conn,
+        &batch_req(
+            1,
+            vec![wire::Event::from(&e), wire::Event::from(&other_uid)],
+        ),
+    )
+    .await
+    .unwrap());
+    assert_eq!((got.stored, got.rejected.len()), (2, 0));
+    let w = stored_workloads(&mut rx, 2).await;
+    assert_eq!(w[0]["spiffe_id"], "spiffe://prod/node-db");
+    assert_eq!(
+        w[0]["selectors"],
+        json!(["unix:uid:999", format!("hais:agent:{}", a.agent_id)])
+    );
+    assert_eq!(w[1].get("spiffe_id"), None);
+    conn.close(0u32.into(), b"done");
+    t.finish().await;
+}
+
+/// The inventory: per identity, fingerprints by method, first/last seen, counts, hosts,
+/// destinations (server name, else ip:port); pagination; detail.
+async fn inventory(backend: Backend) {
+    let t = TestApp::start(backend, "idinventory").await;
+    create(&t, "spiffe://prod/api", &["unix:uid:1000"]).await;
+    create(&t, "spiffe://prod/web", &["unix:uid:33"]).await;
+    let mut events = vec![
+        process_event(
+            "web-01",
+            1000,
+            "/usr/bin/api",
+            &[(Method::Ja4, JA4_A), (Method::Ja4t, JA4T_A)],
+        ),
+        process_event("web-02", 1000, "/usr/bin/api", &[(Method::Ja4h, JA4H_A)]),
+        process_event("web-01", 1000, "/usr/bin/api", &[(Method::Ja4, JA4_A)]),
+        process_event("web-01", 33, "/usr/sbin/nginx", &[(Method::Ja4, JA4_B)]),
+    ];
+    events[1].server_name = None;
+    events[1].flow.dst_ip = "2001:db8::7".parse().unwrap();
+    events[1].flow.dst_port = 8443;
+    events[0].timestamp -= time::Duration::seconds(30);
+    t.ingest(&events).await;
+
+    let (s, p1) = t
+        .call(
+            "GET",
+            "/api/identity/identities?limit=1",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p1}");
+    let api = &p1["items"][0];
+    assert_eq!(api["spiffe_id"], "spiffe://prod/api");
+    assert_eq!(api["count"], 3);
+    assert_eq!(
+        api["first_seen_us"],
+        hais_control_plane::store::to_us(events[0].timestamp)
+    );
+    assert_eq!(
+        api["last_seen_us"],
+        hais_control_plane::store::to_us(events[2].timestamp)
+    );
+    assert_eq!(
+        api["methods"],
+        json!({"ja4": {"fingerprints": 1, "events": 2},
+               "ja4h": {"fingerprints": 1, "events": 1},
+               "ja4t": {"fingerprints": 1, "events": 1}})
+    );
+    assert_eq!(api["hosts"]["total"], 2);
+    assert_eq!(api["hosts"]["top"][0]["value"], "web-01");
+    assert_eq!(api["hosts"]["top"][0]["count"], 2);
+    let dests: Vec<(&str, i64)> = api["destinations"]["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["value"].as_str().unwrap(), d["count"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(dests, [("api.example", 2), ("[2001:db8::7]:8443", 1)]);
+    assert_eq!(api["conflicts"], 0);
+    let cursor = p1["next_cursor"].as_str().unwrap();
+    let (_, p2) = t
+        .call(
+            "GET",
+            &format!("/api/identity/identities?limit=1&cursor={cursor}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(p2["items"][0]["spiffe_id"], "spiffe://prod/web");
+    let (_, p3) = t
+        .call(
+            "GET",
+            &format!(
+                "/api/identity/identities?limit=1&cursor={}",
+                p2["next_cursor"].as_str().unwrap()
+            ),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(p3, json!({"items": [], "next_cursor": null}));
+
+    // Detail (percent-encoded or not), fingerprints by method.
+    let (s, d) = t
+        .call(
+            "GET",
+            &format!("/api/identity/identities/{}", enc("spiffe://prod/api")),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["fingerprints_total"], 3);
+    assert_eq!(d["fingerprints"]["ja4"][0]["value"], JA4_A);
+    assert_eq!(d["fingerprints"]["ja4"][0]["count"], 2);
+    assert_eq!(d["fingerprints"]["ja4h"][0]["value"], JA4H_A);
+    assert_eq!(d["fingerprints"]["ja4t"][0]["value"], JA4T_A);
+    assert_eq!(d["agents"]["top"][0]["value"], "agent-1");
+    assert_eq!(d["conflicts_with"]["total"], 0);
+    let (s, d2) = t
+        .call(
+            "GET",
+            "/api/identity/identities/spiffe://prod/api",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!((s, &d2), (StatusCode::OK, &d));
+    let (s, v) = t
+        .call(
+            "GET",
+            "/api/identity/identities/spiffe://prod/nobody",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, _) = t
+        .call(
+            "GET",
+            "/api/identity/identities?cursor=%%%",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // The OpenAPI document describes the routes.
+    let (_, doc) = t.call("GET", "/api/openapi.json", None, None).await;
+    for p in [
+        "/api/identity/entries",
+        "/api/identity/entries/import",
+        "/api/identity/entries/{id}",
+        "/api/identity/identities",
+        "/api/identity/identities/{spiffe_id}",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "{p} missing from OpenAPI");
+    }
+    t.finish().await;
+}
+
+macro_rules! suite {
+    ($modname:ident, $backend:expr) => {
+        mod $modname {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn entries_crud_and_validation() {
+                super::entries_crud_and_validation($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn spire_import() {
+                super::spire_import($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn resolution_on_ingest() {
+                super::resolution_on_ingest($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uplink_events_are_resolved() {
+                super::uplink_events_are_resolved($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn inventory() {
+                super::inventory($backend).await
+            }
+        }
+    };
+}
+
+suite!(sqlite, Backend::Sqlite);
+suite!(postgres, Backend::Postgres);
