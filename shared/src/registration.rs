@@ -66,6 +66,25 @@ pub fn validate(
     Ok((id, parsed))
 }
 
+impl RegistrationEntry {
+    /// A validated entry from text (see [`validate`]).
+    pub fn from_text(
+        id: impl Into<String>,
+        spiffe_id: &str,
+        selectors: &[&str],
+        description: Option<String>,
+    ) -> Result<RegistrationEntry, EntryError> {
+        let texts: Vec<String> = selectors.iter().map(|s| s.to_string()).collect();
+        let (spiffe_id, selectors) = validate(spiffe_id, &texts)?;
+        Ok(RegistrationEntry {
+            id: id.into(),
+            spiffe_id,
+            selectors,
+            description,
+        })
+    }
+}
+
 /// The entry chosen for a workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Match<'a> {
@@ -239,14 +258,7 @@ mod tests {
     use super::*;
 
     fn entry(id: &str, spiffe: &str, sels: &[&str]) -> RegistrationEntry {
-        let texts: Vec<String> = sels.iter().map(|s| s.to_string()).collect();
-        let (spiffe_id, selectors) = validate(spiffe, &texts).unwrap();
-        RegistrationEntry {
-            id: id.into(),
-            spiffe_id,
-            selectors,
-            description: None,
-        }
+        RegistrationEntry::from_text(id, spiffe, sels, None).unwrap()
     }
 
     fn observed(sels: &[&str]) -> BTreeSet<Selector> {

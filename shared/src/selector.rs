@@ -128,7 +128,8 @@ fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-fn is_uuid(s: &str) -> bool {
+/// Whether `s` is a UUID in its canonical 8-4-4-4-12 hex form (Kubernetes pod UIDs).
+pub fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
         && b.iter().enumerate().all(|(i, &c)| match i {

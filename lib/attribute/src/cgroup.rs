@@ -105,20 +105,11 @@ pub fn pod_uid_of(path: &str) -> Option<String> {
             continue;
         };
         let uid = seg[pos + 3..].replace('_', "-");
-        if is_uuid(&uid) {
+        if hais_shared::selector::is_uuid(&uid) {
             return Some(uid);
         }
     }
     None
-}
-
-fn is_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, &c)| match i {
-            8 | 13 | 18 | 23 => c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
 }
 
 #[cfg(test)]

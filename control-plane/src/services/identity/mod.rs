@@ -293,17 +293,9 @@ mod tests {
     use super::*;
     use hais_shared::event::{Fingerprint, Flow, Transport};
     use hais_shared::fingerprint::Method;
-    use hais_shared::registration::validate;
 
     fn entry(id: &str, spiffe: &str, sels: &[&str]) -> RegistrationEntry {
-        let texts: Vec<String> = sels.iter().map(|s| s.to_string()).collect();
-        let (spiffe_id, selectors) = validate(spiffe, &texts).unwrap();
-        RegistrationEntry {
-            id: id.into(),
-            spiffe_id,
-            selectors,
-            description: None,
-        }
+        RegistrationEntry::from_text(id, spiffe, sels, None).unwrap()
     }
 
     fn ev(uid: Option<u32>) -> FingerprintEvent {
