@@ -31,6 +31,8 @@ struct Args {
     rate: u64,
     seconds: u64,
     json: bool,
+    in_flight: usize,
+    batch: usize,
 }
 
 fn args() -> Args {
@@ -40,6 +42,8 @@ fn args() -> Args {
         rate: 1000,
         seconds: 20,
         json: false,
+        in_flight: 8,
+        batch: 1000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -49,6 +53,8 @@ fn args() -> Args {
             "--rate" => a.rate = it.next().and_then(|v| v.parse().ok()).expect("N"),
             "--seconds" => a.seconds = it.next().and_then(|v| v.parse().ok()).expect("N"),
             "--json" => a.json = true,
+            "--in-flight" => a.in_flight = it.next().and_then(|v| v.parse().ok()).expect("N"),
+            "--batch" => a.batch = it.next().and_then(|v| v.parse().ok()).expect("N"),
             _ => {}
         }
     }
@@ -118,7 +124,9 @@ fn main() {
     };
     let start = |spool: &Arc<Mutex<Spool>>| {
         let status = Arc::new(AgentStatus::new(vec![], Some(spool.clone())));
-        let opts = UplinkOptions::new(cp.uplink.to_string(), &agent.state_dir);
+        let mut opts = UplinkOptions::new(cp.uplink.to_string(), &agent.state_dir);
+        opts.max_in_flight = a.in_flight;
+        opts.batch_events = a.batch;
         Uplink::start(opts, svid.clone(), bundle.clone(), spool.clone(), status).unwrap()
     };
     let acked = |spool: &Arc<Mutex<Spool>>| spool.lock().unwrap().stats().acked;
@@ -198,6 +206,8 @@ fn main() {
     latencies.sort_by(|x, y| x.partial_cmp(y).unwrap());
     let result = serde_json::json!({
         "store": a.store,
+        "in_flight": a.in_flight,
+        "batch": a.batch,
         "throughput_events": a.events,
         "throughput_events_per_s": throughput.round(),
         "drain_s": drain.as_secs_f64(),
