@@ -66,6 +66,7 @@ impl AppState {
     /// Publishes, counting and logging failures instead of failing the caller: by the time
     /// anything is published, the state change it reports is already committed.
     pub async fn publish(&self, msg: BusMessage) -> bool {
+        let msg = Arc::new(msg);
         match self.bus.publish(&msg).await {
             Ok(()) => {
                 self.metrics.bus_published.fetch_add(1, Ordering::Relaxed);

@@ -94,7 +94,7 @@ async fn ingest_dedup_and_rollups(backend: Backend) {
             .expect("bus message")
             .unwrap();
         if m.topic == "fingerprint.events" {
-            published += m.payload["events"].as_array().unwrap().len();
+            published += m.json()["events"].as_array().unwrap().len();
         }
     }
     assert_eq!(published, 41, "only newly stored events are published");

@@ -37,7 +37,7 @@ async fn stored_workloads(rx: &mut BusRx, n: usize) -> Vec<Value> {
             .expect("fingerprint.events in time")
             .unwrap();
         if m.topic == topics::FINGERPRINT_EVENTS {
-            for e in m.payload["events"].as_array().unwrap() {
+            for e in m.json()["events"].as_array().unwrap() {
                 out.push(e.get("workload").cloned().unwrap_or(Value::Null));
             }
         }
@@ -133,7 +133,7 @@ async fn entries_crud_and_validation(backend: Backend) {
             .unwrap()
             .unwrap();
         if m.topic == topics::IDENTITY_ENTRIES {
-            assert_eq!(m.payload, json!({"action": "created", "ids": [id]}));
+            assert_eq!(m.json(), json!({"action": "created", "ids": [id]}));
             break;
         }
     }

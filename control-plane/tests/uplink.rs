@@ -78,8 +78,8 @@ async fn wait_bus(
             .await
             .unwrap_or_else(|_| panic!("no {topic} message"))
             .unwrap();
-        if m.topic == topic && pred(&m.payload) {
-            return m.payload.clone();
+        if m.topic == topic && pred(&m.json()) {
+            return m.json();
         }
     }
 }

@@ -236,7 +236,7 @@ pub async fn create_user(
         .publish(BusMessage::new(
             topics::USER_CREATED,
             &state.origin(),
-            serde_json::json!({"username": user.username, "role": role}),
+            &serde_json::json!({"username": user.username, "role": role}),
         ))
         .await;
     Ok((

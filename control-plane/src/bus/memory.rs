@@ -34,9 +34,9 @@ impl Bus for MemoryBus {
         "memory"
     }
 
-    fn publish<'a>(&'a self, msg: &'a BusMessage) -> BusFuture<'a, ()> {
+    fn publish<'a>(&'a self, msg: &'a Arc<BusMessage>) -> BusFuture<'a, ()> {
         // No receiver is not an error: nobody is listening yet.
-        let _ = self.tx.send(Arc::new(msg.clone()));
+        let _ = self.tx.send(msg.clone());
         Box::pin(async { Ok(()) })
     }
 
@@ -63,7 +63,7 @@ impl Bus for MemoryBus {
                 };
                 match msg {
                     Ok(m) if m.topic == topic => {
-                        if let Err(e) = handler(Arc::unwrap_or_clone(m)).await {
+                        if let Err(e) = handler(m).await {
                             tracing::warn!(%topic, %group, error = %e, "in-process handler failed; message dropped");
                         }
                     }

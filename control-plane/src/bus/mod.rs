@@ -47,24 +47,46 @@ pub mod topics {
 }
 
 /// One message on the bus.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The payload is kept as the JSON text it was serialized to once, at publication: an event
+/// batch is large, every service in the process sees it, and a tree of `serde_json::Value`s
+/// would cost an allocation per field for each copy. Consumers parse what they need with
+/// [`BusMessage::payload_as`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BusMessage {
     /// Unique id (UUIDv7), so consumers can drop redeliveries.
     pub id: uuid::Uuid,
     pub topic: String,
     /// The service (and process instance) that published it, e.g. `ja4/0192…`.
     pub origin: String,
-    pub payload: serde_json::Value,
+    pub payload: Box<serde_json::value::RawValue>,
 }
 
 impl BusMessage {
-    pub fn new(topic: &str, origin: &str, payload: serde_json::Value) -> Self {
+    /// A message whose payload is `payload` serialized as JSON.
+    pub fn new(topic: &str, origin: &str, payload: &impl Serialize) -> Self {
+        // Our payload types have string keys and no failing `Serialize`; `null` is the
+        // harmless answer should one ever fail.
+        let payload = serde_json::value::to_raw_value(payload).unwrap_or_else(|e| {
+            tracing::error!(topic, error = %e, "bus payload not serializable");
+            serde_json::value::RawValue::from_string("null".into()).expect("valid JSON")
+        });
         BusMessage {
             id: uuid::Uuid::now_v7(),
             topic: topic.to_owned(),
             origin: origin.to_owned(),
             payload,
         }
+    }
+
+    /// The payload parsed as `T` (borrowing from the message where `T` allows it).
+    pub fn payload_as<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.payload.get())
+    }
+
+    /// The payload as a JSON tree, for ad-hoc inspection (tests, logs).
+    pub fn json(&self) -> serde_json::Value {
+        self.payload_as().unwrap_or(serde_json::Value::Null)
     }
 }
 
@@ -82,7 +104,9 @@ pub type BusFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BusError>> + S
 
 /// A work-queue handler. An `Err` leaves the message unacknowledged, to be delivered again.
 pub type Handler = Arc<
-    dyn Fn(BusMessage) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync,
+    dyn Fn(Arc<BusMessage>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
 >;
 
 /// How many messages a live subscriber may fall behind before it skips.
@@ -92,8 +116,9 @@ pub const SUBSCRIBER_BUFFER: usize = 4096;
 pub trait Bus: Send + Sync + std::fmt::Debug {
     fn backend(&self) -> &'static str;
 
-    /// Publishes to live subscribers and to the topic's work queue.
-    fn publish<'a>(&'a self, msg: &'a BusMessage) -> BusFuture<'a, ()>;
+    /// Publishes to live subscribers and to the topic's work queue. In-process receivers share
+    /// the one message.
+    fn publish<'a>(&'a self, msg: &'a Arc<BusMessage>) -> BusFuture<'a, ()>;
 
     /// A live feed of every message on every topic. Messages are shared, not copied, between
     /// subscribers: an event batch's payload is large and every service in the process listens.

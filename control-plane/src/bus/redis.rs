@@ -117,7 +117,7 @@ impl RedisBus {
 }
 
 /// Ids of one read, with each entry's decoded message (None when undecodable).
-type Entries = Vec<(String, Option<BusMessage>)>;
+type Entries = Vec<(String, Option<Arc<BusMessage>>)>;
 
 fn entries(reply: StreamReadReply) -> Entries {
     reply
@@ -127,7 +127,8 @@ fn entries(reply: StreamReadReply) -> Entries {
         .map(|e| {
             let msg = e
                 .get::<Vec<u8>>("m")
-                .and_then(|b| serde_json::from_slice::<BusMessage>(&b).ok());
+                .and_then(|b| serde_json::from_slice::<BusMessage>(&b).ok())
+                .map(Arc::new);
             (e.id, msg)
         })
         .collect()
@@ -138,9 +139,9 @@ impl Bus for RedisBus {
         "redis"
     }
 
-    fn publish<'a>(&'a self, msg: &'a BusMessage) -> BusFuture<'a, ()> {
+    fn publish<'a>(&'a self, msg: &'a Arc<BusMessage>) -> BusFuture<'a, ()> {
         Box::pin(async move {
-            let body = serde_json::to_vec(msg)?;
+            let body = serde_json::to_vec(&**msg)?;
             let mut conn = self.conn.clone();
             let _: () = redis::pipe()
                 .cmd("PUBLISH")

@@ -106,14 +106,15 @@ pub async fn start(state: &AppState, shutdown: watch::Receiver<bool>) -> Vec<Joi
         ));
         if *svc == ServiceName::Correlation {
             let stats = stats.clone();
-            let handler: Handler = Arc::new(move |m: BusMessage| {
+            let handler: Handler = Arc::new(move |m: Arc<BusMessage>| {
                 let stats = stats.clone();
                 Box::pin(async move {
-                    let n = m
-                        .payload
-                        .get("events")
-                        .and_then(|e| e.as_array())
-                        .map_or(0, |a| a.len());
+                    /// Counts the batch's events without building them.
+                    #[derive(serde::Deserialize)]
+                    struct Batch {
+                        events: Vec<serde::de::IgnoredAny>,
+                    }
+                    let n = m.payload_as::<Batch>().map_or(0, |b| b.events.len());
                     stats.work_events.fetch_add(n as u64, Ordering::Relaxed);
                     Ok(())
                 })
@@ -130,7 +131,7 @@ pub async fn start(state: &AppState, shutdown: watch::Receiver<bool>) -> Vec<Joi
             .publish(BusMessage::new(
                 topics::SERVICE_STARTED,
                 &format!("{svc}/{}", state.instance),
-                serde_json::json!({"service": svc.as_str(), "instance": state.instance}),
+                &serde_json::json!({"service": svc.as_str(), "instance": state.instance}),
             ))
             .await;
     }

@@ -23,6 +23,7 @@
 
 pub mod fold;
 pub mod identity;
+mod pg_nodelay;
 pub mod postgres;
 mod query;
 mod reads;

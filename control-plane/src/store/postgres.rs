@@ -146,9 +146,13 @@ impl PgStore {
             conn.close().await?;
             opts = opts.options([("search_path", schema)]);
         }
+        let server_port = opts.get_port();
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(super::pg_nodelay::after_connect(conn, server_port))
+            })
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;

@@ -113,7 +113,7 @@ async fn announce(state: &AppState, action: &str, ids: Vec<String>) {
         .publish(BusMessage::new(
             topics::IDENTITY_ENTRIES,
             &state.origin(),
-            serde_json::json!({ "action": action, "ids": ids }),
+            &serde_json::json!({ "action": action, "ids": ids }),
         ))
         .await;
 }

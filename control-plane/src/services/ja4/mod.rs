@@ -202,12 +202,17 @@ pub async fn store_events(
     m.ingest_duplicates
         .fetch_add(out.duplicates as u64, Ordering::Relaxed);
     if !out.stored.is_empty() {
-        let stored: Vec<&FingerprintEvent> = out.stored.iter().map(|&i| &events[i]).collect();
+        /// Serialized straight from the events: no intermediate JSON tree.
+        #[derive(serde::Serialize)]
+        struct Batch<'a> {
+            events: Vec<&'a FingerprintEvent>,
+        }
+        let events = out.stored.iter().map(|&i| &events[i]).collect();
         state
             .publish(BusMessage::new(
                 topics::FINGERPRINT_EVENTS,
                 &state.origin(),
-                serde_json::json!({ "events": stored }),
+                &Batch { events },
             ))
             .await;
     }
@@ -385,7 +390,7 @@ pub async fn add_label(
         .publish(BusMessage::new(
             topics::FINGERPRINT_LABELED,
             &state.origin(),
-            serde_json::json!({"method": m, "value": v, "label": l, "by": c.sub}),
+            &serde_json::json!({"method": m, "value": v, "label": l, "by": c.sub}),
         ))
         .await;
     let labels = state
@@ -512,15 +517,13 @@ pub async fn run_retention(
         partitions = out.partitions_dropped,
         "retention pass"
     );
-    if let Ok(payload) = serde_json::to_value(&out) {
-        state
-            .publish(BusMessage::new(
-                topics::RETENTION_RAN,
-                &state.origin(),
-                payload,
-            ))
-            .await;
-    }
+    state
+        .publish(BusMessage::new(
+            topics::RETENTION_RAN,
+            &state.origin(),
+            &out,
+        ))
+        .await;
     Ok(out)
 }
 

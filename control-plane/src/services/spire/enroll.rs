@@ -64,7 +64,7 @@ pub async fn enroll(
         .publish(BusMessage::new(
             topics::AGENT_ENROLLED,
             &state.origin(),
-            serde_json::json!({
+            &serde_json::json!({
                 "agent_id": agent_id,
                 "spiffe_id": id.as_str(),
                 "hostname": req.hostname,

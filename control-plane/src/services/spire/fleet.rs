@@ -194,7 +194,7 @@ async fn sweep(
                         .publish(BusMessage::new(
                             topics::AGENT_STATUS,
                             &state.origin(),
-                            serde_json::json!({
+                            &serde_json::json!({
                                 "agent_id": a.id,
                                 "status": status,
                                 "previous": previous,

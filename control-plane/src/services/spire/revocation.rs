@@ -89,7 +89,7 @@ pub fn spawn_refresher(
                     }
                 } => match m {
                     Ok(m) if m.topic == topics::AGENT_REVOKED => {
-                        if let Some(id) = m.payload.get("agent_id").and_then(|v| v.as_str())
+                        if let Some(id) = m.json().get("agent_id").and_then(|v| v.as_str())
                             && spire.revocations.insert(id)
                         {
                             tracing::info!(agent_id = id, origin = %m.origin, "revocation received");

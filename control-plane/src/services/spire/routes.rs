@@ -224,7 +224,7 @@ pub async fn revoke_agent(
             .publish(BusMessage::new(
                 topics::AGENT_REVOKED,
                 &state.origin(),
-                serde_json::json!({
+                &serde_json::json!({
                     "agent_id": id,
                     "spiffe_id": view.agent.spiffe_id,
                     "revoked_us": revoked_us,
