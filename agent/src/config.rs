@@ -44,6 +44,12 @@
 //!
 //! [spool]
 //! max_bytes = 268435456           # 256 MiB; the oldest events are dropped beyond it
+//!
+//! [spire]                         # identity from a SPIRE agent instead of `hais-agent enroll`
+//! workload_api_socket = "/run/spire/sockets/agent.sock"
+//! control_plane_id = ""           # empty: spiffe://<td of control_plane_bundle>/hais/control-plane
+//! control_plane_bundle = "/etc/hais/control-plane-bundle.pem"  # GET /api/spire/bundle
+//! connect_timeout_secs = 30
 //! ```
 //!
 //! Unknown keys are errors, so a misspelt setting is reported instead of silently ignored.
@@ -91,6 +97,15 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HAIS_SERVER", "uplink.server (HOST:PORT)"),
     ("HAIS_HEARTBEAT_INTERVAL", "uplink.heartbeat_interval_secs"),
     ("HAIS_SPOOL_MAX_BYTES", "spool.max_bytes"),
+    (
+        "HAIS_SPIRE_WORKLOAD_API_SOCKET",
+        "spire.workload_api_socket (path)",
+    ),
+    ("HAIS_SPIRE_CONTROL_PLANE_ID", "spire.control_plane_id"),
+    (
+        "HAIS_SPIRE_CONTROL_PLANE_BUNDLE",
+        "spire.control_plane_bundle (path)",
+    ),
 ];
 
 /// The whole agent configuration.
@@ -105,6 +120,42 @@ pub struct AgentConfig {
     pub uplink: UplinkConfig,
     pub spool: SpoolConfig,
     pub attribution: AttributionConfig,
+    pub spire: SpireConfig,
+}
+
+/// `[spire]`: taking the agent's identity from a SPIRE agent over the SPIFFE Workload API.
+/// SPIRE then issues and rotates the agent's SVID (`spiffe://<td>/hais/agent/<name>`, from a
+/// registration entry for the agent's process) and `hais-agent enroll` is not used. The
+/// control plane must trust that SPIRE (`[spire.external]` on its side).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpireConfig {
+    /// The SPIRE agent's Workload API socket; setting it turns the integration on.
+    pub workload_api_socket: Option<PathBuf>,
+    /// The SPIFFE ID the control plane must present. Empty: `/hais/control-plane` in the trust
+    /// domain of `control_plane_bundle`'s CA (else of the agent's own SVID).
+    pub control_plane_id: String,
+    /// The control plane's CA (PEM or SPIFFE JWKS; the control plane serves it at
+    /// `/api/spire/bundle`). Not needed when SPIRE federates with the control plane's trust
+    /// domain: the federated bundle from the Workload API is used (merged with this file).
+    pub control_plane_bundle: Option<PathBuf>,
+    /// How long start-up waits for the first SVID before giving up with an error.
+    pub connect_timeout_secs: u64,
+}
+
+impl SpireConfig {
+    /// Whether the identity comes from SPIRE.
+    pub fn enabled(&self) -> bool {
+        self.workload_api_socket.is_some()
+    }
+
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(if self.connect_timeout_secs == 0 {
+            30
+        } else {
+            self.connect_timeout_secs
+        })
+    }
 }
 
 impl Default for AgentConfig {
@@ -117,6 +168,7 @@ impl Default for AgentConfig {
             uplink: UplinkConfig::default(),
             spool: SpoolConfig::default(),
             attribution: AttributionConfig::default(),
+            spire: SpireConfig::default(),
         }
     }
 }
@@ -411,6 +463,17 @@ impl AgentConfig {
             &mut self.uplink.heartbeat_interval_secs,
         )?;
         env_parse(&get, "HAIS_SPOOL_MAX_BYTES", &mut self.spool.max_bytes)?;
+        if let Some(v) = get("HAIS_SPIRE_WORKLOAD_API_SOCKET") {
+            self.spire.workload_api_socket =
+                Some(v.trim()).filter(|v| !v.is_empty()).map(PathBuf::from);
+        }
+        if let Some(v) = get("HAIS_SPIRE_CONTROL_PLANE_ID") {
+            self.spire.control_plane_id = v.trim().to_string();
+        }
+        if let Some(v) = get("HAIS_SPIRE_CONTROL_PLANE_BUNDLE") {
+            self.spire.control_plane_bundle =
+                Some(v.trim()).filter(|v| !v.is_empty()).map(PathBuf::from);
+        }
         Ok(())
     }
 
@@ -463,6 +526,14 @@ impl AgentConfig {
         }
         if !(1..=hais_shared::wire::MAX_EVENTS_PER_BATCH).contains(&self.uplink.batch_events) {
             return bad("uplink.batch_events", "must be 1..=10000");
+        }
+        if !self.spire.control_plane_id.is_empty()
+            && hais_shared::spiffe::SpiffeId::parse(&self.spire.control_plane_id).is_err()
+        {
+            return bad(
+                "spire.control_plane_id",
+                "not a SPIFFE ID (spiffe://<td>/<path>)",
+            );
         }
         if self.spool.max_bytes < 1 << 20 {
             return bad("spool.max_bytes", "must be at least 1048576 (1 MiB)");

@@ -241,6 +241,48 @@ pub const KEYS: &[KeyDoc] = &[
         help: "extra DNS names in the uplink's server certificate, besides localhost",
     },
     KeyDoc {
+        key: "spire.external.trust_domain",
+        env: "HAIS_SPIRE_EXTERNAL_TRUST_DOMAIN",
+        kind: KeyKind::Str,
+        default: "(none)",
+        help: "trust domain of a SPIRE deployment whose agents (spiffe://<td>/hais/agent/<name>) may stream without enrolling",
+    },
+    KeyDoc {
+        key: "spire.external.bundle_file",
+        env: "HAIS_SPIRE_EXTERNAL_BUNDLE_FILE",
+        kind: KeyKind::Str,
+        default: "(none)",
+        help: "that SPIRE's trust bundle: PEM or SPIFFE JWKS (`spire-server bundle show -format spiffe`), re-read every refresh",
+    },
+    KeyDoc {
+        key: "spire.external.bundle_endpoint",
+        env: "HAIS_SPIRE_EXTERNAL_BUNDLE_ENDPOINT",
+        kind: KeyKind::Str,
+        default: "(none)",
+        help: "or its SPIFFE bundle endpoint, https://HOST:PORT[/path] (https_web profile)",
+    },
+    KeyDoc {
+        key: "spire.external.bundle_endpoint_ca",
+        env: "HAIS_SPIRE_EXTERNAL_BUNDLE_ENDPOINT_CA",
+        kind: KeyKind::Str,
+        default: "(web PKI roots)",
+        help: "PEM file of roots for the bundle endpoint's TLS certificate",
+    },
+    KeyDoc {
+        key: "spire.external.refresh",
+        env: "HAIS_SPIRE_EXTERNAL_REFRESH",
+        kind: KeyKind::Str,
+        default: "5m",
+        help: "how often the SPIRE bundle is reloaded",
+    },
+    KeyDoc {
+        key: "spire.external.health_url",
+        env: "HAIS_SPIRE_EXTERNAL_HEALTH_URL",
+        kind: KeyKind::Str,
+        default: "(none)",
+        help: "SPIRE server health endpoint (e.g. http://spire-server:8080/ready), reported by the spire service",
+    },
+    KeyDoc {
         key: "ja4.uplink_bind",
         env: "HAIS_JA4_UPLINK_BIND",
         kind: KeyKind::Str,
@@ -309,6 +351,7 @@ pub struct SpireConfig {
     pub token_ttl: HumanDuration,
     pub stale_after: HumanDuration,
     pub server_dns_names: Vec<String>,
+    pub external: ExternalSpireConfig,
 }
 
 impl Default for SpireConfig {
@@ -319,7 +362,74 @@ impl Default for SpireConfig {
             token_ttl: HumanDuration::from_secs(3600),
             stale_after: HumanDuration::from_secs(90),
             server_dns_names: Vec::new(),
+            external: ExternalSpireConfig::default(),
         }
+    }
+}
+
+/// `[spire.external]`: a SPIRE deployment whose agents' X.509-SVIDs the uplink accepts, beside
+/// the built-in CA's. Agents there take their identity from their SPIRE agent
+/// (`spiffe://<trust_domain>/hais/agent/<name>`) instead of enrolling with a join token.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExternalSpireConfig {
+    /// The SPIRE trust domain; setting it turns the integration on.
+    pub trust_domain: Option<String>,
+    /// Its trust bundle as a file (PEM, or the SPIFFE JWKS that `spire-server bundle show
+    /// -format spiffe` prints), re-read every `refresh`.
+    pub bundle_file: Option<PathBuf>,
+    /// Or its SPIFFE bundle endpoint (`https://…`, the `https_web` profile), fetched every
+    /// `refresh`.
+    pub bundle_endpoint: Option<String>,
+    /// PEM roots for the bundle endpoint's TLS certificate (default: the web PKI roots).
+    pub bundle_endpoint_ca: Option<PathBuf>,
+    /// How often the bundle is reloaded (SPIRE rotates its CA; the default follows a rotation
+    /// well within SPIRE's default CA lifetime).
+    pub refresh: Option<HumanDuration>,
+    /// The SPIRE server's health endpoint, e.g. `http://spire-server:8080/ready`, polled and
+    /// reported by the spire service.
+    pub health_url: Option<String>,
+}
+
+/// Default [`ExternalSpireConfig::refresh`].
+pub const EXTERNAL_BUNDLE_REFRESH: Duration = Duration::from_secs(300);
+
+impl ExternalSpireConfig {
+    fn check(&self, builtin_td: &str) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(format!("spire.external: {m}")));
+        let Some(td) = &self.trust_domain else {
+            if self.bundle_file.is_some() || self.bundle_endpoint.is_some() {
+                return bad("a bundle is configured but trust_domain is not".into());
+            }
+            return Ok(());
+        };
+        if let Err(e) = hais_shared::spiffe::validate_trust_domain(td) {
+            return bad(format!("trust_domain {td:?}: {e}"));
+        }
+        if td == builtin_td {
+            return bad(format!(
+                "trust_domain {td:?} is the built-in CA's (spire.trust_domain); they must differ"
+            ));
+        }
+        match (&self.bundle_file, &self.bundle_endpoint) {
+            (None, None) => bad("set bundle_file or bundle_endpoint".into()),
+            (Some(_), Some(_)) => bad("set bundle_file or bundle_endpoint, not both".into()),
+            (None, Some(url)) if !url.starts_with("https://") => bad(format!(
+                "bundle_endpoint {url:?} must be an https:// URL (SPIFFE bundle endpoints use TLS)"
+            )),
+            _ => Ok(()),
+        }?;
+        if let Some(url) = &self.health_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return bad(format!("health_url {url:?} must be an http(s):// URL"));
+        }
+        Ok(())
+    }
+
+    /// How often the bundle is reloaded.
+    pub fn refresh(&self) -> Duration {
+        self.refresh.map_or(EXTERNAL_BUNDLE_REFRESH, |r| r.0)
     }
 }
 
@@ -575,6 +685,7 @@ impl Config {
                 "spire.server_dns_names: {bad:?} is not a DNS name"
             )));
         }
+        self.spire.external.check(&self.spire.trust_domain)?;
         if self.spire.token_ttl.0 > MAX_TOKEN_TTL {
             return Err(ConfigError::Invalid(
                 "spire.token_ttl must be at most 30d".into(),
@@ -774,5 +885,69 @@ mod tests {
         assert!(e.to_string().contains("database_schema"), "{e}");
         let e = Config::load(None, env_of(&[("HAIS_SERVICE", "nope")])).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn external_spire_settings_from_env_and_their_checks() {
+        let c = Config::load(
+            None,
+            env_of(&[
+                ("HAIS_SPIRE_EXTERNAL_TRUST_DOMAIN", "prod.example"),
+                ("HAIS_SPIRE_EXTERNAL_BUNDLE_FILE", "/etc/spire/bundle.pem"),
+                ("HAIS_SPIRE_EXTERNAL_REFRESH", "1m"),
+                ("HAIS_SPIRE_EXTERNAL_HEALTH_URL", "http://spire:8080/ready"),
+            ]),
+        )
+        .unwrap();
+        let x = &c.spire.external;
+        assert_eq!(x.trust_domain.as_deref(), Some("prod.example"));
+        assert_eq!(x.refresh(), Duration::from_secs(60));
+        assert_eq!(x.health_url.as_deref(), Some("http://spire:8080/ready"));
+        assert_eq!(
+            Config::default().spire.external.refresh(),
+            EXTERNAL_BUNDLE_REFRESH
+        );
+        for (env, culprit) in [
+            (
+                vec![("HAIS_SPIRE_EXTERNAL_TRUST_DOMAIN", "prod.example")],
+                "bundle_file or bundle_endpoint",
+            ),
+            (
+                vec![("HAIS_SPIRE_EXTERNAL_BUNDLE_FILE", "/b.pem")],
+                "trust_domain is not",
+            ),
+            (
+                vec![
+                    ("HAIS_SPIRE_EXTERNAL_TRUST_DOMAIN", "hais.local"),
+                    ("HAIS_SPIRE_EXTERNAL_BUNDLE_FILE", "/b.pem"),
+                ],
+                "must differ",
+            ),
+            (
+                vec![
+                    ("HAIS_SPIRE_EXTERNAL_TRUST_DOMAIN", "prod.example"),
+                    ("HAIS_SPIRE_EXTERNAL_BUNDLE_ENDPOINT", "http://spire:8443"),
+                ],
+                "https://",
+            ),
+            (
+                vec![
+                    ("HAIS_SPIRE_EXTERNAL_TRUST_DOMAIN", "prod.example"),
+                    ("HAIS_SPIRE_EXTERNAL_BUNDLE_FILE", "/b.pem"),
+                    ("HAIS_SPIRE_EXTERNAL_BUNDLE_ENDPOINT", "https://spire:8443"),
+                ],
+                "not both",
+            ),
+            (
+                vec![
+                    ("HAIS_SPIRE_EXTERNAL_TRUST_DOMAIN", "Bad TD"),
+                    ("HAIS_SPIRE_EXTERNAL_BUNDLE_FILE", "/b.pem"),
+                ],
+                "trust_domain",
+            ),
+        ] {
+            let e = Config::load(None, env_of(&env)).unwrap_err();
+            assert!(e.to_string().contains(culprit), "{env:?}: {e}");
+        }
     }
 }

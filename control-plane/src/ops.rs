@@ -354,11 +354,24 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.metrics.render(
+    let mut text = state.metrics.render(
         state.service.as_str(),
         state.store.backend(),
         state.bus.backend(),
     );
+    if let Some(ext) = state.spire.as_ref().and_then(|s| s.external.as_ref()) {
+        use std::fmt::Write;
+        let st = ext.status();
+        let _ = writeln!(
+            text,
+            "# HELP hais_spire_external_healthy The external SPIRE server's health endpoint: 1 healthy, 0 not, -1 not checked.\n\
+             # TYPE hais_spire_external_healthy gauge\nhais_spire_external_healthy {}\n\
+             # HELP hais_spire_external_bundle_loaded_seconds When the external SPIRE bundle was last loaded (Unix time; 0 never).\n\
+             # TYPE hais_spire_external_bundle_loaded_seconds gauge\nhais_spire_external_bundle_loaded_seconds {}",
+            ext.health_gauge(),
+            st.bundle_loaded_us.unwrap_or(0) / 1_000_000
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,

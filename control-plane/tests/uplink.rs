@@ -48,24 +48,6 @@ async fn new_token(t: &TestApp) -> String {
     v["token"].as_str().unwrap().to_owned()
 }
 
-/// GET returning the raw text body (the bundle is PEM, metrics are Prometheus text).
-async fn get_text(t: &TestApp, uri: &str, token: Option<&str>) -> (StatusCode, String) {
-    let mut b = axum::http::Request::builder().uri(uri);
-    if let Some(token) = token {
-        b = b.header("authorization", format!("Bearer {token}"));
-    }
-    let req = b.body(axum::body::Body::empty()).unwrap();
-    let resp = tower::ServiceExt::oneshot(t.router.clone(), req)
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    (status, String::from_utf8(bytes.to_vec()).unwrap())
-}
-
 /// Waits for a bus message on `topic` whose payload satisfies `pred`.
 async fn wait_bus(
     rx: &mut tokio::sync::broadcast::Receiver<Arc<hais_control_plane::bus::BusMessage>>,
@@ -110,7 +92,7 @@ async fn enroll_and_stream(backend: Backend) {
         .call("POST", "/api/spire/tokens", None, Some(json!({})))
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
-    let (s, bundle_pem) = get_text(&t, "/api/spire/bundle", Some(&t.admin)).await;
+    let (s, bundle_pem) = t.get_text("/api/spire/bundle", Some(&t.admin)).await;
     assert_eq!(s, StatusCode::OK);
     assert!(bundle_pem.starts_with("-----BEGIN CERTIFICATE-----"));
 
@@ -254,7 +236,7 @@ async fn enroll_and_stream(backend: Backend) {
         .await
         .unwrap());
 
-    let (_, text) = get_text(&t, "/metrics", None).await;
+    let (_, text) = t.get_text("/metrics", None).await;
     assert!(text.contains("hais_uplink_batches_total 19"), "{text}");
     assert!(text.contains("hais_uplink_enrollments_total 1"), "{text}");
     assert!(

@@ -113,6 +113,14 @@ impl ControlPlane {
         call(self.api, "GET", path, Some(token), None)
     }
 
+    /// The built-in CA's bundle (PEM), which agents check the control plane by.
+    pub fn bundle_pem(&self, token: &str) -> String {
+        let (st, pem) =
+            crate::http::call_text(self.api, "GET", "/api/spire/bundle", Some(token), None);
+        assert_eq!(st, 200, "bundle: {pem}");
+        pem
+    }
+
     /// The process's log so far.
     pub fn log(&self) -> String {
         self.proc.as_ref().map(Proc::log).unwrap_or_default()

@@ -16,8 +16,21 @@ pub fn call(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> (u16, Value) {
+    let (status, text) = call_text(addr, method, path, token, body);
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// [`call`], returning the body as text (PEM bundles, Prometheus metrics).
+pub fn call_text(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, String) {
+    let fail = (0, String::new());
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
-        return (0, Value::Null);
+        return fail;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
@@ -34,15 +47,15 @@ pub fn call(
     req.push_str("\r\n");
     req.push_str(&payload);
     if s.write_all(req.as_bytes()).is_err() {
-        return (0, Value::Null);
+        return fail;
     }
     let mut raw = Vec::new();
     if s.read_to_end(&mut raw).is_err() && raw.is_empty() {
-        return (0, Value::Null);
+        return fail;
     }
     let text = String::from_utf8_lossy(&raw);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return (0, Value::Null);
+        return fail;
     };
     let status = head
         .split_whitespace()
@@ -57,7 +70,7 @@ pub fn call(
     } else {
         body.to_owned()
     };
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    (status, body)
 }
 
 fn dechunk(mut s: &str) -> String {

@@ -23,6 +23,7 @@ use crate::status::{AgentStatus, query};
 use crate::uplink::client::{self, Transport};
 use crate::uplink::events::hostname;
 use crate::uplink::quic::clock_skew_ms;
+use crate::uplink::spire::{SpireLink, SpireOptions};
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
@@ -123,8 +124,26 @@ pub fn run(args: DoctorArgs) -> i32 {
 pub fn run_checks(cfg: &AgentConfig) -> Vec<Check> {
     let state = StateDir::new(&cfg.state_dir);
     let mut out = vec![capabilities(), interfaces(cfg), state_dir(&state)];
-    let identity = state.load_identity();
-    out.push(identity_check(&state, &identity));
+    // (SVID, CAs the server must chain to, the server's expected ID)
+    let identity = match SpireOptions::from_config(&cfg.spire) {
+        Ok(Some(opts)) => {
+            let (c, id) = spire_identity(opts);
+            out.push(c);
+            id
+        }
+        Err(e) => {
+            out.push(check("identity", Outcome::Fail, e).fix("fix the [spire] settings"));
+            None
+        }
+        Ok(None) => {
+            let identity = state.load_identity();
+            out.push(identity_check(&state, &identity));
+            identity.ok().flatten().and_then(|(svid, bundle)| {
+                let expected = SpiffeId::control_plane(svid.spiffe_id.trust_domain()).ok()?;
+                Some((svid, bundle, expected))
+            })
+        }
+    };
     let running = query(&state.socket_path()).ok();
     out.push(match &running {
         Some(r) => check(
@@ -148,7 +167,9 @@ pub fn run_checks(cfg: &AgentConfig) -> Vec<Check> {
         .filter(|s| !s.is_empty())
         .or_else(|| state.load_server());
     let (reach, skew) = match (identity, server) {
-        (Ok(Some((svid, bundle))), Some(server)) => server_checks(&server, &svid, &bundle),
+        (Some((svid, bundle, expected)), Some(server)) => {
+            server_checks(&server, &svid, &bundle, &expected)
+        }
         (_, None) => (
             check("server", Outcome::Fail, "no control plane configured")
                 .fix("enroll (`hais-agent enroll --server HOST:PORT --token T`) or pass --server"),
@@ -272,6 +293,56 @@ fn identity_check(state: &StateDir, identity: &Identity) -> Check {
         }
         Err(e) => return check("identity", Outcome::Fail, e.to_string()),
     };
+    svid_validity(
+        svid,
+        "the agent could not renew in time: create a new join token and run `hais-agent enroll --force`",
+        "the running agent renews at half-life: check that it runs and is connected",
+    )
+}
+
+/// The SVID a SPIRE agent hands out now, and whether the control plane can be checked.
+fn spire_identity(
+    opts: SpireOptions,
+) -> (
+    Check,
+    Option<(hais_svid::Svid, hais_svid::Bundle, SpiffeId)>,
+) {
+    let socket = opts.socket.display().to_string();
+    let got = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async { SpireLink::connect(opts).await.and_then(|l| l.identity()) })
+        });
+    match got {
+        Ok(id) => {
+            let c = svid_validity(
+                &id.svid,
+                "SPIRE did not rotate it: check the SPIRE agent (`spire-agent healthcheck`)",
+                "SPIRE rotates at half-life: check the SPIRE agent",
+            );
+            let c = Check {
+                detail: format!(
+                    "{} (from SPIRE at {socket}); control plane must be {}",
+                    c.detail, id.expected_server
+                ),
+                ..c
+            };
+            (c, Some((id.svid, id.server_trust, id.expected_server)))
+        }
+        Err(e) => (
+            check("identity", Outcome::Fail, format!("SPIRE at {socket}: {e}")).fix(
+                "check that the SPIRE agent runs and that this process is registered \
+                 (spire-server entry create -spiffeID spiffe://<td>/hais/agent/<name> -selector …)",
+            ),
+            None,
+        ),
+    }
+}
+
+/// Expiry and renewal time of an SVID, whoever issued it.
+fn svid_validity(svid: &hais_svid::Svid, expired_fix: &str, late_fix: &str) -> Check {
     let now = time::OffsetDateTime::now_utc();
     let left = (svid.not_after - now).whole_seconds();
     if left <= 0 {
@@ -280,7 +351,7 @@ fn identity_check(state: &StateDir, identity: &Identity) -> Check {
             Outcome::Fail,
             format!("{} expired at {}", svid.spiffe_id, svid.not_after),
         )
-        .fix("the agent could not renew in time: create a new join token and run `hais-agent enroll --force`");
+        .fix(expired_fix);
     }
     if svid.not_before > now {
         return check(
@@ -305,7 +376,7 @@ fn identity_check(state: &StateDir, identity: &Identity) -> Check {
             Outcome::Warn,
             format!("{detail}; past its renewal time"),
         )
-        .fix("the running agent renews at half-life: check that it runs and is connected");
+        .fix(late_fix);
     }
     check("identity", Outcome::Ok, detail)
 }
@@ -315,6 +386,7 @@ fn server_checks(
     server: &str,
     svid: &hais_svid::Svid,
     bundle: &hais_svid::Bundle,
+    expected: &SpiffeId,
 ) -> (Check, Option<i64>) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -324,9 +396,7 @@ fn server_checks(
         Err(e) => return (check("server", Outcome::Fail, format!("tokio: {e}")), None),
     };
     let res = rt.block_on(async {
-        let expected = SpiffeId::control_plane(svid.spiffe_id.trust_domain())
-            .map_err(|e| client::ClientError::Protocol(e.to_string()))?;
-        let tls = hais_svid::uplink_client_config(svid, bundle, &expected)?;
+        let tls = hais_svid::uplink_client_config(svid, bundle, expected)?;
         let t = Transport {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),

@@ -51,6 +51,7 @@ use crate::status::{AgentStatus, InterfaceCounters, StatusServer};
 use crate::uplink::SharedSpool;
 use crate::uplink::events::{self, EventSource};
 use crate::uplink::quic::{Uplink, UplinkOptions};
+use crate::uplink::spire::SpireOptions;
 use crate::uplink::spool::{Spool, SpoolOptions};
 
 #[derive(Debug, Args)]
@@ -456,6 +457,19 @@ fn open_output(path: &str) -> std::io::Result<Box<dyn Write>> {
 /// A server configured for an agent that is not enrolled is an error, not a silent fallback
 /// to printing.
 fn plan_streaming(cfg: &AgentConfig, state: &StateDir) -> Result<Option<String>, Failure> {
+    if cfg.spire.enabled() {
+        // SPIRE is the identity: no enrollment, but the server must be named.
+        return Some(cfg.uplink.server.clone())
+            .filter(|s| !s.is_empty())
+            .or_else(|| state.load_server())
+            .map(Some)
+            .ok_or((
+                78,
+                "spire.workload_api_socket is set but no server is known: pass --server \
+                 HOST:PORT (or set uplink.server)"
+                    .to_string(),
+            ));
+    }
     let enrolled = state.is_enrolled();
     let server = Some(cfg.uplink.server.clone())
         .filter(|s| !s.is_empty())
@@ -516,6 +530,40 @@ fn start_uplink(
     spool: SharedSpool,
     status: &Arc<AgentStatus>,
 ) -> Result<Streaming, Failure> {
+    let mut opts = UplinkOptions::new(server, state.path());
+    opts.max_in_flight = cfg.uplink.max_in_flight;
+    opts.batch_events = cfg.uplink.batch_events;
+    opts.heartbeat_interval = Duration::from_secs(cfg.uplink.heartbeat_interval_secs);
+    let host = opts.hostname.clone();
+    let spire = SpireOptions::from_config(&cfg.spire).map_err(|e| (78, e))?;
+    let uplink = if let Some(spire) = spire {
+        tracing::info!(socket = %spire.socket.display(), "taking the agent's identity from SPIRE");
+        Uplink::start_with_spire(opts, spire, Arc::clone(&spool), Arc::clone(status))
+            .map_err(|e| (69, format!("SPIRE: {e}")))?
+    } else {
+        let (svid, bundle) = enrolled_identity(state)?;
+        Uplink::start(opts, svid, bundle, Arc::clone(&spool), Arc::clone(status))
+            .map_err(|e| (71, format!("starting the uplink thread: {e}")))?
+    };
+    let agent_id = uplink
+        .spiffe_id
+        .agent_id()
+        .ok_or((
+            78,
+            format!("{} is not an agent SPIFFE ID", uplink.spiffe_id),
+        ))?
+        .to_string();
+    let source = EventSource { agent_id, host };
+    Ok(Streaming {
+        waker: uplink.waker(),
+        spool,
+        uplink,
+        source,
+    })
+}
+
+/// The SVID `hais-agent enroll` saved, still valid.
+fn enrolled_identity(state: &StateDir) -> Result<(hais_svid::Svid, hais_svid::Bundle), Failure> {
     let (svid, bundle) = state
         .load_identity()
         .map_err(|e| (e.exit_code(), e.to_string()))?
@@ -531,27 +579,7 @@ fn start_uplink(
             ),
         ));
     }
-    let agent_id = svid
-        .spiffe_id
-        .agent_id()
-        .ok_or((78, format!("{} is not an agent SPIFFE ID", svid.spiffe_id)))?
-        .to_string();
-    let mut opts = UplinkOptions::new(server, state.path());
-    opts.max_in_flight = cfg.uplink.max_in_flight;
-    opts.batch_events = cfg.uplink.batch_events;
-    opts.heartbeat_interval = Duration::from_secs(cfg.uplink.heartbeat_interval_secs);
-    let source = EventSource {
-        agent_id,
-        host: opts.hostname.clone(),
-    };
-    let uplink = Uplink::start(opts, svid, bundle, Arc::clone(&spool), Arc::clone(status))
-        .map_err(|e| (71, format!("starting the uplink thread: {e}")))?;
-    Ok(Streaming {
-        waker: uplink.waker(),
-        spool,
-        uplink,
-        source,
-    })
+    Ok((svid, bundle))
 }
 
 /// The main thread's loop: writes records as they come, flushing each so a reader (`tail -f`,

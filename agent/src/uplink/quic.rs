@@ -33,6 +33,7 @@ use tokio::time::sleep;
 
 use super::SharedSpool;
 use super::client::{self, ClientError, Conn, Transport};
+use super::spire::{Identity, SpireLink, SpireOptions};
 use super::spool::BatchId;
 use crate::status::{AgentStatus, ConnectionState, unix_ms};
 
@@ -75,6 +76,8 @@ impl UplinkOptions {
 /// The running uplink.
 #[derive(Debug)]
 pub struct Uplink {
+    /// The agent's SPIFFE ID when the uplink started (with SPIRE, whatever SPIRE issued).
+    pub spiffe_id: SpiffeId,
     thread: Option<JoinHandle<()>>,
     stop: Arc<Stop>,
     waker: Arc<Notify>,
@@ -103,7 +106,8 @@ impl Stop {
 }
 
 impl Uplink {
-    /// Starts the uplink thread with the agent's identity.
+    /// Starts the uplink thread with the identity enrolled with the control plane's CA (it
+    /// renews that SVID itself, over the uplink).
     pub fn start(
         opts: UplinkOptions,
         svid: Svid,
@@ -111,20 +115,37 @@ impl Uplink {
         spool: SharedSpool,
         status: Arc<AgentStatus>,
     ) -> std::io::Result<Uplink> {
+        let expected_server = SpiffeId::control_plane(svid.spiffe_id.trust_domain())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let identity = Identity {
+            svid,
+            server_trust: bundle,
+            expected_server,
+        };
+        Self::launch(opts, Source::Enrolled(identity), spool, status).map_err(std::io::Error::other)
+    }
+
+    /// Starts the uplink thread with the identity a SPIRE agent gives (and rotates). Fails,
+    /// saying why, when no usable SVID arrives within the connect timeout.
+    pub fn start_with_spire(
+        opts: UplinkOptions,
+        spire: SpireOptions,
+        spool: SharedSpool,
+        status: Arc<AgentStatus>,
+    ) -> Result<Uplink, String> {
+        Self::launch(opts, Source::Spire(spire), spool, status)
+    }
+
+    fn launch(
+        opts: UplinkOptions,
+        source: Source,
+        spool: SharedSpool,
+        status: Arc<AgentStatus>,
+    ) -> Result<Uplink, String> {
         let stop = Arc::new(Stop::default());
         let waker = Arc::new(Notify::new());
-        let mut task = Task {
-            expected_server: SpiffeId::control_plane(svid.spiffe_id.trust_domain())
-                .map_err(|e| std::io::Error::other(e.to_string()))?,
-            opts,
-            svid,
-            bundle,
-            spool,
-            status,
-            stop: Arc::clone(&stop),
-            waker: Arc::clone(&waker),
-        };
-        task.publish_identity();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (task_stop, task_waker) = (Arc::clone(&stop), Arc::clone(&waker));
         let thread = std::thread::Builder::new()
             .name("uplink".into())
             .spawn(move || {
@@ -132,13 +153,51 @@ impl Uplink {
                     .enable_all()
                     .build()
                     .expect("tokio runtime");
-                rt.block_on(task.run());
-            })?;
-        Ok(Uplink {
-            thread: Some(thread),
-            stop,
-            waker,
-        })
+                rt.block_on(async move {
+                    // The SPIRE source lives on this runtime: it streams rotations into it.
+                    let (identity, spire) = match source {
+                        Source::Enrolled(identity) => (identity, None),
+                        Source::Spire(o) => match SpireLink::connect(o).await {
+                            Ok(link) => match link.identity() {
+                                Ok(identity) => (identity, Some(link)),
+                                Err(e) => return drop(ready_tx.send(Err(e))),
+                            },
+                            Err(e) => return drop(ready_tx.send(Err(e))),
+                        },
+                    };
+                    let mut task = Task {
+                        svid: identity.svid,
+                        bundle: identity.server_trust,
+                        expected_server: identity.expected_server,
+                        spire,
+                        opts,
+                        spool,
+                        status,
+                        stop: task_stop,
+                        waker: task_waker,
+                    };
+                    task.publish_identity();
+                    let _ = ready_tx.send(Ok(task.svid.spiffe_id.clone()));
+                    task.run().await;
+                });
+            })
+            .map_err(|e| format!("starting the uplink thread: {e}"))?;
+        match ready_rx.recv() {
+            Ok(Ok(spiffe_id)) => Ok(Uplink {
+                spiffe_id,
+                thread: Some(thread),
+                stop,
+                waker,
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err("the uplink thread ended during start-up".into())
+            }
+        }
     }
 
     /// Rung after every append, so a waiting uplink sends at once.
@@ -167,6 +226,20 @@ impl Drop for Uplink {
     }
 }
 
+/// Where the uplink's identity comes from.
+enum Source {
+    Enrolled(Identity),
+    Spire(SpireOptions),
+}
+
+/// Resolves on SPIRE's next rotation; never without SPIRE.
+async fn spire_changed(link: &mut Option<SpireLink>) -> Result<(), String> {
+    match link {
+        Some(l) => l.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How one connection ended.
 enum End {
     Shutdown,
@@ -185,8 +258,11 @@ enum Done {
 struct Task {
     opts: UplinkOptions,
     svid: Svid,
+    /// The CAs the server's chain must lead to.
     bundle: Bundle,
     expected_server: SpiffeId,
+    /// Set when SPIRE provides the identity (then the control plane does not renew it).
+    spire: Option<SpireLink>,
     spool: SharedSpool,
     status: Arc<AgentStatus>,
     stop: Arc<Stop>,
@@ -243,6 +319,47 @@ impl Task {
             u.svid_expiry_unix = Some(svid.not_after.unix_timestamp());
             u.svid_renew_at_unix = Some(svid.renew_at().unix_timestamp());
         });
+    }
+
+    /// Takes SPIRE's current identity; true when the SVID or the server's trust changed.
+    fn refresh_spire(&mut self) -> bool {
+        let Some(link) = &self.spire else {
+            return false;
+        };
+        match link.identity() {
+            Ok(id) => {
+                let changed = id.svid.chain != self.svid.chain
+                    || id.server_trust != self.bundle
+                    || id.expected_server != self.expected_server;
+                if id.svid.spiffe_id != self.svid.spiffe_id {
+                    // Events carry the agent id of the start; the control plane would refuse
+                    // them under another ID. A restart picks the new one up.
+                    tracing::error!(
+                        old = %self.svid.spiffe_id,
+                        new = %id.svid.spiffe_id,
+                        "SPIRE changed this agent's SPIFFE ID; restart the agent to use it"
+                    );
+                    return false;
+                }
+                if changed {
+                    tracing::info!(
+                        spiffe_id = %id.svid.spiffe_id,
+                        not_after = %id.svid.not_after,
+                        "SPIRE rotated the identity"
+                    );
+                    self.svid = id.svid;
+                    self.bundle = id.server_trust;
+                    self.expected_server = id.expected_server;
+                    self.publish_identity();
+                    self.status.update_uplink(|u| u.renewals += 1);
+                }
+                changed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SPIRE's identity is unusable; keeping the previous one");
+                false
+            }
+        }
     }
 
     fn with_spool<T>(&self, f: impl FnOnce(&mut super::spool::Spool) -> T) -> T {
@@ -304,7 +421,9 @@ impl Task {
         });
     }
 
-    async fn connect(&self) -> Result<Conn, ClientError> {
+    async fn connect(&mut self) -> Result<Conn, ClientError> {
+        // After a rotation missed while disconnected.
+        self.refresh_spire();
         let tls = hais_svid::uplink_client_config(&self.svid, &self.bundle, &self.expected_server)?;
         let connect = client::connect(&self.opts.server, tls, &self.opts.transport);
         tokio::select! {
@@ -331,6 +450,7 @@ impl Task {
         let renew_in = renew_delay(&self.svid);
         let renew_timer = sleep(renew_in);
         tokio::pin!(renew_timer);
+        let mut watch_spire = self.spire.is_some();
 
         loop {
             // While stopping, what is spooled keeps going out until the drain deadline; while
@@ -418,7 +538,22 @@ impl Task {
                     });
                     heartbeat_out = true;
                 }
-                _ = &mut renew_timer, if !renewing && draining.is_none() => {
+                r = spire_changed(&mut self.spire), if watch_spire && draining.is_none() => {
+                    match r {
+                        Ok(()) => {
+                            if self.refresh_spire() {
+                                // Reconnect with the new SVID once the batches in flight are
+                                // answered, as after a renewal.
+                                draining = Some((End::Renewed, tokio::time::Instant::now() + self.opts.drain_timeout));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lost the SPIRE Workload API stream; rotations will be picked up at reconnect");
+                            watch_spire = false;
+                        }
+                    }
+                }
+                _ = &mut renew_timer, if !renewing && draining.is_none() && self.spire.is_none() => {
                     match hais_svid::generate_csr() {
                         Ok((key, csr)) => {
                             tracing::info!(spiffe_id = %self.svid.spiffe_id, "renewing the SVID");

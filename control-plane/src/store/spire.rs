@@ -92,6 +92,9 @@ pub struct AgentRecord {
     pub heartbeat: Option<HeartbeatRecord>,
 }
 
+/// `token_id` of agents registered from an external SPIRE (they enrolled with no join token).
+pub const EXTERNAL_TOKEN_ID: &str = "spire-external";
+
 /// Storage of tokens and agents. A supertrait of [`super::Store`], so every store has it.
 pub trait SpireStore: Send + Sync {
     fn create_join_token<'a>(&'a self, token: &'a JoinTokenRecord) -> StoreFuture<'a, ()>;
@@ -105,6 +108,14 @@ pub trait SpireStore: Send + Sync {
         secret_hash: &'a str,
         agent: &'a NewAgent,
     ) -> StoreFuture<'a, Result<(), TokenRefusal>>;
+
+    /// Registers an agent whose identity comes from an external SPIRE (no join token: its SVID
+    /// is its credential) unless one with that id exists. Returns the stored record, which may
+    /// be an older one, possibly with another SPIFFE ID: the caller compares.
+    fn register_external_agent<'a>(
+        &'a self,
+        agent: &'a NewAgent,
+    ) -> StoreFuture<'a, Option<AgentRecord>>;
 
     /// Records a renewed SVID. False when the agent is unknown or revoked.
     fn renew_agent_svid<'a>(
@@ -285,6 +296,43 @@ macro_rules! impl_spire_store {
                     .await?;
                     tx.commit().await?;
                     Ok(Ok(()))
+                })
+            }
+
+            fn register_external_agent<'a>(
+                &'a self,
+                a: &'a $crate::store::spire::NewAgent,
+            ) -> $crate::store::StoreFuture<'a, Option<$crate::store::spire::AgentRecord>> {
+                let $w = self;
+                Box::pin(async move {
+                    // ON CONFLICT DO NOTHING covers both keys (id, spiffe_id): a SPIFFE ID
+                    // already held by another agent row is not taken over either.
+                    sqlx::query(
+                        "INSERT INTO agents (id, spiffe_id, hostname, agent_version, token_id, \
+                         enrolled_us, svid_serial, svid_expires_us) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&a.id)
+                    .bind(&a.spiffe_id)
+                    .bind(&a.hostname)
+                    .bind(&a.agent_version)
+                    .bind($crate::store::spire::EXTERNAL_TOKEN_ID)
+                    .bind(a.enrolled_us)
+                    .bind(&a.svid_serial)
+                    .bind(a.svid_expires_us)
+                    .execute($wexpr)
+                    .await?;
+                    let sql = format!(
+                        "SELECT {} FROM agents WHERE id = $1",
+                        $crate::store::spire::AGENT_COLUMNS
+                    );
+                    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(&a.id)
+                        .fetch_optional($wexpr)
+                        .await?;
+                    row.as_ref()
+                        .map(|r| $crate::store::spire::agent_from_row(r))
+                        .transpose()
                 })
             }
 

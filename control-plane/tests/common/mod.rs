@@ -228,6 +228,23 @@ impl TestApp {
         self.send(req).await
     }
 
+    /// GET returning the raw text body (the bundle is PEM, metrics are Prometheus text).
+    pub async fn get_text(&self, uri: &str, token: Option<&str>) -> (StatusCode, String) {
+        let mut b = Request::builder().uri(uri);
+        if let Some(token) = token {
+            b = b.header("authorization", format!("Bearer {token}"));
+        }
+        let resp = self
+            .router
+            .clone()
+            .oneshot(b.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
     pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();

@@ -24,7 +24,8 @@ pub use ca::CertificateAuthority;
 pub use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 pub use svid::{Bundle, Svid, ca_hash, generate_csr, spiffe_id_of};
 pub use tls::{
-    SERVER_NAME, enroll_client_config, peer_spiffe_id, server_config, uplink_client_config,
+    SERVER_NAME, enroll_client_config, peer_certificates, peer_spiffe_id, server_config,
+    uplink_client_config, verify_chain,
 };
 pub use token::{JoinToken, split_credential};
 

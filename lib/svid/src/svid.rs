@@ -299,6 +299,17 @@ impl Bundle {
         }
     }
 
+    /// The trust domain its CAs name (SPIRE and the built-in CA put `spiffe://<td>` in their
+    /// CA certificates), if any does.
+    pub fn trust_domain(&self) -> Option<String> {
+        self.certs.iter().find_map(|c| {
+            cert_facts(c)
+                .ok()
+                .and_then(|f| f.spiffe_id)
+                .map(|id| id.trust_domain().to_owned())
+        })
+    }
+
     /// This bundle with `other`'s CAs added (trusting the built-in CA and SPIRE's at once).
     pub fn merged(&self, other: &Bundle) -> Bundle {
         let mut certs = self.certs.clone();

@@ -310,3 +310,26 @@ fn spiffe_jwks_bundles_parse_and_merge() {
         assert!(Bundle::from_spiffe_jwks(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn chains_are_checked_against_the_bundle_of_their_own_trust_domain() {
+    let builtin = CertificateAuthority::generate("hais.local").unwrap();
+    let spire = CertificateAuthority::generate("prod.example").unwrap();
+    let svid = agent_svid(&spire, "node-1", HOUR);
+    let chain: Vec<CertificateDer<'static>> = svid.chain.clone();
+    verify_chain(&spire.bundle(), &chain).unwrap();
+    verify_chain(&spire.bundle().merged(&builtin.bundle()), &chain).unwrap();
+    let err = verify_chain(&builtin.bundle(), &chain).unwrap_err();
+    assert!(err.to_string().contains("does not lead"), "{err}");
+    assert!(verify_chain(&spire.bundle(), &[]).is_err());
+    // The trust domain a bundle's CAs name.
+    assert_eq!(
+        spire.bundle().trust_domain().as_deref(),
+        Some("prod.example")
+    );
+    // The chain a QUIC connection reports.
+    let identity: Box<dyn std::any::Any> = Box::new(chain.clone());
+    assert_eq!(peer_certificates(Some(identity)).unwrap(), Some(chain));
+    assert_eq!(peer_certificates(None).unwrap(), None);
+    assert!(peer_certificates(Some(Box::new(3u8))).is_err());
+}

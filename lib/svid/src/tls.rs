@@ -115,21 +115,48 @@ fn client_config(
     Ok(Arc::new(cfg))
 }
 
-/// The SPIFFE ID of the peer's leaf certificate, from the identity a QUIC connection reports
+/// The certificate chain (leaf first) from the identity a QUIC connection reports
 /// (`quinn::Connection::peer_identity`), or `None` when the peer sent no certificate.
-pub fn peer_spiffe_id(identity: Option<Box<dyn Any>>) -> Result<Option<SpiffeId>, SvidError> {
+pub fn peer_certificates(
+    identity: Option<Box<dyn Any>>,
+) -> Result<Option<Vec<CertificateDer<'static>>>, SvidError> {
     let Some(identity) = identity else {
         return Ok(None);
     };
-    let Ok(certs) = identity.downcast::<Vec<CertificateDer<'static>>>() else {
-        return Err(SvidError::BadCertificate(
+    match identity.downcast::<Vec<CertificateDer<'static>>>() {
+        Ok(certs) if certs.is_empty() => Ok(None),
+        Ok(certs) => Ok(Some(*certs)),
+        Err(_) => Err(SvidError::BadCertificate(
             "peer identity is not an X.509 chain".into(),
-        ));
-    };
-    match certs.first() {
-        Some(leaf) => spiffe_id_of(leaf).map(Some),
+        )),
+    }
+}
+
+/// The SPIFFE ID of the peer's leaf certificate, from the identity a QUIC connection reports
+/// (`quinn::Connection::peer_identity`), or `None` when the peer sent no certificate.
+pub fn peer_spiffe_id(identity: Option<Box<dyn Any>>) -> Result<Option<SpiffeId>, SvidError> {
+    match peer_certificates(identity)? {
+        Some(chain) => spiffe_id_of(&chain[0]).map(Some),
         None => Ok(None),
     }
+}
+
+/// Checks that `chain` (leaf first) leads to one of `bundle`'s CAs, now, as a client
+/// certificate. The TLS layer checks a chain against every trusted CA at once; SPIFFE wants
+/// an SVID checked against the bundle *of its own trust domain*, so a server trusting several
+/// domains calls this with the one the leaf names.
+pub fn verify_chain(bundle: &Bundle, chain: &[CertificateDer<'static>]) -> Result<(), SvidError> {
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| SvidError::BadCertificate("empty certificate chain".into()))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(bundle.root_store()?), provider())
+            .build()
+            .map_err(tls_err)?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| SvidError::BadCertificate(format!("chain does not lead to the bundle: {e}")))
 }
 
 #[derive(Debug)]

@@ -11,6 +11,9 @@ use std::path::Path;
 use hais_svid::{Bundle, Svid, SvidError};
 use spiffe::{X509Source, X509SourceUpdates};
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 /// Why the Workload API could not provide an identity.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -90,6 +93,32 @@ impl SpireSource {
                 .collect(),
         )?;
         Ok((ours, bundle))
+    }
+
+    /// The bundle SPIRE holds for `trust_domain`: its own, or a federated one (how an agent
+    /// can learn the control plane's CA when SPIRE federates with it). `None` when SPIRE has
+    /// none for that domain.
+    pub fn bundle_for(&self, trust_domain: &str) -> Result<Option<Bundle>, WorkloadApiError> {
+        let set = self
+            .source
+            .bundle_set()
+            .map_err(|source| WorkloadApiError::Source {
+                endpoint: self.endpoint.clone(),
+                source,
+            })?;
+        let Some(bundle) = set
+            .iter()
+            .find_map(|(td, b)| (td.to_string() == trust_domain).then_some(b))
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Bundle::from_der(
+            bundle
+                .authorities()
+                .iter()
+                .map(|c| c.as_bytes().to_vec())
+                .collect(),
+        )?))
     }
 
     /// Waits until SPIRE delivers a new SVID or bundle (a rotation); then call

@@ -48,6 +48,7 @@ use super::{check_event, store_events};
 use crate::services::spire::{self, Spire, SpireError};
 use crate::services::stopped;
 use crate::state::AppState;
+use crate::store::spire::NewAgent;
 
 /// Application error codes the uplink closes connections with (QUIC `CONNECTION_CLOSE`).
 pub mod close {
@@ -172,8 +173,13 @@ fn server_config(
     let svid = spire
         .authority
         .issue_server(&spire.config.server_dns_names)?;
-    let tls =
-        hais_svid::server_config(&svid, &spire.authority.bundle()).map_err(SpireError::from)?;
+    // Client chains may lead to the built-in CA or to the external SPIRE's bundle; which one
+    // a given agent's chain must lead to is checked after the handshake (`authenticate`).
+    let mut trusted = spire.authority.bundle();
+    if let Some(ext) = spire.external.as_ref().and_then(|e| e.bundle()) {
+        trusted = trusted.merged(&ext);
+    }
+    let tls = hais_svid::server_config(&svid, &trusted).map_err(SpireError::from)?;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| UplinkError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
@@ -200,9 +206,20 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let for_connections = shutdown.clone();
+    let mut external_bundle = shared.spire.external.as_ref().map(|e| e.subscribe());
     loop {
         tokio::select! {
             () = stopped(&mut shutdown) => break,
+            // SPIRE's bundle changed (a CA rotation): trust the new one from now on.
+            Ok(()) = async {
+                match external_bundle.as_mut() {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::info!("external SPIRE bundle changed; reloading the uplink's trust");
+                renew_at = tokio::time::Instant::now();
+            }
             _ = tokio::time::sleep_until(renew_at) => {
                 match server_config(&shared.state, &shared.spire) {
                     Ok((config, next)) => {
@@ -239,6 +256,56 @@ async fn accept_loop(
     shared.enroll_in_flight.close();
     endpoint.close(VarInt::from_u32(close::SHUTDOWN), b"shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// Puts an agent of the external SPIRE into the fleet at its first connection (it has no
+/// enrollment), and records the SVID it connected with. Refused when its agent id is taken by
+/// an agent with another SPIFFE ID (e.g. of the built-in trust domain).
+async fn register_external(
+    shared: &Shared,
+    id: &SpiffeId,
+    agent_id: &str,
+    leaf: &[u8],
+) -> Result<(), (u32, String)> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "registering an external SPIRE agent failed");
+        (close::UNAVAILABLE, "control plane unavailable".to_owned())
+    };
+    let (svid_serial, svid_expires_us) =
+        spire::leaf_facts(leaf).map_err(|e| (close::UNAUTHORIZED, e.to_string()))?;
+    let store = &shared.state.store;
+    let new = NewAgent {
+        id: agent_id.to_owned(),
+        spiffe_id: id.to_string(),
+        hostname: String::new(),
+        agent_version: String::new(),
+        enrolled_us: crate::store::now_us(),
+        svid_serial,
+        svid_expires_us,
+    };
+    match store.register_external_agent(&new).await {
+        Ok(Some(a)) if a.spiffe_id == new.spiffe_id => {
+            if a.enrolled_us == new.enrolled_us {
+                tracing::info!(spiffe_id = %id, "external SPIRE agent registered");
+            } else if a.svid_serial != new.svid_serial {
+                // Rotated by SPIRE since the last connection.
+                store
+                    .renew_agent_svid(agent_id, &new.svid_serial, new.svid_expires_us)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+            }
+            Ok(())
+        }
+        Ok(Some(a)) => Err((
+            close::UNAUTHORIZED,
+            format!("agent id {agent_id} is already taken by {}", a.spiffe_id),
+        )),
+        Ok(None) => Err((
+            close::UNAUTHORIZED,
+            format!("{id} is already registered under another agent id"),
+        )),
+        Err(e) => Err(unavailable(&e)),
+    }
 }
 
 /// Decrements the active-connection gauge when a connection task ends.
@@ -402,15 +469,37 @@ async fn authenticate(shared: &Shared, conn: &Connection) -> Result<Peer, (u32, 
         }
         Err(e) => return Err(unauthorized(format!("client certificate: {e}"))),
     };
-    let authority = &shared.spire.authority;
-    let agent_id = match id.agent_id() {
-        Some(a) if id.trust_domain() == authority.trust_domain() => a.to_owned(),
-        _ => {
-            return Err(unauthorized(format!(
-                "{id} is not an agent of this trust domain"
-            )));
-        }
+    let spire = &shared.spire;
+    let Some(agent_id) = id.agent_id().map(str::to_owned) else {
+        return Err(unauthorized(format!(
+            "{id} is not an agent ID (/hais/agent/<id>)"
+        )));
     };
+    // The chain must lead to the bundle of the trust domain the SVID names (SPIFFE): the TLS
+    // layer accepted it against the union of every trusted CA.
+    let external = spire
+        .external
+        .as_ref()
+        .filter(|e| e.trust_domain == id.trust_domain());
+    let own_bundle = if id.trust_domain() == spire.authority.trust_domain() {
+        spire.authority.bundle()
+    } else if let Some(b) = external.and_then(|e| e.bundle()) {
+        b
+    } else {
+        return Err(unauthorized(format!(
+            "{id} is not an agent of a trust domain this control plane trusts"
+        )));
+    };
+    let chain = match hais_svid::peer_certificates(conn.peer_identity()) {
+        Ok(Some(chain)) => chain,
+        _ => return Err(unauthorized("client certificate chain unavailable".into())),
+    };
+    if let Err(e) = hais_svid::verify_chain(&own_bundle, &chain) {
+        return Err(unauthorized(format!("{id}: {e}")));
+    }
+    if external.is_some() {
+        register_external(shared, &id, &agent_id, &chain[0]).await?;
+    }
     if shared.spire.revocations.is_revoked(&agent_id) {
         return Err((close::REVOKED, "agent revoked".into()));
     }
@@ -527,6 +616,14 @@ async fn respond(shared: &Shared, session: &Session, bytes: &[u8]) -> Response {
                     m.heartbeats.fetch_add(1, Ordering::Relaxed);
                     response::Body::HeartbeatAck(ack)
                 })
+        }
+        (Peer::Agent { id, .. }, request::Body::Renew(_))
+            if id.trust_domain() != spire.authority.trust_domain() =>
+        {
+            return Response::error(
+                ErrorCode::BadRequest,
+                format!("{id} comes from an external SPIRE, which renews it; this CA does not"),
+            );
         }
         (Peer::Agent { id, .. }, request::Body::Renew(r)) => {
             spire::renew(state, spire, id, &r.csr_der)

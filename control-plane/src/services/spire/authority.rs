@@ -39,6 +39,17 @@ pub struct IssuedSvid {
     pub not_after_us: i64,
 }
 
+/// The hex serial and expiry (µs since the epoch) of a leaf certificate: what the agents table
+/// keeps of an SVID, whoever issued it.
+pub fn leaf_facts(der: &[u8]) -> Result<(String, i64), SpireError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| SpireError::Corrupt(format!("certificate: {e}")))?;
+    Ok((
+        hex::encode(cert.tbs_certificate.raw_serial()),
+        cert.validity().not_after.timestamp() * 1_000_000,
+    ))
+}
+
 impl Authority {
     /// The stored CA, or a new one stored now. Every process proposes a fresh CA and the
     /// database keeps the first, so concurrent first starts agree on one.
@@ -98,12 +109,11 @@ impl Authority {
         let leaf = chain
             .first()
             .ok_or_else(|| SpireError::Corrupt("the CA returned an empty chain".into()))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-            .map_err(|e| SpireError::Corrupt(format!("issued certificate: {e}")))?;
+        let (serial, not_after_us) = leaf_facts(leaf)?;
         Ok(IssuedSvid {
             spiffe_id: id.clone(),
-            serial: hex::encode(cert.tbs_certificate.raw_serial()),
-            not_after_us: cert.validity().not_after.timestamp() * 1_000_000,
+            serial,
+            not_after_us,
             chain,
         })
     }

@@ -14,11 +14,15 @@
 //!
 //! # Trust
 //! Agents are `spiffe://<td>/hais/agent/<id>` with a UUIDv7 id the control plane picks; the
-//! uplink presents `spiffe://<td>/hais/control-plane`. Join tokens are stored as the SHA-256 of
+//! uplink presents `spiffe://<td>/hais/control-plane`. With `[spire.external]`, agents of a SPIRE
+//! deployment (`spiffe://<spire td>/hais/agent/<name>`, SVIDs from their SPIRE agent) are also
+//! accepted: their chain must lead to that deployment's bundle ([`external`]), and they are
+//! registered in the fleet at their first connection. Join tokens are stored as the SHA-256 of
 //! their secret and consumed atomically with the agent's insertion (see `store::spire`).
 
 mod authority;
 mod enroll;
+pub mod external;
 mod fleet;
 mod revocation;
 pub mod routes;
@@ -30,7 +34,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use authority::{Authority, IssuedSvid};
+pub use authority::{Authority, IssuedSvid, leaf_facts};
 pub use enroll::{enroll, renew};
 pub use fleet::{AgentStatus, AgentView, heartbeat, status_of};
 pub use revocation::Revocations;
@@ -73,6 +77,8 @@ pub enum SpireError {
     TrustDomainMismatch { stored: String, configured: String },
     #[error("stored CA is unreadable: {0}")]
     Corrupt(String),
+    #[error("external SPIRE trust bundle: {0}")]
+    ExternalBundle(String),
 }
 
 impl SpireError {
@@ -95,6 +101,8 @@ pub struct Spire {
     pub authority: Authority,
     pub revocations: Revocations,
     pub config: SpireConfig,
+    /// The external SPIRE deployment, when `[spire.external]` is configured.
+    pub external: Option<Arc<external::External>>,
 }
 
 impl Spire {
@@ -103,6 +111,7 @@ impl Spire {
         let authority = Authority::load(store, config).await?;
         let revocations = Revocations::default();
         revocations.extend(store.revoked_agents().await?);
+        let external = external::External::load(&config.external).await?;
         tracing::info!(
             trust_domain = authority.trust_domain(),
             ca_sha256 = %hex::encode(authority.hash()),
@@ -112,6 +121,7 @@ impl Spire {
             authority,
             revocations,
             config: config.clone(),
+            external,
         })
     }
 }
@@ -123,6 +133,15 @@ pub fn start(state: &AppState, shutdown: watch::Receiver<bool>) -> Vec<JoinHandl
         return Vec::new();
     };
     let mut tasks = Vec::new();
+    if let Some(ext) = &spire.external {
+        // The uplink (ja4) needs the bundle; the spire service reports it and the health.
+        let health = state.service.runs(ServiceName::Spire);
+        tasks.push(external::spawn_refresher(
+            ext.clone(),
+            health,
+            shutdown.clone(),
+        ));
+    }
     if state.service.runs(ServiceName::Spire) {
         tasks.push(fleet::spawn_sweeper(
             state.clone(),

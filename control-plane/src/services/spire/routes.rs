@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/spire/agents/{id}", get(get_agent))
         .route("/api/spire/agents/{id}/revoke", post(revoke_agent))
         .route("/api/spire/bundle", get(bundle))
+        .route("/api/spire/external", get(external_status))
 }
 
 impl From<SpireError> for ApiError {
@@ -122,13 +123,18 @@ pub struct AgentListParams {
 /// A page of the fleet view.
 pub type AgentPage = Page<AgentView>;
 
-/// Checks an agent id from a path or cursor: a UUID in its canonical text form.
+/// Checks an agent id from a path or cursor: what can follow `/hais/agent/` in a SPIFFE ID
+/// (a UUID for enrolled agents, the name SPIRE's registration entry gave otherwise).
 fn agent_id(s: &str, what: &str) -> Result<String, ApiError> {
-    uuid::Uuid::parse_str(s)
+    hais_shared::spiffe::SpiffeId::agent("x.invalid", s)
         .ok()
-        .filter(|u| u.to_string() == s)
+        .filter(|id| id.agent_id() == Some(s))
         .map(|_| s.to_owned())
-        .ok_or_else(|| ApiError::bad_request(format!("{what} must be an agent id (a UUID)")))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{what} must be an agent id (one SPIFFE ID path segment, e.g. a UUID)"
+            ))
+        })
 }
 
 /// The fleet: every enrolled agent with its status (online, stale, revoked), last heartbeat and
@@ -250,4 +256,21 @@ pub async fn bundle(
         [(header::CONTENT_TYPE, "application/x-pem-file")],
         spire.authority.ca_pem(),
     ))
+}
+
+/// The external SPIRE deployment (`[spire.external]`): its trust domain, the bundle in use and
+/// when it was loaded, and its server's health. 404 when none is configured.
+#[utoipa::path(get, path = "/api/spire/external", tag = "spire", security(("bearer" = [])),
+    responses((status = 200, body = super::external::ExternalStatus),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn external_status(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+) -> Result<Json<super::external::ExternalStatus>, ApiError> {
+    c.require(allow::READ)?;
+    let spire = spire_of(&state)?;
+    let ext = spire.external.as_ref().ok_or_else(|| {
+        ApiError::not_found("no external SPIRE is configured ([spire.external] trust_domain)")
+    })?;
+    Ok(Json(ext.status()))
 }
