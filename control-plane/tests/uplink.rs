@@ -617,6 +617,52 @@ async fn throughput(backend: Backend) {
     t.finish().await;
 }
 
+/// `ja4.uplink_max_connections`: connections beyond it are refused at once (counted), and a
+/// slot frees when a connection ends.
+async fn connection_limit(backend: Backend) {
+    let iso = common::Isolation::new(backend, "uplinklimit").await;
+    let mut config = iso.config();
+    config.ja4.uplink_max_connections = 1;
+    let t = TestApp::start_with(iso, config).await;
+    let addr = uplink_addr(&t);
+    let a = enroll(addr, &new_token(&t).await).await;
+    let refused_count = || {
+        t.app
+            .as_ref()
+            .unwrap()
+            .state
+            .metrics
+            .uplink
+            .connections_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let first = uplink(addr, &a).await.unwrap();
+    call(&first, &heartbeat_req()).await.unwrap();
+    let before = refused_count();
+    let tls = hais_svid::uplink_client_config(&a.svid, &a.bundle, &control_plane_id()).unwrap();
+    assert_eq!(
+        refused(addr, tls).await,
+        None,
+        "refused before the handshake"
+    );
+    assert_eq!(refused_count(), before + 1);
+    // The first connection still works; once it is gone, a new one gets its slot.
+    call(&first, &heartbeat_req()).await.unwrap();
+    first.close(0u32.into(), b"bye");
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(c) = uplink(addr, &a).await
+            && call(&c, &heartbeat_req()).await.is_ok()
+        {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "the freed slot was not reused");
+    t.finish().await;
+}
+
 macro_rules! suite {
     ($modname:ident, $backend:expr) => {
         mod $modname {
@@ -636,6 +682,10 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn revocation() {
                 super::revocation($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn connection_limit() {
+                super::connection_limit($backend).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn token_cli() {

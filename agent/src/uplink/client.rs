@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hais_shared::wire::{self, ErrorCode, Request, Response, response};
+use hais_shared::wire::{self, ErrorCode, Request, Response, close, response};
 use hais_svid::SvidError;
 use quinn::crypto::rustls::QuicClientConfig;
 use thiserror::Error;
@@ -43,20 +43,17 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Refused { code, .. } => *code == ErrorCode::Unavailable,
-            // The control plane closes an uplink it will not serve with an application code:
-            // 1 not authorized (not enrolled here), 2 revoked. Enrolling again fixes those.
+            // The control plane closes an uplink it will not serve with an application code;
+            // not authorized and revoked are fixed by enrolling again, not by retrying.
             ClientError::Connection(quinn::ConnectionError::ApplicationClosed(c)) => {
-                !matches!(u64::from(c.error_code), CLOSE_UNAUTHORIZED | CLOSE_REVOKED)
+                let code = u64::from(c.error_code);
+                code != u64::from(close::UNAUTHORIZED) && code != u64::from(close::REVOKED)
             }
             ClientError::BadAddress(_) | ClientError::Tls(_) | ClientError::Svid(_) => false,
             _ => true,
         }
     }
 }
-
-/// Application close codes of the control plane's uplink (see its `uplink::close`).
-pub const CLOSE_UNAUTHORIZED: u64 = 1;
-pub const CLOSE_REVOKED: u64 = 2;
 
 /// Transport settings of every agent connection.
 #[derive(Debug, Clone, Copy)]

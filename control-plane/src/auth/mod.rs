@@ -29,8 +29,6 @@ use crate::store::{Store, StoreError, UserRecord};
 
 /// Issuer claim of every HaIS token.
 pub const ISSUER: &str = "hais-control-plane";
-/// The SPIFFE trust domain used in service token subjects until SPIRE integration lands.
-pub const TRUST_DOMAIN: &str = "hais.local";
 /// Settings key of the shared JWT secret.
 const JWT_SECRET_KEY: &str = "jwt_secret";
 

@@ -272,8 +272,7 @@ pub async fn service_token(
     }
     let subject = format!(
         "spiffe://{}/hais/agent/{}",
-        super::TRUST_DOMAIN,
-        req.subject
+        state.config.spire.trust_domain, req.subject
     );
     let token = state
         .auth

@@ -95,7 +95,7 @@ pub async fn get_json(state: &AppState, url: &str) -> Result<serde_json::Value, 
     let token = state
         .auth
         .issue_service(
-            &state.service.spiffe_id(crate::auth::TRUST_DOMAIN),
+            &state.service.spiffe_id(&state.config.spire.trust_domain),
             Some(Duration::from_secs(60)),
         )
         .map_err(|e| e.to_string())?;

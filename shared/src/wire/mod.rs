@@ -41,6 +41,22 @@ pub use messages::*;
 pub const ALPN_UPLINK: &[u8] = b"hais-uplink/1";
 /// ALPN of first-contact enrollment (server-authenticated only, pinned by the join token).
 pub const ALPN_ENROLL: &[u8] = b"hais-enroll/1";
+/// Application error codes the control plane closes an uplink connection with (QUIC
+/// `CONNECTION_CLOSE`); part of the protocol, so both sides read them the same way.
+pub mod close {
+    /// The control plane is shutting down; reconnect later.
+    pub const SHUTDOWN: u32 = 0;
+    /// The uplink needs an agent SVID of a trust domain the control plane trusts, and (for the
+    /// built-in CA) an enrollment there. Enrolling again fixes it; retrying does not.
+    pub const UNAUTHORIZED: u32 = 1;
+    /// The agent is revoked; it must enroll again with a new token.
+    pub const REVOKED: u32 = 2;
+    /// Unknown ALPN, or an enrollment connection that outlived its single exchange.
+    pub const PROTOCOL: u32 = 3;
+    /// The control plane could not check the agent (store down); reconnect later.
+    pub const UNAVAILABLE: u32 = 4;
+}
+
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest encoded message either side accepts (a batch of 1,000 events is about 150 KB).

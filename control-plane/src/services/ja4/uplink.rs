@@ -50,19 +50,7 @@ use crate::services::stopped;
 use crate::state::AppState;
 use crate::store::spire::NewAgent;
 
-/// Application error codes the uplink closes connections with (QUIC `CONNECTION_CLOSE`).
-pub mod close {
-    /// The control plane is shutting down; reconnect later.
-    pub const SHUTDOWN: u32 = 0;
-    /// The uplink needs an agent SVID of this trust domain, enrolled here.
-    pub const UNAUTHORIZED: u32 = 1;
-    /// The agent is revoked; it must enroll again with a new token.
-    pub const REVOKED: u32 = 2;
-    /// Unknown ALPN, or an enrollment connection that outlived [`super::ENROLL_LIFETIME`].
-    pub const PROTOCOL: u32 = 3;
-    /// The control plane could not check the agent (store down); reconnect later.
-    pub const UNAVAILABLE: u32 = 4;
-}
+pub use hais_shared::wire::close;
 
 /// Agents' requests read or processed at once across all connections.
 pub const MAX_IN_FLIGHT: usize = 256;
