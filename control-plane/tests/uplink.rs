@@ -31,6 +31,18 @@ fn uplink_addr(t: &TestApp) -> SocketAddr {
     t.app.as_ref().unwrap().uplink_addr.expect("uplink running")
 }
 
+/// Uplink connections refused so far (the `connections_refused` counter).
+fn refusals(t: &TestApp) -> u64 {
+    t.app
+        .as_ref()
+        .unwrap()
+        .state
+        .metrics
+        .uplink
+        .connections_refused
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn store(t: &TestApp) -> &dyn Store {
     &*t.app.as_ref().unwrap().state.store
 }
@@ -442,16 +454,8 @@ async fn bad_identities_refused(backend: Backend) {
     ack(call(&conn, &batch_req(1, vec![wire_event(&a.agent_id)]))
         .await
         .unwrap());
-    let refusals = t
-        .app
-        .as_ref()
-        .unwrap()
-        .state
-        .metrics
-        .uplink
-        .connections_refused
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(refusals >= 5, "{refusals}");
+    let refused_so_far = refusals(&t);
+    assert!(refused_so_far >= 5, "{refused_so_far}");
     t.finish().await;
 }
 
@@ -626,26 +630,16 @@ async fn connection_limit(backend: Backend) {
     let t = TestApp::start_with(iso, config).await;
     let addr = uplink_addr(&t);
     let a = enroll(addr, &new_token(&t).await).await;
-    let refused_count = || {
-        t.app
-            .as_ref()
-            .unwrap()
-            .state
-            .metrics
-            .uplink
-            .connections_refused
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
     let first = uplink(addr, &a).await.unwrap();
     call(&first, &heartbeat_req()).await.unwrap();
-    let before = refused_count();
+    let before = refusals(&t);
     let tls = hais_svid::uplink_client_config(&a.svid, &a.bundle, &control_plane_id()).unwrap();
     assert_eq!(
         refused(addr, tls).await,
         None,
         "refused before the handshake"
     );
-    assert_eq!(refused_count(), before + 1);
+    assert_eq!(refusals(&t), before + 1);
     // The first connection still works; once it is gone, a new one gets its slot.
     call(&first, &heartbeat_req()).await.unwrap();
     first.close(0u32.into(), b"bye");
