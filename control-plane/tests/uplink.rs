@@ -621,6 +621,20 @@ async fn throughput(backend: Backend) {
     t.finish().await;
 }
 
+/// An uplink connection that answers a heartbeat, retried for a few seconds while the only
+/// slot is still taken by a connection being closed.
+async fn connect_when_free(addr: SocketAddr, a: &Enrolled) -> quinn::Connection {
+    for _ in 0..50 {
+        if let Ok(c) = uplink(addr, a).await
+            && call(&c, &heartbeat_req()).await.is_ok()
+        {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no free uplink slot within 5 s");
+}
+
 /// `ja4.uplink_max_connections`: connections beyond it are refused at once (counted), and a
 /// slot frees when a connection ends.
 async fn connection_limit(backend: Backend) {
@@ -630,8 +644,8 @@ async fn connection_limit(backend: Backend) {
     let t = TestApp::start_with(iso, config).await;
     let addr = uplink_addr(&t);
     let a = enroll(addr, &new_token(&t).await).await;
-    let first = uplink(addr, &a).await.unwrap();
-    call(&first, &heartbeat_req()).await.unwrap();
+    // The enrollment's connection holds the slot until the server has seen it close.
+    let first = connect_when_free(addr, &a).await;
     let before = refusals(&t);
     let tls = hais_svid::uplink_client_config(&a.svid, &a.bundle, &control_plane_id()).unwrap();
     assert_eq!(
@@ -643,17 +657,7 @@ async fn connection_limit(backend: Backend) {
     // The first connection still works; once it is gone, a new one gets its slot.
     call(&first, &heartbeat_req()).await.unwrap();
     first.close(0u32.into(), b"bye");
-    let mut again = None;
-    for _ in 0..50 {
-        if let Ok(c) = uplink(addr, &a).await
-            && call(&c, &heartbeat_req()).await.is_ok()
-        {
-            again = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(again.is_some(), "the freed slot was not reused");
+    connect_when_free(addr, &a).await;
     t.finish().await;
 }
 
