@@ -28,7 +28,8 @@ use crate::{gateway, ops, services, store};
         spire::create_token, spire::list_agents, spire::get_agent, spire::revoke_agent,
         spire::bundle, spire::external_status,
         identity::create_entry, identity::import_entries, identity::list_entries,
-        identity::get_entry, identity::delete_entry, identity::list_identities,
+        identity::get_entry, identity::update_entry, identity::delete_entry,
+        identity::list_identities,
         identity::get_identity,
     ),
     components(schemas(

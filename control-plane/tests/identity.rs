@@ -267,6 +267,15 @@ async fn entries_crud_and_validation(backend: Backend) {
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _) = t
+        .call(
+            "PUT",
+            "/api/identity/entries/0192f6f0-0000-7000-8000-000000000000",
+            Some(&ana),
+            Some(json!({"spiffe_id": "spiffe://prod/x", "selectors": ["unix:uid:1"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = t
         .call("GET", "/api/identity/entries", Some(&ana), None)
         .await;
     assert_eq!(s, StatusCode::OK);
@@ -488,14 +497,59 @@ async fn resolution_on_ingest(backend: Backend) {
         .as_str()
         .unwrap()
         .to_owned();
-    let (s, _) = t
+    // Updating it (PUT, same body as creation) also applies at once; it keeps id and age.
+    let uri = format!("/api/identity/entries/{other}");
+    let put = |spiffe_id: &str, selectors: &[&str]| json!({"spiffe_id": spiffe_id, "selectors": selectors, "description": "renamed"});
+    let (s, v) = t
         .call(
-            "DELETE",
-            &format!("/api/identity/entries/{other}"),
+            "PUT",
+            &uri,
             Some(&t.admin),
-            None,
+            Some(put("spiffe://prod/other-v2", &["unix:uid:3000"])),
         )
         .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["id"].as_str(), v["description"].as_str()),
+        (Some(other.as_str()), Some("renamed"))
+    );
+    let updated = process_event("web-01", 3000, "/usr/bin/other", &[(Method::Ja4, JA4_A)]);
+    t.ingest(&[updated]).await;
+    let w = stored_workloads(&mut rx, 1).await;
+    assert_eq!(w[0]["spiffe_id"], "spiffe://prod/other-v2");
+    // Refused: a twin of another entry (409), a bad selector (400), an unknown id (404).
+    let (s, v) = t
+        .call(
+            "PUT",
+            &uri,
+            Some(&t.admin),
+            Some(put("spiffe://prod/uid1000", &["unix:uid:1000"])),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v) = t
+        .call(
+            "PUT",
+            &uri,
+            Some(&t.admin),
+            Some(put("spiffe://prod/x", &["unix:uid:not-a-number"])),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("unix:uid"),
+        "{v}"
+    );
+    let (s, _) = t
+        .call(
+            "PUT",
+            "/api/identity/entries/0192f6f0-0000-7000-8000-000000000000",
+            Some(&t.admin),
+            Some(put("spiffe://prod/x", &["unix:uid:1"])),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = t.call("DELETE", &uri, Some(&t.admin), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let again = process_event("web-01", 3000, "/usr/bin/other", &[(Method::Ja4, JA4_B)]);
     t.ingest(&[again]).await;

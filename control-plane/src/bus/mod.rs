@@ -41,7 +41,7 @@ pub mod topics {
     /// An agent's fleet status changed: payload `{"agent_id", "status", "previous"}` (status
     /// `online`, `stale` or `revoked`).
     pub const AGENT_STATUS: &str = "agent.status";
-    /// Registration entries changed: payload `{"action": "created"|"deleted"|"imported",
+    /// Registration entries changed: payload `{"action": "created"|"updated"|"deleted"|"imported",
     /// "ids": [entry id…]}`. Every process resolving identities (ja4, identity) reloads them.
     pub const IDENTITY_ENTRIES: &str = "identity.entries";
 }

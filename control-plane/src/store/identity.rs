@@ -155,6 +155,11 @@ pub trait IdentityStore: Send + Sync {
     /// False when there was no such entry.
     fn delete_entry<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool>;
 
+    /// Replaces the SPIFFE ID, selectors and description of entry `e.id` (its creator and age
+    /// stay: age breaks ties between equally specific entries). `Ok(Ok(false))` when there is no
+    /// such entry; `Ok(Err(id))` when entry `id` already has this SPIFFE ID and selectors.
+    fn update_entry<'a>(&'a self, e: &'a EntryRecord) -> StoreFuture<'a, Result<bool, String>>;
+
     /// Every entry (the resolver's snapshot), in id order.
     fn all_entries(&self) -> StoreFuture<'_, Vec<EntryRecord>>;
 
@@ -494,6 +499,45 @@ macro_rules! impl_identity_store {
                         .await?
                         .rows_affected()
                         == 1)
+                })
+            }
+
+            fn update_entry<'a>(
+                &'a self,
+                e: &'a $crate::store::identity::EntryRecord,
+            ) -> $crate::store::StoreFuture<'a, Result<bool, String>> {
+                let $w = self;
+                Box::pin(async move {
+                    let (selectors, key) = $crate::store::identity::entry_columns(e);
+                    let twin: Option<String> = sqlx::query_scalar(
+                        "SELECT id FROM registration_entries WHERE key_sha256 = $1 AND id <> $2",
+                    )
+                    .bind(&key)
+                    .bind(&e.id)
+                    .fetch_optional($wexpr)
+                    .await?;
+                    if let Some(twin) = twin {
+                        return Ok(Err(twin));
+                    }
+                    let updated = sqlx::query(
+                        "UPDATE registration_entries SET spiffe_id = $1, selectors = $2, \
+                         description = $3, key_sha256 = $4 WHERE id = $5",
+                    )
+                    .bind(&e.spiffe_id)
+                    .bind(selectors)
+                    .bind(&e.description)
+                    .bind(&key)
+                    .bind(&e.id)
+                    .execute($wexpr)
+                    .await;
+                    match updated {
+                        Ok(r) => Ok(Ok(r.rows_affected() == 1)),
+                        // A twin created between the check and the update.
+                        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                            Ok(Err(String::new()))
+                        }
+                        Err(e) => Err(e.into()),
+                    }
                 })
             }
 

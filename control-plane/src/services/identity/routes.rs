@@ -33,7 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/identity/entries/import", post(import_entries))
         .route(
             "/api/identity/entries/{id}",
-            get(get_entry).delete(delete_entry),
+            get(get_entry).put(update_entry).delete(delete_entry),
         )
         .route("/api/identity/identities", get(list_identities))
         .route("/api/identity/identities/{*spiffe_id}", get(get_identity))
@@ -96,6 +96,25 @@ pub struct ImportResponse {
     pub skipped: Vec<SkippedEntry>,
 }
 
+/// Checks a create or update request into an entry with id `id`.
+fn validated(id: String, req: CreateEntryRequest) -> Result<RegistrationEntry, ApiError> {
+    let (spiffe_id, selectors) = validate(&req.spiffe_id, &req.selectors)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(d) = &req.description
+        && (d.len() > MAX_DESCRIPTION || d.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(format!(
+            "description: at most {MAX_DESCRIPTION} bytes, no control characters"
+        )));
+    }
+    Ok(RegistrationEntry {
+        id,
+        spiffe_id,
+        selectors,
+        description: req.description,
+    })
+}
+
 /// Stores a validated entry; `Err` names the entry with the same SPIFFE ID and selectors.
 async fn insert(
     state: &AppState,
@@ -131,21 +150,7 @@ pub async fn create_entry(
     ApiJson(req): ApiJson<CreateEntryRequest>,
 ) -> Result<(StatusCode, Json<EntryRecord>), ApiError> {
     c.require(allow::ADMIN)?;
-    let (spiffe_id, selectors) = validate(&req.spiffe_id, &req.selectors)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if let Some(d) = &req.description
-        && (d.len() > MAX_DESCRIPTION || d.chars().any(char::is_control))
-    {
-        return Err(ApiError::bad_request(format!(
-            "description: at most {MAX_DESCRIPTION} bytes, no control characters"
-        )));
-    }
-    let entry = RegistrationEntry {
-        id: uuid::Uuid::now_v7().to_string(),
-        spiffe_id,
-        selectors,
-        description: req.description,
-    };
+    let entry = validated(uuid::Uuid::now_v7().to_string(), req)?;
     let rec = insert(&state, &entry, &c.sub).await?.map_err(|existing| {
         ApiError::conflict(format!(
             "entry {existing} already maps these selectors to {}",
@@ -243,6 +248,47 @@ pub async fn get_entry(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no entry {id}")))
+}
+
+/// Replace a registration entry's SPIFFE ID, selectors and description (admin); the body is
+/// the same as for creation. It applies to every event ingested from now on; events stored
+/// before keep the SPIFFE ID they got. The entry keeps its id and age (the tie-breaker).
+#[utoipa::path(put, path = "/api/identity/entries/{id}", tag = "identity", security(("bearer" = [])),
+    params(("id" = String, Path, description = "entry id (UUID)")),
+    request_body = CreateEntryRequest,
+    responses((status = 200, body = EntryRecord),
+              (status = 400, description = "malformed SPIFFE ID or selector (the message names it)", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody),
+              (status = 409, description = "another entry has this SPIFFE ID and these selectors", body = ErrorBody)))]
+pub async fn update_entry(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<CreateEntryRequest>,
+) -> Result<Json<EntryRecord>, ApiError> {
+    c.require(allow::ADMIN)?;
+    let id = entry_id(&id, "the entry id")?;
+    let entry = validated(id.clone(), req)?;
+    let old = state
+        .store
+        .get_entry(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no entry {id}")))?;
+    let rec = EntryRecord::new(&entry, &old.created_by, old.created_us);
+    match state.store.update_entry(&rec).await? {
+        Ok(true) => {}
+        Ok(false) => return Err(ApiError::not_found(format!("no entry {id}"))),
+        Err(twin) => {
+            return Err(ApiError::conflict(format!(
+                "entry {twin} already maps these selectors to {}",
+                entry.spiffe_id
+            )));
+        }
+    }
+    tracing::info!(by = %c.sub, %id, spiffe_id = %rec.spiffe_id, "registration entry updated");
+    announce(&state, "updated", vec![id]).await;
+    Ok(Json(rec))
 }
 
 /// Delete a registration entry (admin). Events stored before keep the SPIFFE ID they got.
