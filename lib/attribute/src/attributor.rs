@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::metadata::Metadata;
-use crate::procfs::ProcScanner;
+use crate::procfs::{Holder, ProcScanner};
 use crate::sockdiag::{SockDiag, wildcard_for};
 use crate::{Attribution, Direction, FlowKey, Proto};
 
@@ -64,6 +65,12 @@ pub struct AttributorStats {
     pub hot_pid_hits: u64,
     /// Socket owners that needed a scan of every process.
     pub full_scans: u64,
+    /// Descriptors probed in `/proc/<pid>/fd` (one `stat` each, the main cost of resolving).
+    pub fd_probes: u64,
+    /// `/proc/<pid>/fd` directories listed (one `getdents` pass over a descriptor table each).
+    pub fd_dirs_read: u64,
+    /// Batches resolved.
+    pub batches: u64,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +86,9 @@ struct Counters {
     cache_misses: AtomicU64,
     hot_pid_hits: AtomicU64,
     full_scans: AtomicU64,
+    fd_probes: AtomicU64,
+    fd_dirs_read: AtomicU64,
+    batches: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -198,6 +208,9 @@ impl Attributor {
             cache_misses: g(&n.cache_misses),
             hot_pid_hits: g(&n.hot_pid_hits),
             full_scans: g(&n.full_scans),
+            fd_probes: g(&n.fd_probes),
+            fd_dirs_read: g(&n.fd_dirs_read),
+            batches: g(&n.batches),
         }
     }
 
@@ -228,8 +241,9 @@ const INFO_TTL: Duration = Duration::from_secs(5);
 /// Processes whose facts are kept.
 const INFO_CACHE: usize = 4096;
 
-/// Facts of recently seen processes, keyed by pid and checked against the start time so that a
-/// reused pid is never given another process's facts.
+/// Facts of recently seen processes, keyed by pid and start time so that a reused pid is never
+/// given another process's facts. The start time comes with the holder (read once when the
+/// scanner started tracking the process), so a cached answer costs no read of `/proc`.
 #[derive(Debug, Default)]
 pub struct InfoCache {
     map: HashMap<u32, (u64, Instant, Arc<crate::ProcessInfo>)>,
@@ -240,9 +254,9 @@ impl InfoCache {
         &mut self,
         procs: &mut ProcScanner,
         meta: &mut Metadata,
-        pid: u32,
+        holder: Holder,
     ) -> Option<Arc<crate::ProcessInfo>> {
-        let (_, start) = procs.stat(pid)?;
+        let Holder { pid, start } = holder;
         if let Some((s, at, info)) = self.map.get(&pid)
             && *s == start
             && at.elapsed() < INFO_TTL
@@ -279,22 +293,14 @@ fn worker(mut sd: SockDiag, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: Att
         } else {
             Duration::ZERO
         };
-        let deadline = Instant::now() + window;
+        // One sleep for the whole window: waking up for every arriving flow would cost a
+        // context switch each, as much as resolving it. The queue holds what arrives meanwhile.
+        if !window.is_zero() {
+            std::thread::sleep(window);
+        }
         batch.clear();
         batch.push(first);
-        loop {
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(k) => batch.push(k),
-                    Err(_) => break,
-                }
-            }
-            let now = Instant::now();
-            if batch.len() >= MAX_BATCH || now >= deadline {
-                break;
-            }
-            std::thread::sleep((deadline - now).min(Duration::from_millis(1)));
-        }
+        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
         let t0 = Instant::now();
         let since = t0.duration_since(last_batch).as_secs_f64().max(1e-6);
         rate = 0.8 * rate + 0.2 * (batch.len() as f64 / since);
@@ -331,8 +337,15 @@ fn worker(mut sd: SockDiag, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: Att
             cache.insert(key, a);
         }
         drop(cache);
-        n.hot_pid_hits.store(procs.hot_hits, Ordering::Relaxed);
-        n.full_scans.store(procs.full_scans, Ordering::Relaxed);
+        n.hot_pid_hits
+            .store(procs.counters.hot_hits, Ordering::Relaxed);
+        n.full_scans
+            .store(procs.counters.full_scans, Ordering::Relaxed);
+        n.fd_probes
+            .store(procs.counters.fd_probes, Ordering::Relaxed);
+        n.fd_dirs_read
+            .store(procs.counters.fd_dirs_read, Ordering::Relaxed);
+        n.batches.fetch_add(1, Ordering::Relaxed);
         n.busy_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
@@ -393,9 +406,22 @@ pub fn resolve_batch(
             }
         }
     }
-    // 2. Their processes, in one pass.
-    let inodes: Vec<u32> = owners.iter().flatten().map(|(o, _)| o.inode).collect();
-    let pids = procs.pids_of_inodes(&inodes);
+    // 2. Their processes, in one pass. A socket no recently seen process holds is asked about
+    // again before every process is scanned for it: if it has closed meanwhile, nobody holds it.
+    let sockets: HashMap<u32, (Proto, SocketAddr, SocketAddr)> = keys
+        .iter()
+        .zip(&owners)
+        .filter_map(|(k, f)| f.map(|(o, _)| (o.inode, (k.proto, o.local, o.remote))))
+        .collect();
+    let inodes: Vec<u32> = sockets.keys().copied().collect();
+    let pids = procs.holders(&inodes, |ino| {
+        let Some(&(proto, local, remote)) = sockets.get(&ino) else {
+            return true;
+        };
+        // On an error, scan anyway.
+        sd.find(proto, local, remote)
+            .map_or(true, |o| o.is_some_and(|o| o.inode == ino))
+    });
     // 3. Facts, once per process (and reused across batches while fresh).
     let mut out = Vec::with_capacity(keys.len());
     for (&key, found) in keys.iter().zip(owners) {
@@ -405,7 +431,7 @@ pub fn resolve_batch(
         };
         let info = pids
             .get(&owner.inode)
-            .and_then(|&pid| infos.get(procs, meta, pid));
+            .and_then(|&holder| infos.get(procs, meta, holder));
         out.push((
             key,
             match info {

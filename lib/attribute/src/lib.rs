@@ -12,11 +12,13 @@
 //!    answer carries the socket's inode and owner uid. An inbound connection not yet accepted
 //!    has no inode; it is then attributed to the listening socket's owner.
 //! 2. [`procfs`] finds the process holding that inode among `/proc/<pid>/fd`, looking first at
-//!    processes that owned sockets recently, and reads its facts.
+//!    processes that owned sockets recently (remembering their descriptors between passes, so
+//!    that mostly new descriptors are looked at), and reads its facts.
 //! 3. [`cgroup`] turns the process's cgroup path into a container id and a Kubernetes pod UID.
 
 pub mod attributor;
 pub mod cgroup;
+mod fdtable;
 pub mod metadata;
 pub mod procfs;
 pub mod sockdiag;

@@ -1,33 +1,235 @@
 //! Processes from `/proc`: who holds a socket inode, and what that process is.
 //!
-//! Finding the holder of an inode means reading `/proc/<pid>/fd/*` links, which costs about a
-//! microsecond per descriptor. Processes that opened sockets recently are likely to open the next
-//! ones too (a service making outbound calls), so they are searched first ("hot" pids) before a
-//! full scan, which goes newest pid first because a new socket's owner is often a new process.
+//! Finding the holder of an inode means probing `/proc/<pid>/fd/*` links, about a microsecond
+//! per descriptor. Processes that held sockets recently are likely to hold the next ones too (a
+//! service making or accepting calls), so they are *tracked*: their `/proc/<pid>/fd` directory
+//! stays open and what each descriptor held is remembered ([`FdTable`]), so a pass probes the
+//! descriptors likely to be new first and stops when every socket it looks for is found. Only
+//! sockets no tracked process holds need a scan of every process, newest pid first because a
+//! new socket's owner is often a new process.
+//!
+//! An open `/proc/<pid>/fd` directory belongs to the process it was opened for, not to the pid:
+//! once that process is gone, reading it fails even if the pid has been given to another
+//! process. Tracked processes are also keyed by start time, which a full scan checks before
+//! skipping a pid it already tracks.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
+use std::ffi::CStr;
 use std::fs;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+
+use crate::fdtable::{FdTable, Tier};
 use crate::{MAX_CMDLINE, ProcessInfo, cgroup};
 
-/// How many recently seen socket owners are searched before a full scan.
-const HOT_PIDS: usize = 32;
+/// How many recent socket owners (and their parents) are tracked. Each holds one open
+/// directory descriptor and the remembered table of its descriptors.
+const TRACKED: usize = 32;
+
+/// The process holding a socket, identified beyond its pid by its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Holder {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22): tells a reused pid
+    /// from the process that had it before.
+    pub start: u64,
+}
+
+/// A process whose descriptor table is followed between passes.
+#[derive(Debug)]
+struct Tracked {
+    holder: Holder,
+    ppid: u32,
+    /// `/proc/<pid>/fd`, kept open: probes go relative to it, and it stops working when this
+    /// very process is gone (even if its pid is reused).
+    fds: Dir,
+    table: FdTable,
+    /// Cleared when a listing fails or comes back empty: the process is gone (or a zombie) and
+    /// is dropped at the end of the pass.
+    alive: bool,
+}
+
+impl Tracked {
+    /// Lists the descriptor numbers (once per pass). `false` when the process is gone.
+    fn list(&mut self, pass: u64, stats: &mut Counters) -> bool {
+        if !self.alive || self.table.listed_in(pass) {
+            return self.alive;
+        }
+        self.fds.rewind();
+        stats.fd_dirs_read += 1;
+        match read_fd_numbers(&mut self.fds) {
+            Some(open) if !open.is_empty() => self.table.sync(&open, pass),
+            _ => self.alive = false,
+        }
+        self.alive
+    }
+
+    /// What descriptor `fd` refers to now (see [`FdTable::record`]), remembered for later.
+    fn probe(&mut self, fd: u32, pass: u64, stats: &mut Counters) -> Option<u32> {
+        stats.fd_probes += 1;
+        let seen = link_inode(&self.fds, fd);
+        self.table.record(fd, seen, pass);
+        seen
+    }
+
+    /// Probes `fd`, moving its inode into `found` if `want` has it.
+    fn check(
+        &mut self,
+        fd: u32,
+        pass: u64,
+        want: &mut HashSet<u32>,
+        found: &mut HashMap<u32, Holder>,
+        stats: &mut Counters,
+    ) -> Option<u32> {
+        let seen = self.probe(fd, pass, stats);
+        if let Some(ino) = seen
+            && want.remove(&ino)
+        {
+            found.insert(ino, self.holder);
+        }
+        seen
+    }
+
+    /// Probes where each socket of `want` was seen before (one probe each).
+    fn search_remembered(
+        &mut self,
+        pass: u64,
+        want: &mut HashSet<u32>,
+        found: &mut HashMap<u32, Holder>,
+        stats: &mut Counters,
+    ) {
+        let seen: Vec<u32> = want.iter().filter_map(|&i| self.table.fd_of(i)).collect();
+        for fd in seen {
+            if !self.table.probed_in(fd, pass) {
+                self.check(fd, pass, want, found, stats);
+            }
+        }
+    }
+
+    /// Probes the descriptors of `tier` in order, stopping when `want` is empty.
+    fn search(
+        &mut self,
+        tier: Tier,
+        thorough: bool,
+        pass: u64,
+        want: &mut HashSet<u32>,
+        found: &mut HashMap<u32, Holder>,
+        stats: &mut Counters,
+    ) {
+        if tier == Tier::Free {
+            return self.search_free(thorough, pass, want, found, stats);
+        }
+        for fd in self.table.candidates(tier, pass) {
+            if want.is_empty() {
+                return;
+            }
+            self.check(fd, pass, want, found, stats);
+        }
+    }
+
+    /// [`Tier::Free`]: the numbers not known open (unprobed, seen closed, or gaps the table
+    /// knows nothing about), lowest first, as the kernel allocates them. Unless `thorough`, it
+    /// stops at the first one found closed: while the lowest free number is still free, new
+    /// descriptors are unlikely to be above it. When `thorough`, it probes every remembered
+    /// one and stops only at a closed gap (numbers far above are left to a listing).
+    fn search_free(
+        &mut self,
+        thorough: bool,
+        pass: u64,
+        want: &mut HashSet<u32>,
+        found: &mut HashMap<u32, Holder>,
+        stats: &mut Counters,
+    ) {
+        let mut known = self
+            .table
+            .candidates(Tier::Free, pass)
+            .into_iter()
+            .peekable();
+        let mut gap = Some(self.table.next_gap(0));
+        while !want.is_empty() {
+            let (fd, is_gap) = match (known.peek().copied(), gap) {
+                (Some(k), Some(g)) if g < k => (g, true),
+                (Some(k), _) => (known.next().unwrap_or(k), false),
+                (None, Some(g)) => (g, true),
+                (None, None) => return,
+            };
+            let open = self.check(fd, pass, want, found, stats).is_some();
+            if is_gap {
+                gap = open.then(|| self.table.next_gap(fd.saturating_add(1)));
+            }
+            if !open && !thorough {
+                return;
+            }
+        }
+    }
+
+    /// Looks everywhere not probed in this pass: a listing (for numbers far above the others)
+    /// and every tier. After this, the process holds none of what is left in `want`.
+    fn search_all(
+        &mut self,
+        pass: u64,
+        want: &mut HashSet<u32>,
+        found: &mut HashMap<u32, Holder>,
+        stats: &mut Counters,
+    ) {
+        for tier in Tier::ALL {
+            self.search(tier, true, pass, want, found, stats);
+        }
+        // A process that is gone (or a zombie) lists nothing and is dropped; its probes all
+        // failed like those of closed descriptors, a cost paid once.
+        if !want.is_empty() && self.list(pass, stats) {
+            for tier in Tier::ALL {
+                self.search(tier, true, pass, want, found, stats);
+            }
+        }
+    }
+
+    /// Whether the process holds socket `inode` now. "Yes" often takes one probe; "no" takes a
+    /// probe of every descriptor (cheap for the usual parent: a shell or a supervisor).
+    fn holds(&mut self, inode: u32, pass: u64, stats: &mut Counters) -> bool {
+        if self.table.complete(pass) {
+            return self.table.fd_of(inode).is_some();
+        }
+        let mut want = HashSet::from([inode]);
+        let mut found = HashMap::new();
+        self.search_remembered(pass, &mut want, &mut found, stats);
+        if want.is_empty() {
+            return true;
+        }
+        self.search_all(pass, &mut want, &mut found, stats);
+        want.is_empty()
+    }
+}
+
+/// Cost and hit counters (for the benchmark and the agent's statistics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// `/proc/<pid>/fd` directories listed.
+    pub fd_dirs_read: u64,
+    /// Descriptors probed (one `stat` each): the main cost.
+    pub fd_probes: u64,
+    /// Sockets whose owner was found among the tracked processes.
+    pub hot_hits: u64,
+    /// Passes that needed a scan of every process.
+    pub full_scans: u64,
+}
 
 /// Reads processes from a proc file system (normally `/proc`).
 #[derive(Debug)]
 pub struct ProcScanner {
     root: PathBuf,
-    hot: VecDeque<u32>,
+    /// The proc root, opened on first use; everything under it is opened relative to it.
+    root_dir: Option<OwnedFd>,
+    /// Tracked processes, most recently useful first.
+    tracked: Vec<Tracked>,
+    pass: u64,
     users: HashMap<u32, Option<String>>,
     passwd: PathBuf,
-    /// Processes whose fd directory was read (cost accounting for the benchmark).
-    pub fd_dirs_read: u64,
-    /// Sockets whose owner was found among the recently seen owners.
-    pub hot_hits: u64,
-    /// Batches that needed a scan of every process.
-    pub full_scans: u64,
+    pub counters: Counters,
 }
 
 impl Default for ProcScanner {
@@ -40,143 +242,218 @@ impl ProcScanner {
     pub fn new(root: impl Into<PathBuf>, passwd: impl Into<PathBuf>) -> Self {
         ProcScanner {
             root: root.into(),
-            hot: VecDeque::with_capacity(HOT_PIDS),
+            root_dir: None,
+            tracked: Vec::with_capacity(TRACKED),
+            pass: 0,
             users: HashMap::new(),
             passwd: passwd.into(),
-            fd_dirs_read: 0,
-            hot_hits: 0,
-            full_scans: 0,
+            counters: Counters::default(),
         }
     }
 
-    /// The process holding socket `inode`, if any (see [`Self::pids_of_inodes`]).
+    /// The process holding socket `inode`, if any (see [`Self::holders`]).
     pub fn pid_of_inode(&mut self, inode: u32) -> Option<u32> {
-        self.pids_of_inodes(&[inode]).get(&inode).copied()
+        self.holders(&[inode], |_| true).get(&inode).map(|h| h.pid)
     }
 
-    /// The processes holding each of `inodes`. Resolving a batch costs about as much as one
-    /// inode, since every inode is looked for in each process's descriptors while they are
-    /// read: reading a busy process's descriptors is the expensive part, and at high flow
-    /// rates the attributor hands over several flows at once.
+    /// How many processes are tracked now.
+    pub fn tracked(&self) -> usize {
+        self.tracked.len()
+    }
+
+    /// The processes holding each of `inodes`. Resolving a batch costs little more than one
+    /// inode: descriptors are probed once per pass, each checked against every inode sought.
+    ///
+    /// `still_open(inode)` is asked for each inode no tracked process holds, before scanning
+    /// every process for it: a socket closed since it was looked up is held by nobody, and
+    /// asking the kernel (sock_diag) is far cheaper than a scan that must come up empty.
     ///
     /// A socket inherited across `fork` is held by parent and children alike; the topmost
     /// holder in the ancestry is returned, because that is the process that created the socket
     /// (a shell, not the `head` reading from it; a pre-forking server's master).
-    pub fn pids_of_inodes(&mut self, inodes: &[u32]) -> HashMap<u32, u32> {
+    pub fn holders(
+        &mut self,
+        inodes: &[u32],
+        mut still_open: impl FnMut(u32) -> bool,
+    ) -> HashMap<u32, Holder> {
+        self.pass += 1;
+        let pass = self.pass;
         let mut want: HashSet<u32> = inodes.iter().copied().filter(|&i| i != 0).collect();
-        let mut found: HashMap<u32, u32> = HashMap::new();
-        let hot: Vec<u32> = self.hot.iter().copied().collect();
-        for pid in hot {
-            if want.is_empty() {
-                break;
-            }
-            self.collect(pid, &mut want, &mut found);
-        }
-        self.hot_hits += found.len() as u64;
+        let mut found: HashMap<u32, Holder> = HashMap::new();
+        self.search_tracked(pass, &mut want, &mut found);
+        self.counters.hot_hits += found.len() as u64;
+        want.retain(|&ino| still_open(ino));
         if !want.is_empty() {
-            self.full_scans += 1;
-            let mut pids: Vec<u32> = fs::read_dir(&self.root)
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect();
-            // Newest first: a new socket's owner is often a new process.
-            pids.sort_unstable_by(|a, b| b.cmp(a));
-            for pid in pids {
-                if want.is_empty() {
-                    break;
-                }
-                if !self.hot.contains(&pid) {
-                    self.collect(pid, &mut want, &mut found);
-                }
-            }
+            self.counters.full_scans += 1;
+            self.scan_all(pass, &mut want, &mut found);
         }
         // Walk each holder up to the topmost ancestor that holds the same socket.
-        let mut checked: HashMap<u32, HashSet<u32>> = HashMap::new();
-        for (inode, pid) in found.iter_mut() {
-            while let Some(ppid) = self.parent_of(*pid) {
-                if ppid <= 1 {
-                    break;
-                }
-                let held = checked
-                    .entry(ppid)
-                    .or_insert_with(|| self.socket_inodes(ppid).into_iter().collect());
-                if !held.contains(inode) {
-                    break;
-                }
-                *pid = ppid;
+        for (&inode, holder) in found.iter_mut() {
+            while let Some(parent) = self.parent_holding(*holder, inode, pass) {
+                *holder = parent;
             }
         }
-        let owners: HashSet<u32> = found.values().copied().collect();
-        for pid in owners {
-            self.touch(pid);
+        self.tracked.retain(|t| t.alive);
+        for t in &mut self.tracked {
+            t.table.seed();
+        }
+        let owners: HashSet<Holder> = found.values().copied().collect();
+        for h in owners {
+            if let Some(i) = self.index_of(h) {
+                self.touch(i);
+            }
         }
         found
     }
 
-    /// Moves the inodes of `want` that `pid` holds into `found`.
-    fn collect(&mut self, pid: u32, want: &mut HashSet<u32>, found: &mut HashMap<u32, u32>) {
-        for ino in self.socket_inodes(pid) {
-            if want.remove(&ino) {
-                found.insert(ino, pid);
-            }
+    /// Looks for `want` among the tracked processes: where each socket was seen before, then
+    /// tier by tier across all of them (so a free number anywhere is probed before a remembered
+    /// one anywhere), and last everything else, listings included.
+    fn search_tracked(
+        &mut self,
+        pass: u64,
+        want: &mut HashSet<u32>,
+        found: &mut HashMap<u32, Holder>,
+    ) {
+        let stats = &mut self.counters;
+        for t in &mut self.tracked {
+            t.search_remembered(pass, want, found, stats);
         }
-    }
-
-    fn touch(&mut self, pid: u32) {
-        self.hot.retain(|&p| p != pid);
-        if self.hot.len() == HOT_PIDS {
-            self.hot.pop_back();
-        }
-        self.hot.push_front(pid);
-    }
-
-    /// Inodes of every socket `pid` holds (empty when it is gone or not ours to read).
-    fn socket_inodes(&mut self, pid: u32) -> Vec<u32> {
-        let dir = self.root.join(pid.to_string()).join("fd");
-        let flags = rustix::fs::OFlags::RDONLY
-            | rustix::fs::OFlags::DIRECTORY
-            | rustix::fs::OFlags::CLOEXEC;
-        let Ok(dirfd) = rustix::fs::open(&dir, flags, rustix::fs::Mode::empty()) else {
-            self.hot.retain(|&p| p != pid);
-            return Vec::new();
-        };
-        self.fd_dirs_read += 1;
-        let mut out = Vec::new();
-        if let Ok(mut d) = rustix::fs::Dir::read_from(&dirfd) {
-            while let Some(Ok(e)) = d.read() {
-                let Some(fd) = e
-                    .file_name()
-                    .to_str()
-                    .ok()
-                    .and_then(|n| n.parse::<u32>().ok())
-                else {
-                    continue;
-                };
-                let ino = link_inode(&dirfd, fd);
-                if ino != 0 {
-                    out.push(ino);
+        for tier in Tier::ALL {
+            for t in &mut self.tracked {
+                if want.is_empty() {
+                    break;
                 }
+                t.search(tier, false, pass, want, found, stats);
             }
         }
-        out
+        for t in &mut self.tracked {
+            if want.is_empty() {
+                break;
+            }
+            t.search_all(pass, want, found, stats);
+        }
     }
 
-    fn parent_of(&self, pid: u32) -> Option<u32> {
-        self.stat(pid).map(|(ppid, _)| ppid)
+    /// Probes every process not tracked (or tracked under a pid now used by another process),
+    /// newest pid first, until `want` is empty. Processes found holding a socket are tracked.
+    fn scan_all(&mut self, pass: u64, want: &mut HashSet<u32>, found: &mut HashMap<u32, Holder>) {
+        let Some(root) = self.root_dir() else { return };
+        let mut pids: Vec<u32> = match Dir::read_from(&root) {
+            Ok(mut d) => std::iter::from_fn(|| d.read())
+                .filter_map(|e| e.ok()?.file_name().to_str().ok()?.parse().ok())
+                .collect(),
+            Err(_) => return,
+        };
+        pids.sort_unstable_by(|a, b| b.cmp(a));
+        for pid in pids {
+            if want.is_empty() {
+                break;
+            }
+            if let Some(i) = self.tracked.iter().position(|t| t.holder.pid == pid) {
+                // Searched in full already, unless the pid now belongs to another process.
+                let now = read_stat(&root, &pid.to_string()).map(|(_, start)| start);
+                if now == Some(self.tracked[i].holder.start) {
+                    continue;
+                }
+                self.tracked.remove(i);
+            }
+            let Some((base, mut t)) = self.open(&root, pid) else {
+                continue;
+            };
+            let mut here = HashMap::new();
+            t.search_all(pass, want, &mut here, &mut self.counters);
+            // Its start time is read only now, from the same `/proc/<pid>` directory: most
+            // processes scanned hold nothing sought.
+            if !here.is_empty()
+                && let Some((ppid, start)) = read_stat(&base, "")
+            {
+                t.holder.start = start;
+                t.ppid = ppid;
+                found.extend(here.into_keys().map(|ino| (ino, t.holder)));
+                self.adopt(t);
+            }
+        }
+    }
+
+    /// Opens `pid`'s `/proc/<pid>` directory and, through it, its descriptor directory (so both
+    /// are of one process), and lists it. The start time and parent are left for the caller to
+    /// read through the returned directory.
+    fn open(&mut self, root: &OwnedFd, pid: u32) -> Option<(OwnedFd, Tracked)> {
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let base = rustix::fs::openat(root, pid.to_string(), dir_flags, Mode::empty()).ok()?;
+        let fd_dir = rustix::fs::openat(&base, "fd", dir_flags, Mode::empty()).ok()?;
+        let mut t = Tracked {
+            holder: Holder { pid, start: 0 },
+            ppid: 0,
+            fds: Dir::new(fd_dir).ok()?,
+            table: FdTable::default(),
+            alive: true,
+        };
+        t.list(self.pass, &mut self.counters).then_some((base, t))
+    }
+
+    /// The tracked process `pid`, tracking it if needed.
+    fn track(&mut self, pid: u32) -> Option<usize> {
+        if let Some(i) = self.tracked.iter().position(|t| t.holder.pid == pid) {
+            if self.tracked[i].alive {
+                return Some(i);
+            }
+            self.tracked.remove(i);
+        }
+        let root = self.root_dir()?;
+        let (base, mut t) = self.open(&root, pid)?;
+        (t.ppid, t.holder.start) = read_stat(&base, "")?;
+        self.adopt(t);
+        Some(0)
+    }
+
+    /// The parent of `child` when it holds `inode` too.
+    fn parent_holding(&mut self, child: Holder, inode: u32, pass: u64) -> Option<Holder> {
+        let ppid = self.tracked[self.index_of(child)?].ppid;
+        if ppid <= 1 {
+            return None;
+        }
+        let i = self.track(ppid)?;
+        let parent = &mut self.tracked[i];
+        // A parent is older than its child; a younger process has reused the pid.
+        if !parent.alive || parent.holder.start > child.start {
+            return None;
+        }
+        parent
+            .holds(inode, pass, &mut self.counters)
+            .then_some(parent.holder)
+    }
+
+    fn index_of(&self, h: Holder) -> Option<usize> {
+        self.tracked.iter().position(|t| t.holder == h)
+    }
+
+    /// Puts a newly tracked process first, forgetting the least recently useful beyond
+    /// [`TRACKED`].
+    fn adopt(&mut self, t: Tracked) {
+        self.tracked.truncate(TRACKED - 1);
+        self.tracked.insert(0, t);
+    }
+
+    fn touch(&mut self, i: usize) {
+        let t = self.tracked.remove(i);
+        self.tracked.insert(0, t);
+    }
+
+    fn root_dir(&mut self) -> Option<OwnedFd> {
+        if self.root_dir.is_none() {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            self.root_dir = rustix::fs::open(&self.root, flags, Mode::empty()).ok();
+        }
+        self.root_dir.as_ref()?.try_clone().ok()
     }
 
     /// Parent pid and start time (clock ticks since boot) from `/proc/<pid>/stat`, which is much
     /// cheaper for the kernel to produce than `status`. The start time tells a reused pid from
     /// the process that had it before.
     pub fn stat(&self, pid: u32) -> Option<(u32, u64)> {
-        let text = fs::read_to_string(self.root.join(pid.to_string()).join("stat")).ok()?;
-        // The command name is in parentheses and may itself hold spaces and parentheses.
-        let rest = text.get(text.rfind(')')? + 2..)?;
-        let mut f = rest.split(' ');
-        let ppid = f.nth(1)?.parse().ok()?;
-        let start = f.nth(17)?.parse().ok()?;
-        Some((ppid, start))
+        parse_stat(&fs::read_to_string(self.root.join(pid.to_string()).join("stat")).ok()?)
     }
 
     /// Facts about `pid`, or `None` if it is gone.
@@ -235,18 +512,69 @@ impl ProcScanner {
     }
 }
 
-/// The socket inode descriptor `fd` refers to, or 0 for anything else. `stat` through the
-/// `/proc/<pid>/fd/<n>` link reaches the socket's own inode without formatting the link text
-/// (`socket:[N]`) that `readlink` would build, which is measurably cheaper per descriptor.
-fn link_inode(dirfd: &impl rustix::fd::AsFd, fd: u32) -> u32 {
-    match rustix::fs::statat(dirfd, fd.to_string().as_str(), rustix::fs::AtFlags::empty()) {
-        Ok(st)
-            if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket =>
-        {
-            u32::try_from(st.st_ino).unwrap_or(0)
+/// Parent pid and start time from the text of a `/proc/<pid>/stat` file.
+fn parse_stat(text: &str) -> Option<(u32, u64)> {
+    // The command name is in parentheses and may itself hold spaces and parentheses.
+    let rest = text.get(text.rfind(')')? + 2..)?;
+    let mut f = rest.split(' ');
+    let ppid = f.nth(1)?.parse().ok()?;
+    let start = f.nth(17)?.parse().ok()?;
+    Some((ppid, start))
+}
+
+/// [`parse_stat`] of `<dir>/<path>/stat` (`path` empty: `dir` is the process's directory).
+fn read_stat(dir: &impl AsFd, path: &str) -> Option<(u32, u64)> {
+    let name = if path.is_empty() {
+        "stat".to_owned()
+    } else {
+        format!("{path}/stat")
+    };
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ok()?;
+    let mut text = String::new();
+    fs::File::from(fd).read_to_string(&mut text).ok()?;
+    parse_stat(&text)
+}
+
+/// The descriptor numbers listed by an open `/proc/<pid>/fd` directory (rewound by the
+/// caller); `None` when it can no longer be read because the process is gone.
+fn read_fd_numbers(dir: &mut Dir) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    while let Some(e) = dir.read() {
+        let e = e.ok()?;
+        if let Some(fd) = e.file_name().to_str().ok().and_then(|n| n.parse().ok()) {
+            out.push(fd);
         }
-        _ => 0,
     }
+    Some(out)
+}
+
+/// What descriptor `fd` of an open `/proc/<pid>/fd` directory refers to: `None` when it is
+/// not open (or the process is gone), `Some(0)` for anything but a socket, else the socket's
+/// inode. `stat` through the link reaches the socket's own inode without formatting the link
+/// text (`socket:[N]`) that `readlink` would build, which is measurably cheaper per descriptor.
+fn link_inode(dir: &Dir, fd: u32) -> Option<u32> {
+    let mut buf = [0u8; 12];
+    let st = rustix::fs::statat(dir.fd().ok()?, fd_name(fd, &mut buf), AtFlags::empty()).ok()?;
+    Some(if FileType::from_raw_mode(st.st_mode) == FileType::Socket {
+        u32::try_from(st.st_ino).unwrap_or(0)
+    } else {
+        0
+    })
+}
+
+/// `fd` in decimal as a C string in `buf`, without allocating (one is built per probe).
+fn fd_name(mut fd: u32, buf: &mut [u8; 12]) -> &CStr {
+    let mut i = buf.len() - 1; // buf[11] stays the terminating NUL
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (fd % 10) as u8;
+        fd /= 10;
+        if fd == 0 {
+            break;
+        }
+    }
+    CStr::from_bytes_with_nul(&buf[i..]).unwrap_or_default()
 }
 
 /// `/proc/<pid>/cmdline` (NUL-separated) as one line, truncated to [`MAX_CMDLINE`] bytes on a
@@ -329,13 +657,19 @@ mod tests {
         assert_ne!(owner.inode, 0);
         let mut p = ProcScanner::default();
         assert_eq!(p.pid_of_inode(owner.inode), Some(std::process::id()));
-        // Second lookup hits the hot list first: this process, then its parent's check, no scan.
-        let before = p.fd_dirs_read;
+        // Second lookup finds it where it was seen: one probe of this process, then the check
+        // that its parent does not hold it too (each of its descriptors and the number above
+        // them), no scan.
+        let before = p.counters;
         assert_eq!(p.pid_of_inode(owner.inode), Some(std::process::id()));
+        assert_eq!(p.counters.full_scans, before.full_scans);
+        assert_eq!(p.counters.hot_hits, before.hot_hits + 1);
+        let parent_fds = fs::read_dir(format!("/proc/{}/fd", std::os::unix::process::parent_id()))
+            .map_or(0, |d| d.count()) as u64;
         assert!(
-            p.fd_dirs_read <= before + 2,
-            "{} > {before} + 2",
-            p.fd_dirs_read
+            p.counters.fd_probes <= before.fd_probes + 5 + parent_fds,
+            "{:?} vs {before:?}",
+            p.counters
         );
         assert_eq!(p.pid_of_inode(1), None);
     }
