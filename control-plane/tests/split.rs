@@ -157,6 +157,48 @@ async fn wait_healthy(http: &Http, proc: &mut Proc, port: u16, iso: &Isolation) 
     }
 }
 
+/// Starts a gateway on `port` proxying to the given services (`("JA4", port)`; the others point
+/// at a closed port), waits for it, and logs in as admin. Returns the process, its URL and an
+/// admin token.
+async fn start_gateway(
+    http: &Http,
+    iso: &Isolation,
+    port: u16,
+    upstreams: &[(&str, u16)],
+) -> (Proc, String, String) {
+    let mut env: Vec<(String, String)> =
+        vec![("HAIS_ADMIN_PASSWORD".into(), "split-admin-pass".into())];
+    for s in [
+        "JA4",
+        "SPIRE",
+        "CORRELATION",
+        "IDENTITY",
+        "POLICY",
+        "ALERT",
+        "THREAT",
+    ] {
+        let url = match upstreams.iter().find(|(name, _)| *name == s) {
+            Some((_, p)) => format!("http://127.0.0.1:{p}"),
+            None => "http://127.0.0.1:9".into(),
+        };
+        env.push((format!("HAIS_UPSTREAM_{s}"), url));
+    }
+    let mut gw = spawn("gateway", iso, port, &env);
+    wait_healthy(http, &mut gw, port, iso).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let (s, v) = call(
+        http,
+        "POST",
+        &format!("{url}/api/auth/login"),
+        None,
+        Some(json!({"username": "admin", "password": "split-admin-pass"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_owned();
+    (gw, url, token)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_services_share_events_through_redis() {
     let iso = Isolation::new(Backend::Postgres, "split").await;
@@ -168,35 +210,13 @@ async fn split_services_share_events_through_redis() {
     wait_healthy(&http, &mut ja4, p_ja4, &iso).await;
     let mut corr = spawn("correlation", &iso, p_corr, &[]);
     wait_healthy(&http, &mut corr, p_corr, &iso).await;
-    let mut env: Vec<(String, String)> = vec![
-        ("HAIS_ADMIN_PASSWORD".into(), "split-admin-pass".into()),
-        (
-            "HAIS_UPSTREAM_JA4".into(),
-            format!("http://127.0.0.1:{p_ja4}"),
-        ),
-        (
-            "HAIS_UPSTREAM_CORRELATION".into(),
-            format!("http://127.0.0.1:{p_corr}"),
-        ),
-    ];
-    // Services not started here point at a closed port.
-    for s in ["SPIRE", "IDENTITY", "POLICY", "ALERT", "THREAT"] {
-        env.push((format!("HAIS_UPSTREAM_{s}"), "http://127.0.0.1:9".into()));
-    }
-    let mut gw = spawn("gateway", &iso, p_gw, &env);
-    wait_healthy(&http, &mut gw, p_gw, &iso).await;
-    let gw_url = format!("http://127.0.0.1:{p_gw}");
-
-    let (s, v) = call(
+    let (gw, gw_url, token) = start_gateway(
         &http,
-        "POST",
-        &format!("{gw_url}/api/auth/login"),
-        None,
-        Some(json!({"username": "admin", "password": "split-admin-pass"})),
+        &iso,
+        p_gw,
+        &[("JA4", p_ja4), ("CORRELATION", p_corr)],
     )
     .await;
-    assert_eq!(s, 200, "{v}");
-    let token = v["access_token"].as_str().unwrap().to_owned();
 
     // Ingest through the gateway (proxied to the ja4 process).
     let events: Vec<_> = (0..20)
@@ -370,33 +390,8 @@ async fn split_spire_enrollment_and_revocation() {
     wait_healthy(&http, &mut ja4, p_ja4, &iso).await;
     let mut spire = spawn("spire", &iso, p_spire, &[]);
     wait_healthy(&http, &mut spire, p_spire, &iso).await;
-    let mut env: Vec<(String, String)> = vec![
-        ("HAIS_ADMIN_PASSWORD".into(), "split-admin-pass".into()),
-        (
-            "HAIS_UPSTREAM_JA4".into(),
-            format!("http://127.0.0.1:{p_ja4}"),
-        ),
-        (
-            "HAIS_UPSTREAM_SPIRE".into(),
-            format!("http://127.0.0.1:{p_spire}"),
-        ),
-    ];
-    for s in ["CORRELATION", "IDENTITY", "POLICY", "ALERT", "THREAT"] {
-        env.push((format!("HAIS_UPSTREAM_{s}"), "http://127.0.0.1:9".into()));
-    }
-    let mut gw = spawn("gateway", &iso, p_gw, &env);
-    wait_healthy(&http, &mut gw, p_gw, &iso).await;
-    let gw_url = format!("http://127.0.0.1:{p_gw}");
-    let (s, v) = call(
-        &http,
-        "POST",
-        &format!("{gw_url}/api/auth/login"),
-        None,
-        Some(json!({"username": "admin", "password": "split-admin-pass"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let admin = v["access_token"].as_str().unwrap().to_owned();
+    let (gw, gw_url, admin) =
+        start_gateway(&http, &iso, p_gw, &[("JA4", p_ja4), ("SPIRE", p_spire)]).await;
 
     let (s, v) = call(
         &http,
