@@ -690,6 +690,42 @@ mod tests {
     }
 
     #[test]
+    fn spire_settings_from_file_and_environment() {
+        let mut c = AgentConfig::from_toml(
+            "[spire]\nworkload_api_socket = \"/run/spire/agent.sock\"\nconnect_timeout_secs = 5\n",
+        )
+        .unwrap();
+        assert!(c.spire.enabled());
+        assert_eq!(c.spire.connect_timeout(), std::time::Duration::from_secs(5));
+        assert!(!AgentConfig::default().spire.enabled());
+        c.apply_env(env(&[
+            ("HAIS_SPIRE_WORKLOAD_API_SOCKET", "/tmp/other.sock"),
+            (
+                "HAIS_SPIRE_CONTROL_PLANE_ID",
+                "spiffe://hais.local/hais/control-plane",
+            ),
+            ("HAIS_SPIRE_CONTROL_PLANE_BUNDLE", "/etc/hais/cp.pem"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.spire.workload_api_socket.as_deref(),
+            Some(Path::new("/tmp/other.sock"))
+        );
+        assert_eq!(
+            c.spire.control_plane_bundle.as_deref(),
+            Some(Path::new("/etc/hais/cp.pem"))
+        );
+        c.validate().unwrap();
+        // An empty variable turns SPIRE off; a malformed control-plane ID is refused.
+        c.apply_env(env(&[("HAIS_SPIRE_WORKLOAD_API_SOCKET", "")]))
+            .unwrap();
+        assert!(!c.spire.enabled());
+        c.spire.control_plane_id = "hais.local/control-plane".into();
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("spire.control_plane_id"), "{e}");
+    }
+
+    #[test]
     fn bad_environment_values_name_the_variable() {
         let mut c = AgentConfig::default();
         let e = c.apply_env(env(&[("HAIS_MAX_FLOWS", "lots")])).unwrap_err();
