@@ -673,4 +673,56 @@ mod tests {
         );
         assert_eq!(p.pid_of_inode(1), None);
     }
+
+    /// A shell child holding one connection to `l` (bash's `/dev/tcp`), and that socket's inode.
+    fn child_with_socket(l: &std::net::TcpListener) -> (std::process::Child, u32) {
+        let a = l.local_addr().unwrap();
+        let child = std::process::Command::new("bash")
+            .args([
+                "-c",
+                &format!("exec 3<>/dev/tcp/{}/{}; exec sleep 30", a.ip(), a.port()),
+            ])
+            .spawn()
+            .unwrap();
+        let (conn, peer) = l.accept().unwrap();
+        drop(conn);
+        let mut sd = crate::sockdiag::SockDiag::open().unwrap();
+        let owner = sd
+            .find(crate::Proto::Tcp, peer, a)
+            .unwrap()
+            .expect("client socket");
+        (child, owner.inode)
+    }
+
+    #[test]
+    fn an_exited_process_is_dropped_and_a_changed_start_time_is_not_trusted() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (mut child, inode) = child_with_socket(&l);
+        let pid = child.id();
+        let mut p = ProcScanner::default();
+        let h = p.holders(&[inode], |_| true)[&inode];
+        assert_eq!(h.pid, pid);
+        assert_eq!(Some(h.start), p.stat(pid).map(|(_, s)| s));
+        // Make the entry stand for another process that had the same pid (its directory is
+        // this test's own, which does not hold the socket, and its start time differs): the
+        // full scan must not skip the pid as already searched, and re-tracks it correctly.
+        let i = p.tracked.iter().position(|t| t.holder.pid == pid).unwrap();
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let other = rustix::fs::open("/proc/self/fd", flags, Mode::empty()).unwrap();
+        p.tracked[i].fds = Dir::new(other).unwrap();
+        p.tracked[i].holder.start += 1;
+        p.tracked[i].table = FdTable::default();
+        let again = p.holders(&[inode], |_| true);
+        assert_eq!(
+            again.get(&inode),
+            Some(&h),
+            "found by the scan, with the real start"
+        );
+        assert_eq!(p.tracked.iter().filter(|t| t.holder.pid == pid).count(), 1);
+        // Once it has exited and been reaped, its socket is held by nobody and the entry goes.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(p.holders(&[inode], |_| false).get(&inode), None);
+        assert!(p.tracked.iter().all(|t| t.holder.pid != pid));
+    }
 }
