@@ -63,6 +63,8 @@ pub struct AttributorStats {
     pub cache_misses: u64,
     /// Socket owners found among recently seen processes, without scanning `/proc`.
     pub hot_pid_hits: u64,
+    /// Socket owners found among the processes created since the previous pass.
+    pub new_pid_hits: u64,
     /// Socket owners that needed a scan of every process.
     pub full_scans: u64,
     /// Descriptors probed in `/proc/<pid>/fd` (one `stat` each, the main cost of resolving).
@@ -85,6 +87,7 @@ struct Counters {
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     hot_pid_hits: AtomicU64,
+    new_pid_hits: AtomicU64,
     full_scans: AtomicU64,
     fd_probes: AtomicU64,
     fd_dirs_read: AtomicU64,
@@ -207,6 +210,7 @@ impl Attributor {
             cache_hits: g(&n.cache_hits),
             cache_misses: g(&n.cache_misses),
             hot_pid_hits: g(&n.hot_pid_hits),
+            new_pid_hits: g(&n.new_pid_hits),
             full_scans: g(&n.full_scans),
             fd_probes: g(&n.fd_probes),
             fd_dirs_read: g(&n.fd_dirs_read),
@@ -339,6 +343,8 @@ fn worker(mut sd: SockDiag, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: Att
         drop(cache);
         n.hot_pid_hits
             .store(procs.counters.hot_hits, Ordering::Relaxed);
+        n.new_pid_hits
+            .store(procs.counters.new_pid_hits, Ordering::Relaxed);
         n.full_scans
             .store(procs.counters.full_scans, Ordering::Relaxed);
         n.fd_probes

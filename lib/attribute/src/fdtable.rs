@@ -14,7 +14,8 @@
 //!    lowest first — where the kernel puts a new descriptor;
 //! 2. [`Tier::Churning`]: numbers whose content has been seen to change (short-lived
 //!    connections), oldest content first, since the oldest short-lived socket is the one most
-//!    likely to have been closed and its number reused;
+//!    likely to have been closed and its number reused; content seen unchanged for
+//!    [`SETTLED_AFTER`] passes settles into the next tier;
 //! 3. [`Tier::Stable`]: the rest (listeners, files, long-lived connections), least recently
 //!    checked first.
 //!
@@ -24,6 +25,11 @@
 //! scan would conclude, so remembering never costs correctness, only (at worst) the full price.
 
 use std::collections::{BTreeMap, HashMap};
+
+/// Passes after which content seen unchanged stops counting as churning: a number that
+/// appeared after the first pass (a pipe, a pidfd, a connection pool's socket) but has held
+/// the same thing since is as unlikely to change as the descriptors seen at the start.
+const SETTLED_AFTER: u64 = 16;
 
 /// One descriptor number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,20 +150,24 @@ impl FdTable {
 
     /// Records what descriptor `fd` referred to in `pass`: `None` closed, `Some(0)` not a
     /// socket, else the socket's inode. A closed number the table did not know is not kept
-    /// (probing gaps would otherwise grow it by a number per pass).
-    pub(crate) fn record(&mut self, fd: u32, seen: Option<u32>, pass: u64) {
+    /// (probing gaps would otherwise grow it by a number per pass). Returns whether the number
+    /// had been probed before and held the same then.
+    pub(crate) fn record(&mut self, fd: u32, seen: Option<u32>, pass: u64) -> bool {
         if seen.is_none() && !self.slots.contains_key(&fd) {
-            return;
+            return false;
         }
         let fresh = self.new_slot();
         let slot = self.slots.entry(fd).or_insert(fresh);
         let old = slot.seen;
-        if slot.probed == 0 || old != seen {
+        let unchanged = slot.probed != 0 && old == seen;
+        if !unchanged {
             if slot.probed != 0 {
                 slot.churns = true;
             }
             slot.seen = seen;
             slot.since = pass;
+        } else if pass - slot.since >= SETTLED_AFTER {
+            slot.churns = false;
         }
         slot.probed = pass;
         if old != seen {
@@ -166,6 +176,7 @@ impl FdTable {
         if let Some(ino @ 1..) = seen {
             self.sockets.insert(ino, fd);
         }
+        unchanged
     }
 
     fn unindex(&mut self, seen: Option<u32>, fd: u32) {
@@ -193,7 +204,7 @@ impl FdTable {
         self.synced == pass && self.slots.values().all(|s| s.probed == pass)
     }
 
-    #[cfg(test)]
+    /// Descriptor numbers remembered (after a listing: those open).
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }

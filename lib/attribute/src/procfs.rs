@@ -4,9 +4,14 @@
 //! per descriptor. Processes that held sockets recently are likely to hold the next ones too (a
 //! service making or accepting calls), so they are *tracked*: their `/proc/<pid>/fd` directory
 //! stays open and what each descriptor held is remembered ([`FdTable`]), so a pass probes the
-//! descriptors likely to be new first and stops when every socket it looks for is found. Only
-//! sockets no tracked process holds need a scan of every process, newest pid first because a
-//! new socket's owner is often a new process.
+//! descriptors likely to be new first and stops when every socket it looks for is found.
+//!
+//! A socket the likely descriptors of tracked processes do not hold often belongs to a process
+//! created since the last pass (a cron job, a `curl`). Listing `/proc` to find those costs a
+//! `getdents` entry per process on the host; instead the scanner reads the last pid the kernel
+//! handed out (the last field of `/proc/loadavg`, a few bytes) and looks only at the pids
+//! handed out since it last looked (64 at most). Only sockets neither these nor the
+//! tracked processes hold need a scan of every process, newest pid first.
 //!
 //! An open `/proc/<pid>/fd` directory belongs to the process it was opened for, not to the pid:
 //! once that process is gone, reading it fails even if the pid has been given to another
@@ -19,9 +24,12 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+use rustix::process::{Pid, PidfdFlags};
 
 use crate::fdtable::{FdTable, Tier};
 use crate::{MAX_CMDLINE, ProcessInfo, cgroup};
@@ -29,6 +37,32 @@ use crate::{MAX_CMDLINE, ProcessInfo, cgroup};
 /// How many recent socket owners (and their parents) are tracked. Each holds one open
 /// directory descriptor and the remembered table of its descriptors.
 const TRACKED: usize = 32;
+
+/// Most pids handed out since the last pass that are looked at before the tracked processes
+/// are searched in full. More than this between two passes (a fork storm, or threads, which
+/// take pids too) leaves the older ones to the full scan.
+const NEW_PIDS: usize = 64;
+
+/// A new pid with more descriptors than this is not searched among the new ones: new
+/// processes hold few, and a new *thread* of a large process (threads take pids and show
+/// their process's descriptors) would cost a probe per descriptor. Left to the full scan.
+const NEW_PID_MAX_FDS: usize = 256;
+
+/// A parent holding more descriptors than this is not checked for holding its child's socket
+/// (see [`ProcScanner::holders`]). Shells, supervisors and pre-forking servers' masters hold
+/// far fewer.
+const WALK_MAX_FDS: usize = 64;
+
+/// See [`Tracked::search`]: ten descriptors in a row unchanged end a tier's cheap search.
+const UNCHANGED_RUN: usize = 10;
+
+/// How many young processes (seen new, holding nothing sought yet) are kept, and for how
+/// long: a new process usually opens its connection within moments of starting.
+const YOUNG: usize = 16;
+const YOUNG_FOR: Duration = Duration::from_secs(2);
+
+/// The kernel hands pids out cyclically and starts again above this after `pid_max`.
+const RESERVED_PIDS: u32 = 300;
 
 /// The process holding a socket, identified beyond its pid by its start time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,6 +85,12 @@ struct Tracked {
     /// Cleared when a listing fails or comes back empty: the process is gone (or a zombie) and
     /// is dropped at the end of the pass.
     alive: bool,
+    /// A pidfd of the process, which polls readable once it has exited: one `poll` per pass
+    /// finds every tracked process that is gone. `None` on kernels without `pidfd_open` (before
+    /// 5.3); such a process is then dropped when a listing of it fails.
+    pidfd: Option<OwnedFd>,
+    /// When (clock ticks since boot) every descriptor was last probed in one pass.
+    complete_at: Option<u64>,
 }
 
 impl Tracked {
@@ -68,12 +108,13 @@ impl Tracked {
         self.alive
     }
 
-    /// What descriptor `fd` refers to now (see [`FdTable::record`]), remembered for later.
-    fn probe(&mut self, fd: u32, pass: u64, stats: &mut Counters) -> Option<u32> {
+    /// What descriptor `fd` refers to now (see [`FdTable::record`]), remembered for later, and
+    /// whether that is what it was last seen holding.
+    fn probe(&mut self, fd: u32, pass: u64, stats: &mut Counters) -> (Option<u32>, bool) {
         stats.fd_probes += 1;
         let seen = link_inode(&self.fds, fd);
-        self.table.record(fd, seen, pass);
-        seen
+        let unchanged = self.table.record(fd, seen, pass);
+        (seen, unchanged)
     }
 
     /// Probes `fd`, moving its inode into `found` if `want` has it.
@@ -84,14 +125,14 @@ impl Tracked {
         want: &mut HashSet<u32>,
         found: &mut HashMap<u32, Holder>,
         stats: &mut Counters,
-    ) -> Option<u32> {
-        let seen = self.probe(fd, pass, stats);
+    ) -> (Option<u32>, bool) {
+        let (seen, unchanged) = self.probe(fd, pass, stats);
         if let Some(ino) = seen
             && want.remove(&ino)
         {
             found.insert(ino, self.holder);
         }
-        seen
+        (seen, unchanged)
     }
 
     /// Probes where each socket of `want` was seen before (one probe each).
@@ -110,7 +151,11 @@ impl Tracked {
         }
     }
 
-    /// Probes the descriptors of `tier` in order, stopping when `want` is empty.
+    /// Probes the descriptors of `tier` in order, stopping when `want` is empty. Unless
+    /// `thorough`, it also stops after [`UNCHANGED_RUN`] descriptors in a row found holding
+    /// what they held before: the tiers are in order of likely change, so past such a run
+    /// the rest are likely unchanged too (in [`Tier::Churning`], younger connections still
+    /// open) and the search is better spent elsewhere first.
     fn search(
         &mut self,
         tier: Tier,
@@ -123,11 +168,13 @@ impl Tracked {
         if tier == Tier::Free {
             return self.search_free(thorough, pass, want, found, stats);
         }
+        let mut run = 0;
         for fd in self.table.candidates(tier, pass) {
-            if want.is_empty() {
+            if want.is_empty() || (!thorough && run >= UNCHANGED_RUN) {
                 return;
             }
-            self.check(fd, pass, want, found, stats);
+            let (_, unchanged) = self.check(fd, pass, want, found, stats);
+            run = if unchanged { run + 1 } else { 0 };
         }
     }
 
@@ -157,7 +204,7 @@ impl Tracked {
                 (None, Some(g)) => (g, true),
                 (None, None) => return,
             };
-            let open = self.check(fd, pass, want, found, stats).is_some();
+            let open = self.check(fd, pass, want, found, stats).0.is_some();
             if is_gap {
                 gap = open.then(|| self.table.next_gap(fd.saturating_add(1)));
             }
@@ -188,11 +235,25 @@ impl Tracked {
         }
     }
 
-    /// Whether the process holds socket `inode` now. "Yes" often takes one probe; "no" takes a
-    /// probe of every descriptor (cheap for the usual parent: a shell or a supervisor).
-    fn holds(&mut self, inode: u32, pass: u64, stats: &mut Counters) -> bool {
+    /// Whether this process holds socket `inode`, which its child started at `child_start`
+    /// (clock ticks since boot) holds: whether the child inherited it from here. "Yes" often
+    /// takes one probe; "no" takes a probe of every descriptor, unless this process's
+    /// descriptors were all seen after the child started and the socket was not among them
+    /// (had it been passed down at the fork, it would have been here then).
+    fn passed_down(
+        &mut self,
+        inode: u32,
+        child_start: u64,
+        pass: u64,
+        stats: &mut Counters,
+    ) -> bool {
         if self.table.complete(pass) {
             return self.table.fd_of(inode).is_some();
+        }
+        if self.table.fd_of(inode).is_none()
+            && self.complete_at.is_some_and(|at| at > child_start + 1)
+        {
+            return false;
         }
         let mut want = HashSet::from([inode]);
         let mut found = HashMap::new();
@@ -201,6 +262,9 @@ impl Tracked {
             return true;
         }
         self.search_all(pass, &mut want, &mut found, stats);
+        if self.table.complete(pass) {
+            self.complete_at = Some(boot_ticks());
+        }
         want.is_empty()
     }
 }
@@ -214,6 +278,8 @@ pub struct Counters {
     pub fd_probes: u64,
     /// Sockets whose owner was found among the tracked processes.
     pub hot_hits: u64,
+    /// Sockets whose owner was found among the processes created since the last pass.
+    pub new_pid_hits: u64,
     /// Passes that needed a scan of every process.
     pub full_scans: u64,
 }
@@ -227,6 +293,14 @@ pub struct ProcScanner {
     /// Tracked processes, most recently useful first.
     tracked: Vec<Tracked>,
     pass: u64,
+    /// The last pid handed out when new pids were last looked at, and the pid limit (where
+    /// allocation wraps); `None` until first read, or when `/proc/loadavg` is unreadable.
+    last_pid: Option<u32>,
+    pid_max: Option<u32>,
+    /// `/proc/loadavg`, kept open.
+    loadavg: Option<OwnedFd>,
+    /// Processes seen new that held nothing sought then, with when they were first looked at.
+    young: Vec<(Instant, Tracked)>,
     users: HashMap<u32, Option<String>>,
     passwd: PathBuf,
     pub counters: Counters,
@@ -245,6 +319,10 @@ impl ProcScanner {
             root_dir: None,
             tracked: Vec::with_capacity(TRACKED),
             pass: 0,
+            last_pid: None,
+            pid_max: None,
+            loadavg: None,
+            young: Vec::new(),
             users: HashMap::new(),
             passwd: passwd.into(),
             counters: Counters::default(),
@@ -264,13 +342,18 @@ impl ProcScanner {
     /// The processes holding each of `inodes`. Resolving a batch costs little more than one
     /// inode: descriptors are probed once per pass, each checked against every inode sought.
     ///
-    /// `still_open(inode)` is asked for each inode no tracked process holds, before scanning
-    /// every process for it: a socket closed since it was looked up is held by nobody, and
-    /// asking the kernel (sock_diag) is far cheaper than a scan that must come up empty.
+    /// The search goes from likely to exhaustive: the tracked processes' likely descriptors,
+    /// then the processes created lately, then every descriptor of the tracked processes, then
+    /// every process. `still_open(inode)` is asked for each inode the first two steps did not
+    /// find, before the exhaustive ones: a socket closed since it was looked up is held by
+    /// nobody, and asking the kernel (sock_diag) is far cheaper than searches that must come
+    /// up empty.
     ///
     /// A socket inherited across `fork` is held by parent and children alike; the topmost
     /// holder in the ancestry is returned, because that is the process that created the socket
-    /// (a shell, not the `head` reading from it; a pre-forking server's master).
+    /// (a shell, not the `head` reading from it; a pre-forking server's master). The walk up
+    /// stops below a parent with more than 64 descriptors: proving that it does
+    /// *not* hold the socket would mean probing them all, for every child's connection.
     pub fn holders(
         &mut self,
         inodes: &[u32],
@@ -281,8 +364,20 @@ impl ProcScanner {
         let mut want: HashSet<u32> = inodes.iter().copied().filter(|&i| i != 0).collect();
         let mut found: HashMap<u32, Holder> = HashMap::new();
         self.search_tracked(pass, &mut want, &mut found);
-        self.counters.hot_hits += found.len() as u64;
+        let hot = found.len();
+        if !want.is_empty() {
+            self.search_new(pass, &mut want, &mut found);
+            self.counters.new_pid_hits += (found.len() - hot) as u64;
+        }
         want.retain(|&ino| still_open(ino));
+        let before = found.len();
+        for t in &mut self.tracked {
+            if want.is_empty() {
+                break;
+            }
+            t.search_all(pass, &mut want, &mut found, &mut self.counters);
+        }
+        self.counters.hot_hits += (hot + found.len() - before) as u64;
         if !want.is_empty() {
             self.counters.full_scans += 1;
             self.scan_all(pass, &mut want, &mut found);
@@ -293,6 +388,7 @@ impl ProcScanner {
                 *holder = parent;
             }
         }
+        self.forget_exited();
         self.tracked.retain(|t| t.alive);
         for t in &mut self.tracked {
             t.table.seed();
@@ -306,9 +402,10 @@ impl ProcScanner {
         found
     }
 
-    /// Looks for `want` among the tracked processes: where each socket was seen before, then
-    /// tier by tier across all of them (so a free number anywhere is probed before a remembered
-    /// one anywhere), and last everything else, listings included.
+    /// Looks for `want` where the tracked processes are likely to hold it: where each socket
+    /// was seen before, then the free and churning tiers across all of them (so a free number
+    /// anywhere is probed before a remembered one anywhere), each cut short as
+    /// [`Tracked::search`] says. Their exhaustive search comes later.
     fn search_tracked(
         &mut self,
         pass: u64,
@@ -319,7 +416,7 @@ impl ProcScanner {
         for t in &mut self.tracked {
             t.search_remembered(pass, want, found, stats);
         }
-        for tier in Tier::ALL {
+        for tier in [Tier::Free, Tier::Churning] {
             for t in &mut self.tracked {
                 if want.is_empty() {
                     break;
@@ -327,12 +424,106 @@ impl ProcScanner {
                 t.search(tier, false, pass, want, found, stats);
             }
         }
-        for t in &mut self.tracked {
+    }
+
+    /// Looks for `want` among the processes created lately (see the module documentation):
+    /// first those already seen new but holding nothing sought then (a `curl` looks up a name
+    /// before it connects), then the pids handed out since the last look, oldest first. Those
+    /// found holding a socket are tracked; those holding nothing sought stay "young" a while.
+    fn search_new(&mut self, pass: u64, want: &mut HashSet<u32>, found: &mut HashMap<u32, Holder>) {
+        let Some(root) = self.root_dir() else { return };
+        self.young
+            .retain(|(at, t)| t.alive && at.elapsed() < YOUNG_FOR);
+        let mut i = 0;
+        while i < self.young.len() && !want.is_empty() {
+            let mut here = HashMap::new();
+            let t = &mut self.young[i].1;
+            t.search_all(pass, want, &mut here, &mut self.counters);
+            if here.is_empty() {
+                i += 1;
+            } else {
+                let (_, t) = self.young.remove(i);
+                self.settle(&root, t, here, want, found);
+            }
+        }
+        let Some(now) = self.read_last_pid(&root) else {
+            return;
+        };
+        let pid_max = *self
+            .pid_max
+            .get_or_insert_with(|| read_pid_max(&root).unwrap_or(u32::MAX));
+        let Some(since) = self.last_pid.replace(now) else {
+            return;
+        };
+        for pid in new_pids(since, now, pid_max, NEW_PIDS).into_iter().rev() {
             if want.is_empty() {
+                // The rest are looked at next time.
+                self.last_pid = Some(pid.wrapping_sub(1).max(1));
                 break;
             }
-            t.search_all(pass, want, found, stats);
+            if self.tracked.iter().any(|t| t.holder.pid == pid) {
+                continue;
+            }
+            let Some((_, mut t)) = self.open(&root, pid) else {
+                continue;
+            };
+            if t.table.len() > NEW_PID_MAX_FDS {
+                continue;
+            }
+            let mut here = HashMap::new();
+            t.search_all(pass, want, &mut here, &mut self.counters);
+            if here.is_empty() {
+                if self.young.len() >= YOUNG {
+                    self.young.remove(0);
+                }
+                self.young.push((Instant::now(), t));
+            } else {
+                self.settle(&root, t, here, want, found);
+            }
         }
+    }
+
+    /// Records the process `t`, just found holding the sockets `here`, as their holder and
+    /// tracks it. A thread takes a pid too and shows its process's descriptors: the holder is
+    /// then the process (its thread group), tracked under its own pid. If it has gone meanwhile
+    /// the sockets are sought on like any not found.
+    fn settle(
+        &mut self,
+        root: &OwnedFd,
+        mut t: Tracked,
+        here: HashMap<u32, Holder>,
+        want: &mut HashSet<u32>,
+        found: &mut HashMap<u32, Holder>,
+    ) {
+        let pid = t.holder.pid;
+        let name = pid.to_string();
+        let holder = match read_tgid(root, &name) {
+            Some(tgid) if tgid != pid => self.track(tgid).map(|i| self.tracked[i].holder),
+            Some(_) => read_stat(root, &name).map(|(ppid, start)| {
+                t.holder.start = start;
+                t.ppid = ppid;
+                let h = t.holder;
+                self.adopt(t);
+                h
+            }),
+            None => None,
+        };
+        match holder {
+            Some(h) => found.extend(here.into_keys().map(|ino| (ino, h))),
+            None => want.extend(here.into_keys()),
+        }
+    }
+
+    /// The last pid handed out, from `/proc/loadavg`, kept open (reading an open proc file
+    /// again costs a quarter of opening it).
+    fn read_last_pid(&mut self, root: &OwnedFd) -> Option<u32> {
+        if self.loadavg.is_none() {
+            let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+            self.loadavg = rustix::fs::openat(root, "loadavg", flags, Mode::empty()).ok();
+        }
+        let mut buf = [0u8; 128];
+        let n = rustix::io::pread(self.loadavg.as_ref()?, &mut buf, 0).ok()?;
+        parse_last_pid(std::str::from_utf8(&buf[..n]).ok()?)
     }
 
     /// Probes every process not tracked (or tracked under a pid now used by another process),
@@ -376,6 +567,35 @@ impl ProcScanner {
         }
     }
 
+    /// Marks the tracked processes that have exited (their pidfds poll readable) as gone.
+    /// Without this a process that exited would stay tracked, each pass probing it in vain,
+    /// until it fell off the end of the list.
+    fn forget_exited(&mut self) {
+        let (idx, mut fds): (Vec<usize>, Vec<PollFd<'_>>) = self
+            .tracked
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i, PollFd::new(t.pidfd.as_ref()?, PollFlags::IN))))
+            .unzip();
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if fds.is_empty() || rustix::event::poll(&mut fds, Some(&now)).unwrap_or(0) == 0 {
+            return;
+        }
+        let exited: Vec<usize> = idx
+            .into_iter()
+            .zip(&fds)
+            .filter(|(_, p)| !p.revents().is_empty())
+            .map(|(i, _)| i)
+            .collect();
+        drop(fds);
+        for i in exited {
+            self.tracked[i].alive = false;
+        }
+    }
+
     /// Opens `pid`'s `/proc/<pid>` directory and, through it, its descriptor directory (so both
     /// are of one process), and lists it. The start time and parent are left for the caller to
     /// read through the returned directory.
@@ -389,7 +609,13 @@ impl ProcScanner {
             fds: Dir::new(fd_dir).ok()?,
             table: FdTable::default(),
             alive: true,
+            pidfd: None,
+            complete_at: None,
         };
+        // Taken before the listing: if the listing works, the pid was still this process's
+        // when the pidfd was opened, so the pidfd is of this process too.
+        t.pidfd = Pid::from_raw(pid as i32)
+            .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok());
         t.list(self.pass, &mut self.counters).then_some((base, t))
     }
 
@@ -420,8 +646,14 @@ impl ProcScanner {
         if !parent.alive || parent.holder.start > child.start {
             return None;
         }
+        // "No" costs a probe of every descriptor not probed in this pass; a busy parent (a
+        // service that spawns helpers) would pay that for every child's socket, so the walk
+        // stops below it.
+        if parent.table.len() > WALK_MAX_FDS && !parent.table.complete(pass) {
+            return None;
+        }
         parent
-            .holds(inode, pass, &mut self.counters)
+            .passed_down(inode, child.start, pass, &mut self.counters)
             .then_some(parent.holder)
     }
 
@@ -512,6 +744,13 @@ impl ProcScanner {
     }
 }
 
+/// Now, in the clock ticks since boot (`USER_HZ`, 100 on Linux) that process start times are
+/// given in.
+fn boot_ticks() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    (t.tv_sec as u64) * 100 + (t.tv_nsec as u64) / 10_000_000
+}
+
 /// Parent pid and start time from the text of a `/proc/<pid>/stat` file.
 fn parse_stat(text: &str) -> Option<(u32, u64)> {
     // The command name is in parentheses and may itself hold spaces and parentheses.
@@ -529,11 +768,57 @@ fn read_stat(dir: &impl AsFd, path: &str) -> Option<(u32, u64)> {
     } else {
         format!("{path}/stat")
     };
+    parse_stat(&read_text(dir, &name)?)
+}
+
+/// The text of the file `name` under `dir`.
+fn read_text(dir: &impl AsFd, name: &str) -> Option<String> {
     let flags = OFlags::RDONLY | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ok()?;
     let mut text = String::new();
     fs::File::from(fd).read_to_string(&mut text).ok()?;
-    parse_stat(&text)
+    Some(text)
+}
+
+/// The last pid handed out in this pid namespace: the last field of `/proc/loadavg`
+/// (`0.00 0.01 0.05 1/123 4567`).
+fn parse_last_pid(loadavg: &str) -> Option<u32> {
+    loadavg.split_whitespace().nth(4)?.parse().ok()
+}
+
+/// `/proc/sys/kernel/pid_max`: pids are below it.
+fn read_pid_max(root: &impl AsFd) -> Option<u32> {
+    read_text(root, "sys/kernel/pid_max")?.trim().parse().ok()
+}
+
+/// The thread group (process) of task `name` (a pid) under the proc root `root`.
+fn read_tgid(root: &impl AsFd, name: &str) -> Option<u32> {
+    read_text(root, &format!("{name}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The pids handed out after `since` up to `now`, newest first, at most `limit`. Pids are
+/// allocated cyclically: after `pid_max - 1` the next is above [`RESERVED_PIDS`].
+fn new_pids(since: u32, now: u32, pid_max: u32, limit: usize) -> Vec<u32> {
+    let wrapped = since > now;
+    let mut out = Vec::new();
+    let mut pid = now;
+    while pid != since && out.len() < limit {
+        if pid == 0 || pid >= pid_max {
+            break;
+        }
+        out.push(pid);
+        pid = if wrapped && pid <= RESERVED_PIDS {
+            pid_max - 1
+        } else {
+            pid - 1
+        };
+    }
+    out
 }
 
 /// The descriptor numbers listed by an open `/proc/<pid>/fd` directory (rewound by the
@@ -596,6 +881,69 @@ pub fn cmdline_text(raw: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_pids_are_those_handed_out_since_newest_first() {
+        assert_eq!(new_pids(100, 104, 32768, 64), vec![104, 103, 102, 101]);
+        assert_eq!(new_pids(100, 100, 32768, 64), Vec::<u32>::new());
+        assert_eq!(new_pids(100, 104, 32768, 2), vec![104, 103], "newest kept");
+        // Allocation wrapped after pid_max - 1 and went on above the reserved pids.
+        assert_eq!(
+            new_pids(32765, 301, 32768, 64),
+            vec![301, 300, 32767, 32766]
+        );
+        assert_eq!(new_pids(32767, 300, 32768, 64), vec![300]);
+        // Nonsense (pid_max lowered meanwhile) stays bounded.
+        assert_eq!(new_pids(5, 40000, 32768, 64), Vec::<u32>::new());
+        assert_eq!(new_pids(40000, 310, 32768, 64).len(), 64);
+    }
+
+    #[test]
+    fn loadavg_and_status_are_read() {
+        assert_eq!(parse_last_pid("0.00 0.01 0.05 1/123 4567\n"), Some(4567));
+        assert_eq!(parse_last_pid("0.00 0.01"), None);
+        let mut p = ProcScanner::default();
+        let root = p.root_dir().unwrap();
+        let before = p.read_last_pid(&root).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let after = p.read_last_pid(&root).unwrap();
+        let max = read_pid_max(&root).unwrap();
+        assert!(max > RESERVED_PIDS && pid < max);
+        assert!(
+            new_pids(before, after, max, usize::MAX).contains(&pid),
+            "{pid} handed out between {before} and {after}"
+        );
+        let me = std::process::id();
+        assert_eq!(read_tgid(&root, &me.to_string()), Some(me));
+        // A thread's own directory names its process.
+        let tid = std::thread::spawn(|| {
+            // `/proc/thread-self` links to `<pid>/task/<tid>`.
+            let link = fs::read_link("/proc/thread-self").unwrap();
+            let tid: u32 = link.file_name().unwrap().to_str().unwrap().parse().unwrap();
+            (
+                tid,
+                read_tgid(
+                    &ProcScanner::default().root_dir().unwrap(),
+                    &tid.to_string(),
+                ),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_ne!(tid.0, me);
+        assert_eq!(tid.1, Some(me));
+    }
+
+    #[test]
+    fn boot_ticks_are_the_clock_of_start_times() {
+        let (_, start) = ProcScanner::default().stat(std::process::id()).unwrap();
+        let now = boot_ticks();
+        assert!(start <= now, "{start} > {now}");
+        // This test process started moments ago, not hours.
+        assert!(now - start < 100 * 3600, "{start} vs {now}");
+    }
 
     #[test]
     fn cmdline_is_joined_and_truncated() {
@@ -692,6 +1040,26 @@ mod tests {
             .unwrap()
             .expect("client socket");
         (child, owner.inode)
+    }
+
+    #[test]
+    fn a_process_created_since_the_last_pass_is_found_without_a_scan() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut p = ProcScanner::default();
+        // A first pass that misses everywhere notes the last pid handed out.
+        assert!(p.holders(&[1], |_| false).is_empty());
+        let before = p.counters;
+        let (mut child, inode) = child_with_socket(&l);
+        let h = p.holders(&[inode], |_| true)[&inode];
+        assert_eq!(h.pid, child.id());
+        assert_eq!(p.counters.new_pid_hits, before.new_pid_hits + 1);
+        assert_eq!(p.counters.full_scans, before.full_scans, "{:?}", p.counters);
+        // Now tracked: found where it was seen.
+        let again = p.counters;
+        assert_eq!(p.holders(&[inode], |_| true)[&inode], h);
+        assert_eq!(p.counters.hot_hits, again.hot_hits + 1);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]
