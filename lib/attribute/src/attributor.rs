@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::metadata::Metadata;
 use crate::procfs::{Holder, ProcScanner};
-use crate::sockdiag::{SockDiag, wildcard_for};
+use crate::sockdiag::{SockDiag, SocketOwner, wildcard_for};
 use crate::{Attribution, Direction, FlowKey, Proto};
 
 /// Sizes and timings of the worker.
@@ -380,18 +380,25 @@ pub fn resolve_batch(
     accept_retry: Duration,
 ) -> io::Result<Vec<(FlowKey, Attribution)>> {
     // 1. The socket behind each flow, as initiator first, then as responder.
-    let mut owners = Vec::with_capacity(keys.len());
-    let mut unaccepted = false;
-    for &key in keys {
-        let found = match sd.find(key.proto, key.src, key.dst)? {
-            Some(o) => Some((o, Direction::Outbound)),
-            None => sd
-                .find(key.proto, key.dst, key.src)?
-                .map(|o| (o, Direction::Inbound)),
-        };
-        unaccepted |= matches!(found, Some((o, Direction::Inbound)) if o.inode == 0);
-        owners.push(found);
+    let outbound: Vec<_> = keys.iter().map(|k| (k.proto, k.src, k.dst)).collect();
+    let mut owners: Vec<Option<(SocketOwner, Direction)>> = sd
+        .find_many(&outbound)?
+        .into_iter()
+        .map(|o| o.map(|o| (o, Direction::Outbound)))
+        .collect();
+    let missing: Vec<usize> = (0..keys.len()).filter(|&i| owners[i].is_none()).collect();
+    if !missing.is_empty() {
+        let inbound: Vec<_> = missing
+            .iter()
+            .map(|&i| (keys[i].proto, keys[i].dst, keys[i].src))
+            .collect();
+        for (i, o) in missing.into_iter().zip(sd.find_many(&inbound)?) {
+            owners[i] = o.map(|o| (o, Direction::Inbound));
+        }
     }
+    let unaccepted = owners
+        .iter()
+        .any(|f| matches!(f, Some((o, Direction::Inbound)) if o.inode == 0));
     // An inbound connection still in the accept queue has no owner yet: give the server a
     // moment, then fall back to its listening socket.
     if unaccepted && keys.iter().any(|k| k.proto == Proto::Tcp) {
