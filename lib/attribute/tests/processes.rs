@@ -1,7 +1,7 @@
 //! Attribution of real processes' connections: curl, python, a shell loop under another uid,
-//! and a process placed in its own cgroup named like a Docker container's.
+//! a process placed in its own cgroup named like a Docker container's, and UDP datagrams.
 //!
-//! Each test runs a TCP server on loopback; when it accepts a connection it asks the attributor
+//! Each TCP test runs a server on loopback; when it accepts a connection it asks the attributor
 //! about the flow (as the agent does when it sees a SYN) while the client is still alive, then
 //! answers after `hold`, letting the client exit.
 
@@ -235,4 +235,52 @@ fn short_lived_processes_rate_is_reported() {
     }
     eprintln!("short-lived curl (server answers at once): {ok}/{n} attributed");
     assert!(att.stats().requests == n);
+}
+
+/// UDP flows (QUIC, DNS): a python client sending from a connected socket, and the same
+/// datagram seen from the receiving side (an unconnected server socket), are each attributed
+/// to the right process and direction.
+#[test]
+fn udp_flows_are_attributed_both_ways() {
+    let att = Attributor::start(AttributorConfig::default()).unwrap();
+    let srv = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dst = srv.local_addr().unwrap();
+    let code = format!(
+        "import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+         s.connect(('127.0.0.1',{})); s.send(b'x'); time.sleep(2)",
+        dst.port()
+    );
+    let mut py = spawn(Command::new("python3").args(["-c", &code]));
+    let mut buf = [0u8; 16];
+    srv.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (_, src) = srv.recv_from(&mut buf).expect("a datagram arrives");
+    let key = FlowKey {
+        proto: Proto::Udp,
+        src,
+        dst,
+    };
+    att.notify(key);
+    let resolved = |key: FlowKey| {
+        let t0 = Instant::now();
+        while att.peek(&key) == Attribution::Unknown && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        att.take(&key)
+    };
+    let a = resolved(key);
+    let p = process(&a);
+    assert_eq!(p.pid, py.id());
+    assert!(p.name.starts_with("python"), "{}", p.name);
+    py.kill().unwrap();
+    py.wait().unwrap();
+    // Once the client is gone, the same datagram's flow is the server's: this process,
+    // receiving (inbound).
+    att.notify(key);
+    match resolved(key) {
+        Attribution::Process { direction, process } => {
+            assert_eq!(direction, Direction::Inbound);
+            assert_eq!(process.pid, std::process::id());
+        }
+        other => panic!("not attributed: {other:?}"),
+    }
 }
