@@ -427,13 +427,21 @@ pub fn resolve_batch(
         .filter_map(|(k, f)| f.map(|(o, _)| (o.inode, (k.proto, o.local, o.remote))))
         .collect();
     let inodes: Vec<u32> = sockets.keys().copied().collect();
-    let pids = procs.holders(&inodes, |ino| {
-        let Some(&(proto, local, remote)) = sockets.get(&ino) else {
-            return true;
-        };
-        // On an error, scan anyway.
-        sd.find(proto, local, remote)
-            .map_or(true, |o| o.is_some_and(|o| o.inode == ino))
+    let pids = procs.holders(&inodes, |want| {
+        let asked: Vec<u32> = want
+            .iter()
+            .copied()
+            .filter(|i| sockets.contains_key(i))
+            .collect();
+        let queries: Vec<_> = asked.iter().map(|i| sockets[i]).collect();
+        // On an error, search on anyway.
+        if let Ok(now) = sd.find_many(&queries) {
+            for (ino, o) in asked.iter().zip(now) {
+                if o.is_none_or(|o| o.inode != *ino) {
+                    want.remove(ino);
+                }
+            }
+        }
     });
     // 3. Facts, once per process (and reused across batches while fresh).
     let mut out = Vec::with_capacity(keys.len());

@@ -22,7 +22,6 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::fs;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -331,7 +330,7 @@ impl ProcScanner {
 
     /// The process holding socket `inode`, if any (see [`Self::holders`]).
     pub fn pid_of_inode(&mut self, inode: u32) -> Option<u32> {
-        self.holders(&[inode], |_| true).get(&inode).map(|h| h.pid)
+        self.holders(&[inode], |_| {}).get(&inode).map(|h| h.pid)
     }
 
     /// How many processes are tracked now.
@@ -344,8 +343,8 @@ impl ProcScanner {
     ///
     /// The search goes from likely to exhaustive: the tracked processes' likely descriptors,
     /// then the processes created lately, then every descriptor of the tracked processes, then
-    /// every process. `still_open(inode)` is asked for each inode the first two steps did not
-    /// find, before the exhaustive ones: a socket closed since it was looked up is held by
+    /// every process. `drop_closed` is given the inodes the first two steps did not find, to
+    /// remove those whose sockets have closed meanwhile, before the exhaustive steps: a socket closed since it was looked up is held by
     /// nobody, and asking the kernel (sock_diag) is far cheaper than searches that must come
     /// up empty.
     ///
@@ -357,7 +356,7 @@ impl ProcScanner {
     pub fn holders(
         &mut self,
         inodes: &[u32],
-        mut still_open: impl FnMut(u32) -> bool,
+        drop_closed: impl FnOnce(&mut HashSet<u32>),
     ) -> HashMap<u32, Holder> {
         self.pass += 1;
         let pass = self.pass;
@@ -369,7 +368,9 @@ impl ProcScanner {
             self.search_new(pass, &mut want, &mut found);
             self.counters.new_pid_hits += (found.len() - hot) as u64;
         }
-        want.retain(|&ino| still_open(ino));
+        if !want.is_empty() {
+            drop_closed(&mut want);
+        }
         let before = found.len();
         for t in &mut self.tracked {
             if want.is_empty() {
@@ -378,6 +379,13 @@ impl ProcScanner {
             t.search_all(pass, &mut want, &mut found, &mut self.counters);
         }
         self.counters.hot_hits += (hot + found.len() - before) as u64;
+        if !want.is_empty()
+            && let Some(root) = self.root_dir()
+        {
+            let before = found.len();
+            self.search_young(&root, true, pass, &mut want, &mut found);
+            self.counters.new_pid_hits += (found.len() - before) as u64;
+        }
         if !want.is_empty() {
             self.counters.full_scans += 1;
             self.scan_all(pass, &mut want, &mut found);
@@ -434,18 +442,7 @@ impl ProcScanner {
         let Some(root) = self.root_dir() else { return };
         self.young
             .retain(|(at, t)| t.alive && at.elapsed() < YOUNG_FOR);
-        let mut i = 0;
-        while i < self.young.len() && !want.is_empty() {
-            let mut here = HashMap::new();
-            let t = &mut self.young[i].1;
-            t.search_all(pass, want, &mut here, &mut self.counters);
-            if here.is_empty() {
-                i += 1;
-            } else {
-                let (_, t) = self.young.remove(i);
-                self.settle(&root, t, here, want, found);
-            }
-        }
+        self.search_young(&root, false, pass, want, found);
         let Some(now) = self.read_last_pid(&root) else {
             return;
         };
@@ -479,6 +476,36 @@ impl ProcScanner {
                 self.young.push((Instant::now(), t));
             } else {
                 self.settle(&root, t, here, want, found);
+            }
+        }
+    }
+
+    /// Looks for `want` among the young processes: where a new descriptor would be, unless
+    /// `thorough` (then everywhere). Those found holding a socket are tracked.
+    fn search_young(
+        &mut self,
+        root: &OwnedFd,
+        thorough: bool,
+        pass: u64,
+        want: &mut HashSet<u32>,
+        found: &mut HashMap<u32, Holder>,
+    ) {
+        let mut i = 0;
+        while i < self.young.len() && !want.is_empty() {
+            let mut here = HashMap::new();
+            let t = &mut self.young[i].1;
+            if thorough {
+                t.search_all(pass, want, &mut here, &mut self.counters);
+            } else {
+                for tier in [Tier::Free, Tier::Churning] {
+                    t.search(tier, false, pass, want, &mut here, &mut self.counters);
+                }
+            }
+            if here.is_empty() {
+                i += 1;
+            } else {
+                let (_, t) = self.young.remove(i);
+                self.settle(root, t, here, want, found);
             }
         }
     }
@@ -664,6 +691,7 @@ impl ProcScanner {
     /// Puts a newly tracked process first, forgetting the least recently useful beyond
     /// [`TRACKED`].
     fn adopt(&mut self, t: Tracked) {
+        self.young.retain(|(_, y)| y.holder.pid != t.holder.pid);
         self.tracked.truncate(TRACKED - 1);
         self.tracked.insert(0, t);
     }
@@ -684,31 +712,29 @@ impl ProcScanner {
     /// Parent pid and start time (clock ticks since boot) from `/proc/<pid>/stat`, which is much
     /// cheaper for the kernel to produce than `status`. The start time tells a reused pid from
     /// the process that had it before.
-    pub fn stat(&self, pid: u32) -> Option<(u32, u64)> {
-        parse_stat(&fs::read_to_string(self.root.join(pid.to_string()).join("stat")).ok()?)
+    pub fn stat(&mut self, pid: u32) -> Option<(u32, u64)> {
+        read_stat(&self.root_dir()?, &pid.to_string())
     }
 
-    /// Facts about `pid`, or `None` if it is gone.
+    /// Facts about `pid`, or `None` if it is gone. Every file is read through one open
+    /// `/proc/<pid>` directory, so all the facts are of one process.
     pub fn process_info(&mut self, pid: u32) -> Option<ProcessInfo> {
-        let base = self.root.join(pid.to_string());
-        let name = fs::read_to_string(base.join("comm"))
-            .ok()?
-            .trim_end()
-            .to_owned();
-        let status = fs::read_to_string(base.join("status")).ok()?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let base =
+            rustix::fs::openat(self.root_dir()?, pid.to_string(), flags, Mode::empty()).ok()?;
+        let name = read_text(&base, "comm")?.trim_end().to_owned();
+        let status = read_text(&base, "status")?;
         let uid = status
             .lines()
             .find_map(|l| l.strip_prefix("Uid:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
-        let exe = fs::read_link(base.join("exe"))
+        let exe = rustix::fs::readlinkat(&base, "exe", Vec::new())
             .ok()
-            .map(|p| String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned());
-        let cmdline = fs::read(base.join("cmdline"))
+            .map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned());
+        let cmdline = read_bytes(&base, "cmdline")
             .map(|b| cmdline_text(&b))
             .unwrap_or_default();
-        let cgroup = fs::read_to_string(base.join("cgroup"))
-            .ok()
-            .and_then(|t| cgroup::path_from_proc(&t));
+        let cgroup = read_text(&base, "cgroup").and_then(|t| cgroup::path_from_proc(&t));
         let container = cgroup.as_deref().and_then(cgroup::container_of);
         let pod_uid = cgroup.as_deref().and_then(cgroup::pod_uid_of);
         let user = self.user_name(uid);
@@ -771,13 +797,20 @@ fn read_stat(dir: &impl AsFd, path: &str) -> Option<(u32, u64)> {
     parse_stat(&read_text(dir, &name)?)
 }
 
-/// The text of the file `name` under `dir`.
+/// The text of the file `name` under `dir` (see [`read_bytes`]).
 fn read_text(dir: &impl AsFd, name: &str) -> Option<String> {
+    String::from_utf8(read_bytes(dir, name)?).ok()
+}
+
+/// The contents of the small file `name` under `dir`, read whole with page-sized reads. Proc
+/// files report no size, so std's readers would stat them and then start with 32-byte reads;
+/// this takes two `read`s for a typical file.
+fn read_bytes(dir: &impl AsFd, name: &str) -> Option<Vec<u8>> {
     let flags = OFlags::RDONLY | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ok()?;
-    let mut text = String::new();
-    fs::File::from(fd).read_to_string(&mut text).ok()?;
-    Some(text)
+    let mut out = Vec::with_capacity(4096);
+    fs::File::from(fd).read_to_end(&mut out).ok()?;
+    Some(out)
 }
 
 /// The last pid handed out in this pid namespace: the last field of `/proc/loadavg`
@@ -956,7 +989,7 @@ mod tests {
 
     #[test]
     fn stat_gives_parent_and_start_time() {
-        let p = ProcScanner::default();
+        let mut p = ProcScanner::default();
         let (ppid, start) = p.stat(std::process::id()).unwrap();
         let status = fs::read_to_string("/proc/self/status").unwrap();
         let want: u32 = status
@@ -1047,16 +1080,16 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut p = ProcScanner::default();
         // A first pass that misses everywhere notes the last pid handed out.
-        assert!(p.holders(&[1], |_| false).is_empty());
+        assert!(p.holders(&[1], HashSet::clear).is_empty());
         let before = p.counters;
         let (mut child, inode) = child_with_socket(&l);
-        let h = p.holders(&[inode], |_| true)[&inode];
+        let h = p.holders(&[inode], |_| {})[&inode];
         assert_eq!(h.pid, child.id());
         assert_eq!(p.counters.new_pid_hits, before.new_pid_hits + 1);
         assert_eq!(p.counters.full_scans, before.full_scans, "{:?}", p.counters);
         // Now tracked: found where it was seen.
         let again = p.counters;
-        assert_eq!(p.holders(&[inode], |_| true)[&inode], h);
+        assert_eq!(p.holders(&[inode], |_| {})[&inode], h);
         assert_eq!(p.counters.hot_hits, again.hot_hits + 1);
         child.kill().unwrap();
         child.wait().unwrap();
@@ -1068,7 +1101,7 @@ mod tests {
         let (mut child, inode) = child_with_socket(&l);
         let pid = child.id();
         let mut p = ProcScanner::default();
-        let h = p.holders(&[inode], |_| true)[&inode];
+        let h = p.holders(&[inode], |_| {})[&inode];
         assert_eq!(h.pid, pid);
         assert_eq!(Some(h.start), p.stat(pid).map(|(_, s)| s));
         // Make the entry stand for another process that had the same pid (its directory is
@@ -1080,7 +1113,7 @@ mod tests {
         p.tracked[i].fds = Dir::new(other).unwrap();
         p.tracked[i].holder.start += 1;
         p.tracked[i].table = FdTable::default();
-        let again = p.holders(&[inode], |_| true);
+        let again = p.holders(&[inode], |_| {});
         assert_eq!(
             again.get(&inode),
             Some(&h),
@@ -1090,7 +1123,7 @@ mod tests {
         // Once it has exited and been reaped, its socket is held by nobody and the entry goes.
         child.kill().unwrap();
         child.wait().unwrap();
-        assert_eq!(p.holders(&[inode], |_| false).get(&inode), None);
+        assert_eq!(p.holders(&[inode], HashSet::clear).get(&inode), None);
         assert!(p.tracked.iter().all(|t| t.holder.pid != pid));
     }
 }
