@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -288,23 +288,29 @@ fn worker(mut sd: SockDiag, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: Att
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_batch = Instant::now();
     let mut rate = 0.0f64; // flows per second, smoothed
-    while let Ok(first) = rx.recv() {
-        // At high rates, let a few more flows arrive: one pass over a busy process's
-        // descriptors then serves them all. At low rates CPU does not matter and waiting
-        // would only risk missing a short-lived process, so resolve at once.
-        let window = if rate >= cfg.batch_above_rate {
-            cfg.batch_window
-        } else {
-            Duration::ZERO
-        };
-        // One sleep for the whole window: waking up for every arriving flow would cost a
-        // context switch each, as much as resolving it. The queue holds what arrives meanwhile.
-        if !window.is_zero() {
-            std::thread::sleep(window);
-        }
+    let mut open = true;
+    while open {
         batch.clear();
-        batch.push(first);
-        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+        if rate >= cfg.batch_above_rate {
+            // At high rates, let flows gather for a window: one pass over a busy process's
+            // descriptors then serves them all. One sleep for the whole window, without parking
+            // on the queue: waking up for each arriving flow (and having the capture thread
+            // wake this one) would cost a context switch each, as much as resolving a flow.
+            std::thread::sleep(cfg.batch_window);
+            open = drain(&rx, &mut batch);
+            if batch.is_empty() {
+                rate = 0.0;
+                continue;
+            }
+        } else {
+            // At low rates CPU does not matter and waiting would only risk missing a
+            // short-lived process: resolve as soon as a flow arrives.
+            match rx.recv() {
+                Ok(first) => batch.push(first),
+                Err(_) => break,
+            }
+            open = drain(&rx, &mut batch);
+        }
         let t0 = Instant::now();
         let since = t0.duration_since(last_batch).as_secs_f64().max(1e-6);
         rate = 0.8 * rate + 0.2 * (batch.len() as f64 / since);
@@ -355,6 +361,19 @@ fn worker(mut sd: SockDiag, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: Att
         n.busy_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
+}
+
+/// Moves what is queued into `batch`, up to [`MAX_BATCH`]. `false` once the queue is closed
+/// (the [`Attributor`] dropped) and empty.
+fn drain(rx: &Receiver<FlowKey>, batch: &mut Vec<FlowKey>) -> bool {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(k) => batch.push(k),
+            Err(TryRecvError::Empty) => return true,
+            Err(TryRecvError::Disconnected) => return false,
+        }
+    }
+    true
 }
 
 /// Resolves one flow (see the crate documentation for the steps).
