@@ -204,6 +204,14 @@ impl FdTable {
         self.synced == pass && self.slots.values().all(|s| s.probed == pass)
     }
 
+    /// How many numbers are believed open: listed or seen open, and not seen closed since.
+    pub(crate) fn believed_open(&self) -> usize {
+        self.slots
+            .values()
+            .filter(|s| s.probed == 0 || s.seen.is_some())
+            .count()
+    }
+
     /// Descriptor numbers remembered (after a listing: those open).
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
@@ -290,6 +298,18 @@ mod tests {
         assert_eq!(all(&t, 4), vec![vec![4], vec![], vec![5]]);
         t.record(4, Some(66), 4);
         assert_eq!(all(&t, 5), vec![vec![], vec![4], vec![5]]);
+    }
+
+    #[test]
+    fn numbers_believed_open_are_listed_or_seen_open() {
+        let mut t = seeded(&[0, 1, 2]);
+        assert_eq!(t.believed_open(), 3);
+        t.record(1, None, 2);
+        assert_eq!(t.believed_open(), 2, "seen closed");
+        t.sync(&[0, 2, 7], 3);
+        assert_eq!(t.believed_open(), 3, "7 listed, not probed yet");
+        t.record(3, None, 3);
+        assert_eq!(t.believed_open(), 3, "an unknown closed number is not kept");
     }
 
     #[test]
