@@ -1653,3 +1653,12 @@ fn check_spiffe_id_of(der: &[u8]) {
         assert_eq!(SpiffeId::parse(id.as_str()).as_ref(), Ok(&id));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// sock_diag replies (`hais_attribute::sockdiag`): what the kernel sends the attributor.
+
+/// One netlink datagram of sock_diag replies (socket records, errors, done markers, in any
+/// mix and truncated anywhere).
+pub fn sock_diag(data: &[u8]) {
+    hais_attribute::sockdiag::fuzz_replies(data);
+}

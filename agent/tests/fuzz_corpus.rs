@@ -23,6 +23,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("spool", fuzzing::spool),
     ("identity_text", fuzzing::identity_text),
     ("svid", fuzzing::svid),
+    ("sock_diag", fuzzing::sock_diag),
 ];
 
 fn fuzz_dir() -> PathBuf {

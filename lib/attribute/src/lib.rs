@@ -11,9 +11,11 @@
 //!    exact addresses, first as the initiator (outbound), then as the responder (inbound). The
 //!    answer carries the socket's inode and owner uid. An inbound connection not yet accepted
 //!    has no inode; it is then attributed to the listening socket's owner.
-//! 2. [`procfs`] finds the process holding that inode among `/proc/<pid>/fd`, looking first at
-//!    processes that owned sockets recently (remembering their descriptors between passes, so
-//!    that mostly new descriptors are looked at), and reads its facts.
+//! 2. [`procfs`] finds the process holding that inode among `/proc/<pid>/fd`, from likely to
+//!    exhaustive: the descriptors likely to be new in processes that owned sockets recently
+//!    (their descriptors are remembered between passes), then the processes created since the
+//!    last pass (the last pid handed out is in `/proc/loadavg`), then everything; and reads its
+//!    facts. The queries of a batch of flows go to the kernel in one sock_diag round trip.
 //! 3. [`cgroup`] turns the process's cgroup path into a container id and a Kubernetes pod UID.
 
 pub mod attributor;

@@ -5,10 +5,6 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
-use netlink_packet_sock_diag::SockDiagMessage;
-use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
-use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr as NlAddr};
 
@@ -90,44 +86,15 @@ impl SockDiag {
         let mut pending = queries.len();
         while pending > 0 {
             let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            let mut off = 0;
-            while off < n {
-                let reply = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[off..n])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = reply.header.length as usize;
+            for (seq, reply) in Replies(&self.buf[..n]) {
                 // Replies to earlier, abandoned requests carry older sequence numbers.
-                let i = reply.header.sequence_number.wrapping_sub(first) as usize;
-                if i < answers.len() {
-                    let answer = match reply.payload {
-                        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                            let id = &r.header.socket_id;
-                            Some(Ok(Some(SocketOwner {
-                                inode: r.header.inode,
-                                uid: r.header.uid,
-                                local: SocketAddr::new(id.source_address, id.source_port),
-                                remote: SocketAddr::new(
-                                    id.destination_address,
-                                    id.destination_port,
-                                ),
-                            })))
-                        }
-                        NetlinkPayload::Error(e) => Some(match e.code {
-                            // ENOENT: no such socket.
-                            Some(c) if c.get() != -2 => Err(io::Error::from_raw_os_error(-c.get())),
-                            _ => Ok(None),
-                        }),
-                        NetlinkPayload::Done(_) => Some(Ok(None)),
-                        _ => None,
-                    };
-                    if let Some(a) = answer {
-                        answers[i] = a?;
-                        pending -= 1;
-                    }
+                let i = seq.wrapping_sub(first) as usize;
+                if i < answers.len()
+                    && let Some(r) = reply
+                {
+                    answers[i] = r?;
+                    pending -= 1;
                 }
-                if len == 0 {
-                    break;
-                }
-                off += len;
             }
         }
         Ok(())
@@ -138,7 +105,24 @@ impl SockDiag {
 /// receive buffer many times over.
 const MAX_REQUESTS: usize = 256;
 
-/// Appends an exact-match request for the socket `local` ↔ `remote` to `buf`.
+/// Netlink and sock_diag constants (`linux/netlink.h`, `linux/sock_diag.h`, `linux/inet_diag.h`).
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLM_F_REQUEST: u16 = 1;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const ENOENT: i32 = 2;
+/// `struct nlmsghdr`, `struct inet_diag_req_v2` and `struct inet_diag_msg` sizes.
+const NLMSG_HDR: usize = 16;
+const REQ_LEN: usize = NLMSG_HDR + 56;
+const MSG_LEN: usize = 72;
+
+/// Appends an exact-match request (`nlmsghdr` + `inet_diag_req_v2`) for the socket `local` ↔
+/// `remote` to `buf`. The layout is the kernel's, in native byte order except the ports and
+/// addresses (network order).
 fn encode_request(
     seq: u32,
     proto: Proto,
@@ -155,36 +139,106 @@ fn encode_request(
         Proto::Tcp => (local, remote),
         Proto::Udp => (remote, local),
     };
-    let family = if local.is_ipv4() { AF_INET } else { AF_INET6 };
-    let mut hdr = NetlinkHeader::default();
-    hdr.flags = NLM_F_REQUEST;
-    hdr.sequence_number = seq;
-    let mut msg = NetlinkMessage::new(
-        hdr,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: match proto {
-                Proto::Tcp => IPPROTO_TCP,
-                Proto::Udp => IPPROTO_UDP,
-            },
-            extensions: ExtensionFlags::empty(),
-            states: StateFlags::all(),
-            socket_id: SocketId {
-                source_port: src.port(),
-                destination_port: dst.port(),
-                source_address: src.ip(),
-                destination_address: dst.ip(),
-                interface_id: 0,
-                // All ones: "no cookie", match by addresses.
-                cookie: [0xff; 8],
-            },
-        })
-        .into(),
-    );
-    msg.finalize();
-    let at = buf.len();
-    buf.resize(at + msg.buffer_len(), 0);
-    msg.serialize(&mut buf[at..]);
+    buf.extend_from_slice(&(REQ_LEN as u32).to_ne_bytes());
+    buf.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    buf.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
+    buf.push(if local.is_ipv4() { AF_INET } else { AF_INET6 });
+    buf.push(match proto {
+        Proto::Tcp => IPPROTO_TCP,
+        Proto::Udp => IPPROTO_UDP,
+    });
+    buf.push(0); // no extensions
+    buf.push(0);
+    buf.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    buf.extend_from_slice(&src.port().to_be_bytes());
+    buf.extend_from_slice(&dst.port().to_be_bytes());
+    for a in [src.ip(), dst.ip()] {
+        let mut field = [0u8; 16];
+        match a {
+            IpAddr::V4(v4) => field[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => field = v6.octets(),
+        }
+        buf.extend_from_slice(&field);
+    }
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // any interface
+    buf.extend_from_slice(&[0xff; 8]); // no cookie: match by addresses
+}
+
+/// The messages of one netlink datagram: each reply's sequence number and, for the replies
+/// that answer a request, the answer (`Ok(None)`: no such socket). Malformed or truncated
+/// bytes end the iteration; they never panic.
+struct Replies<'a>(&'a [u8]);
+
+impl Iterator for Replies<'_> {
+    type Item = (u32, Option<io::Result<Option<SocketOwner>>>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.0;
+        let len = u32::from_ne_bytes(b.get(0..4)?.try_into().ok()?) as usize;
+        if len < NLMSG_HDR || len > b.len() {
+            self.0 = &[];
+            return None;
+        }
+        // Messages are padded to 4 bytes.
+        self.0 = b.get(len.next_multiple_of(4)..).unwrap_or(&[]);
+        let kind = u16::from_ne_bytes([b[4], b[5]]);
+        let seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+        let body = &b[NLMSG_HDR..len];
+        let answer = match kind {
+            SOCK_DIAG_BY_FAMILY => Some(decode_socket(body).map(Some).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "short sock_diag reply")
+            })),
+            NLMSG_ERROR => {
+                let code = body
+                    .get(0..4)
+                    .map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+                Some(match -code {
+                    0 | ENOENT => Ok(None),
+                    e => Err(io::Error::from_raw_os_error(e)),
+                })
+            }
+            NLMSG_DONE => Some(Ok(None)),
+            _ => None,
+        };
+        Some((seq, answer))
+    }
+}
+
+/// Decodes one netlink datagram as [`SockDiag`] would, checking what must hold for any bytes:
+/// no panic, and every decoded socket's two ends of one family. For the fuzz target
+/// (`fuzz/fuzz_targets/sock_diag.rs`) and its corpus replay.
+#[doc(hidden)]
+pub fn fuzz_replies(datagram: &[u8]) {
+    for (_, answer) in Replies(datagram) {
+        if let Some(Ok(Some(o))) = answer {
+            assert_eq!(o.local.is_ipv4(), o.remote.is_ipv4());
+        }
+    }
+}
+
+/// A `struct inet_diag_msg`.
+fn decode_socket(m: &[u8]) -> Option<SocketOwner> {
+    if m.len() < MSG_LEN {
+        return None;
+    }
+    let u32_at = |o: usize| u32::from_ne_bytes([m[o], m[o + 1], m[o + 2], m[o + 3]]);
+    let addr = |o: usize| -> IpAddr {
+        if m[0] == AF_INET {
+            IpAddr::V4(Ipv4Addr::new(m[o], m[o + 1], m[o + 2], m[o + 3]))
+        } else {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&m[o..o + 16]);
+            IpAddr::V6(Ipv6Addr::from(a))
+        }
+    };
+    Some(SocketOwner {
+        local: SocketAddr::new(addr(8), u16::from_be_bytes([m[4], m[5]])),
+        remote: SocketAddr::new(addr(24), u16::from_be_bytes([m[6], m[7]])),
+        uid: u32_at(64),
+        inode: u32_at(68),
+    })
 }
 
 fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
@@ -211,6 +265,85 @@ pub fn wildcard_for(addr: SocketAddr) -> SocketAddr {
 mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream, UdpSocket};
+
+    /// A reply as the kernel sends it for a TCP socket 127.0.0.1:40000 ↔ 127.0.0.1:443.
+    fn reply(seq: u32) -> Vec<u8> {
+        let mut m = vec![0u8; NLMSG_HDR + MSG_LEN];
+        m[0..4].copy_from_slice(&((NLMSG_HDR + MSG_LEN) as u32).to_ne_bytes());
+        m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        m[8..12].copy_from_slice(&seq.to_ne_bytes());
+        let d = &mut m[NLMSG_HDR..];
+        d[0] = AF_INET;
+        d[4..6].copy_from_slice(&40000u16.to_be_bytes());
+        d[6..8].copy_from_slice(&443u16.to_be_bytes());
+        d[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        d[24..28].copy_from_slice(&[127, 0, 0, 1]);
+        d[64..68].copy_from_slice(&1000u32.to_ne_bytes());
+        d[68..72].copy_from_slice(&4242u32.to_ne_bytes());
+        m
+    }
+
+    #[test]
+    fn replies_decode_and_bad_bytes_never_panic() {
+        let mut two = reply(7);
+        let mut err = vec![0u8; NLMSG_HDR + 20];
+        err[0..4].copy_from_slice(&((NLMSG_HDR + 20) as u32).to_ne_bytes());
+        err[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        err[8..12].copy_from_slice(&8u32.to_ne_bytes());
+        err[16..20].copy_from_slice(&(-ENOENT).to_ne_bytes());
+        two.extend_from_slice(&err);
+        let got: Vec<_> = Replies(&two).collect();
+        assert_eq!(got.len(), 2);
+        let (seq, Some(Ok(Some(o)))) = &got[0] else {
+            panic!("{:?}", got[0]);
+        };
+        assert_eq!(*seq, 7);
+        assert_eq!(o.local, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(o.remote, "127.0.0.1:443".parse().unwrap());
+        assert_eq!((o.uid, o.inode), (1000, 4242));
+        assert!(matches!(got[1], (8, Some(Ok(None)))));
+        // Every truncation, and every byte flipped, is survived.
+        for cut in 0..two.len() {
+            let _ = Replies(&two[..cut]).count();
+        }
+        for i in 0..two.len() {
+            let mut bad = two.clone();
+            bad[i] ^= 0xff;
+            let _ = Replies(&bad).count();
+        }
+        // A length field pointing past the end, or below a header, ends the datagram.
+        let mut long = reply(1);
+        long[0..4].copy_from_slice(&1000u32.to_ne_bytes());
+        assert_eq!(Replies(&long).count(), 0);
+        long[0..4].copy_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(Replies(&long).count(), 0);
+    }
+
+    #[test]
+    fn requests_have_the_kernel_layout() {
+        let mut b = Vec::new();
+        let local: SocketAddr = "10.0.0.1:1234".parse().unwrap();
+        let remote: SocketAddr = "[::1]:80".parse().unwrap();
+        encode_request(9, Proto::Tcp, local, remote, &mut b);
+        assert_eq!(b.len(), REQ_LEN);
+        assert_eq!(
+            u32::from_ne_bytes(b[0..4].try_into().unwrap()),
+            REQ_LEN as u32
+        );
+        assert_eq!(b[16], AF_INET6, "mixed families go as IPv6, v4-mapped");
+        assert_eq!(&b[24..26], &1234u16.to_be_bytes());
+        assert_eq!(
+            &b[28..44],
+            &"::ffff:10.0.0.1".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!(&b[64..72], &[0xff; 8]);
+        // UDP: the local end second.
+        let mut u = Vec::new();
+        encode_request(9, Proto::Udp, local, wildcard_for(local), &mut u);
+        assert_eq!((u[16], u[17]), (AF_INET, IPPROTO_UDP));
+        assert_eq!(&u[26..28], &1234u16.to_be_bytes());
+        assert_eq!(&u[44..48], &[10, 0, 0, 1]);
+    }
 
     #[test]
     fn many_lookups_are_answered_in_order() {
