@@ -1273,57 +1273,16 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-macro_rules! suite {
-    ($modname:ident, $backend:expr) => {
-        mod $modname {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn ingest_dedup_and_rollups() {
-                super::ingest_dedup_and_rollups($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn search_filters_and_pagination() {
-                super::search_filters_and_pagination($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn top_counts_events() {
-                super::top_counts_events($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn retention_deletes_old_data() {
-                super::retention_deletes_old_data($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn auth_failures() {
-                super::auth_failures($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn bad_input_is_4xx_json() {
-                super::bad_input_is_4xx_json($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn ops_endpoints() {
-                super::ops_endpoints($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn odd_but_valid_text_round_trips() {
-                super::odd_but_valid_text_round_trips($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn instances_share_secret_and_users() {
-                super::instances_share_secret_and_users($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn rollup_stage_replay_after_partial_fold() {
-                super::rollup_stage_replay_after_partial_fold($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn rollup_stage_concurrent_batches() {
-                super::rollup_stage_concurrent_batches($backend).await
-            }
-        }
-    };
-}
-
-suite!(sqlite, Backend::Sqlite);
-suite!(postgres, Backend::Postgres);
+crate::backend_tests!(
+    ingest_dedup_and_rollups,
+    search_filters_and_pagination,
+    top_counts_events,
+    retention_deletes_old_data,
+    auth_failures,
+    bad_input_is_4xx_json,
+    ops_endpoints,
+    odd_but_valid_text_round_trips,
+    instances_share_secret_and_users,
+    rollup_stage_replay_after_partial_fold,
+    rollup_stage_concurrent_batches,
+);

@@ -754,33 +754,10 @@ async fn inventory(backend: Backend) {
     t.finish().await;
 }
 
-macro_rules! suite {
-    ($modname:ident, $backend:expr) => {
-        mod $modname {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn entries_crud_and_validation() {
-                super::entries_crud_and_validation($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn spire_import() {
-                super::spire_import($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn resolution_on_ingest() {
-                super::resolution_on_ingest($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn uplink_events_are_resolved() {
-                super::uplink_events_are_resolved($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn inventory() {
-                super::inventory($backend).await
-            }
-        }
-    };
-}
-
-suite!(sqlite, Backend::Sqlite);
-suite!(postgres, Backend::Postgres);
+crate::backend_tests!(
+    entries_crud_and_validation,
+    spire_import,
+    resolution_on_ingest,
+    uplink_events_are_resolved,
+    inventory,
+);

@@ -385,18 +385,19 @@ async fn bad_identities_refused(backend: Backend) {
     let addr = uplink_addr(&t);
     let a = enroll(addr, &new_token(&t).await).await;
     let server = control_plane_id();
+    // How the uplink answers a connection presenting `svid`.
+    let answer = |svid: &Svid| {
+        refused(
+            addr,
+            hais_svid::uplink_client_config(svid, &a.bundle, &server).unwrap(),
+        )
+    };
+    let hour = Duration::from_secs(3600);
 
     // Another CA's SVID for the very same agent id: the handshake fails (TLS alert, no app code).
     let other_ca = CertificateAuthority::generate("hais.local").unwrap();
-    let foreign = other_ca
-        .issue(&a.svid.spiffe_id, &[], Duration::from_secs(3600))
-        .unwrap();
-    let code = refused(
-        addr,
-        hais_svid::uplink_client_config(&foreign, &a.bundle, &server).unwrap(),
-    )
-    .await;
-    assert_eq!(code, None, "refused by TLS, not after it");
+    let foreign = other_ca.issue(&a.svid.spiffe_id, &[], hour).unwrap();
+    assert_eq!(answer(&foreign).await, None, "refused by TLS, not after it");
 
     // An SVID of the right CA that has expired.
     let ca = stored_ca(&t).await;
@@ -406,12 +407,11 @@ async fn bad_identities_refused(backend: Backend) {
         .unwrap();
     let short = Svid::from_der(chain.iter().map(|c| c.to_vec()).collect(), key).unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let code = refused(
-        addr,
-        hais_svid::uplink_client_config(&short, &a.bundle, &server).unwrap(),
-    )
-    .await;
-    assert_eq!(code, None, "an expired SVID is refused by TLS");
+    assert_eq!(
+        answer(&short).await,
+        None,
+        "an expired SVID is refused by TLS"
+    );
 
     // No client certificate on the uplink ALPN.
     let mut anonymous = (*hais_svid::enroll_client_config(ca.hash()).unwrap()).clone();
@@ -420,34 +420,14 @@ async fn bad_identities_refused(backend: Backend) {
     assert_eq!(code, Some(close::UNAUTHORIZED.into()));
 
     // A valid SVID of the trust domain that is not an agent's.
-    let not_agent = ca
-        .issue(
-            &SpiffeId::new("hais.local", "/some/workload").unwrap(),
-            &[],
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-    let code = refused(
-        addr,
-        hais_svid::uplink_client_config(&not_agent, &a.bundle, &server).unwrap(),
-    )
-    .await;
-    assert_eq!(code, Some(close::UNAUTHORIZED.into()));
+    let workload = SpiffeId::new("hais.local", "/some/workload").unwrap();
+    let not_agent = ca.issue(&workload, &[], hour).unwrap();
+    assert_eq!(answer(&not_agent).await, Some(close::UNAUTHORIZED.into()));
 
     // A valid agent SVID for an agent this control plane never enrolled.
-    let ghost = ca
-        .issue(
-            &SpiffeId::agent("hais.local", &uuid::Uuid::now_v7().to_string()).unwrap(),
-            &[],
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-    let code = refused(
-        addr,
-        hais_svid::uplink_client_config(&ghost, &a.bundle, &server).unwrap(),
-    )
-    .await;
-    assert_eq!(code, Some(close::UNAUTHORIZED.into()));
+    let never = SpiffeId::agent("hais.local", &uuid::Uuid::now_v7().to_string()).unwrap();
+    let ghost = ca.issue(&never, &[], hour).unwrap();
+    assert_eq!(answer(&ghost).await, Some(close::UNAUTHORIZED.into()));
 
     // The genuine one still works.
     let conn = uplink(addr, &a).await.unwrap();
@@ -661,42 +641,13 @@ async fn connection_limit(backend: Backend) {
     t.finish().await;
 }
 
-macro_rules! suite {
-    ($modname:ident, $backend:expr) => {
-        mod $modname {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn enroll_and_stream() {
-                super::enroll_and_stream($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn token_rules() {
-                super::token_rules($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn bad_identities_refused() {
-                super::bad_identities_refused($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn revocation() {
-                super::revocation($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn connection_limit() {
-                super::connection_limit($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn token_cli() {
-                super::token_cli($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "measurement; run with --ignored --nocapture"]
-            async fn throughput() {
-                super::throughput($backend).await
-            }
-        }
-    };
-}
-
-suite!(sqlite, Backend::Sqlite);
-suite!(postgres, Backend::Postgres);
+crate::backend_tests!(
+    enroll_and_stream,
+    token_rules,
+    bad_identities_refused,
+    revocation,
+    connection_limit,
+    token_cli,
+    #[ignore = "measurement; run with --ignored --nocapture"]
+    throughput,
+);

@@ -546,21 +546,7 @@ macro_rules! impl_identity_store {
             ) -> $crate::store::StoreFuture<'_, Vec<$crate::store::identity::EntryRecord>> {
                 // A read started after a write's commit sees it (SQLite: WAL), so a reload right
                 // after a change needs not wait for the single writer.
-                let $r = self;
-                Box::pin(async move {
-                    let sql = format!(
-                        "SELECT {} FROM registration_entries ORDER BY id",
-                        $crate::store::identity::ENTRY_COLUMNS
-                    );
-                    let rows: Vec<$crate::store::identity::EntryRow> =
-                        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                            .fetch_all($rexpr)
-                            .await?;
-                    Ok(rows
-                        .into_iter()
-                        .map($crate::store::identity::entry_from_row)
-                        .collect())
-                })
+                $crate::store::identity::IdentityStore::list_entries(self, None, u32::MAX)
             }
 
             fn record_conflicts<'a>(

@@ -37,7 +37,7 @@ pub struct Seen {
 }
 
 impl Seen {
-    fn add(&mut self, ts: i64) {
+    pub(crate) fn add(&mut self, ts: i64) {
         self.first_us = self.first_us.min(ts);
         self.last_us = self.last_us.max(ts);
         self.count += 1;
@@ -47,7 +47,7 @@ impl Seen {
         self.last_us = self.last_us.max(o.last_us);
         self.count += o.count;
     }
-    fn new(ts: i64) -> Self {
+    pub(crate) fn new(ts: i64) -> Self {
         Seen {
             first_us: ts,
             last_us: ts,

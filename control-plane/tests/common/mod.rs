@@ -25,6 +25,33 @@ pub const ADMIN_PASSWORD: &str = "test-admin-password";
 /// Known secret, so tests can forge expired and foreign tokens.
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
+/// Declares the test file's `async fn name(backend: Backend)` scenarios as tests against both
+/// backends, in modules `sqlite` and `postgres` (so `cargo test sqlite::` runs one backend).
+/// Attributes written before a name (`#[ignore = "…"]`) apply to both of its tests.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                $(#[$attr])*
+                async fn $name() {
+                    super::$name(super::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                $(#[$attr])*
+                async fn $name() {
+                    super::$name(super::common::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,

@@ -235,16 +235,8 @@ pub async fn record(
         for other in &c.others {
             deltas
                 .entry((c.spiffe_id.clone(), other.clone()))
-                .and_modify(|s: &mut Seen| {
-                    s.first_us = s.first_us.min(ts);
-                    s.last_us = s.last_us.max(ts);
-                    s.count += 1;
-                })
-                .or_insert(Seen {
-                    first_us: ts,
-                    last_us: ts,
-                    count: 1,
-                });
+                .and_modify(|s: &mut Seen| s.add(ts))
+                .or_insert_with(|| Seen::new(ts));
         }
     }
     if !deltas.is_empty() {
