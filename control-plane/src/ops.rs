@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use crate::service::ServiceName;
 use crate::state::AppState;
 
 /// Upper bounds (seconds) of the request-duration histogram buckets.
@@ -359,8 +360,25 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         state.store.backend(),
         state.bus.backend(),
     );
+    // The roll-up stage's backlog (see `store::fold`): at sustained high ingest the fold can
+    // trail, and this is where an operator sees it. Reported by the services that own the
+    // roll-ups; a store too slow to answer leaves the lines out rather than delay the scrape.
+    if matches!(state.service, ServiceName::All | ServiceName::Ja4)
+        && let Ok(Ok(b)) =
+            tokio::time::timeout(Duration::from_secs(1), state.store.pending_rollups()).await
+    {
+        let _ = writeln!(
+            text,
+            "# HELP hais_rollup_backlog_events Stored events whose roll-up deltas are not folded into the roll-up tables yet.
+             # TYPE hais_rollup_backlog_events gauge
+hais_rollup_backlog_events {}
+             # HELP hais_rollup_backlog_records Roll-up delta records (one per ingest transaction) waiting to be folded.
+             # TYPE hais_rollup_backlog_records gauge
+hais_rollup_backlog_records {}",
+            b.events, b.groups
+        );
+    }
     if let Some(ext) = state.spire.as_ref().and_then(|s| s.external.as_ref()) {
-        use std::fmt::Write;
         let st = ext.status();
         let _ = writeln!(
             text,

@@ -951,6 +951,15 @@ async fn ops_endpoints(backend: Backend) {
     .unwrap();
     assert!(text.contains("hais_ingest_events_stored_total 1"), "{text}");
     assert!(text.contains("hais_http_request_duration_seconds_bucket{le=\"+Inf\"}"));
+    // The roll-up backlog: the one event at most, and nothing once a read has folded it.
+    assert!(backlog(&text) <= 1, "{text}");
+    let (s, _) = t
+        .call("GET", "/api/ja4/fingerprints", Some(&t.admin), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, text) = t.get_text("/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(backlog(&text), 0, "{text}");
     let (s, v) = t.call("GET", "/api/openapi.json", None, None).await;
     assert_eq!(s, StatusCode::OK);
     for p in [
@@ -1159,6 +1168,15 @@ async fn assert_rollups(store: &dyn Store, want: &Expected) {
     let want: BTreeMap<(Method, String), i64> =
         want.iter().map(|(k, v)| (k.clone(), v.0)).collect();
     assert_eq!(got, want);
+}
+
+/// `hais_rollup_backlog_events` of a metrics page (which must report it).
+fn backlog(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hais_rollup_backlog_events "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no roll-up backlog in {metrics}"))
 }
 
 /// The roll-up stage: deltas pending across a crash (a store closed without folding), a partial
