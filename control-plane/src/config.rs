@@ -304,6 +304,13 @@ pub const KEYS: &[KeyDoc] = &[
         help: "most requests (batches) one agent connection may have in flight",
     },
     KeyDoc {
+        key: "ja4.uplink_request_timeout",
+        env: "HAIS_JA4_UPLINK_REQUEST_TIMEOUT",
+        kind: KeyKind::Str,
+        default: "30s",
+        help: "how long an agent may take to send one whole request; a slower one is answered with an error (1s to 10m)",
+    },
+    KeyDoc {
         key: "upstreams.<service>",
         env: "HAIS_UPSTREAM_<SERVICE>",
         kind: KeyKind::Str,
@@ -445,6 +452,9 @@ pub struct Ja4Config {
     pub uplink_bind: Option<SocketAddr>,
     pub uplink_max_connections: usize,
     pub uplink_max_streams: u32,
+    /// A stream whose request is not complete by then is answered with an error and closed, so
+    /// a slow or stalled sender cannot hold one of the connection's streams for ever.
+    pub uplink_request_timeout: HumanDuration,
 }
 
 impl Default for Ja4Config {
@@ -456,6 +466,7 @@ impl Default for Ja4Config {
             ))),
             uplink_max_connections: 10_000,
             uplink_max_streams: 32,
+            uplink_request_timeout: HumanDuration::from_secs(30),
         }
     }
 }
@@ -691,6 +702,12 @@ impl Config {
                 "spire.token_ttl must be at most 30d".into(),
             ));
         }
+        let t = self.ja4.uplink_request_timeout.0;
+        if t < Duration::from_secs(1) || t > Duration::from_secs(600) {
+            return Err(ConfigError::Invalid(
+                "ja4.uplink_request_timeout must be between 1s and 10m".into(),
+            ));
+        }
         if self.ja4.uplink_max_connections == 0 || self.ja4.uplink_max_streams == 0 {
             return Err(ConfigError::Invalid(
                 "ja4.uplink_max_connections and ja4.uplink_max_streams must be > 0".into(),
@@ -873,6 +890,17 @@ mod tests {
         assert!(e.to_string().contains("server_dns_names"), "{e}");
         let e = Config::load(None, env_of(&[("HAIS_JA4_UPLINK_BIND", "nowhere")])).unwrap_err();
         assert!(e.to_string().contains("uplink_bind"), "{e}");
+        assert_eq!(d.ja4.uplink_request_timeout.0, Duration::from_secs(30));
+        let t = Config::load(None, env_of(&[("HAIS_JA4_UPLINK_REQUEST_TIMEOUT", "5s")])).unwrap();
+        assert_eq!(t.ja4.uplink_request_timeout.0, Duration::from_secs(5));
+        for bad in ["11m", "0s"] {
+            let e = Config::load(None, env_of(&[("HAIS_JA4_UPLINK_REQUEST_TIMEOUT", bad)]))
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("uplink_request_timeout"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -641,7 +641,39 @@ async fn connection_limit(backend: Backend) {
     t.finish().await;
 }
 
+/// A request not complete within `ja4.uplink_request_timeout` is answered with an error and
+/// its stream closed; the connection goes on serving.
+async fn slow_request_times_out(backend: Backend) {
+    let iso = common::Isolation::new(backend, "uplinkslow").await;
+    let mut config = iso.config();
+    config.ja4.uplink_request_timeout = "1s".parse().unwrap();
+    let t = TestApp::start_with(iso, config).await;
+    let addr = uplink_addr(&t);
+    let a = enroll(addr, &new_token(&t).await).await;
+    let conn = connect_when_free(addr, &a).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let whole = wire::encode(&heartbeat_req());
+    send.write_all(&whole[..whole.len() / 2]).await.unwrap();
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        recv.read_to_end(wire::MAX_MESSAGE_LEN),
+    )
+    .await
+    .expect("answered before the test's own timeout")
+    .unwrap();
+    let waited = started.elapsed();
+    let e = wire_error(wire::decode(&answer).unwrap());
+    assert_eq!(e.code, ErrorCode::BadRequest as i32, "{e:?}");
+    assert!(e.message.contains("within 1 s"), "{}", e.message);
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    // The half-sent request did not cost the connection.
+    call(&conn, &heartbeat_req()).await.unwrap();
+    t.finish().await;
+}
+
 crate::backend_tests!(
+    slow_request_times_out,
     enroll_and_stream,
     token_rules,
     bad_identities_refused,

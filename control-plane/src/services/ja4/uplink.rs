@@ -20,7 +20,8 @@
 //! them (a waiting stream is back-pressured by QUIC flow control), and enrollments have their own
 //! [`MAX_ENROLL_IN_FLIGHT`] so unauthenticated peers cannot starve agents; a request is at most
 //! `wire::MAX_MESSAGE_LEN` bytes ([`MAX_ENROLL_MESSAGE_LEN`] for enrollment) and must arrive
-//! within [`REQUEST_TIMEOUT`]; an enrollment connection lives at most [`ENROLL_LIFETIME`].
+//! within `ja4.uplink_request_timeout` (30 s); an enrollment connection lives at most
+//! [`ENROLL_LIFETIME`].
 //!
 //! # Delivery
 //! A batch is answered only after the store committed it. Invalid events (malformed, failing the
@@ -59,8 +60,6 @@ pub const MAX_IN_FLIGHT: usize = 256;
 pub const MAX_ENROLL_IN_FLIGHT: usize = 16;
 /// Largest enrollment request (a token and a CSR are well under 2 KB).
 pub const MAX_ENROLL_MESSAGE_LEN: usize = 64 * 1024;
-/// A request must be complete within this long after its stream opened.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// An enrollment needs one exchange; its connection is closed after this long.
 pub const ENROLL_LIFETIME: Duration = Duration::from_secs(30);
 /// The TLS handshake must finish within this long.
@@ -519,7 +518,8 @@ async fn serve_stream(
     let Ok(_permit) = pool.acquire().await else {
         return;
     };
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, recv.read_to_end(limit));
+    let timeout = shared.state.config.ja4.uplink_request_timeout.0;
+    let read = tokio::time::timeout(timeout, recv.read_to_end(limit));
     let resp = match read.await {
         Ok(Ok(bytes)) => respond(&shared, &session, &bytes).await,
         Ok(Err(ReadToEndError::TooLong)) => Response::error(
@@ -533,10 +533,7 @@ async fn serve_stream(
         }
         Err(_) => Response::error(
             ErrorCode::BadRequest,
-            format!(
-                "request not complete within {} s",
-                REQUEST_TIMEOUT.as_secs()
-            ),
+            format!("request not complete within {} s", timeout.as_secs()),
         ),
     };
     if let Some(response::Body::Error(e)) = &resp.body {
