@@ -359,15 +359,15 @@ impl ProcScanner {
     /// The search goes from likely to exhaustive: the tracked processes' likely descriptors,
     /// then the processes created lately, then every descriptor of the tracked processes, then
     /// every process. `drop_closed` is given the inodes the first two steps did not find, to
-    /// remove those whose sockets have closed meanwhile, before the exhaustive steps: a socket closed since it was looked up is held by
-    /// nobody, and asking the kernel (sock_diag) is far cheaper than searches that must come
-    /// up empty.
+    /// remove those whose sockets have closed meanwhile, before the exhaustive steps: a socket
+    /// closed since it was looked up is held by nobody, and asking the kernel (sock_diag) is
+    /// far cheaper than searches that must come up empty.
     ///
     /// A socket inherited across `fork` is held by parent and children alike; the topmost
     /// holder in the ancestry is returned, because that is the process that created the socket
     /// (a shell, not the `head` reading from it; a pre-forking server's master). The walk up
-    /// stops below a parent with more than 64 descriptors: proving that it does
-    /// *not* hold the socket would mean probing them all, for every child's connection.
+    /// stops below a parent with more than 64 descriptors: proving that it does *not* hold
+    /// the socket would mean probing them all, for every child's connection.
     pub fn holders(
         &mut self,
         inodes: &[u32],
