@@ -405,7 +405,15 @@ pub fn resolve_batch(
         .into_iter()
         .map(|o| o.map(|o| (o, Direction::Outbound)))
         .collect();
-    let missing: Vec<usize> = (0..keys.len()).filter(|&i| owners[i].is_none()).collect();
+    // An initiator's socket with no file left (its process closed it or exited: FIN_WAIT,
+    // TIME_WAIT) names no process; the other end, when it is local, may.
+    let fileless_out: Vec<Option<SocketOwner>> = owners
+        .iter()
+        .map(|f| f.and_then(|(o, _)| (o.inode == 0).then_some(o)))
+        .collect();
+    let missing: Vec<usize> = (0..keys.len())
+        .filter(|&i| owners[i].is_none() || fileless_out[i].is_some())
+        .collect();
     if !missing.is_empty() {
         let inbound: Vec<_> = missing
             .iter()
@@ -415,27 +423,47 @@ pub fn resolve_batch(
             owners[i] = o.map(|o| (o, Direction::Inbound));
         }
     }
-    let unaccepted = owners
-        .iter()
-        .any(|f| matches!(f, Some((o, Direction::Inbound)) if o.inode == 0));
-    // An inbound connection still in the accept queue has no owner yet: give the server a
-    // moment, then fall back to its listening socket.
-    if unaccepted && keys.iter().any(|k| k.proto == Proto::Tcp) {
+    // An inbound TCP connection with no socket file yet is waiting in the listener's accept
+    // queue: give the server a moment to accept it, then look again. One that has none any
+    // more is over (TIME_WAIT): no point waiting. Either way, what is still without a file is
+    // attributed to the listening socket, all in batched lookups.
+    let orphan = |i: usize, owners: &[Option<(SocketOwner, Direction)>]| {
+        keys[i].proto == Proto::Tcp
+            && matches!(owners[i], Some((o, Direction::Inbound)) if o.inode == 0)
+    };
+    let waiting: Vec<usize> = (0..keys.len())
+        .filter(|&i| orphan(i, &owners) && owners[i].is_some_and(|(o, _)| o.in_accept_queue()))
+        .collect();
+    if !waiting.is_empty() {
         std::thread::sleep(accept_retry);
-        for (key, found) in keys.iter().zip(owners.iter_mut()) {
-            let Some((o, Direction::Inbound)) = found else {
-                continue;
-            };
-            if o.inode != 0 || key.proto != Proto::Tcp {
-                continue;
+        let again: Vec<_> = waiting
+            .iter()
+            .map(|&i| (keys[i].proto, keys[i].dst, keys[i].src))
+            .collect();
+        for (i, o) in waiting.into_iter().zip(sd.find_many(&again)?) {
+            if let Some(o) = o.filter(|o| o.inode != 0) {
+                owners[i] = Some((o, Direction::Inbound));
             }
-            if let Some(again) = sd.find(key.proto, key.dst, key.src)?
-                && again.inode != 0
-            {
-                *o = again;
-            } else if let Some(l) = sd.find(key.proto, key.dst, wildcard_for(key.dst))? {
-                *o = l;
+        }
+    }
+    let orphans: Vec<usize> = (0..keys.len()).filter(|&i| orphan(i, &owners)).collect();
+    if !orphans.is_empty() {
+        let listeners: Vec<_> = orphans
+            .iter()
+            .map(|&i| (keys[i].proto, keys[i].dst, wildcard_for(keys[i].dst)))
+            .collect();
+        for (i, l) in orphans.into_iter().zip(sd.find_many(&listeners)?) {
+            if let Some(l) = l {
+                owners[i] = Some((l, Direction::Inbound));
             }
+        }
+    }
+    // Neither end has a file: the initiator's socket, for its uid.
+    for (found, out) in owners.iter_mut().zip(fileless_out) {
+        if let Some(out) = out
+            && found.is_none_or(|(o, _)| o.inode == 0)
+        {
+            *found = Some((out, Direction::Outbound));
         }
     }
     // 2. Their processes, in one pass. A socket no recently seen process holds is asked about

@@ -19,6 +19,19 @@ pub struct SocketOwner {
     pub uid: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// TCP state (`include/net/tcp_states.h`: 1 established, 6 time-wait, 10 listen, …).
+    pub state: u8,
+}
+
+impl SocketOwner {
+    /// Whether this is a connection the handshake has completed (or is completing) but no
+    /// process has accepted yet: it will have a socket file in a moment.
+    pub fn in_accept_queue(&self) -> bool {
+        const ESTABLISHED: u8 = 1;
+        const SYN_RECV: u8 = 3;
+        const NEW_SYN_RECV: u8 = 12;
+        self.inode == 0 && matches!(self.state, ESTABLISHED | SYN_RECV | NEW_SYN_RECV)
+    }
 }
 
 /// A netlink socket for sock_diag queries. One per thread; queries are synchronous.
@@ -238,6 +251,7 @@ fn decode_socket(m: &[u8]) -> Option<SocketOwner> {
         remote: SocketAddr::new(addr(24), u16::from_be_bytes([m[6], m[7]])),
         uid: u32_at(64),
         inode: u32_at(68),
+        state: m[1],
     })
 }
 
@@ -274,6 +288,7 @@ mod tests {
         m[8..12].copy_from_slice(&seq.to_ne_bytes());
         let d = &mut m[NLMSG_HDR..];
         d[0] = AF_INET;
+        d[1] = 6; // TIME_WAIT
         d[4..6].copy_from_slice(&40000u16.to_be_bytes());
         d[6..8].copy_from_slice(&443u16.to_be_bytes());
         d[8..12].copy_from_slice(&[127, 0, 0, 1]);
@@ -300,7 +315,8 @@ mod tests {
         assert_eq!(*seq, 7);
         assert_eq!(o.local, "127.0.0.1:40000".parse().unwrap());
         assert_eq!(o.remote, "127.0.0.1:443".parse().unwrap());
-        assert_eq!((o.uid, o.inode), (1000, 4242));
+        assert_eq!((o.uid, o.inode, o.state), (1000, 4242, 6));
+        assert!(!o.in_accept_queue(), "it has a file");
         assert!(matches!(got[1], (8, Some(Ok(None)))));
         // Every truncation, and every byte flipped, is survived.
         for cut in 0..two.len() {
@@ -390,8 +406,13 @@ mod tests {
         assert_eq!(inodes.len(), n, "each answer is its own socket");
         let conn = got[n].expect("connection");
         assert_eq!((conn.local, conn.remote), (c_addr, a));
+        assert_eq!(conn.state, 1, "established");
+        // Its server end was never accepted: no file yet, in the accept queue.
+        let server_end = sd.find(Proto::Tcp, a, c_addr).unwrap().expect("server end");
+        assert!(server_end.in_accept_queue(), "{server_end:?}");
         assert_eq!(got[n + 1], None);
         assert_eq!(got[n + 2].unwrap().local, a);
+        assert_eq!(got[n + 2].unwrap().state, 10, "listening");
         assert_eq!(got[n + 3].unwrap().local, a6);
         let c = got[n + 4].expect("connected UDP socket");
         assert_eq!((c.local, c.remote), (u0, pa));

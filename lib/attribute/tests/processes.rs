@@ -284,3 +284,51 @@ fn udp_flows_are_attributed_both_ways() {
         other => panic!("not attributed: {other:?}"),
     }
 }
+
+/// Inbound TCP connections that have no socket file on the server side are attributed to the
+/// listening socket's process without waiting for an accept that cannot come: one the server
+/// accepted and closed (its end in TIME_WAIT, the client's gone), and one the client gave up
+/// on while it waited in the accept queue (CLOSE_WAIT; the client's end, orphaned in FIN_WAIT2,
+/// has no file either and names no process). The retry delay is set far beyond the test's
+/// patience.
+#[test]
+fn finished_inbound_connections_go_to_the_listener_at_once() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    let att = Attributor::start(AttributorConfig {
+        accept_retry: Duration::from_secs(60),
+        ..AttributorConfig::default()
+    })
+    .unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dst = l.local_addr().unwrap();
+    let over = {
+        let c = TcpStream::connect(dst).unwrap();
+        let (s, _) = l.accept().unwrap();
+        drop(s);
+        let _ = (&c).read(&mut [0u8; 1]);
+        c.local_addr().unwrap()
+    };
+    let abandoned = TcpStream::connect(dst).unwrap().local_addr().unwrap();
+    // The clients' sockets are gone; the server's ends have no file.
+    std::thread::sleep(Duration::from_millis(50));
+    for src in [over, abandoned] {
+        let key = FlowKey {
+            proto: Proto::Tcp,
+            src,
+            dst,
+        };
+        att.notify(key);
+        let t0 = Instant::now();
+        while att.peek(&key) == Attribution::Unknown && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        match att.take(&key) {
+            Attribution::Process { direction, process } => {
+                assert_eq!(direction, Direction::Inbound, "{src}");
+                assert_eq!(process.pid, std::process::id(), "{src}");
+            }
+            other => panic!("{src}: {other:?}"),
+        }
+    }
+}
