@@ -144,6 +144,13 @@ const SPOOL_SYNC_EVERY: Duration = Duration::from_millis(100);
 /// load), far below anything a reader of the records would notice.
 const HOLDBACK_WAIT: Duration = Duration::from_millis(200);
 
+/// A capture thread hands its finished records and events over at most this often (or once
+/// [`HANDOVER_EVENTS`] have gathered). With attribution the capture wakes every 10 ms and
+/// streams trickle out of the hold-back one by one; handing each trickle over would wake the
+/// main and uplink threads a hundred times a second, which cost more CPU than attribution.
+const HANDOVER_EVERY: Duration = Duration::from_millis(50);
+const HANDOVER_EVENTS: usize = 512;
+
 /// Most finished streams held back per capture thread; beyond, they go out unattributed.
 const HOLDBACK_MAX: usize = 4096;
 
@@ -354,6 +361,8 @@ fn run_inner(args: &RunArgs) -> Result<(), Failure> {
             holdback: Holdback::new(HOLDBACK_MAX, HOLDBACK_WAIT),
             with_workload: cfg.output.with_workload,
             idle_wait_max,
+            pending: Finished::default(),
+            pending_since: None,
         };
         let handle = std::thread::Builder::new()
             .name(format!("capture-{}", worker.name))
@@ -675,6 +684,9 @@ struct Worker {
     with_workload: bool,
     /// The longest pause on a quiet interface (shorter while attribution runs).
     idle_wait_max: Duration,
+    /// What is gathered for the next hand-over, and since when (see [`HANDOVER_EVERY`]).
+    pending: Finished,
+    pending_since: Option<Instant>,
 }
 
 /// What a capture thread hands back at the end.
@@ -720,7 +732,7 @@ impl Worker {
                 self.publish();
             }
             let finished = self.engine.take_finished();
-            if !finished.is_empty() || !self.holdback.is_empty() {
+            if !finished.is_empty() || !self.holdback.is_empty() || self.pending_since.is_some() {
                 self.send(finished, false);
             }
             if now.duration_since(last_stats) >= self.stats_every {
@@ -768,10 +780,23 @@ impl Worker {
             }
             None => reports.into_iter().map(|r| (r, None)).collect(),
         };
-        if ready.is_empty() {
-            return;
+        if !ready.is_empty() {
+            self.gather(ready);
         }
-        let mut batch = Finished::default();
+        let due = self.pending_since.is_some_and(|t| {
+            force || t.elapsed() >= HANDOVER_EVERY || self.pending.events.len() >= HANDOVER_EVENTS
+        });
+        if due {
+            self.pending_since = None;
+            // The receiver only goes away after every worker has ended.
+            let _ = self.tx.send(std::mem::take(&mut self.pending));
+        }
+    }
+
+    /// Adds streams, with their workloads, to what the next hand-over carries.
+    fn gather(&mut self, ready: Vec<(StreamReport, Option<Workload>)>) {
+        let batch = &mut self.pending;
+        let before = batch.events.len();
         if let Some(src) = &self.events {
             for (r, w) in &ready {
                 match events::to_event_with(r, src, w.clone()) {
@@ -786,19 +811,21 @@ impl Worker {
             }
             self.counters
                 .events
-                .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                .fetch_add((batch.events.len() - before) as u64, Ordering::Relaxed);
         }
         if self.print {
-            batch.text = Some(format_batch(
+            let text = format_batch(
                 ready,
                 &self.name,
                 self.json,
                 self.with_workload,
                 wall_clock_us(),
-            ));
+            );
+            batch.text.get_or_insert_with(String::new).push_str(&text);
         }
-        // The receiver only goes away after every worker has ended.
-        let _ = self.tx.send(batch);
+        if batch.events.len() > before || batch.text.is_some() {
+            self.pending_since.get_or_insert_with(Instant::now);
+        }
     }
 
     /// Copies the engine's and libpcap's counters where `status` and heartbeats read them.
