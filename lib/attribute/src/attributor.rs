@@ -376,6 +376,18 @@ fn drain(rx: &Receiver<FlowKey>, batch: &mut Vec<FlowKey>) -> bool {
     true
 }
 
+/// The sockets `query(key)` names for the flows `keys[i]`, `i` in `at`, looked up in one round
+/// trip (none when `at` is empty), each with its index.
+fn find_at(
+    sd: &mut SockDiag,
+    keys: &[FlowKey],
+    at: Vec<usize>,
+    query: impl Fn(&FlowKey) -> (Proto, SocketAddr, SocketAddr),
+) -> io::Result<impl Iterator<Item = (usize, Option<SocketOwner>)>> {
+    let queries: Vec<_> = at.iter().map(|&i| query(&keys[i])).collect();
+    Ok(at.into_iter().zip(sd.find_many(&queries)?))
+}
+
 /// Resolves one flow (see the crate documentation for the steps).
 pub fn resolve(
     sd: &mut SockDiag,
@@ -399,6 +411,7 @@ pub fn resolve_batch(
     accept_retry: Duration,
 ) -> io::Result<Vec<(FlowKey, Attribution)>> {
     // 1. The socket behind each flow, as initiator first, then as responder.
+    let inbound = |k: &FlowKey| (k.proto, k.dst, k.src);
     let outbound: Vec<_> = keys.iter().map(|k| (k.proto, k.src, k.dst)).collect();
     let mut owners: Vec<Option<(SocketOwner, Direction)>> = sd
         .find_many(&outbound)?
@@ -414,14 +427,8 @@ pub fn resolve_batch(
     let missing: Vec<usize> = (0..keys.len())
         .filter(|&i| owners[i].is_none() || fileless_out[i].is_some())
         .collect();
-    if !missing.is_empty() {
-        let inbound: Vec<_> = missing
-            .iter()
-            .map(|&i| (keys[i].proto, keys[i].dst, keys[i].src))
-            .collect();
-        for (i, o) in missing.into_iter().zip(sd.find_many(&inbound)?) {
-            owners[i] = o.map(|o| (o, Direction::Inbound));
-        }
+    for (i, o) in find_at(sd, keys, missing, inbound)? {
+        owners[i] = o.map(|o| (o, Direction::Inbound));
     }
     // An inbound TCP connection with no socket file yet is waiting in the listener's accept
     // queue: give the server a moment to accept it, then look again. One that has none any
@@ -436,26 +443,17 @@ pub fn resolve_batch(
         .collect();
     if !waiting.is_empty() {
         std::thread::sleep(accept_retry);
-        let again: Vec<_> = waiting
-            .iter()
-            .map(|&i| (keys[i].proto, keys[i].dst, keys[i].src))
-            .collect();
-        for (i, o) in waiting.into_iter().zip(sd.find_many(&again)?) {
+        for (i, o) in find_at(sd, keys, waiting, inbound)? {
             if let Some(o) = o.filter(|o| o.inode != 0) {
                 owners[i] = Some((o, Direction::Inbound));
             }
         }
     }
     let orphans: Vec<usize> = (0..keys.len()).filter(|&i| orphan(i, &owners)).collect();
-    if !orphans.is_empty() {
-        let listeners: Vec<_> = orphans
-            .iter()
-            .map(|&i| (keys[i].proto, keys[i].dst, wildcard_for(keys[i].dst)))
-            .collect();
-        for (i, l) in orphans.into_iter().zip(sd.find_many(&listeners)?) {
-            if let Some(l) = l {
-                owners[i] = Some((l, Direction::Inbound));
-            }
+    let listener = |k: &FlowKey| (k.proto, k.dst, wildcard_for(k.dst));
+    for (i, l) in find_at(sd, keys, orphans, listener)? {
+        if let Some(l) = l {
+            owners[i] = Some((l, Direction::Inbound));
         }
     }
     // Neither end has a file: the initiator's socket, for its uid.

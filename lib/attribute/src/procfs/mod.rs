@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -91,7 +92,7 @@ pub struct Counters {
 pub struct ProcScanner {
     root: PathBuf,
     /// The proc root, opened on first use; everything under it is opened relative to it.
-    root_dir: Option<OwnedFd>,
+    root_dir: Option<Arc<OwnedFd>>,
     /// Tracked processes, most recently useful first.
     tracked: Vec<Tracked>,
     pass: u64,
@@ -504,12 +505,16 @@ impl ProcScanner {
         self.tracked.insert(0, t);
     }
 
-    fn root_dir(&mut self) -> Option<OwnedFd> {
+    /// The proc root, shared (not duplicated: a `dup` per call would be a syscall on every
+    /// pass that looks beyond the tracked processes).
+    fn root_dir(&mut self) -> Option<Arc<OwnedFd>> {
         if self.root_dir.is_none() {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-            self.root_dir = rustix::fs::open(&self.root, flags, Mode::empty()).ok();
+            self.root_dir = rustix::fs::open(&self.root, flags, Mode::empty())
+                .ok()
+                .map(Arc::new);
         }
-        self.root_dir.as_ref()?.try_clone().ok()
+        self.root_dir.clone()
     }
 
     /// Parent pid and start time (clock ticks since boot) from `/proc/<pid>/stat`, which is much
