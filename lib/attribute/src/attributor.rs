@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::ebpf::{ConnectTracer, Connector};
 use crate::metadata::Metadata;
 use crate::procfs::{Holder, ProcScanner};
 use crate::sockdiag::{SockDiag, SocketOwner, wildcard_for};
@@ -32,6 +33,10 @@ pub struct AttributorConfig {
     pub batch_window: Duration,
     /// Batching starts above this many new flows per second.
     pub batch_above_rate: f64,
+    /// Record outbound TCP connections in the kernel as they are made (the eBPF
+    /// [`ConnectTracer`]), so that they need no `/proc` search. Falls back to `/proc` alone,
+    /// with a warning, where the tracer cannot load.
+    pub ebpf: bool,
 }
 
 impl Default for AttributorConfig {
@@ -42,6 +47,7 @@ impl Default for AttributorConfig {
             accept_retry: Duration::from_millis(2),
             batch_window: Duration::from_millis(10),
             batch_above_rate: 200.0,
+            ebpf: true,
         }
     }
 }
@@ -73,6 +79,13 @@ pub struct AttributorStats {
     pub fd_dirs_read: u64,
     /// Batches resolved.
     pub batches: u64,
+    /// Whether the eBPF connect tracer runs.
+    pub ebpf: bool,
+    /// Flows whose opener the eBPF tracer had recorded (no `/proc` search needed).
+    pub ebpf_hits: u64,
+    /// Of those, flows whose process had exited (or whose pid was reused) before its facts
+    /// could be read: attributed with what the kernel recorded (pid, name, uid).
+    pub ebpf_exited: u64,
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +105,9 @@ struct Counters {
     fd_probes: AtomicU64,
     fd_dirs_read: AtomicU64,
     batches: AtomicU64,
+    ebpf: std::sync::atomic::AtomicBool,
+    ebpf_hits: AtomicU64,
+    ebpf_exited: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -137,6 +153,19 @@ impl Attributor {
     /// that forbids netlink sockets).
     pub fn start(cfg: AttributorConfig) -> io::Result<Attributor> {
         let sd = SockDiag::open()?;
+        let tracer = if cfg.ebpf {
+            ConnectTracer::start()
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        error = %e,
+                        "eBPF connect tracer unavailable; attributing through /proc alone \
+                         (costlier, and blind to processes that exit at once)"
+                    )
+                })
+                .ok()
+        } else {
+            None
+        };
         let (tx, rx) = sync_channel(cfg.queue);
         let shared = Arc::new(Shared {
             cache: Mutex::new(Cache {
@@ -146,10 +175,12 @@ impl Attributor {
             }),
             n: Counters::default(),
         });
+        shared.n.ebpf.store(tracer.is_some(), Ordering::Relaxed);
         let s = shared.clone();
+        let resolver = Resolver::new(sd, tracer, cfg.accept_retry);
         let thread = std::thread::Builder::new()
             .name("hais-attribute".into())
-            .spawn(move || worker(sd, rx, s, cfg))?;
+            .spawn(move || worker(resolver, rx, s, cfg))?;
         Ok(Attributor {
             tx: Some(tx),
             shared,
@@ -215,6 +246,9 @@ impl Attributor {
             fd_probes: g(&n.fd_probes),
             fd_dirs_read: g(&n.fd_dirs_read),
             batches: g(&n.batches),
+            ebpf: n.ebpf.load(Ordering::Relaxed),
+            ebpf_hits: g(&n.ebpf_hits),
+            ebpf_exited: g(&n.ebpf_exited),
         }
     }
 
@@ -281,10 +315,7 @@ impl InfoCache {
     }
 }
 
-fn worker(mut sd: SockDiag, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: AttributorConfig) {
-    let mut procs = ProcScanner::default();
-    let mut meta = Metadata::default();
-    let mut infos = InfoCache::default();
+fn worker(mut r: Resolver, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: AttributorConfig) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_batch = Instant::now();
     let mut rate = 0.0f64; // flows per second, smoothed
@@ -317,14 +348,7 @@ fn worker(mut sd: SockDiag, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: Att
         last_batch = t0;
         let n = &shared.n;
         n.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let results = match resolve_batch(
-            &mut sd,
-            &mut procs,
-            &mut meta,
-            &mut infos,
-            &batch,
-            cfg.accept_retry,
-        ) {
+        let results = match r.resolve_batch(&batch) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "sock_diag lookup failed");
@@ -347,6 +371,7 @@ fn worker(mut sd: SockDiag, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: Att
             cache.insert(key, a);
         }
         drop(cache);
+        let procs = &r.procs;
         n.hot_pid_hits
             .store(procs.counters.hot_hits, Ordering::Relaxed);
         n.new_pid_hits
@@ -358,6 +383,8 @@ fn worker(mut sd: SockDiag, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: Att
         n.fd_dirs_read
             .store(procs.counters.fd_dirs_read, Ordering::Relaxed);
         n.batches.fetch_add(1, Ordering::Relaxed);
+        n.ebpf_hits.store(r.ebpf_hits, Ordering::Relaxed);
+        n.ebpf_exited.store(r.ebpf_exited, Ordering::Relaxed);
         n.busy_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
@@ -388,21 +415,119 @@ fn find_at(
     Ok(at.into_iter().zip(sd.find_many(&queries)?))
 }
 
-/// Resolves one flow (see the crate documentation for the steps).
-pub fn resolve(
-    sd: &mut SockDiag,
-    procs: &mut ProcScanner,
-    meta: &mut Metadata,
-    key: FlowKey,
+/// Everything resolving needs, owned by the worker thread.
+#[derive(Debug)]
+pub struct Resolver {
+    sd: SockDiag,
+    pub procs: ProcScanner,
+    meta: Metadata,
+    infos: InfoCache,
+    tracer: Option<ConnectTracer>,
     accept_retry: Duration,
-) -> io::Result<Attribution> {
-    let mut infos = InfoCache::default();
-    let mut r = resolve_batch(sd, procs, meta, &mut infos, &[key], accept_retry)?;
-    Ok(r.pop().map_or(Attribution::Unknown, |(_, a)| a))
+    /// See [`AttributorStats::ebpf_hits`] and [`AttributorStats::ebpf_exited`].
+    pub ebpf_hits: u64,
+    pub ebpf_exited: u64,
 }
 
-/// Resolves several flows, sharing the scan of `/proc` between them.
-pub fn resolve_batch(
+impl Resolver {
+    /// A resolver using `tracer` first when there is one, then `/proc`; `accept_retry` as in
+    /// [`AttributorConfig::accept_retry`].
+    pub fn new(sd: SockDiag, tracer: Option<ConnectTracer>, accept_retry: Duration) -> Resolver {
+        Resolver {
+            sd,
+            procs: ProcScanner::default(),
+            meta: Metadata::default(),
+            infos: InfoCache::default(),
+            tracer,
+            accept_retry,
+            ebpf_hits: 0,
+            ebpf_exited: 0,
+        }
+    }
+
+    /// Resolves one flow (see the crate documentation for the steps).
+    pub fn resolve(&mut self, key: FlowKey) -> io::Result<Attribution> {
+        let mut r = self.resolve_batch(&[key])?;
+        Ok(r.pop().map_or(Attribution::Unknown, |(_, a)| a))
+    }
+
+    /// Resolves several flows: those the eBPF tracer recorded from its records, the others
+    /// sharing one search of `/proc`.
+    pub fn resolve_batch(&mut self, keys: &[FlowKey]) -> io::Result<Vec<(FlowKey, Attribution)>> {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut rest = Vec::new();
+        match self.tracer.as_mut() {
+            Some(t) => {
+                if let Err(e) = t.drain() {
+                    tracing::debug!(error = %e, "eBPF tracer drain failed");
+                }
+                let mut opened = Vec::new();
+                for &k in keys {
+                    match k.proto {
+                        Proto::Tcp => match t.take(k.src, k.dst) {
+                            Some(c) => opened.push((k, c)),
+                            None => rest.push(k),
+                        },
+                        Proto::Udp => rest.push(k),
+                    }
+                }
+                out.extend(self.by_connector(opened));
+            }
+            None => rest.extend_from_slice(keys),
+        }
+        if !rest.is_empty() {
+            out.extend(resolve_by_proc(
+                &mut self.sd,
+                &mut self.procs,
+                &mut self.meta,
+                &mut self.infos,
+                &rest,
+                self.accept_retry,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Attributions of flows whose opener the tracer recorded. The process's facts are read
+    /// from `/proc` (once per process per batch to check it is still the one that connected,
+    /// then from the cache); when it has exited, or its pid now names a process started after
+    /// the connection, the flow keeps what the kernel recorded.
+    fn by_connector(&mut self, opened: Vec<(FlowKey, Connector)>) -> Vec<(FlowKey, Attribution)> {
+        let mut alive: HashMap<u32, Option<Holder>> = HashMap::new();
+        let mut out = Vec::with_capacity(opened.len());
+        for (key, c) in opened {
+            self.ebpf_hits += 1;
+            let holder = *alive.entry(c.tgid).or_insert_with(|| {
+                let (_, start) = self.procs.stat(c.tgid)?;
+                // Start times are whole clock ticks (10 ms), rounded down.
+                (start.saturating_mul(10_000_000) <= c.boot_ns)
+                    .then_some(Holder { pid: c.tgid, start })
+            });
+            let info = holder.and_then(|h| self.infos.get(&mut self.procs, &mut self.meta, h));
+            let process = info.unwrap_or_else(|| {
+                self.ebpf_exited += 1;
+                Arc::new(crate::ProcessInfo {
+                    pid: c.tgid,
+                    name: c.name(),
+                    uid: c.uid,
+                    user: self.procs.user_name(c.uid),
+                    ..crate::ProcessInfo::default()
+                })
+            });
+            out.push((
+                key,
+                Attribution::Process {
+                    direction: Direction::Outbound,
+                    process,
+                },
+            ));
+        }
+        out
+    }
+}
+
+/// Resolves flows through sock_diag and `/proc`, sharing the scan of `/proc` between them.
+fn resolve_by_proc(
     sd: &mut SockDiag,
     procs: &mut ProcScanner,
     meta: &mut Metadata,

@@ -20,6 +20,7 @@
 
 pub mod attributor;
 pub mod cgroup;
+pub mod ebpf;
 mod fdtable;
 pub mod metadata;
 pub mod procfs;

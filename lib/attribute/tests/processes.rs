@@ -4,6 +4,10 @@
 //! Each TCP test runs a server on loopback; when it accepts a connection it asks the attributor
 //! about the flow (as the agent does when it sees a SYN) while the client is still alive, then
 //! answers after `hold`, letting the client exit.
+//!
+//! Every test runs twice ([`both_methods!`]): with the eBPF connect tracer (the default where it
+//! loads) and with `/proc` alone (the fallback, and the method for flows the tracer does not
+//! see). `HAIS_SKIP_EBPF_TESTS=1` skips the eBPF runs on a host that cannot load eBPF.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -12,6 +16,47 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hais_attribute::{Attribution, Attributor, AttributorConfig, Direction, FlowKey, Proto};
+
+/// Generates `<test>::ebpf` and `<test>::proc`, calling `test(ebpf: bool)`.
+macro_rules! both_methods {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn ebpf() {
+                if std::env::var_os("HAIS_SKIP_EBPF_TESTS").is_none() {
+                    super::$name(true);
+                }
+            }
+            #[test]
+            fn proc() {
+                super::$name(false);
+            }
+        }
+    )*};
+}
+
+both_methods!(
+    curl_and_python_are_attributed_with_pid_exe_and_uid,
+    shell_loop_under_another_uid,
+    process_in_its_own_cgroup_reports_cgroup_and_container,
+    short_lived_processes_rate_is_reported,
+    udp_flows_are_attributed_both_ways,
+    finished_inbound_connections_go_to_the_listener_at_once,
+);
+
+/// An attributor with or without the eBPF tracer; with it, the tracer must have loaded.
+fn start(ebpf: bool, cfg: AttributorConfig) -> Attributor {
+    let att = Attributor::start(AttributorConfig { ebpf, ..cfg }).unwrap();
+    assert_eq!(att.stats().ebpf, ebpf, "eBPF tracer loaded");
+    att
+}
+
+/// The flows resolved so far from the tracer's records: all outbound TCP ones with it, none
+/// without it.
+fn assert_method(att: &Attributor, ebpf: bool, outbound_tcp: u64) {
+    let st = att.stats();
+    assert_eq!(st.ebpf_hits, if ebpf { outbound_tcp } else { 0 }, "{st:?}");
+}
 
 struct Server {
     addr: SocketAddr,
@@ -82,9 +127,8 @@ fn canonical(p: &str) -> String {
     std::fs::canonicalize(p).unwrap().display().to_string()
 }
 
-#[test]
-fn curl_and_python_are_attributed_with_pid_exe_and_uid() {
-    let att = Attributor::start(AttributorConfig::default()).unwrap();
+fn curl_and_python_are_attributed_with_pid_exe_and_uid(ebpf: bool) {
+    let att = start(ebpf, AttributorConfig::default());
     let srv = server(Duration::from_millis(100));
 
     let mut curl = spawn(Command::new("curl").args(["-s", &format!("http://{}/", srv.addr)]));
@@ -121,6 +165,7 @@ fn curl_and_python_are_attributed_with_pid_exe_and_uid() {
     py.wait().unwrap();
     let st = att.stats();
     assert_eq!(st.attributed, 2, "{st:?}");
+    assert_method(&att, ebpf, 2);
 }
 
 fn nix_uid() -> u32 {
@@ -134,13 +179,12 @@ fn nix_uid() -> u32 {
 
 /// A shell loop running as `nobody` opens three connections; each is attributed to the shell
 /// with uid 65534 and its user name.
-#[test]
-fn shell_loop_under_another_uid() {
+fn shell_loop_under_another_uid(ebpf: bool) {
     if nix_uid() != 0 {
         eprintln!("skipped: needs root to switch uid");
         return;
     }
-    let att = Attributor::start(AttributorConfig::default()).unwrap();
+    let att = start(ebpf, AttributorConfig::default());
     let srv = server(Duration::from_millis(100));
     let script = format!(
         "for i in 1 2 3; do exec 3<>/dev/tcp/127.0.0.1/{}; head -c1 <&3 >/dev/null; exec 3<&-; done",
@@ -163,12 +207,12 @@ fn shell_loop_under_another_uid() {
         assert_eq!(p.user.as_deref(), Some("nobody"));
     }
     assert!(sh.wait().unwrap().success());
+    assert_method(&att, ebpf, 3);
 }
 
 /// A process moved into its own cgroup, named as Docker's systemd driver names containers,
 /// reports that cgroup and the container id.
-#[test]
-fn process_in_its_own_cgroup_reports_cgroup_and_container() {
+fn process_in_its_own_cgroup_reports_cgroup_and_container(ebpf: bool) {
     let Some(root) = writable_cgroup_root() else {
         eprintln!("skipped: no writable cgroup hierarchy");
         return;
@@ -177,7 +221,7 @@ fn process_in_its_own_cgroup_reports_cgroup_and_container() {
     let rel = format!("/hais-test-{}/docker-{id}.scope", std::process::id());
     let dir = format!("{root}{rel}");
     std::fs::create_dir_all(&dir).unwrap();
-    let att = Attributor::start(AttributorConfig::default()).unwrap();
+    let att = start(ebpf, AttributorConfig::default());
     let srv = server(Duration::from_millis(100));
     let script = format!(
         "echo $$ > {dir}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.1/{} && head -c1 <&3 >/dev/null",
@@ -194,6 +238,7 @@ fn process_in_its_own_cgroup_reports_cgroup_and_container() {
     let c = p.container.expect("container id from the cgroup name");
     assert_eq!(c.id, id);
     assert_eq!(c.runtime, "docker");
+    assert_method(&att, ebpf, 1);
 }
 
 /// The first hierarchy where a child cgroup can be created: the v2 tree, or a v1 controller.
@@ -217,11 +262,11 @@ fn writable_cgroup_root() -> Option<String> {
     })
 }
 
-/// Short-lived clients: curl against a server that answers at once. The rate is reported, not
-/// asserted (the issue asks to report it); the >= 50 ms case above must be 100%.
-#[test]
-fn short_lived_processes_rate_is_reported() {
-    let att = Attributor::start(AttributorConfig::default()).unwrap();
+/// Short-lived clients: curl against a server that answers at once. Through `/proc` the rate is
+/// reported, not asserted (a process may exit before it is looked at); the kernel's record of
+/// the connection does not depend on that, so with the eBPF tracer every one is attributed.
+fn short_lived_processes_rate_is_reported(ebpf: bool) {
+    let att = start(ebpf, AttributorConfig::default());
     let srv = server(Duration::ZERO);
     let n = 20;
     let mut ok = 0;
@@ -233,16 +278,20 @@ fn short_lived_processes_rate_is_reported() {
         }
         curl.wait().unwrap();
     }
-    eprintln!("short-lived curl (server answers at once): {ok}/{n} attributed");
+    let method = if ebpf { "eBPF" } else { "/proc" };
+    eprintln!("short-lived curl (server answers at once), {method}: {ok}/{n} attributed");
     assert!(att.stats().requests == n);
+    if ebpf {
+        assert_eq!(ok, n);
+        assert_method(&att, ebpf, n);
+    }
 }
 
 /// UDP flows (QUIC, DNS): a python client sending from a connected socket, and the same
 /// datagram seen from the receiving side (an unconnected server socket), are each attributed
 /// to the right process and direction.
-#[test]
-fn udp_flows_are_attributed_both_ways() {
-    let att = Attributor::start(AttributorConfig::default()).unwrap();
+fn udp_flows_are_attributed_both_ways(ebpf: bool) {
+    let att = start(ebpf, AttributorConfig::default());
     let srv = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let dst = srv.local_addr().unwrap();
     let code = format!(
@@ -283,6 +332,8 @@ fn udp_flows_are_attributed_both_ways() {
         }
         other => panic!("not attributed: {other:?}"),
     }
+    // UDP has no connect() the tracer sees: /proc either way.
+    assert_method(&att, ebpf, 0);
 }
 
 /// Inbound TCP connections that have no socket file on the server side are attributed to the
@@ -290,16 +341,18 @@ fn udp_flows_are_attributed_both_ways() {
 /// accepted and closed (its end in TIME_WAIT, the client's gone), and one the client gave up
 /// on while it waited in the accept queue (CLOSE_WAIT; the client's end, orphaned in FIN_WAIT2,
 /// has no file either and names no process). The retry delay is set far beyond the test's
-/// patience.
-#[test]
-fn finished_inbound_connections_go_to_the_listener_at_once() {
+/// patience. With the eBPF tracer, which saw this process open both, they are its outbound
+/// connections instead.
+fn finished_inbound_connections_go_to_the_listener_at_once(ebpf: bool) {
     use std::io::Read;
     use std::net::TcpStream;
-    let att = Attributor::start(AttributorConfig {
-        accept_retry: Duration::from_secs(60),
-        ..AttributorConfig::default()
-    })
-    .unwrap();
+    let att = start(
+        ebpf,
+        AttributorConfig {
+            accept_retry: Duration::from_secs(60),
+            ..AttributorConfig::default()
+        },
+    );
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let dst = l.local_addr().unwrap();
     let over = {
@@ -325,10 +378,16 @@ fn finished_inbound_connections_go_to_the_listener_at_once() {
         }
         match att.take(&key) {
             Attribution::Process { direction, process } => {
-                assert_eq!(direction, Direction::Inbound, "{src}");
+                let want = if ebpf {
+                    Direction::Outbound
+                } else {
+                    Direction::Inbound
+                };
+                assert_eq!(direction, want, "{src}");
                 assert_eq!(process.pid, std::process::id(), "{src}");
             }
             other => panic!("{src}: {other:?}"),
         }
     }
+    assert_method(&att, ebpf, 2);
 }
