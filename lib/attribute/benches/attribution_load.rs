@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! cargo bench -p hais-attribute --bench attribution_load -- [--rate 1000] [--seconds 10]
-//!     [--hold-ms 50] [--spawn-every 50] [--json]
+//!     [--hold-ms 50] [--spawn-every 50] [--no-ebpf] [--json]
 //! ```
+//!
+//! `--no-ebpf` resolves through `/proc` alone (the eBPF connect tracer off). With the tracer,
+//! the kernel program's own run time is reported too (`kernel.bpf_stats_enabled` is switched on
+//! for the run): that CPU is spent in the connecting processes, not in the agent.
 //!
 //! A loopback server asks the attributor about each accepted connection, as the agent does on a
 //! SYN. Connections come from this process (a long-lived service making outbound calls, holding
@@ -25,6 +29,7 @@ struct Args {
     seconds: u64,
     hold_ms: u64,
     spawn_every: u64,
+    ebpf: bool,
     json: bool,
 }
 
@@ -34,6 +39,7 @@ fn args() -> Args {
         seconds: 10,
         hold_ms: 50,
         spawn_every: 50,
+        ebpf: true,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -45,6 +51,7 @@ fn args() -> Args {
             "--hold-ms" => a.hold_ms = num(),
             "--spawn-every" => a.spawn_every = num(),
             "--json" => a.json = true,
+            "--no-ebpf" => a.ebpf = false,
             _ => {} // cargo bench passes --bench
         }
     }
@@ -71,7 +78,17 @@ fn thread_cpu(name: &str) -> f64 {
 
 fn main() {
     let a = args();
-    let att = Attributor::start(AttributorConfig::default()).expect("sock_diag available");
+    const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let stats_were = std::fs::read_to_string(BPF_STATS).unwrap_or_default();
+    if a.ebpf {
+        let _ = std::fs::write(BPF_STATS, "1");
+    }
+    let att = Attributor::start(AttributorConfig {
+        ebpf: a.ebpf,
+        ..AttributorConfig::default()
+    })
+    .expect("sock_diag available");
+    assert_eq!(att.stats().ebpf, a.ebpf, "eBPF tracer loaded");
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let dst = l.local_addr().unwrap();
     let (tx, rx) = mpsc::channel::<FlowKey>();
@@ -122,7 +139,8 @@ fn main() {
         }
     }
     let elapsed = t0.elapsed();
-    std::thread::sleep(Duration::from_millis(500));
+    // Long enough for the worker to read the kernel program's run time once more.
+    std::thread::sleep(Duration::from_millis(1100));
     for mut c in children {
         let _ = c.wait();
     }
@@ -167,9 +185,17 @@ fn main() {
         "errors": st.errors,
         "process_gone": st.process_gone,
         "not_local": st.not_local,
+        "ebpf": st.ebpf,
+        "ebpf_hit_pct": 100.0 * st.ebpf_hits as f64 / n,
+        "ebpf_exited": st.ebpf_exited,
+        "ebpf_kernel_ns_per_flow": st.ebpf_prog_ns as f64 / n,
+        "ebpf_kernel_runs_per_flow": st.ebpf_prog_runs as f64 / n,
         "hold_ms": a.hold_ms,
         "spawn_every": a.spawn_every,
     });
+    if a.ebpf && !stats_were.is_empty() {
+        let _ = std::fs::write(BPF_STATS, stats_were.trim());
+    }
     if a.json {
         println!("{result}");
     } else {

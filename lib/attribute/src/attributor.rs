@@ -86,6 +86,11 @@ pub struct AttributorStats {
     /// Of those, flows whose process had exited (or whose pid was reused) before its facts
     /// could be read: attributed with what the kernel recorded (pid, name, uid).
     pub ebpf_exited: u64,
+    /// Runs of the tracer's kernel program and the time they took, in ns (counted only while
+    /// `kernel.bpf_stats_enabled` is 1; read at most once a second). This CPU is spent in the
+    /// connecting processes and softirqs, not in the agent.
+    pub ebpf_prog_runs: u64,
+    pub ebpf_prog_ns: u64,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +113,8 @@ struct Counters {
     ebpf: std::sync::atomic::AtomicBool,
     ebpf_hits: AtomicU64,
     ebpf_exited: AtomicU64,
+    ebpf_prog_runs: AtomicU64,
+    ebpf_prog_ns: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -249,6 +256,8 @@ impl Attributor {
             ebpf: n.ebpf.load(Ordering::Relaxed),
             ebpf_hits: g(&n.ebpf_hits),
             ebpf_exited: g(&n.ebpf_exited),
+            ebpf_prog_runs: g(&n.ebpf_prog_runs),
+            ebpf_prog_ns: g(&n.ebpf_prog_ns),
         }
     }
 
@@ -318,6 +327,7 @@ impl InfoCache {
 fn worker(mut r: Resolver, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: AttributorConfig) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_batch = Instant::now();
+    let mut last_cost = Instant::now();
     let mut rate = 0.0f64; // flows per second, smoothed
     let mut open = true;
     while open {
@@ -385,6 +395,13 @@ fn worker(mut r: Resolver, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: Attr
         n.batches.fetch_add(1, Ordering::Relaxed);
         n.ebpf_hits.store(r.ebpf_hits, Ordering::Relaxed);
         n.ebpf_exited.store(r.ebpf_exited, Ordering::Relaxed);
+        if last_cost.elapsed() >= Duration::from_secs(1) {
+            last_cost = Instant::now();
+            if let Some(Ok((runs, ns))) = r.tracer.as_ref().map(ConnectTracer::program_cost) {
+                n.ebpf_prog_runs.store(runs, Ordering::Relaxed);
+                n.ebpf_prog_ns.store(ns, Ordering::Relaxed);
+            }
+        }
         n.busy_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }

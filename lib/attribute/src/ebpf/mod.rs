@@ -8,20 +8,21 @@
 //! - on a socket entering `SYN_SENT` (inside `connect()`, so the current task is the caller):
 //!   the caller's pid, tgid, uid, gid, comm and the time, keyed by the socket's address. The
 //!   source port may not be chosen yet at that moment, which is why the record waits there;
-//! - on the socket leaving `SYN_SENT` (handshake done, refused or timed out): the record moves
-//!   to a second map keyed by the connection's addresses and ports, which is what the agent
-//!   sees on the wire.
+//! - on the socket leaving `SYN_SENT` (handshake done, refused or timed out): the record, with
+//!   the connection's addresses and ports (what the agent sees on the wire), is pushed onto a
+//!   queue.
 //!
-//! The agent drains the second map in batches ([`ConnectTracer::drain`], one system call per
-//! 1,024 connections) and looks flows up in memory. Both maps are LRU hashes: a flood of
-//! connections evicts old records, it never grows memory or blocks a `connect()`. Flows the
-//! tracer did not see (inbound, UDP, opened before the agent started, or records evicted) are
-//! resolved by `/proc` as before.
+//! The agent pops the queue ([`ConnectTracer::drain`], one system call per connection; a hash
+//! map's batch read would walk every bucket each time) and looks flows up in memory. The maps
+//! are bounded: the first an LRU hash, the queue overwriting its oldest record when full, so a
+//! flood of connections loses old records, it never grows memory or blocks a `connect()`.
+//! Flows the tracer did not see (inbound, UDP, opened before the agent started, or records
+//! lost) are resolved by `/proc` as before.
 //!
 //! The program is assembled here ([`asm`]) rather than compiled with clang, so building the
 //! agent needs no BPF toolchain; it reads the tracepoint's fields at the offsets the running
 //! kernel publishes in tracefs, uses only helpers open to any licence, and needs Linux 5.8+
-//! (`bpf_ktime_get_boot_ns`, batch map operations), `CAP_BPF` and `CAP_PERFMON` (or
+//! (`bpf_ktime_get_boot_ns`), `CAP_BPF` and `CAP_PERFMON` (or
 //! `CAP_SYS_ADMIN`). Without them the agent logs why and uses `/proc` alone.
 
 mod asm;
@@ -47,6 +48,9 @@ const IPPROTO_TCP: i32 = 6;
 const MAP_LOOKUP: i32 = 1;
 const MAP_UPDATE: i32 = 2;
 const MAP_DELETE: i32 = 3;
+const MAP_PUSH: i32 = 87;
+/// `BPF_EXIST` for a push: when the queue is full, overwrite its oldest record.
+const PUSH_OVERWRITE: i32 = 2;
 const GET_CURRENT_PID_TGID: i32 = 14;
 const GET_CURRENT_UID_GID: i32 = 15;
 const GET_CURRENT_COMM: i32 = 16;
@@ -57,17 +61,19 @@ const KTIME_GET_BOOT_NS: i32 = 125;
 const KEY_LEN: usize = 36;
 /// Map value: pid (thread) u32, tgid u32, uid u32, gid u32, boot-time ns u64, comm [u8; 16].
 const OWNER_LEN: usize = 40;
+/// Queue record: the connection's key, 4 bytes of padding, its owner.
+const RECORD_LEN: usize = 80;
+const RECORD_OWNER: usize = 40;
 
 /// Sockets in the middle of `connect()`, and connections waiting to be drained.
 const PENDING_ENTRIES: u32 = 16_384;
-const FLOW_ENTRIES: u32 = 65_536;
+const QUEUE_ENTRIES: u32 = 65_536;
 /// Records are trusted for this long after their `connect()`, and those drained but not asked
 /// for are kept that long, at most [`KEPT`] of them. A flow the capture sees is asked about
 /// within a batch window of its first packet; an old record for the same addresses and ports
 /// would be another connection's (ports are reused once TIME_WAIT ends).
 const KEEP_FOR: Duration = Duration::from_secs(30);
 const KEPT: usize = 65_536;
-const DRAIN_BATCH: usize = 1024;
 
 /// Who opened a connection, as the kernel saw it at `connect()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,11 +187,11 @@ fn parse_format(text: &str) -> Result<Fields, String> {
 }
 
 /// The program (see the module documentation). Stack: the socket address at fp-8, the owner
-/// record at fp-48..fp-8, the connection key at fp-88..fp-52.
-fn program(f: &Fields, pending: i32, flows: i32) -> Vec<u64> {
+/// at fp-48..fp-8, the queue record at fp-128..fp-48.
+fn program(f: &Fields, pending: i32, queue: i32) -> Vec<u64> {
     const SK: i16 = -8;
     const OWNER: i16 = -48;
-    const KEY: i16 = -88;
+    const KEY: i16 = -128;
     let mut a = Asm::default();
     a.mov(R6, R1)
         .load(Size::U16, R1, R6, f.protocol)
@@ -213,7 +219,7 @@ fn program(f: &Fields, pending: i32, flows: i32) -> Vec<u64> {
         .mov_imm(R4, 0)
         .call(MAP_UPDATE)
         .goto("out");
-    // Leaving SYN_SENT: the ports are known now; file the record under the connection.
+    // Leaving SYN_SENT: the ports are known now; queue the owner with the connection.
     a.label("leaving")
         .load(Size::U32, R1, R6, f.oldstate)
         .jne(R1, TCP_SYN_SENT, "out")
@@ -233,12 +239,20 @@ fn program(f: &Fields, pending: i32, flows: i32) -> Vec<u64> {
                 .store(Size::U32, FP, to + 4 * i, R1);
         }
     }
-    a.map_fd(R1, flows)
+    a.mov_imm(R1, 0).store(Size::U32, FP, KEY + 36, R1);
+    for i in 0..(OWNER_LEN as i16 / 8) {
+        a.load(Size::U64, R1, R7, 8 * i).store(
+            Size::U64,
+            FP,
+            KEY + RECORD_OWNER as i16 + 8 * i,
+            R1,
+        );
+    }
+    a.map_fd(R1, queue)
         .mov(R2, FP)
         .add_imm(R2, KEY.into())
-        .mov(R3, R7)
-        .mov_imm(R4, 0)
-        .call(MAP_UPDATE)
+        .mov_imm(R3, PUSH_OVERWRITE)
+        .call(MAP_PUSH)
         .map_fd(R1, pending)
         .mov(R2, FP)
         .add_imm(R2, SK.into())
@@ -284,7 +298,7 @@ pub struct TracerStats {
 /// The loaded and attached tracer, plus the records drained from it. Detaches when dropped.
 #[derive(Debug)]
 pub struct ConnectTracer {
-    flows: sys::Map,
+    queue: sys::Map,
     program: sys::Program,
     _pending: sys::Map,
     _attached: OwnedFd,
@@ -319,20 +333,20 @@ impl ConnectTracer {
             PENDING_ENTRIES,
             "hais_connecting",
         )?;
-        let flows = sys::Map::create(
-            sys::MAP_LRU_HASH,
-            KEY_LEN as u32,
-            OWNER_LEN as u32,
-            FLOW_ENTRIES,
+        let queue = sys::Map::create(
+            sys::MAP_QUEUE,
+            0,
+            RECORD_LEN as u32,
+            QUEUE_ENTRIES,
             "hais_connected",
         )?;
-        let code = program(&fields, pending.raw_fd(), flows.raw_fd());
+        let code = program(&fields, pending.raw_fd(), queue.raw_fd());
         let program =
             sys::Program::load(sys::PROG_TRACEPOINT, &code, c"Apache-2.0", "hais_connect")?;
         // A tracepoint's programs run on every CPU: one perf event (on CPU 0) attaches it.
         let attached = program.attach_tracepoint(id, 0)?;
         let mut t = ConnectTracer {
-            flows,
+            queue,
             program,
             _pending: pending,
             _attached: attached,
@@ -340,7 +354,6 @@ impl ConnectTracer {
             order: VecDeque::new(),
             stats: TracerStats::default(),
         };
-        // The batch operation is the newest feature used: fail here, not on first use.
         t.drain()?;
         Ok(t)
     }
@@ -348,19 +361,17 @@ impl ConnectTracer {
     /// Moves the connections recorded since the last call from the kernel into memory, and
     /// forgets records nobody asked for in time.
     pub fn drain(&mut self) -> io::Result<()> {
-        let mut got = Vec::new();
-        let mut cursor = None;
-        loop {
-            cursor = self.flows.take_batch(cursor, DRAIN_BATCH, &mut got)?;
-            if cursor.is_none() {
+        let oldest = boot_ns().saturating_sub(KEEP_FOR.as_nanos() as u64);
+        let mut record = [0u8; RECORD_LEN];
+        // Bounded: connections made while draining wait for the next call.
+        for _ in 0..QUEUE_ENTRIES {
+            if !self.queue.pop(&mut record)? {
                 break;
             }
-        }
-        let oldest = boot_ns().saturating_sub(KEEP_FOR.as_nanos() as u64);
-        for (k, v) in got {
+            let (key, owner) = record.split_at(RECORD_OWNER);
             let (Ok(key), Some(c)) = (
-                <[u8; KEY_LEN]>::try_from(k.as_slice()),
-                Connector::from_bytes(&v),
+                <[u8; KEY_LEN]>::try_from(&key[..KEY_LEN]),
+                Connector::from_bytes(owner),
             ) else {
                 continue;
             };

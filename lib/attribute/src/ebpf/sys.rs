@@ -15,11 +15,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 
 /// `BPF_MAP_TYPE_LRU_HASH`: a hash map that evicts its least recently used entries when full,
 /// so a flood of connections can never fill it.
 pub const MAP_LRU_HASH: u32 = 9;
+/// `BPF_MAP_TYPE_QUEUE`: a FIFO without keys; read by popping, so draining costs one call per
+/// record, however large the queue.
+pub const MAP_QUEUE: u32 = 22;
 /// `BPF_PROG_TYPE_TRACEPOINT`.
 pub const PROG_TRACEPOINT: u32 = 5;
 
@@ -35,10 +38,6 @@ fn put32(b: &mut [u8], off: usize, v: u32) {
 
 fn put64(b: &mut [u8], off: usize, v: u64) {
     b[off..off + 8].copy_from_slice(&v.to_ne_bytes());
-}
-
-fn get32(b: &[u8], off: usize) -> u32 {
-    u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"))
 }
 
 fn get64(b: &[u8], off: usize) -> u64 {
@@ -67,13 +66,12 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8]) -> libc::c_long {
     unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) }
 }
 
-/// An eBPF map, with the sizes the kernel was told at creation (so lookups cannot be given
-/// buffers too small).
+/// An eBPF map, with the value size the kernel was told at creation (so reads cannot be given
+/// a buffer too small).
 #[derive(Debug)]
 pub struct Map {
     fd: OwnedFd,
-    pub key_size: usize,
-    pub value_size: usize,
+    value_size: usize,
 }
 
 impl Map {
@@ -93,7 +91,6 @@ impl Map {
         let fd = owned(bpf(BPF_MAP_CREATE, &mut a))?;
         Ok(Map {
             fd,
-            key_size: key_size as usize,
             value_size: value_size as usize,
         })
     }
@@ -102,43 +99,25 @@ impl Map {
         self.fd.as_raw_fd()
     }
 
-    /// Removes and returns up to `max` entries as (key, value) byte strings. Call it again with
-    /// the returned cursor until it says the map was walked to its end (`None`).
-    pub fn take_batch(
-        &self,
-        cursor: Option<u64>,
-        max: usize,
-        out: &mut Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> io::Result<Option<u64>> {
-        let max = max.max(1);
-        let mut keys = vec![0u8; self.key_size * max];
-        let mut values = vec![0u8; self.value_size * max];
-        // Hash maps use a 4-byte bucket index as the cursor; 8 bytes leave room for any map.
-        let mut in_batch = cursor.unwrap_or(0).to_ne_bytes();
-        let mut out_batch = [0u8; 8];
-        let mut a = [0u8; 56];
-        if cursor.is_some() {
-            put64(&mut a, 0, in_batch.as_mut_ptr() as u64);
-        }
-        put64(&mut a, 8, out_batch.as_mut_ptr() as u64);
-        put64(&mut a, 16, keys.as_mut_ptr() as u64);
-        put64(&mut a, 24, values.as_mut_ptr() as u64);
-        put32(&mut a, 32, max as u32);
-        put32(&mut a, 36, self.fd.as_raw_fd() as u32);
-        let r = bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut a);
-        let err = (r < 0).then(io::Error::last_os_error);
-        // The kernel never reports more than it was given room for; clamp anyway.
-        let n = (get32(&a, 32) as usize).min(max);
-        for i in 0..n {
-            out.push((
-                keys[i * self.key_size..(i + 1) * self.key_size].to_vec(),
-                values[i * self.value_size..(i + 1) * self.value_size].to_vec(),
+    /// Takes the oldest value of a queue map into `value` (which must be `value_size` bytes).
+    /// `false` when the queue is empty.
+    pub fn pop(&self, value: &mut [u8]) -> io::Result<bool> {
+        if value.len() != self.value_size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "value buffer size",
             ));
         }
-        match err {
-            None => Ok(Some(u64::from_ne_bytes(out_batch))),
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Some(e) => Err(e),
+        let mut a = [0u8; 32];
+        put32(&mut a, 0, self.fd.as_raw_fd() as u32);
+        put64(&mut a, 16, value.as_mut_ptr() as u64);
+        if bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut a) == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOENT) => Ok(false),
+            _ => Err(e),
         }
     }
 }
