@@ -42,6 +42,7 @@ pub fn start(cfg: &AttributionConfig) -> Option<Arc<Attributor>> {
         queue: cfg.queue,
         cache: cfg.cache,
         batch_window: Duration::from_millis(cfg.batch_window_ms),
+        ebpf: cfg.ebpf,
         ..AttributorConfig::default()
     };
     match Attributor::start(acfg) {

@@ -35,6 +35,7 @@
 //! batch_window_ms = 10            # batching delay, only above 200 new flows/s
 //! notified_flows = 16384          # per interface: flows already asked about
 //! max_latency_ms = 10             # longest the capture holds a packet before we see it
+//! ebpf = true                     # record outbound TCP connections' owners in the kernel
 //!
 //! [uplink]
 //! server = "cp.example:3001"      # empty: the address saved by `hais-agent enroll`
@@ -93,6 +94,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HAIS_WITH_RAW", "output.with_raw (true/false)"),
     ("HAIS_WITH_WORKLOAD", "output.with_workload (true/false)"),
     ("HAIS_ATTRIBUTION", "attribution.enabled (true/false)"),
+    ("HAIS_ATTRIBUTION_EBPF", "attribution.ebpf (true/false)"),
     ("HAIS_STATE_DIR", "state_dir"),
     ("HAIS_SERVER", "uplink.server (HOST:PORT)"),
     ("HAIS_HEARTBEAT_INTERVAL", "uplink.heartbeat_interval_secs"),
@@ -198,6 +200,11 @@ pub struct AttributionConfig {
     /// hold packets up to 100 ms to save wake-ups. Lower is more accurate and costs about
     /// 1000/max_latency_ms wake-ups a second per interface.
     pub max_latency_ms: u64,
+    /// Record who opens each outbound TCP connection in the kernel, at `connect()` (an eBPF
+    /// program on the `sock:inet_sock_set_state` tracepoint; Linux 5.8+, CAP_BPF and
+    /// CAP_PERFMON). Such flows then need no `/proc` search, and a process that exits at once
+    /// is still named. Where the program cannot load the agent logs why and uses `/proc` alone.
+    pub ebpf: bool,
 }
 
 impl Default for AttributionConfig {
@@ -209,6 +216,7 @@ impl Default for AttributionConfig {
             batch_window_ms: 10,
             notified_flows: 16_384,
             max_latency_ms: 10,
+            ebpf: true,
         }
     }
 }
@@ -451,6 +459,7 @@ impl AgentConfig {
         env_bool(&get, "HAIS_WITH_RAW", &mut self.output.with_raw)?;
         env_bool(&get, "HAIS_WITH_WORKLOAD", &mut self.output.with_workload)?;
         env_bool(&get, "HAIS_ATTRIBUTION", &mut self.attribution.enabled)?;
+        env_bool(&get, "HAIS_ATTRIBUTION_EBPF", &mut self.attribution.ebpf)?;
         if let Some(v) = get("HAIS_STATE_DIR") {
             self.state_dir = PathBuf::from(v);
         }
@@ -789,21 +798,25 @@ mod tests {
         assert_eq!(c.attribution.enabled, cfg!(target_os = "linux"));
         assert!(!c.output.with_workload);
         let mut c = AgentConfig::from_toml(
-            "[attribution]\nenabled = false\nqueue = 16\nbatch_window_ms = 0\n\
+            "[attribution]\nenabled = false\nqueue = 16\nbatch_window_ms = 0\nebpf = false\n\
              [output]\nwith_workload = true\n",
         )
         .unwrap();
         assert!(!c.attribution.enabled);
+        assert!(!c.attribution.ebpf);
+        assert!(AgentConfig::default().attribution.ebpf);
         assert_eq!(c.attribution.queue, 16);
         assert_eq!(c.attribution.cache, 65_536);
         assert!(c.output.with_workload);
         c.validate().unwrap();
         c.apply_env(env(&[
             ("HAIS_ATTRIBUTION", "on"),
+            ("HAIS_ATTRIBUTION_EBPF", "true"),
             ("HAIS_WITH_WORKLOAD", "0"),
         ]))
         .unwrap();
         assert!(c.attribution.enabled);
+        assert!(c.attribution.ebpf);
         assert!(!c.output.with_workload);
         c.attribution.max_latency_ms = 0;
         assert!(c.validate().is_err());

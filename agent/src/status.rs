@@ -160,6 +160,11 @@ pub struct AttributionReport {
     /// Events that found their flow's answer / found none.
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Whether the eBPF connect tracer runs, and the flows resolved from its records.
+    #[serde(default)]
+    pub ebpf: bool,
+    #[serde(default)]
+    pub ebpf_hits: u64,
 }
 
 impl AttributionReport {
@@ -174,6 +179,8 @@ impl AttributionReport {
             busy_us: s.busy_ns / 1000,
             cache_hits: s.cache_hits,
             cache_misses: s.cache_misses,
+            ebpf: s.ebpf,
+            ebpf_hits: s.ebpf_hits,
         }
     }
 }

@@ -974,7 +974,7 @@ fn print_attribution_summary(s: &attribution::AttributorStats) {
     };
     eprintln!(
         "hais-agent run: attribution: {} flows, {} attributed ({:.1}%), {} process gone, \
-         {} not local, {} dropped (queue full), {} errors; {:.1} µs per flow",
+         {} not local, {} dropped (queue full), {} errors; {:.1} µs per flow; eBPF tracer {}",
         s.requests,
         s.attributed,
         pct(s.attributed),
@@ -982,7 +982,12 @@ fn print_attribution_summary(s: &attribution::AttributorStats) {
         s.not_local,
         s.dropped,
         s.errors,
-        per_flow_us
+        per_flow_us,
+        if s.ebpf {
+            format!("on ({} flows from its records)", s.ebpf_hits)
+        } else {
+            "off".to_owned()
+        }
     );
 }
 

@@ -440,6 +440,7 @@ pub struct Resolver {
     meta: Metadata,
     infos: InfoCache,
     tracer: Option<ConnectTracer>,
+    cgroups: crate::cgroup::CgroupIds,
     accept_retry: Duration,
     /// See [`AttributorStats::ebpf_hits`] and [`AttributorStats::ebpf_exited`].
     pub ebpf_hits: u64,
@@ -456,6 +457,7 @@ impl Resolver {
             meta: Metadata::default(),
             infos: InfoCache::default(),
             tracer,
+            cgroups: crate::cgroup::CgroupIds::default(),
             accept_retry,
             ebpf_hits: 0,
             ebpf_exited: 0,
@@ -508,7 +510,8 @@ impl Resolver {
     /// Attributions of flows whose opener the tracer recorded. The process's facts are read
     /// from `/proc` (once per process per batch to check it is still the one that connected,
     /// then from the cache); when it has exited, or its pid now names a process started after
-    /// the connection, the flow keeps what the kernel recorded.
+    /// the connection, the flow keeps what the kernel recorded: pid, name, uid, and the cgroup
+    /// (with its container and pod) when the cgroup still exists.
     fn by_connector(&mut self, opened: Vec<(FlowKey, Connector)>) -> Vec<(FlowKey, Attribution)> {
         let mut alive: HashMap<u32, Option<Holder>> = HashMap::new();
         let mut out = Vec::with_capacity(opened.len());
@@ -523,13 +526,19 @@ impl Resolver {
             let info = holder.and_then(|h| self.infos.get(&mut self.procs, &mut self.meta, h));
             let process = info.unwrap_or_else(|| {
                 self.ebpf_exited += 1;
-                Arc::new(crate::ProcessInfo {
+                let cgroup = self.cgroups.path(c.cgroup_id);
+                let mut p = crate::ProcessInfo {
                     pid: c.tgid,
                     name: c.name(),
                     uid: c.uid,
                     user: self.procs.user_name(c.uid),
+                    container: cgroup.as_deref().and_then(crate::cgroup::container_of),
+                    pod_uid: cgroup.as_deref().and_then(crate::cgroup::pod_uid_of),
+                    cgroup,
                     ..crate::ProcessInfo::default()
-                })
+                };
+                self.meta.enrich(&mut p);
+                Arc::new(p)
             });
             out.push((
                 key,

@@ -14,6 +14,10 @@
 //! Pod UIDs appear as `pod<uid>` with dashes (cgroupfs) or underscores (systemd slices,
 //! `kubepods-besteffort-pod<uid>.slice`); they are returned with dashes.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
 /// The container a process runs in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
@@ -112,6 +116,90 @@ pub fn pod_uid_of(path: &str) -> Option<String> {
     None
 }
 
+/// Cgroup (v2) paths by cgroup id, the inode number of the cgroup's directory: the eBPF
+/// tracer records a connecting process's cgroup id, and a process that has exited since still
+/// has its container's cgroup, which names the container and pod.
+#[derive(Debug)]
+pub struct CgroupIds {
+    /// Where the cgroup v2 tree is mounted; `None` on hosts without one.
+    root: Option<PathBuf>,
+    paths: HashMap<u64, String>,
+    /// When the tree was last walked: an unknown id walks it again at most once a second.
+    walked: Option<Instant>,
+}
+
+/// Most cgroup directories indexed (a host has hundreds to a few thousand).
+const MAX_CGROUPS: usize = 100_000;
+
+impl Default for CgroupIds {
+    fn default() -> Self {
+        let root = std::fs::read_to_string("/proc/self/mounts")
+            .ok()
+            .and_then(|m| {
+                m.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+                })
+            });
+        CgroupIds::new(root)
+    }
+}
+
+impl CgroupIds {
+    pub fn new(root: Option<PathBuf>) -> CgroupIds {
+        CgroupIds {
+            root,
+            paths: HashMap::new(),
+            walked: None,
+        }
+    }
+
+    /// The path (as in `/proc/<pid>/cgroup`, from the tree's root) of cgroup `id`.
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.paths.get(&id) {
+            return Some(p.clone());
+        }
+        if self
+            .walked
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.walk();
+        self.paths.get(&id).cloned()
+    }
+
+    fn walk(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        self.walked = Some(Instant::now());
+        self.paths.clear();
+        let Some(root) = self.root.clone() else {
+            return;
+        };
+        let mut todo = vec![(root, String::from("/"))];
+        while let Some((dir, rel)) = todo.pop() {
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            self.paths.insert(meta.ino(), rel.clone());
+            if self.paths.len() >= MAX_CGROUPS {
+                return;
+            }
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let child = if rel == "/" {
+                        format!("/{name}")
+                    } else {
+                        format!("{rel}/{name}")
+                    };
+                    todo.push((e.path(), child));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +281,27 @@ mod tests {
         );
         assert_eq!(path_from_proc(""), None);
         assert_eq!(path_from_proc("garbage"), None);
+    }
+
+    #[test]
+    fn cgroup_ids_name_their_directories() {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::env::temp_dir().join(format!("hais-cgroup-ids-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("system.slice/docker-abc.scope")).unwrap();
+        let ino = |p: &str| std::fs::metadata(root.join(p)).unwrap().ino();
+        let mut ids = CgroupIds::new(Some(root.clone()));
+        let leaf = ino("system.slice/docker-abc.scope");
+        assert_eq!(
+            ids.path(leaf).as_deref(),
+            Some("/system.slice/docker-abc.scope")
+        );
+        assert_eq!(ids.path(ino("")).as_deref(), Some("/"));
+        // A cgroup created since the last walk is found once the once-a-second limit allows.
+        std::fs::create_dir(root.join("new")).unwrap();
+        assert_eq!(ids.path(ino("new")), None);
+        ids.walked = None;
+        assert_eq!(ids.path(ino("new")).as_deref(), Some("/new"));
+        assert_eq!(CgroupIds::new(None).path(1), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -241,6 +241,65 @@ fn process_in_its_own_cgroup_reports_cgroup_and_container(ebpf: bool) {
     assert_method(&att, ebpf, 1);
 }
 
+/// With the eBPF tracer, a process that has already exited when its flow is looked up is still
+/// named from the kernel's record of its `connect()`: pid, name, uid, and its cgroup (which
+/// outlives it) with the container id.
+#[test]
+fn an_exited_process_keeps_its_container_with_ebpf() {
+    if std::env::var_os("HAIS_SKIP_EBPF_TESTS").is_some() {
+        return;
+    }
+    let Some(root) = writable_cgroup_root().filter(|r| !r.ends_with("pids")) else {
+        eprintln!("skipped: no writable cgroup v2 tree");
+        return;
+    };
+    let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xdead);
+    let rel = format!("/hais-test-gone-{}/docker-{id}.scope", std::process::id());
+    let dir = format!("{root}{rel}");
+    std::fs::create_dir_all(&dir).unwrap();
+    let att = start(true, AttributorConfig::default());
+    let srv = server(Duration::ZERO);
+    let script = format!(
+        "echo $$ > {dir}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.1/{}",
+        srv.addr.port()
+    );
+    let mut sh = spawn(Command::new("bash").args(["-c", &script]));
+    let peer = srv
+        .accepted
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a connection arrives");
+    assert!(sh.wait().unwrap().success());
+    // Gone before anyone asked.
+    assert!(!std::path::Path::new(&format!("/proc/{}", sh.id())).exists());
+    let key = FlowKey {
+        proto: Proto::Tcp,
+        src: peer,
+        dst: srv.addr,
+    };
+    att.notify(key);
+    let t0 = Instant::now();
+    while att.peek(&key) == Attribution::Unknown && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let a = att.take(&key);
+    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_dir(std::path::Path::new(&dir).parent().unwrap());
+    let p = process(&a);
+    assert_eq!(p.pid, sh.id());
+    assert_eq!(p.name, "bash");
+    assert_eq!(p.uid, nix_uid());
+    assert_eq!(
+        p.exe, None,
+        "the executable is not known once the process is gone"
+    );
+    assert_eq!(p.cgroup.as_deref(), Some(rel.as_str()));
+    assert_eq!(
+        p.container.as_ref().map(|c| c.id.as_str()),
+        Some(id.as_str())
+    );
+    assert_eq!(att.stats().ebpf_exited, 1);
+}
+
 /// The first hierarchy where a child cgroup can be created: the v2 tree, or a v1 controller.
 fn writable_cgroup_root() -> Option<String> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;

@@ -55,14 +55,16 @@ const GET_CURRENT_PID_TGID: i32 = 14;
 const GET_CURRENT_UID_GID: i32 = 15;
 const GET_CURRENT_COMM: i32 = 16;
 const KTIME_GET_BOOT_NS: i32 = 125;
+const GET_CURRENT_CGROUP_ID: i32 = 80;
 
 /// Map key of a connection: source port, destination port (host order), source and destination
 /// address (IPv6, IPv4 as v4-mapped, as the tracepoint gives them).
 const KEY_LEN: usize = 36;
-/// Map value: pid (thread) u32, tgid u32, uid u32, gid u32, boot-time ns u64, comm [u8; 16].
-const OWNER_LEN: usize = 40;
+/// Map value: pid (thread) u32, tgid u32, uid u32, gid u32, boot-time ns u64, comm [u8; 16],
+/// cgroup id u64.
+const OWNER_LEN: usize = 48;
 /// Queue record: the connection's key, 4 bytes of padding, its owner.
-const RECORD_LEN: usize = 80;
+const RECORD_LEN: usize = 88;
 const RECORD_OWNER: usize = 40;
 
 /// Sockets in the middle of `connect()`, and connections waiting to be drained.
@@ -89,6 +91,9 @@ pub struct Connector {
     pub boot_ns: u64,
     /// The thread's name (`comm`), up to 15 bytes.
     pub comm: [u8; 16],
+    /// The process's cgroup (v2) id: the inode number of its cgroup directory, which outlives
+    /// the process (see [`crate::cgroup::CgroupIds`]).
+    pub cgroup_id: u64,
 }
 
 impl Connector {
@@ -101,6 +106,7 @@ impl Connector {
             gid: u32_at(12)?,
             boot_ns: u64::from_ne_bytes(v.get(16..24)?.try_into().ok()?),
             comm: v.get(24..40)?.try_into().ok()?,
+            cgroup_id: u64::from_ne_bytes(v.get(40..48)?.try_into().ok()?),
         })
     }
 
@@ -187,11 +193,11 @@ fn parse_format(text: &str) -> Result<Fields, String> {
 }
 
 /// The program (see the module documentation). Stack: the socket address at fp-8, the owner
-/// at fp-48..fp-8, the queue record at fp-128..fp-48.
+/// at fp-56..fp-8, the queue record at fp-144..fp-56.
 fn program(f: &Fields, pending: i32, queue: i32) -> Vec<u64> {
     const SK: i16 = -8;
-    const OWNER: i16 = -48;
-    const KEY: i16 = -128;
+    const OWNER: i16 = -56;
+    const KEY: i16 = -144;
     let mut a = Asm::default();
     a.mov(R6, R1)
         .load(Size::U16, R1, R6, f.protocol)
@@ -211,6 +217,8 @@ fn program(f: &Fields, pending: i32, queue: i32) -> Vec<u64> {
         .add_imm(R1, (OWNER + 24).into())
         .mov_imm(R2, 16)
         .call(GET_CURRENT_COMM)
+        .call(GET_CURRENT_CGROUP_ID)
+        .store(Size::U64, FP, OWNER + 40, R0)
         .map_fd(R1, pending)
         .mov(R2, FP)
         .add_imm(R2, SK.into())
@@ -484,9 +492,11 @@ mod tests {
         v[8..12].copy_from_slice(&1000u32.to_ne_bytes());
         v[16..24].copy_from_slice(&99u64.to_ne_bytes());
         v[24..28].copy_from_slice(b"curl");
+        v[40..48].copy_from_slice(&4242u64.to_ne_bytes());
         let c = Connector::from_bytes(&v).unwrap();
         assert_eq!((c.tgid, c.tid, c.uid, c.boot_ns), (5, 7, 1000, 99));
         assert_eq!(c.name(), "curl");
-        assert!(Connector::from_bytes(&v[..39]).is_none());
+        assert_eq!(c.cgroup_id, 4242);
+        assert!(Connector::from_bytes(&v[..OWNER_LEN - 1]).is_none());
     }
 }
