@@ -213,7 +213,7 @@ fn shell_loop_under_another_uid(ebpf: bool) {
 /// A process moved into its own cgroup, named as Docker's systemd driver names containers,
 /// reports that cgroup and the container id.
 fn process_in_its_own_cgroup_reports_cgroup_and_container(ebpf: bool) {
-    let Some(root) = writable_cgroup_root() else {
+    let Some(root) = writable_cgroup_root(false) else {
         eprintln!("skipped: no writable cgroup hierarchy");
         return;
     };
@@ -249,7 +249,7 @@ fn an_exited_process_keeps_its_container_with_ebpf() {
     if std::env::var_os("HAIS_SKIP_EBPF_TESTS").is_some() {
         return;
     }
-    let Some(root) = writable_cgroup_root().filter(|r| !r.ends_with("pids")) else {
+    let Some(root) = writable_cgroup_root(true) else {
         eprintln!("skipped: no writable cgroup v2 tree");
         return;
     };
@@ -300,15 +300,16 @@ fn an_exited_process_keeps_its_container_with_ebpf() {
     assert_eq!(att.stats().ebpf_exited, 1);
 }
 
-/// The first hierarchy where a child cgroup can be created: the v2 tree, or a v1 controller.
-fn writable_cgroup_root() -> Option<String> {
+/// The first hierarchy where a child cgroup can be created: the v2 tree, or (unless `v2_only`)
+/// a v1 controller.
+fn writable_cgroup_root(v2_only: bool) -> Option<String> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
     let mut roots: Vec<String> = mounts
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 3 && (f[2] == "cgroup2" || (f[2] == "cgroup" && f[3].contains("pids"))))
-                .then(|| f[1].to_owned())
+            let v1 = !v2_only && f.len() > 3 && f[2] == "cgroup" && f[3].contains("pids");
+            (f.len() > 3 && (f[2] == "cgroup2" || v1)).then(|| f[1].to_owned())
         })
         .collect();
     roots.sort_by_key(|r| !r.ends_with("pids"));
