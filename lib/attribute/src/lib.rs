@@ -7,6 +7,9 @@
 //! cache until the flow's event is built. Capture never waits for it.
 //!
 //! How one flow is resolved:
+//! 0. An outbound TCP flow the [`ebpf`] connect tracer saw is answered from its record (who
+//!    called `connect()`), the process's facts read from `/proc` while it lives. Everything
+//!    else takes the steps below.
 //! 1. [`sockdiag`] asks the kernel (netlink `NETLINK_SOCK_DIAG`) for the socket with the flow's
 //!    exact addresses, first as the initiator (outbound), then as the responder (inbound). The
 //!    answer carries the socket's inode and owner uid. An inbound connection not yet accepted

@@ -272,18 +272,21 @@ fn program(f: &Fields, pending: i32, queue: i32) -> Vec<u64> {
 /// The tracepoint's directory in tracefs, mounting tracefs when it is not mounted anywhere
 /// (the agent runs as root; in a container, mount the host's `/sys/kernel/tracing`).
 fn tracepoint_dir() -> io::Result<std::path::PathBuf> {
-    for root in TRACEFS {
-        let dir = Path::new(root).join(TRACEPOINT);
-        if dir.join("id").exists() {
-            return Ok(dir);
-        }
+    let find = || {
+        TRACEFS
+            .iter()
+            .map(|root| Path::new(root).join(TRACEPOINT))
+            .find(|dir| dir.join("id").exists())
+    };
+    if let Some(dir) = find() {
+        return Ok(dir);
     }
-    let status = std::process::Command::new("mount")
+    // Whether this mount or a concurrent one (another tracer starting) succeeded, look again.
+    let _ = std::process::Command::new("mount")
         .args(["-t", "tracefs", "nodev", TRACEFS[0]])
         .stderr(std::process::Stdio::null())
         .status();
-    let dir = Path::new(TRACEFS[0]).join(TRACEPOINT);
-    if status.is_ok_and(|s| s.success()) && dir.join("id").exists() {
+    if let Some(dir) = find() {
         return Ok(dir);
     }
     Err(io::Error::new(
