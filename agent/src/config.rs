@@ -95,6 +95,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HAIS_WITH_WORKLOAD", "output.with_workload (true/false)"),
     ("HAIS_ATTRIBUTION", "attribution.enabled (true/false)"),
     ("HAIS_ATTRIBUTION_EBPF", "attribution.ebpf (true/false)"),
+    (
+        "HAIS_ATTRIBUTION_MAX_LATENCY_MS",
+        "attribution.max_latency_ms",
+    ),
     ("HAIS_STATE_DIR", "state_dir"),
     ("HAIS_SERVER", "uplink.server (HOST:PORT)"),
     ("HAIS_HEARTBEAT_INTERVAL", "uplink.heartbeat_interval_secs"),
@@ -460,6 +464,11 @@ impl AgentConfig {
         env_bool(&get, "HAIS_WITH_WORKLOAD", &mut self.output.with_workload)?;
         env_bool(&get, "HAIS_ATTRIBUTION", &mut self.attribution.enabled)?;
         env_bool(&get, "HAIS_ATTRIBUTION_EBPF", &mut self.attribution.ebpf)?;
+        env_parse(
+            &get,
+            "HAIS_ATTRIBUTION_MAX_LATENCY_MS",
+            &mut self.attribution.max_latency_ms,
+        )?;
         if let Some(v) = get("HAIS_STATE_DIR") {
             self.state_dir = PathBuf::from(v);
         }
@@ -812,11 +821,13 @@ mod tests {
         c.apply_env(env(&[
             ("HAIS_ATTRIBUTION", "on"),
             ("HAIS_ATTRIBUTION_EBPF", "true"),
+            ("HAIS_ATTRIBUTION_MAX_LATENCY_MS", "25"),
             ("HAIS_WITH_WORKLOAD", "0"),
         ]))
         .unwrap();
         assert!(c.attribution.enabled);
         assert!(c.attribution.ebpf);
+        assert_eq!(c.attribution.max_latency_ms, 25);
         assert!(!c.output.with_workload);
         c.attribution.max_latency_ms = 0;
         assert!(c.validate().is_err());

@@ -14,6 +14,7 @@
 //! for the next packet; and waking a blocked read with `pcap_breakloop` makes
 //! `pcap_next_ex` drop the packet it just read.
 
+use std::time::Duration;
 use thiserror::Error;
 
 use crate::decode::LinkType;
@@ -287,6 +288,25 @@ impl LiveCapture {
 
     pub fn link_type(&self) -> LinkType {
         self.link
+    }
+
+    /// Waits until the kernel has packets to hand over (a block of its ring is full or its
+    /// `block_timeout_ms` ran out with packets in it), or `timeout` passes. Waking only then
+    /// costs one wake-up per block instead of polling on a timer.
+    pub fn wait(&self, timeout: Duration) -> Result<(), LiveError> {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::new(&self.cap, PollFlags::IN)];
+        let t = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        match rustix::event::poll(&mut fds, Some(&t)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(LiveError::Open {
+                interface: self.name.clone(),
+                detail: format!("poll: {e}"),
+            }),
+        }
     }
 
     /// Hands at most `max` queued packets to `f` and returns how many there were; 0 when

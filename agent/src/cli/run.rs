@@ -121,12 +121,13 @@ pub struct RunArgs {
 /// at most once a second of packet time).
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
-/// Pauses after finding no packet queued: doubling from the first to the second while the
-/// interface stays quiet, back to the first as soon as packets come. An idle interface then
-/// costs 20 wake-ups a second (each one is a context switch, which on a VM is most of the
-/// agent's idle CPU), while a burst after a quiet spell waits at most 50 ms, which the
-/// kernel ring absorbs (50 ms at 1 Gb/s is about 6 MB of a 16 MiB buffer). The kernel hands
-/// packets over in blocks every 100 ms anyway, so polling faster would gain little.
+/// With no packet queued, a capture thread waits in `poll` on the capture descriptor, which
+/// wakes it as soon as the kernel hands a block of packets over (when full, or `block_timeout_ms`
+/// after its first packet): one wake-up per block, none in between (each is a context switch,
+/// which on a VM is most of the agent's idle CPU). The wait is bounded by the second constant
+/// so that sweeps and shutdown are noticed on a quiet interface (20 wake-ups a second), and by
+/// `attribution.max_latency_ms` (at least the first) while streams wait for their attribution
+/// or their hand-over.
 const IDLE_WAIT_MIN: Duration = Duration::from_millis(1);
 const IDLE_WAIT_MAX: Duration = Duration::from_millis(50);
 
@@ -145,10 +146,11 @@ const SPOOL_SYNC_EVERY: Duration = Duration::from_millis(100);
 const HOLDBACK_WAIT: Duration = Duration::from_millis(200);
 
 /// A capture thread hands its finished records and events over at most this often (or once
-/// [`HANDOVER_EVENTS`] have gathered). With attribution the capture wakes every 10 ms and
-/// streams trickle out of the hold-back one by one; handing each trickle over would wake the
-/// main and uplink threads a hundred times a second, which cost more CPU than attribution.
-const HANDOVER_EVERY: Duration = Duration::from_millis(50);
+/// [`HANDOVER_EVENTS`] have gathered). With attribution the kernel hands packets over every
+/// 10 ms and streams trickle out of the hold-back one by one; handing each trickle over would
+/// wake the main and uplink threads a hundred times a second, which cost more CPU than
+/// attribution. 100 ms, as the kernel's own hand-over without attribution.
+const HANDOVER_EVERY: Duration = Duration::from_millis(100);
 const HANDOVER_EVENTS: usize = 512;
 
 /// Most finished streams held back per capture thread; beyond, they go out unattributed.
@@ -702,7 +704,6 @@ impl Worker {
         let mut last_sweep = Instant::now();
         let mut last_stats = Instant::now();
         let mut error = None;
-        let mut idle_wait = IDLE_WAIT_MIN;
         while !self.stop.load(Ordering::Relaxed) {
             let engine = &mut self.engine;
             let notifier = &mut self.notifier;
@@ -714,10 +715,20 @@ impl Worker {
                 engine.on_frame(p.ts_us, link, p.data);
             }) {
                 Ok(0) => {
-                    std::thread::sleep(idle_wait);
-                    idle_wait = (idle_wait * 2).min(self.idle_wait_max);
+                    // Until the kernel hands packets over; streams held back for their
+                    // attribution or gathered for a hand-over need a look sooner.
+                    let wait = if self.holdback.is_empty() && self.pending_since.is_none() {
+                        IDLE_WAIT_MAX
+                    } else {
+                        self.idle_wait_max
+                    };
+                    if let Err(e) = self.cap.wait(wait) {
+                        tracing::error!(interface = %self.name, error = %e, "capture stopped");
+                        error = Some(e);
+                        break;
+                    }
                 }
-                Ok(_) => idle_wait = IDLE_WAIT_MIN,
+                Ok(_) => {}
                 Err(e) => {
                     tracing::error!(interface = %self.name, error = %e, "capture stopped");
                     error = Some(e);

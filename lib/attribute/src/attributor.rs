@@ -5,7 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -86,6 +88,8 @@ pub struct AttributorStats {
     /// Of those, flows whose process had exited (or whose pid was reused) before its facts
     /// could be read: attributed with what the kernel recorded (pid, name, uid).
     pub ebpf_exited: u64,
+    /// Connection records taken from the tracer's kernel queue (asked about or not).
+    pub ebpf_records: u64,
     /// Runs of the tracer's kernel program and the time they took, in ns (counted only while
     /// `kernel.bpf_stats_enabled` is 1; read at most once a second). This CPU is spent in the
     /// connecting processes and softirqs, not in the agent.
@@ -113,6 +117,7 @@ struct Counters {
     ebpf: std::sync::atomic::AtomicBool,
     ebpf_hits: AtomicU64,
     ebpf_exited: AtomicU64,
+    ebpf_records: AtomicU64,
     ebpf_prog_runs: AtomicU64,
     ebpf_prog_ns: AtomicU64,
 }
@@ -256,6 +261,7 @@ impl Attributor {
             ebpf: n.ebpf.load(Ordering::Relaxed),
             ebpf_hits: g(&n.ebpf_hits),
             ebpf_exited: g(&n.ebpf_exited),
+            ebpf_records: g(&n.ebpf_records),
             ebpf_prog_runs: g(&n.ebpf_prog_runs),
             ebpf_prog_ns: g(&n.ebpf_prog_ns),
         }
@@ -278,6 +284,9 @@ impl Drop for Attributor {
         }
     }
 }
+
+/// How often an idle worker empties the eBPF tracer's queue.
+const TRACER_DRAIN_EVERY: Duration = Duration::from_millis(100);
 
 /// Most flows resolved in one batch.
 const MAX_BATCH: usize = 256;
@@ -346,9 +355,19 @@ fn worker(mut r: Resolver, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: Attr
         } else {
             // At low rates CPU does not matter and waiting would only risk missing a
             // short-lived process: resolve as soon as a flow arrives.
-            match rx.recv() {
+            // With the eBPF tracer, wake up now and then to empty its queue, so that records
+            // of connections nobody asks about (outside the capture filter) never pile up.
+            match rx.recv_timeout(TRACER_DRAIN_EVERY) {
                 Ok(first) => batch.push(first),
-                Err(_) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    r.drain_tracer();
+                    shared
+                        .n
+                        .ebpf_records
+                        .store(r.ebpf_records(), Ordering::Relaxed);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
             }
             open = drain(&rx, &mut batch);
         }
@@ -395,6 +414,7 @@ fn worker(mut r: Resolver, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: Attr
         n.batches.fetch_add(1, Ordering::Relaxed);
         n.ebpf_hits.store(r.ebpf_hits, Ordering::Relaxed);
         n.ebpf_exited.store(r.ebpf_exited, Ordering::Relaxed);
+        n.ebpf_records.store(r.ebpf_records(), Ordering::Relaxed);
         if last_cost.elapsed() >= Duration::from_secs(1) {
             last_cost = Instant::now();
             if let Some(Ok((runs, ns))) = r.tracer.as_ref().map(ConnectTracer::program_cost) {
@@ -464,6 +484,18 @@ impl Resolver {
         }
     }
 
+    /// Moves the eBPF tracer's new records into memory (nothing without a tracer).
+    pub fn drain_tracer(&mut self) {
+        if let Some(Err(e)) = self.tracer.as_mut().map(ConnectTracer::drain) {
+            tracing::debug!(error = %e, "eBPF tracer drain failed");
+        }
+    }
+
+    /// Records taken from the tracer so far.
+    pub fn ebpf_records(&self) -> u64 {
+        self.tracer.as_ref().map_or(0, |t| t.stats.drained)
+    }
+
     /// Resolves one flow (see the crate documentation for the steps).
     pub fn resolve(&mut self, key: FlowKey) -> io::Result<Attribution> {
         let mut r = self.resolve_batch(&[key])?;
@@ -475,11 +507,9 @@ impl Resolver {
     pub fn resolve_batch(&mut self, keys: &[FlowKey]) -> io::Result<Vec<(FlowKey, Attribution)>> {
         let mut out = Vec::with_capacity(keys.len());
         let mut rest = Vec::new();
+        self.drain_tracer();
         match self.tracer.as_mut() {
             Some(t) => {
-                if let Err(e) = t.drain() {
-                    tracing::debug!(error = %e, "eBPF tracer drain failed");
-                }
                 let mut opened = Vec::new();
                 for &k in keys {
                     match k.proto {

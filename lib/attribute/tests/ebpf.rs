@@ -139,3 +139,27 @@ fn uptime_ns() -> u64 {
     let secs: f64 = text.split_whitespace().next().unwrap().parse().unwrap();
     (secs * 1e9) as u64 + 20_000_000
 }
+
+/// An idle attributor still empties the tracer's kernel queue (every 100 ms), so connections
+/// nobody asks about never pile up in it.
+#[test]
+fn an_idle_attributor_drains_the_queue() {
+    if std::env::var_os("HAIS_SKIP_EBPF_TESTS").is_some() {
+        return;
+    }
+    let att =
+        hais_attribute::Attributor::start(hais_attribute::AttributorConfig::default()).unwrap();
+    assert!(att.stats().ebpf);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dst = l.local_addr().unwrap();
+    let before = att.stats().ebpf_records;
+    let conns: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(dst).unwrap()).collect();
+    let until = Instant::now() + Duration::from_secs(2);
+    while att.stats().ebpf_records < before + 20 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Other tests' connections may be counted too: at least these 20.
+    assert!(att.stats().ebpf_records >= before + 20, "{:?}", att.stats());
+    assert_eq!(att.stats().requests, 0);
+    drop(conns);
+}
