@@ -86,7 +86,7 @@ pub struct AttributorStats {
     /// Flows whose opener the eBPF tracer had recorded (no `/proc` search needed).
     pub ebpf_hits: u64,
     /// Of those, flows whose process had exited (or whose pid was reused) before its facts
-    /// could be read: attributed with what the kernel recorded (pid, name, uid).
+    /// could be read: attributed with what the kernel recorded (pid, name, uid, cgroup).
     pub ebpf_exited: u64,
     /// Connection records taken from the tracer's kernel queue (asked about or not).
     pub ebpf_records: u64,
