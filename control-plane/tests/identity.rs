@@ -564,16 +564,7 @@ async fn uplink_events_are_resolved(backend: Backend) {
     let t = TestApp::start(backend, "iduplink").await;
     let mut rx = bus(&t);
     let addr = t.app.as_ref().unwrap().uplink_addr.expect("uplink running");
-    let (s, v) = t
-        .call(
-            "POST",
-            "/api/spire/tokens",
-            Some(&t.admin),
-            Some(json!({"description": "test"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let a = enroll(addr, v["token"].as_str().unwrap()).await;
+    let a = enroll(addr, &t.join_token().await).await;
     create(
         &t,
         "spiffe://prod/node-db",

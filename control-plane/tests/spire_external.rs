@@ -1,7 +1,8 @@
 //! An external SPIRE deployment (`[spire.external]`): agents with SVIDs from SPIRE stream
 //! without enrolling, each chain is checked against the bundle of the trust domain its SVID
-//! names, SPIRE's CA rotation is followed from the bundle file, the SPIRE server's health is
-//! reported, and a SPIFFE bundle endpoint is fetched over TLS. Real QUIC sockets on 127.0.0.1,
+//! names, SPIRE's CA rotation is followed from the bundle file (and the uplink's server SVID
+//! renewed with it, without disturbing connections already open), the SPIRE server's health
+//! is reported, and a SPIFFE bundle endpoint is fetched over TLS. Real QUIC sockets on 127.0.0.1,
 //! a real HTTP health endpoint and a real TLS bundle endpoint served by the test.
 
 mod common;
@@ -200,6 +201,13 @@ async fn external_spire(backend: Backend) {
             .contains("hais_spire_external_healthy 0")
     );
 
+    // An agent of the built-in CA, connected before the rotation below.
+    let builtin = enroll(addr, &t.join_token().await).await;
+    let before = uplink(addr, &builtin)
+        .await
+        .expect("built-in agent accepted");
+    let server_svid_before = server_leaf(&before);
+
     // SPIRE rotates its CA: the new bundle (JWKS this time) is picked up from the file, and
     // agents of the new CA get in, those of the old one no longer do.
     let new_ca = CertificateAuthority::generate(SPIRE_TD).unwrap();
@@ -221,6 +229,22 @@ async fn external_spire(backend: Backend) {
     })
     .await;
     refused(addr, tls(&node1)).await;
+    // The uplink's server config was rebuilt for the new trust, with a freshly issued server
+    // SVID: new handshakes see the new certificate, which agents still verify by the built-in
+    // bundle they had; the connection opened before goes on.
+    let after = uplink(addr, &builtin)
+        .await
+        .expect("built-in agent accepted after");
+    let server_svid_after = server_leaf(&after);
+    assert_ne!(server_svid_after, server_svid_before, "server SVID renewed");
+    assert_eq!(server_leaf(&before), server_svid_before);
+    for conn in [&before, &after] {
+        call(conn, &heartbeat_req())
+            .await
+            .expect("heartbeat on connections from before and after the renewal");
+    }
+    before.close(0u32.into(), b"done");
+    after.close(0u32.into(), b"done");
 
     // Revocation applies to SPIRE agents like any other.
     let (s, v) = t
@@ -237,6 +261,16 @@ async fn external_spire(backend: Backend) {
         Some(close::REVOKED.into())
     );
     t.finish().await;
+}
+
+/// The leaf certificate the server presented on `conn` (DER).
+fn server_leaf(conn: &quinn::Connection) -> Vec<u8> {
+    let certs = conn
+        .peer_identity()
+        .expect("the server presented certificates")
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .expect("rustls certificates");
+    certs[0].to_vec()
 }
 
 /// GET of a text body that must succeed.

@@ -47,19 +47,6 @@ fn store(t: &TestApp) -> &dyn Store {
     &*t.app.as_ref().unwrap().state.store
 }
 
-async fn new_token(t: &TestApp) -> String {
-    let (s, v) = t
-        .call(
-            "POST",
-            "/api/spire/tokens",
-            Some(&t.admin),
-            Some(json!({"description": "test"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    v["token"].as_str().unwrap().to_owned()
-}
-
 /// Waits for a bus message on `topic` whose payload satisfies `pred`.
 async fn wait_bus(
     rx: &mut tokio::sync::broadcast::Receiver<Arc<hais_control_plane::bus::BusMessage>>,
@@ -108,7 +95,7 @@ async fn enroll_and_stream(backend: Backend) {
     assert_eq!(s, StatusCode::OK);
     assert!(bundle_pem.starts_with("-----BEGIN CERTIFICATE-----"));
 
-    let token = new_token(&t).await;
+    let token = t.join_token().await;
     let a = enroll(addr, &token).await;
     assert_eq!(Bundle::from_pem(&bundle_pem).unwrap().certs, a.bundle.certs);
     let enrolled = wait_bus(&mut bus, topics::AGENT_ENROLLED, |p| {
@@ -282,7 +269,7 @@ where
 async fn token_rules(backend: Backend) {
     let t = TestApp::start(backend, "uplinktok").await;
     let addr = uplink_addr(&t);
-    let token = new_token(&t).await;
+    let token = t.join_token().await;
 
     // Five concurrent enrollments with one token: exactly one wins.
     let attempts = (0..5).map(|_| {
@@ -329,21 +316,21 @@ async fn token_rules(backend: Backend) {
     let unknown = JoinToken::generate(ca_hash);
     let e = wire_error(enroll_raw(addr, &unknown.to_string()).await.unwrap().1);
     assert_eq!(e.message, "unknown join token");
-    let mut wrong_secret = JoinToken::parse(&new_token(&t).await).unwrap();
+    let mut wrong_secret = JoinToken::parse(&t.join_token().await).unwrap();
     wrong_secret.secret = "0".repeat(32);
     let e = wire_error(enroll_raw(addr, &wrong_secret.to_string()).await.unwrap().1);
     assert_eq!(e.message, "unknown join token");
 
     // A token pinning another CA: the agent refuses the server (no man in the middle).
     let other_ca = CertificateAuthority::generate("hais.local").unwrap();
-    let mut pinned_elsewhere = JoinToken::parse(&new_token(&t).await).unwrap();
+    let mut pinned_elsewhere = JoinToken::parse(&t.join_token().await).unwrap();
     pinned_elsewhere.ca_hash = other_ca.hash();
     match enroll_raw(addr, &pinned_elsewhere.to_string()).await {
         Err(CallError::Connection(_)) => {}
         other => panic!("enrollment against an unpinned CA must fail: {other:?}"),
     }
     // ... and that token is still unused: a bad CSR does not burn it either.
-    let good = JoinToken::parse(&new_token(&t).await).unwrap();
+    let good = JoinToken::parse(&t.join_token().await).unwrap();
     let conn = connect(addr, hais_svid::enroll_client_config(good.ca_hash).unwrap())
         .await
         .unwrap();
@@ -383,7 +370,7 @@ async fn stored_ca(t: &TestApp) -> CertificateAuthority {
 async fn bad_identities_refused(backend: Backend) {
     let t = TestApp::start(backend, "uplinkbad").await;
     let addr = uplink_addr(&t);
-    let a = enroll(addr, &new_token(&t).await).await;
+    let a = enroll(addr, &t.join_token().await).await;
     let server = control_plane_id();
     // How the uplink answers a connection presenting `svid`.
     let answer = |svid: &Svid| {
@@ -444,8 +431,8 @@ async fn revocation(backend: Backend) {
     let t = TestApp::start(backend, "uplinkrev").await;
     let mut bus = t.app.as_ref().unwrap().state.bus.subscribe();
     let addr = uplink_addr(&t);
-    let a = enroll(addr, &new_token(&t).await).await;
-    let other = enroll(addr, &new_token(&t).await).await;
+    let a = enroll(addr, &t.join_token().await).await;
+    let other = enroll(addr, &t.join_token().await).await;
     let live = uplink(addr, &a).await.unwrap();
     let bystander = uplink(addr, &other).await.unwrap();
     ack(call(&live, &batch_req(1, vec![wire_event(&a.agent_id)]))
@@ -571,7 +558,7 @@ async fn throughput(backend: Backend) {
     const IN_FLIGHT: usize = 16;
     let t = TestApp::start(backend, "uplinkperf").await;
     let addr = uplink_addr(&t);
-    let a = enroll(addr, &new_token(&t).await).await;
+    let a = enroll(addr, &t.join_token().await).await;
     let conn = uplink(addr, &a).await.unwrap();
     let batches: Vec<Request> = (0..BATCHES)
         .map(|seq| batch_req(seq, (0..BATCH).map(|_| wire_event(&a.agent_id)).collect()))
@@ -623,7 +610,7 @@ async fn connection_limit(backend: Backend) {
     config.ja4.uplink_max_connections = 1;
     let t = TestApp::start_with(iso, config).await;
     let addr = uplink_addr(&t);
-    let a = enroll(addr, &new_token(&t).await).await;
+    let a = enroll(addr, &t.join_token().await).await;
     // The enrollment's connection holds the slot until the server has seen it close.
     let first = connect_when_free(addr, &a).await;
     let before = refusals(&t);
@@ -649,7 +636,7 @@ async fn slow_request_times_out(backend: Backend) {
     config.ja4.uplink_request_timeout = "1s".parse().unwrap();
     let t = TestApp::start_with(iso, config).await;
     let addr = uplink_addr(&t);
-    let a = enroll(addr, &new_token(&t).await).await;
+    let a = enroll(addr, &t.join_token().await).await;
     let conn = connect_when_free(addr, &a).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let whole = wire::encode(&heartbeat_req());

@@ -200,6 +200,20 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// A fresh join token (admin API), for enrolling an agent over the uplink.
+    pub async fn join_token(&self) -> String {
+        let (s, v) = self
+            .call(
+                "POST",
+                "/api/spire/tokens",
+                Some(&self.admin),
+                Some(json!({"description": "test"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["token"].as_str().unwrap().to_owned()
+    }
+
     pub async fn start(backend: Backend, tag: &str) -> TestApp {
         let iso = Isolation::new(backend, tag).await;
         Self::start_with(iso.clone(), iso.config()).await
