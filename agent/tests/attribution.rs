@@ -141,6 +141,7 @@ fn records_name_the_process_exe_and_user_of_each_client() {
             .arg(&state)
             .env_remove("HAIS_CONFIG")
             .env_remove("HAIS_ATTRIBUTION")
+            .env_remove("HAIS_ATTRIBUTION_EBPF")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&err).unwrap())
@@ -256,6 +257,16 @@ fn records_name_the_process_exe_and_user_of_each_client() {
     let requests = status["attribution"]["requests"].as_u64().unwrap_or(0);
     assert!(requests >= total as u64, "status: {status}");
     assert!(status["attribution"]["attributed"].as_u64().unwrap_or(0) >= expect.len() as u64);
+    // Every client here opened its connection itself: with the eBPF tracer (on by default),
+    // each was answered from the kernel's record of its connect().
+    let ebpf = std::env::var_os("HAIS_SKIP_EBPF_TESTS").is_none();
+    if ebpf {
+        assert_eq!(status["attribution"]["ebpf"], true, "status: {status}");
+        assert!(
+            status["attribution"]["ebpf_hits"].as_u64().unwrap_or(0) >= expect.len() as u64,
+            "status: {status}"
+        );
+    }
 
     let _ = Command::new("kill")
         .args(["-TERM", &agent.0.id().to_string()])
@@ -266,6 +277,10 @@ fn records_name_the_process_exe_and_user_of_each_client() {
     assert!(
         err_text.contains("hais-agent run: attribution:"),
         "summary names attribution: {err_text}"
+    );
+    assert!(
+        !ebpf || err_text.contains("eBPF tracer on"),
+        "summary names the tracer: {err_text}"
     );
 
     let seen = seen.lock().unwrap().clone();
