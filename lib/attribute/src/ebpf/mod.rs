@@ -152,7 +152,12 @@ struct Fields {
     daddr_v6: i16,
 }
 
-/// Reads the field offsets from the tracepoint's `format` file, checking each field's size.
+/// A tracepoint record is at most this long (`PERF_MAX_TRACE_SIZE`): offsets beyond cannot be
+/// read by the program (and stay far from overflowing an instruction's 16-bit offset).
+const MAX_TRACE_RECORD: usize = 8192;
+
+/// Reads the field offsets from the tracepoint's `format` file, checking each field's size,
+/// alignment and that it lies within a record.
 fn parse_format(text: &str) -> Result<Fields, String> {
     let mut found: HashMap<&str, (i16, usize)> = HashMap::new();
     for line in text.lines() {
@@ -176,7 +181,14 @@ fn parse_format(text: &str) -> Result<Fields, String> {
         }
     }
     let field = |name: &str, size: usize| match found.get(name) {
-        Some(&(o, s)) if s == size && o >= 8 && (o as usize).is_multiple_of(size.min(8)) => Ok(o),
+        Some(&(o, s))
+            if s == size
+                && o >= 8
+                && o as usize + size <= MAX_TRACE_RECORD
+                && (o as usize).is_multiple_of(size.min(8)) =>
+        {
+            Ok(o)
+        }
         Some(&(o, s)) => Err(format!(
             "field {name}: offset {o} size {s}, want size {size}"
         )),
@@ -471,6 +483,29 @@ mod tests {
         );
         assert!(parse_format(&changed).unwrap_err().contains("sport"));
         assert!(parse_format("garbage\n;;;offset:x").is_err());
+    }
+
+    #[test]
+    fn truncated_and_corrupted_format_files_never_panic() {
+        // The file comes from the kernel, but a parser must survive anything: every
+        // truncation, and every byte replaced by a few troublesome ones.
+        for end in 0..FORMAT.len() {
+            if FORMAT.is_char_boundary(end) {
+                let _ = parse_format(&FORMAT[..end]);
+            }
+        }
+        let bytes = FORMAT.as_bytes();
+        for i in 0..bytes.len() {
+            for b in [b';', b':', b'[', b'\n', b'9', b'-', 0xff] {
+                let mut m = bytes.to_vec();
+                m[i] = b;
+                let _ = parse_format(&String::from_utf8_lossy(&m));
+            }
+        }
+        // Offsets that do not fit an eBPF instruction, or point into the common header.
+        assert!(parse_format(&FORMAT.replace("offset:40;", "offset:99999;")).is_err());
+        assert!(parse_format(&FORMAT.replace("offset:40;", "offset:8184;")).is_err());
+        assert!(parse_format(&FORMAT.replace("offset:8;\tsize:8", "offset:0;\tsize:8")).is_err());
     }
 
     #[test]
