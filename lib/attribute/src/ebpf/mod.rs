@@ -351,13 +351,28 @@ impl ConnectTracer {
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "tracepoint id"))?;
         let fields = parse_format(&std::fs::read_to_string(dir.join("format"))?)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let pending = sys::Map::create(
-            sys::MAP_LRU_HASH,
-            8,
-            OWNER_LEN as u32,
-            PENDING_ENTRIES,
-            "hais_connecting",
-        )?;
+        let create_pending = || {
+            sys::Map::create(
+                sys::MAP_LRU_HASH,
+                8,
+                OWNER_LEN as u32,
+                PENDING_ENTRIES,
+                "hais_connecting",
+            )
+        };
+        let pending = match create_pending() {
+            // Before Linux 5.11 eBPF maps are charged to RLIMIT_MEMLOCK (64 KiB by default)
+            // rather than to the cgroup: lift it (root may) and try again.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                let unlimited = rustix::process::Rlimit {
+                    current: None,
+                    maximum: None,
+                };
+                let _ = rustix::process::setrlimit(rustix::process::Resource::Memlock, unlimited);
+                create_pending()?
+            }
+            other => other?,
+        };
         let queue = sys::Map::create(
             sys::MAP_QUEUE,
             0,
