@@ -163,3 +163,55 @@ fn an_idle_attributor_drains_the_queue() {
     assert_eq!(att.stats().requests, 0);
     drop(conns);
 }
+
+/// Where the tracer cannot load (here: CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN dropped), the
+/// attributor starts anyway, says the tracer is off, and attributes through `/proc`. Runs
+/// this test binary again under `setpriv` for the part without the capabilities.
+#[test]
+fn without_the_privilege_attribution_falls_back_to_proc() {
+    use hais_attribute::{Attribution, Attributor, AttributorConfig, Direction, FlowKey, Proto};
+    if std::env::var_os("HAIS_EBPF_FALLBACK_CHILD").is_some() {
+        let att = Attributor::start(AttributorConfig::default()).unwrap();
+        assert!(!att.stats().ebpf, "the tracer cannot load without CAP_BPF");
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dst = l.local_addr().unwrap();
+        let s = TcpStream::connect(dst).unwrap();
+        let key = FlowKey {
+            proto: Proto::Tcp,
+            src: s.local_addr().unwrap(),
+            dst,
+        };
+        att.notify(key);
+        let until = Instant::now() + Duration::from_secs(5);
+        while att.peek(&key) == Attribution::Unknown && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match att.take(&key) {
+            Attribution::Process { direction, process } => {
+                assert_eq!(direction, Direction::Outbound);
+                assert_eq!(process.pid, std::process::id());
+            }
+            other => panic!("not attributed: {other:?}"),
+        }
+        assert_eq!(att.stats().ebpf_hits, 0);
+        return;
+    }
+    if std::env::var_os("HAIS_SKIP_EBPF_TESTS").is_some() {
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--bounding-set", "-bpf,-perfmon,-sys_admin", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "without_the_privilege_attribution_falls_back_to_proc",
+            "--nocapture",
+        ])
+        .env("HAIS_EBPF_FALLBACK_CHILD", "1")
+        .output()
+        .expect("setpriv (util-linux)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the child ran the test: {text}");
+}
