@@ -42,6 +42,7 @@ both_methods!(
     short_lived_processes_rate_is_reported,
     udp_flows_are_attributed_both_ways,
     finished_inbound_connections_go_to_the_listener_at_once,
+    flow_between_namespaces,
 );
 
 /// An attributor with or without the eBPF tracer; with it, the tracer must have loaded.
@@ -450,4 +451,100 @@ fn finished_inbound_connections_go_to_the_listener_at_once(ebpf: bool) {
         }
     }
     assert_method(&att, ebpf, 2);
+}
+
+/// Two network namespaces this test makes, joined by a veth pair: a client in one, a server in
+/// the other, neither in the attributor's namespace (like two containers' traffic seen on a
+/// host's bridge). sock_diag sees only its own namespace, so through `/proc` the flow is
+/// `not-local`; the eBPF tracer sees every namespace's `connect()` and names the client.
+fn flow_between_namespaces(ebpf: bool) {
+    if nix_uid() != 0 {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let tag = format!("{}{}", std::process::id() % 100_000, u8::from(ebpf));
+    let (a, b) = (format!("hais-a{tag}"), format!("hais-b{tag}"));
+    let ip = |args: &[&str]| {
+        let st = Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip (iproute2)");
+        assert!(st.success(), "ip {args:?}");
+    };
+    struct Cleanup(Vec<String>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for ns in &self.0 {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+    ip(&["netns", "add", &a]);
+    let _cleanup = Cleanup(vec![a.clone(), b.clone()]);
+    ip(&["netns", "add", &b]);
+    let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
+    ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+    ip(&["link", "set", &va, "netns", &a]);
+    ip(&["link", "set", &vb, "netns", &b]);
+    let net = if ebpf { "10.213.1" } else { "10.213.2" };
+    ip(&["-n", &a, "addr", "add", &format!("{net}.1/30"), "dev", &va]);
+    ip(&["-n", &b, "addr", "add", &format!("{net}.2/30"), "dev", &vb]);
+    ip(&["-n", &a, "link", "set", &va, "up"]);
+    ip(&["-n", &b, "link", "set", &vb, "up"]);
+
+    let att = start(ebpf, AttributorConfig::default());
+    let server = format!(
+        "import socket,time\nl=socket.socket()\nl.bind(('{net}.2',8080))\nl.listen()\n\
+         print('up',flush=True)\nc,_=l.accept()\ntime.sleep(3)"
+    );
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &b, "python3", "-c", &server])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(srv.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "up");
+    let client = format!(
+        "import os,socket,time\ns=socket.create_connection(('{net}.2',8080))\n\
+         print(s.getsockname()[1],os.getpid(),flush=True)\ntime.sleep(2)"
+    );
+    let mut cli = Command::new("ip")
+        .args(["netns", "exec", &a, "python3", "-c", &client])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(cli.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let mut f = line.split_whitespace().map(|x| x.parse::<u32>().unwrap());
+    let (port, pid) = (f.next().unwrap(), f.next().unwrap());
+    let key = FlowKey {
+        proto: Proto::Tcp,
+        src: format!("{net}.1:{port}").parse().unwrap(),
+        dst: format!("{net}.2:8080").parse().unwrap(),
+    };
+    att.notify(key);
+    let t0 = Instant::now();
+    while att.peek(&key) == Attribution::Unknown && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let got = att.take(&key);
+    let _ = cli.kill();
+    let _ = srv.kill();
+    let _ = (cli.wait(), srv.wait());
+    if ebpf {
+        let p = process(&got);
+        assert_eq!(p.pid, pid);
+        assert!(p.name.starts_with("python"), "{}", p.name);
+    } else {
+        assert_eq!(got, Attribution::NotLocal);
+    }
 }
