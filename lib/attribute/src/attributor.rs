@@ -493,7 +493,7 @@ impl Resolver {
 
     /// Records taken from the tracer so far.
     pub fn ebpf_records(&self) -> u64 {
-        self.tracer.as_ref().map_or(0, |t| t.stats.drained)
+        self.tracer.as_ref().map_or(0, |t| t.stats().drained)
     }
 
     /// Resolves one flow (see the crate documentation for the steps).

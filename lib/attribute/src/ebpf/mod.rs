@@ -78,6 +78,9 @@ const QUEUE_ENTRIES: u32 = 16_384;
 /// would be another connection's (ports are reused once TIME_WAIT ends).
 const KEEP_FOR: Duration = Duration::from_secs(30);
 const KEPT: usize = 65_536;
+/// Records of the same addresses and ports by two processes closer together than this are
+/// taken to come from two network namespaces (see [`ConnectTracer::keep`]).
+const CLASH_WINDOW: Duration = Duration::from_secs(2);
 
 /// Who opened a connection, as the kernel saw it at `connect()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,6 +312,14 @@ fn tracepoint_dir() -> io::Result<std::path::PathBuf> {
     ))
 }
 
+/// Records of one connection key: the time of the latest, and who made it (`None`: two
+/// processes did, see [`ConnectTracer::keep`]).
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    at: u64,
+    who: Option<Connector>,
+}
+
 /// Counters of the tracer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TracerStats {
@@ -318,6 +329,8 @@ pub struct TracerStats {
     pub hits: u64,
     /// Records dropped unasked after [`KEEP_FOR`] or beyond [`KEPT`].
     pub expired: u64,
+    /// Flows whose addresses and ports two processes recorded at once (left to `/proc`).
+    pub ambiguous: u64,
 }
 
 /// The loaded and attached tracer, plus the records drained from it. Detaches when dropped.
@@ -327,15 +340,11 @@ pub struct ConnectTracer {
     program: sys::Program,
     _pending: sys::Map,
     _attached: OwnedFd,
-    kept: HashMap<[u8; KEY_LEN], Connector>,
-    /// Keys in the order drained, with their record's time (a key recorded again later is
-    /// dropped at its newer record's time).
-    order: VecDeque<(u64, [u8; KEY_LEN])>,
-    pub stats: TracerStats,
+    records: Records,
 }
 
 impl ConnectTracer {
-    /// Loads the program and attaches it on every online CPU. The error says what is missing
+    /// Loads the program and attaches it to the tracepoint. The error says what is missing
     /// (kernel too old, no privilege, no tracefs).
     pub fn start() -> io::Result<ConnectTracer> {
         if cfg!(target_endian = "big") {
@@ -390,9 +399,7 @@ impl ConnectTracer {
             program,
             _pending: pending,
             _attached: attached,
-            kept: HashMap::new(),
-            order: VecDeque::new(),
-            stats: TracerStats::default(),
+            records: Records::default(),
         };
         t.drain()?;
         Ok(t)
@@ -401,7 +408,6 @@ impl ConnectTracer {
     /// Moves the connections recorded since the last call from the kernel into memory, and
     /// forgets records nobody asked for in time.
     pub fn drain(&mut self) -> io::Result<()> {
-        let oldest = boot_ns().saturating_sub(KEEP_FOR.as_nanos() as u64);
         let mut record = [0u8; RECORD_LEN];
         // Bounded: connections made while draining wait for the next call.
         for _ in 0..QUEUE_ENTRIES {
@@ -409,48 +415,99 @@ impl ConnectTracer {
                 break;
             }
             let (key, owner) = record.split_at(RECORD_OWNER);
-            let (Ok(key), Some(c)) = (
+            if let (Ok(key), Some(c)) = (
                 <[u8; KEY_LEN]>::try_from(&key[..KEY_LEN]),
                 Connector::from_bytes(owner),
-            ) else {
-                continue;
-            };
-            self.stats.drained += 1;
-            self.kept.insert(key, c);
-            self.order.push_back((c.boot_ns, key));
-        }
-        while let Some(&(at, key)) = self.order.front() {
-            if self.order.len() <= KEPT && at >= oldest {
-                break;
-            }
-            self.order.pop_front();
-            if self.kept.get(&key).is_some_and(|c| c.boot_ns == at) {
-                self.kept.remove(&key);
-                self.stats.expired += 1;
+            ) {
+                self.records.stats.drained += 1;
+                self.records.keep(key, c);
             }
         }
+        self.records.expire(oldest_trusted());
         Ok(())
     }
 
     /// Who opened the TCP connection from `src` to `dst` (as drained so far), taking the record.
     pub fn take(&mut self, src: SocketAddr, dst: SocketAddr) -> Option<Connector> {
-        let c = self.kept.remove(&flow_key(src, dst))?;
-        if c.boot_ns < boot_ns().saturating_sub(KEEP_FOR.as_nanos() as u64) {
-            return None;
-        }
-        self.stats.hits += 1;
-        Some(c)
+        self.records.take(&flow_key(src, dst), oldest_trusted())
+    }
+
+    pub fn stats(&self) -> TracerStats {
+        self.records.stats
     }
 
     /// Records drained and not yet taken.
     pub fn kept(&self) -> usize {
-        self.kept.len()
+        self.records.kept.len()
     }
 
     /// How often the program ran and its total run time in ns (zero unless the kernel counts:
     /// `sysctl kernel.bpf_stats_enabled=1`).
     pub fn program_cost(&self) -> io::Result<(u64, u64)> {
         self.program.run_stats()
+    }
+}
+
+/// The boot time before which records are no longer trusted (see [`KEEP_FOR`]).
+fn oldest_trusted() -> u64 {
+    boot_ns().saturating_sub(KEEP_FOR.as_nanos() as u64)
+}
+
+/// Records drained from the kernel, waiting for their flow to be asked about.
+#[derive(Debug, Default)]
+struct Records {
+    kept: HashMap<[u8; KEY_LEN], Kept>,
+    /// Keys in the order drained, with their record's time (a key recorded again later is
+    /// dropped at its newer record's time).
+    order: VecDeque<(u64, [u8; KEY_LEN])>,
+    stats: TracerStats,
+}
+
+impl Records {
+    /// Files record `c` under `key`. Two processes recording the same addresses and ports within
+    /// [`CLASH_WINDOW`] are in different network namespaces (the kernel lets one namespace use
+    /// a 4-tuple once at a time), and the flow seen on the wire can be either's: the key is
+    /// then marked ambiguous, and left to `/proc`, which looks in the agent's own namespace.
+    fn keep(&mut self, key: [u8; KEY_LEN], c: Connector) {
+        let window = CLASH_WINDOW.as_nanos() as u64;
+        let who = match self.kept.get(&key) {
+            Some(k)
+                if c.boot_ns.abs_diff(k.at) < window
+                    && k.who.is_none_or(|old| old.tgid != c.tgid) =>
+            {
+                None
+            }
+            _ => Some(c),
+        };
+        self.kept.insert(key, Kept { at: c.boot_ns, who });
+        self.order.push_back((c.boot_ns, key));
+    }
+
+    /// Forgets records older than `oldest`, and the oldest beyond [`KEPT`].
+    fn expire(&mut self, oldest: u64) {
+        while let Some(&(at, key)) = self.order.front() {
+            if self.order.len() <= KEPT && at >= oldest {
+                break;
+            }
+            self.order.pop_front();
+            if self.kept.get(&key).is_some_and(|k| k.at == at) {
+                self.kept.remove(&key);
+                self.stats.expired += 1;
+            }
+        }
+    }
+
+    /// The record of `key`, taken, unless it is ambiguous or older than `oldest`.
+    fn take(&mut self, key: &[u8; KEY_LEN], oldest: u64) -> Option<Connector> {
+        let Some(c) = self.kept.remove(key)?.who else {
+            self.stats.ambiguous += 1;
+            return None;
+        };
+        if c.boot_ns < oldest {
+            return None;
+        }
+        self.stats.hits += 1;
+        Some(c)
     }
 }
 
@@ -521,6 +578,65 @@ mod tests {
         assert!(parse_format(&FORMAT.replace("offset:40;", "offset:99999;")).is_err());
         assert!(parse_format(&FORMAT.replace("offset:40;", "offset:8184;")).is_err());
         assert!(parse_format(&FORMAT.replace("offset:8;\tsize:8", "offset:0;\tsize:8")).is_err());
+    }
+
+    fn conn(tgid: u32, boot_ns: u64) -> Connector {
+        Connector {
+            tgid,
+            tid: tgid,
+            uid: 0,
+            gid: 0,
+            boot_ns,
+            comm: [0; 16],
+            cgroup_id: 1,
+        }
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn records_are_taken_once_and_expire() {
+        let mut r = Records::default();
+        let (k1, k2) = ([1u8; KEY_LEN], [2u8; KEY_LEN]);
+        r.keep(k1, conn(10, 100 * S));
+        r.keep(k2, conn(11, 101 * S));
+        assert_eq!(r.take(&k1, 0).map(|c| c.tgid), Some(10));
+        assert_eq!(r.take(&k1, 0), None, "taken once");
+        // Too old to trust: not given out.
+        assert_eq!(r.take(&k2, 102 * S), None);
+        r.keep(k1, conn(10, 200 * S));
+        r.keep(k2, conn(11, 201 * S));
+        r.expire(200 * S + 1);
+        assert_eq!((r.kept.len(), r.stats.expired), (1, 1));
+        assert_eq!(r.take(&k2, 0).map(|c| c.tgid), Some(11));
+        // A key recorded again later lives until its newer record's time.
+        r.keep(k1, conn(12, 300 * S));
+        r.keep(k1, conn(12, 310 * S));
+        r.expire(305 * S);
+        assert_eq!(r.take(&k1, 0).map(|c| c.boot_ns), Some(310 * S));
+    }
+
+    #[test]
+    fn the_same_ports_from_two_processes_at_once_are_left_to_proc() {
+        let mut r = Records::default();
+        let k = [7u8; KEY_LEN];
+        // Two namespaces using the same addresses and ports a second apart: ambiguous, in
+        // either order of arrival, and still after a third record inside the window.
+        r.keep(k, conn(10, 100 * S));
+        r.keep(k, conn(20, 101 * S));
+        assert_eq!(r.take(&k, 0), None);
+        assert_eq!(r.stats.ambiguous, 1);
+        r.keep(k, conn(20, 201 * S));
+        r.keep(k, conn(10, 200 * S));
+        r.keep(k, conn(10, 201 * S));
+        assert_eq!(r.take(&k, 0), None);
+        // The same process reusing its ports, or another process long after: no doubt.
+        r.keep(k, conn(30, 300 * S));
+        r.keep(k, conn(30, 300 * S + 1));
+        assert_eq!(r.take(&k, 0).map(|c| c.tgid), Some(30));
+        r.keep(k, conn(30, 400 * S));
+        r.keep(k, conn(40, 410 * S));
+        assert_eq!(r.take(&k, 0).map(|c| c.tgid), Some(40));
     }
 
     #[test]
