@@ -802,6 +802,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let c = AgentConfig::from_toml(include_str!("../../packaging/config/agent.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/hais-agent"));
+        assert!(c.attribution.ebpf);
+    }
+
+    #[test]
     fn attribution_keys_have_defaults_file_and_env_layers() {
         let c = AgentConfig::default();
         assert_eq!(c.attribution.enabled, cfg!(target_os = "linux"));

@@ -811,6 +811,21 @@ pub fn is_identifier(s: &str) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/control-plane.toml");
+        let c = Config::load(Some(&path), |_| None).unwrap();
+        assert_eq!(
+            c.spire.server_dns_names,
+            vec!["hais-cp.internal".to_owned()]
+        );
+        assert_eq!(
+            c.ja4.uplink_request_timeout.0,
+            std::time::Duration::from_secs(30)
+        );
+    }
+
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: BTreeMap<String, String> = pairs
             .iter()
