@@ -8,6 +8,9 @@
 //! process lives a few milliseconds) only reports its rate: how many of those are caught
 //! depends on how fast the capture hands packets over and how busy the machine is.
 //!
+//! The agent runs under `setpriv` with exactly the capabilities its systemd unit
+//! (`packaging/systemd/hais-agent.service`) leaves it, so this also checks that they suffice.
+//!
 //! Needs root (capture on `lo`, reading other users' `/proc/<pid>/fd`, `setpriv`) and the
 //! curl, python3, setpriv and bash commands; without them the test says so on stderr and passes
 //! vacuously, like the other live tests.
@@ -90,6 +93,27 @@ fn serve(mut conn: TcpStream, seen: &Seen) {
     let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
 }
 
+/// The capability bounding set of `packaging/systemd/hais-agent.service`, in `setpriv` form
+/// (`-all,+net_raw,…`).
+fn unit_capabilities() -> String {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../packaging/systemd/hais-agent.service"),
+    )
+    .unwrap();
+    let caps = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit bounds the agent's capabilities");
+    std::iter::once("-all".to_owned())
+        .chain(
+            caps.split_whitespace()
+                .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase())),
+        )
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// What a client process is: its pid, canonical executable and uid.
 #[derive(Debug, Clone, PartialEq)]
 struct Expect {
@@ -131,8 +155,12 @@ fn records_name_the_process_exe_and_user_of_each_client() {
     std::fs::create_dir_all(&state).unwrap();
     let (port, seen) = start_server();
 
+    // The agent runs with the capabilities its systemd unit leaves it, and no more: this test
+    // is also the check that they suffice (capture, the eBPF tracer, other users' /proc).
     let mut agent = Guard(
-        Command::new(bin())
+        Command::new("setpriv")
+            .args(["--bounding-set", &unit_capabilities(), "--"])
+            .arg(bin())
             .args(["--log", "info", "run", "-i", "lo", "--bpf"])
             .arg(format!("tcp port {port}"))
             .args(["--with-workload", "--json", "--idle-timeout", "2", "-o"])
