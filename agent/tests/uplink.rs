@@ -697,7 +697,10 @@ async fn cli_enroll_run_status_doctor() {
             .map(|c| c["outcome"].as_str().unwrap_or("").to_string())
             .unwrap_or_default()
     };
-    for name in ["identity", "server", "clock", "agent", "state dir"] {
+    // Attribution (sock_diag and the eBPF tracer, tried for real) too, where eBPF can load.
+    let ebpf = std::env::var_os("HAIS_SKIP_EBPF_TESTS").is_none();
+    let checked = ["identity", "server", "clock", "agent", "state dir"];
+    for name in checked.into_iter().chain(ebpf.then_some("attribution")) {
         assert_eq!(outcome(name), "ok", "{name}: {out}\n{err}");
     }
     assert_eq!(code, 0, "{out}");

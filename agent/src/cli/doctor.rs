@@ -123,7 +123,12 @@ pub fn run(args: DoctorArgs) -> i32 {
 /// Every check, in order.
 pub fn run_checks(cfg: &AgentConfig) -> Vec<Check> {
     let state = StateDir::new(&cfg.state_dir);
-    let mut out = vec![capabilities(), interfaces(cfg), state_dir(&state)];
+    let mut out = vec![
+        capabilities(),
+        interfaces(cfg),
+        attribution(cfg),
+        state_dir(&state),
+    ];
     // (SVID, CAs the server must chain to, the server's expected ID)
     let identity = match SpireOptions::from_config(&cfg.spire) {
         Ok(Some(opts)) => {
@@ -225,6 +230,43 @@ fn capabilities() -> Check {
         .fix(format!("setcap cap_net_raw,cap_net_admin=eip {exe}"));
     }
     check("capabilities", Outcome::Ok, "CAP_NET_RAW and CAP_NET_ADMIN")
+}
+
+/// Whether workload attribution can run here, tried for real: the netlink sock_diag socket
+/// opened, and the eBPF connect tracer loaded and attached (then detached at once).
+fn attribution(cfg: &AgentConfig) -> Check {
+    let a = &cfg.attribution;
+    if !a.enabled {
+        return check("attribution", Outcome::Skip, "disabled by configuration");
+    }
+    if let Err(e) = hais_attribute::sockdiag::SockDiag::open() {
+        return check(
+            "attribution",
+            Outcome::Warn,
+            format!("netlink sock_diag unavailable ({e}): the agent runs without attribution"),
+        )
+        .fix("run on Linux with the inet_diag module (modprobe inet_diag), outside a sandbox that forbids netlink");
+    }
+    if !a.ebpf {
+        return check(
+            "attribution",
+            Outcome::Ok,
+            "sock_diag and /proc (eBPF connect tracer off by configuration)",
+        );
+    }
+    match hais_attribute::ebpf::ConnectTracer::start() {
+        Ok(_) => check(
+            "attribution",
+            Outcome::Ok,
+            "eBPF connect tracer loads; sock_diag and /proc for the rest",
+        ),
+        Err(e) => check(
+            "attribution",
+            Outcome::Warn,
+            format!("eBPF connect tracer unavailable ({e}): /proc alone, costlier and blind to processes that exit at once"),
+        )
+        .fix("Linux 5.8+ with CAP_BPF and CAP_PERFMON (or root) and tracefs at /sys/kernel/tracing; or set attribution.ebpf = false"),
+    }
 }
 
 fn interfaces(cfg: &AgentConfig) -> Check {
@@ -497,5 +539,17 @@ mod tests {
         assert!(by("identity").fix.unwrap().contains("hais-agent enroll"));
         assert_eq!(by("server").outcome, Outcome::Fail);
         assert_eq!(by("clock").outcome, Outcome::Skip);
+        // Attribution is tried for real: as root with the tracer, or disabled.
+        let root = live::effective_capabilities().is_some_and(|c| c & (1 << 39) != 0);
+        if root && std::env::var_os("HAIS_SKIP_EBPF_TESTS").is_none() {
+            let a = by("attribution");
+            assert_eq!(a.outcome, Outcome::Ok, "{a:?}");
+            assert!(a.detail.contains("eBPF connect tracer loads"), "{a:?}");
+        }
+        let mut off = cfg.clone();
+        off.attribution.enabled = false;
+        let checks = run_checks(&off);
+        let a = checks.iter().find(|c| c.check == "attribution").unwrap();
+        assert_eq!(a.outcome, Outcome::Skip);
     }
 }
