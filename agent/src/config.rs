@@ -46,6 +46,9 @@
 //! [spool]
 //! max_bytes = 268435456           # 256 MiB; the oldest events are dropped beyond it
 //!
+//! [metrics]                       # Prometheus /metrics, /health, /ready while running
+//! listen = "127.0.0.1:9464"       # empty (default): no endpoint
+//!
 //! [spire]                         # identity from a SPIRE agent instead of `hais-agent enroll`
 //! workload_api_socket = "/run/spire/sockets/agent.sock"
 //! control_plane_id = ""           # empty: spiffe://<td of control_plane_bundle>/hais/control-plane
@@ -103,6 +106,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HAIS_SERVER", "uplink.server (HOST:PORT)"),
     ("HAIS_HEARTBEAT_INTERVAL", "uplink.heartbeat_interval_secs"),
     ("HAIS_SPOOL_MAX_BYTES", "spool.max_bytes"),
+    ("HAIS_METRICS_LISTEN", "metrics.listen"),
     (
         "HAIS_SPIRE_WORKLOAD_API_SOCKET",
         "spire.workload_api_socket (path)",
@@ -127,6 +131,17 @@ pub struct AgentConfig {
     pub spool: SpoolConfig,
     pub attribution: AttributionConfig,
     pub spire: SpireConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: an HTTP endpoint for Prometheus (`/metrics`) and probes (`/health`,
+/// `/ready`) while `hais-agent run` runs. Off unless an address is given: most hosts are
+/// watched through the control plane's fleet view, and an open port is a choice to make.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// e.g. "127.0.0.1:9464"; empty: no endpoint.
+    pub listen: String,
 }
 
 /// `[spire]`: taking the agent's identity from a SPIRE agent over the SPIFFE Workload API.
@@ -175,6 +190,7 @@ impl Default for AgentConfig {
             spool: SpoolConfig::default(),
             attribution: AttributionConfig::default(),
             spire: SpireConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -481,6 +497,9 @@ impl AgentConfig {
             &mut self.uplink.heartbeat_interval_secs,
         )?;
         env_parse(&get, "HAIS_SPOOL_MAX_BYTES", &mut self.spool.max_bytes)?;
+        if let Some(v) = get("HAIS_METRICS_LISTEN") {
+            self.metrics.listen = v.trim().to_string();
+        }
         if let Some(v) = get("HAIS_SPIRE_WORKLOAD_API_SOCKET") {
             self.spire.workload_api_socket =
                 Some(v.trim()).filter(|v| !v.is_empty()).map(PathBuf::from);
@@ -523,6 +542,14 @@ impl AgentConfig {
         }
         if self.flows.max_flows == 0 {
             return bad("flows.max_flows", "must be at least 1");
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad(
+                "metrics.listen",
+                "must be an address and port, e.g. 127.0.0.1:9464",
+            );
         }
         if self.flows.ssh_window == 0 {
             return bad("flows.ssh_window", "must be at least 1");
@@ -799,6 +826,19 @@ mod tests {
         c.spool.max_bytes = 1000;
         assert!(c.validate().is_err());
         assert!(AgentConfig::from_toml("[uplink]\nservr = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address() {
+        let mut c = AgentConfig::from_toml("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        c.validate().unwrap();
+        c.metrics.listen = "localhost".into();
+        assert!(c.validate().is_err());
+        c.apply_env(env(&[("HAIS_METRICS_LISTEN", " [::1]:9 ")]))
+            .unwrap();
+        assert_eq!(c.metrics.listen, "[::1]:9");
+        c.validate().unwrap();
+        assert_eq!(AgentConfig::default().metrics.listen, "");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod decode;
 pub mod engine;
 pub mod flow;
 pub mod fuzzing;
+pub mod metrics;
 pub mod output;
 pub mod state;
 pub mod status;

@@ -155,6 +155,11 @@ fn records_name_the_process_exe_and_user_of_each_client() {
     std::fs::create_dir_all(&state).unwrap();
     let (port, seen) = start_server();
 
+    let metrics_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     // The agent runs with the capabilities its systemd unit leaves it, and no more: this test
     // is also the check that they suffice (capture, the eBPF tracer, other users' /proc).
     let mut agent = Guard(
@@ -170,6 +175,7 @@ fn records_name_the_process_exe_and_user_of_each_client() {
             .env_remove("HAIS_CONFIG")
             .env_remove("HAIS_ATTRIBUTION")
             .env_remove("HAIS_ATTRIBUTION_EBPF")
+            .env("HAIS_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&err).unwrap())
@@ -293,6 +299,31 @@ fn records_name_the_process_exe_and_user_of_each_client() {
         assert!(
             status["attribution"]["ebpf_hits"].as_u64().unwrap_or(0) >= expect.len() as u64,
             "status: {status}"
+        );
+    }
+
+    // The same counters on the Prometheus endpoint.
+    let metrics = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{metrics_port}/metrics")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains("hais_agent_capture_packets_total{interface=\"lo\"}"),
+        "{metrics}"
+    );
+    let attributed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hais_agent_attribution_attributed_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        attributed.is_some_and(|n| n >= expect.len() as u64),
+        "{metrics}"
+    );
+    if ebpf {
+        assert!(
+            metrics.contains("hais_agent_attribution_ebpf 1\n"),
+            "{metrics}"
         );
     }
 

@@ -314,6 +314,14 @@ fn run_inner(args: &RunArgs) -> Result<(), Failure> {
                 None
             }
         });
+    // Validated as an address by the configuration.
+    if let Ok(addr) = cfg.metrics.listen.parse() {
+        match crate::metrics::start(addr, Arc::clone(&status)) {
+            Ok(bound) => tracing::info!(address = %bound, "metrics on /metrics, /health, /ready"),
+            // Monitoring is not worth stopping capture for: say so loudly and go on.
+            Err(e) => tracing::error!(error = %e, address = %addr, "metrics endpoint not started"),
+        }
+    }
     let streaming = match (plan, spool) {
         (Some(p), Some(spool)) => Some(start_uplink(&cfg, &state, p, spool, &status)?),
         _ => None,
