@@ -128,6 +128,25 @@ pub fn render(r: &StatusReport, now_ms: i64) -> String {
     if let Some(skew) = u.clock_skew_ms {
         let _ = writeln!(o, "clock:     {skew:+} ms against the control plane");
     }
+    if let Some(a) = &r.attribution {
+        let pct = |n: u64| 100.0 * n as f64 / a.requests.max(1) as f64;
+        let _ = writeln!(
+            o,
+            "workloads: {} flows, {} attributed ({:.1}%), {} process gone, {} not local, {} dropped; \
+             eBPF tracer {}",
+            a.requests,
+            a.attributed,
+            pct(a.attributed),
+            a.process_gone,
+            a.not_local,
+            a.dropped,
+            if a.ebpf {
+                format!("on ({} from its records)", a.ebpf_hits)
+            } else {
+                "off".to_owned()
+            }
+        );
+    }
     let _ = writeln!(
         o,
         "{:<12} {:>12} {:>14} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10}",
@@ -185,5 +204,27 @@ mod tests {
         );
         assert!(text.contains("SVID expires in 15m40s"), "{text}");
         assert!(text.contains("\neth0 "), "{text}");
+        assert!(
+            !text.contains("workloads:"),
+            "no attributor, no line: {text}"
+        );
+        let mut r = st.report();
+        r.attribution = Some(crate::status::AttributionReport {
+            requests: 8,
+            attributed: 6,
+            process_gone: 1,
+            not_local: 1,
+            ebpf: true,
+            ebpf_hits: 5,
+            ..Default::default()
+        });
+        let text = render(&r, 1_060_000);
+        assert!(
+            text.contains(
+                "workloads: 8 flows, 6 attributed (75.0%), 1 process gone, 1 not local, 0 dropped; \
+                 eBPF tracer on (5 from its records)"
+            ),
+            "{text}"
+        );
     }
 }
