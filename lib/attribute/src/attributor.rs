@@ -496,12 +496,6 @@ impl Resolver {
         self.tracer.as_ref().map_or(0, |t| t.stats().drained)
     }
 
-    /// Resolves one flow (see the crate documentation for the steps).
-    pub fn resolve(&mut self, key: FlowKey) -> io::Result<Attribution> {
-        let mut r = self.resolve_batch(&[key])?;
-        Ok(r.pop().map_or(Attribution::Unknown, |(_, a)| a))
-    }
-
     /// Resolves several flows: those the eBPF tracer recorded from its records, the others
     /// sharing one search of `/proc`.
     pub fn resolve_batch(&mut self, keys: &[FlowKey]) -> io::Result<Vec<(FlowKey, Attribution)>> {

@@ -96,15 +96,18 @@ fn attribute(att: &Attributor, srv: &Server) -> (FlowKey, Attribution) {
         src: peer,
         dst: srv.addr,
     };
+    (key, ask(att, key))
+}
+
+/// Asks about `key` as the agent does on a first packet, and takes the answer once there is
+/// one (or after 10 s).
+fn ask(att: &Attributor, key: FlowKey) -> Attribution {
     att.notify(key);
     let t0 = Instant::now();
-    loop {
-        let a = att.peek(&key);
-        if a != Attribution::Unknown || t0.elapsed() > Duration::from_secs(5) {
-            return (key, att.take(&key));
-        }
+    while att.peek(&key) == Attribution::Unknown && t0.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(1));
     }
+    att.take(&key)
 }
 
 fn process(a: &Attribution) -> &hais_attribute::ProcessInfo {
@@ -277,12 +280,7 @@ fn an_exited_process_keeps_its_container_with_ebpf() {
         src: peer,
         dst: srv.addr,
     };
-    att.notify(key);
-    let t0 = Instant::now();
-    while att.peek(&key) == Attribution::Unknown && t0.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let a = att.take(&key);
+    let a = ask(&att, key);
     let _ = std::fs::remove_dir(&dir);
     let _ = std::fs::remove_dir(std::path::Path::new(&dir).parent().unwrap());
     let p = process(&a);
@@ -369,15 +367,7 @@ fn udp_flows_are_attributed_both_ways(ebpf: bool) {
         src,
         dst,
     };
-    att.notify(key);
-    let resolved = |key: FlowKey| {
-        let t0 = Instant::now();
-        while att.peek(&key) == Attribution::Unknown && t0.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        att.take(&key)
-    };
-    let a = resolved(key);
+    let a = ask(&att, key);
     let p = process(&a);
     assert_eq!(p.pid, py.id());
     assert!(p.name.starts_with("python"), "{}", p.name);
@@ -385,8 +375,7 @@ fn udp_flows_are_attributed_both_ways(ebpf: bool) {
     py.wait().unwrap();
     // Once the client is gone, the same datagram's flow is the server's: this process,
     // receiving (inbound).
-    att.notify(key);
-    match resolved(key) {
+    match ask(&att, key) {
         Attribution::Process { direction, process } => {
             assert_eq!(direction, Direction::Inbound);
             assert_eq!(process.pid, std::process::id());
@@ -432,12 +421,7 @@ fn finished_inbound_connections_go_to_the_listener_at_once(ebpf: bool) {
             src,
             dst,
         };
-        att.notify(key);
-        let t0 = Instant::now();
-        while att.peek(&key) == Attribution::Unknown && t0.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        match att.take(&key) {
+        match ask(&att, key) {
             Attribution::Process { direction, process } => {
                 let want = if ebpf {
                     Direction::Outbound
@@ -497,33 +481,13 @@ fn flow_between_namespaces(ebpf: bool) {
         "import socket,time\nl=socket.socket()\nl.bind(('{net}.2',8080))\nl.listen()\n\
          print('up',flush=True)\nc,_=l.accept()\ntime.sleep(3)"
     );
-    let mut srv = Command::new("ip")
-        .args(["netns", "exec", &b, "python3", "-c", &server])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(srv.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (mut srv, line) = python_in(&b, &server);
     assert_eq!(line.trim(), "up");
     let client = format!(
         "import os,socket,time\ns=socket.create_connection(('{net}.2',8080))\n\
          print(s.getsockname()[1],os.getpid(),flush=True)\ntime.sleep(2)"
     );
-    let mut cli = Command::new("ip")
-        .args(["netns", "exec", &a, "python3", "-c", &client])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(cli.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (mut cli, line) = python_in(&a, &client);
     let mut f = line.split_whitespace().map(|x| x.parse::<u32>().unwrap());
     let (port, pid) = (f.next().unwrap(), f.next().unwrap());
     let key = FlowKey {
@@ -531,12 +495,7 @@ fn flow_between_namespaces(ebpf: bool) {
         src: format!("{net}.1:{port}").parse().unwrap(),
         dst: format!("{net}.2:8080").parse().unwrap(),
     };
-    att.notify(key);
-    let t0 = Instant::now();
-    while att.peek(&key) == Attribution::Unknown && t0.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let got = att.take(&key);
+    let got = ask(&att, key);
     let _ = cli.kill();
     let _ = srv.kill();
     let _ = (cli.wait(), srv.wait());
@@ -547,4 +506,20 @@ fn flow_between_namespaces(ebpf: bool) {
     } else {
         assert_eq!(got, Attribution::NotLocal);
     }
+}
+
+/// Runs `code` with python3 in network namespace `ns`, and the first line it prints.
+fn python_in(ns: &str, code: &str) -> (Child, String) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", code])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    (child, line)
 }

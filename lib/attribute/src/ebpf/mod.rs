@@ -19,7 +19,7 @@
 //! Flows the tracer did not see (inbound, UDP, opened before the agent started, or records
 //! lost) are resolved by `/proc` as before.
 //!
-//! The program is assembled here ([`asm`]) rather than compiled with clang, so building the
+//! The program is assembled here (`asm.rs`) rather than compiled with clang, so building the
 //! agent needs no BPF toolchain; it reads the tracepoint's fields at the offsets the running
 //! kernel publishes in tracefs, uses only helpers open to any licence, and needs Linux 5.8+
 //! (`bpf_ktime_get_boot_ns`), `CAP_BPF` and `CAP_PERFMON` (or
@@ -327,7 +327,7 @@ pub struct TracerStats {
     pub drained: u64,
     /// Flows found among them.
     pub hits: u64,
-    /// Records dropped unasked after [`KEEP_FOR`] or beyond [`KEPT`].
+    /// Records dropped unasked (too old, or beyond the number kept).
     pub expired: u64,
     /// Flows whose addresses and ports two processes recorded at once (left to `/proc`).
     pub ambiguous: u64,
@@ -434,11 +434,6 @@ impl ConnectTracer {
 
     pub fn stats(&self) -> TracerStats {
         self.records.stats
-    }
-
-    /// Records drained and not yet taken.
-    pub fn kept(&self) -> usize {
-        self.records.kept.len()
     }
 
     /// How often the program ran and its total run time in ns (zero unless the kernel counts:
