@@ -613,12 +613,14 @@ mod tests {
         let t0 = Instant::now();
         // Never notified: held until its time is up.
         hb.offer(&att, key(1), "a", t0, &mut out);
-        // Notified: released once the attributor answers (a TEST-NET flow is not local).
-        att.notify(key(2));
+        // Not answered yet: held (notified only below, so that no fast answer can release it
+        // before "c" comes: that race made this test flaky).
         hb.offer(&att, key(2), "b", t0, &mut out);
         // Full: goes out at once, as it is.
         hb.offer(&att, key(3), "c", t0, &mut out);
         assert!(out.iter().any(|(i, _)| *i == "c"));
+        // Now notified: released once the attributor answers (a TEST-NET flow is not local).
+        att.notify(key(2));
         let start = Instant::now();
         while !out.iter().any(|(i, _)| *i == "b") && start.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(1));
