@@ -61,6 +61,18 @@ impl App {
     pub async fn start(config: Config) -> Result<App, StartError> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let url = config.database_url();
+        if config.database_url.is_none() {
+            // The embedded database lives here: its directory must be private (secure_fs).
+            crate::secure_fs::private_dir(&config.data_dir).map_err(|e| {
+                StartError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "securing the data directory {}: {e}",
+                        config.data_dir.display()
+                    ),
+                ))
+            })?;
+        }
         let store = store::open(
             &url,
             config.database_schema.as_deref(),
@@ -84,12 +96,28 @@ impl App {
             Duration::from_secs(config.service_token_ttl_secs),
         )
         .await?;
+        let passwords = auth::passwords::Passwords::new(
+            config.auth.max_concurrent_hashes,
+            config.auth.max_queued_hashes,
+        );
         let generated_admin_password = if config.service.runs(ServiceName::Gateway) {
-            auth::bootstrap_admin(&*store, config.admin_password.as_deref()).await?
+            auth::bootstrap_admin(
+                &*store,
+                &passwords,
+                config.admin_password.as_deref(),
+                &config.data_dir,
+            )
+            .await?
         } else {
             None
         };
-        let dummy_hash = auth::hash_password(auth::random_token(16)).await?;
+        let dummy_hash = passwords.hash(auth::random_token(16)).await?;
+        let throttle = auth::throttle::LoginThrottle::new(auth::throttle::ThrottleConfig {
+            free_failures: config.auth.login_free_failures,
+            max_backoff: config.auth.login_max_backoff.0,
+            ..Default::default()
+        });
+        let trusted_proxies = config.auth.proxies();
         let stats: BTreeMap<ServiceName, Arc<ServiceStats>> = ServiceName::BACKENDS
             .into_iter()
             .filter(|s| config.service.runs(*s))
@@ -122,6 +150,10 @@ impl App {
             auth: keys,
             metrics: Metrics::default(),
             dummy_hash,
+            passwords,
+            throttle,
+            liveness: auth::live::Liveness::default(),
+            trusted_proxies,
             stats,
             http,
             spire,

@@ -311,6 +311,41 @@ pub const KEYS: &[KeyDoc] = &[
         help: "how long an agent may take to send one whole request; a slower one is answered with an error (1s to 10m)",
     },
     KeyDoc {
+        key: "auth.max_concurrent_hashes",
+        env: "HAIS_AUTH_MAX_CONCURRENT_HASHES",
+        kind: KeyKind::Int,
+        default: "0 (one per CPU)",
+        help: "password hashes (Argon2id, ~19 MiB each) computed at once; bounds login memory and CPU",
+    },
+    KeyDoc {
+        key: "auth.max_queued_hashes",
+        env: "HAIS_AUTH_MAX_QUEUED_HASHES",
+        kind: KeyKind::Int,
+        default: "64",
+        help: "logins waiting for a hashing slot; more are answered 503 with Retry-After",
+    },
+    KeyDoc {
+        key: "auth.login_free_failures",
+        env: "HAIS_AUTH_LOGIN_FREE_FAILURES",
+        kind: KeyKind::Int,
+        default: "5",
+        help: "failed logins per source address and per user name before back-off (1s, doubling) starts",
+    },
+    KeyDoc {
+        key: "auth.login_max_backoff",
+        env: "HAIS_AUTH_LOGIN_MAX_BACKOFF",
+        kind: KeyKind::Str,
+        default: "15m",
+        help: "longest login back-off; failure counts are forgotten after this long without failures",
+    },
+    KeyDoc {
+        key: "auth.trusted_proxies",
+        env: "HAIS_AUTH_TRUSTED_PROXIES",
+        kind: KeyKind::List,
+        default: "(none)",
+        help: "addresses or CIDRs of reverse proxies whose X-Forwarded-For names the client (for login throttling)",
+    },
+    KeyDoc {
         key: "upstreams.<service>",
         env: "HAIS_UPSTREAM_<SERVICE>",
         kind: KeyKind::Str,
@@ -347,6 +382,42 @@ pub struct Config {
     pub upstreams: BTreeMap<String, String>,
     pub spire: SpireConfig,
     pub ja4: Ja4Config,
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: the cost bounds of logins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// 0: one per CPU.
+    pub max_concurrent_hashes: usize,
+    pub max_queued_hashes: usize,
+    pub login_free_failures: u32,
+    pub login_max_backoff: HumanDuration,
+    /// Addresses (`192.0.2.1`) or networks (`10.0.0.0/8`).
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            max_concurrent_hashes: 0,
+            max_queued_hashes: 64,
+            login_free_failures: 5,
+            login_max_backoff: HumanDuration::from_secs(15 * 60),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The trusted proxies, parsed (validated by [`Config::check`]).
+    pub fn proxies(&self) -> Vec<crate::auth::client_ip::Cidr> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
 }
 
 /// `[spire]`: the built-in SPIFFE CA and the fleet view.
@@ -570,6 +641,7 @@ impl Default for Config {
             upstreams: BTreeMap::new(),
             spire: SpireConfig::default(),
             ja4: Ja4Config::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -654,6 +726,26 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "jwt_secret (HAIS_JWT_SECRET) must be at least 32 bytes".into(),
+            ));
+        }
+        if let Some(p) = &self.admin_password {
+            crate::auth::check_new_password(p).map_err(|m| {
+                ConfigError::Invalid(format!("admin_password (HAIS_ADMIN_PASSWORD): {m}"))
+            })?;
+        }
+        if let Some(bad) = self
+            .auth
+            .trusted_proxies
+            .iter()
+            .find(|p| p.parse::<crate::auth::client_ip::Cidr>().is_err())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "auth.trusted_proxies: {bad:?} is not an address or CIDR such as 10.0.0.0/8"
+            )));
+        }
+        if self.auth.max_queued_hashes > 100_000 {
+            return Err(ConfigError::Invalid(
+                "auth.max_queued_hashes must be at most 100000".into(),
             ));
         }
         if let Some(schema) = &self.database_schema

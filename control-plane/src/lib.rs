@@ -20,6 +20,7 @@ pub mod error;
 pub mod gateway;
 pub mod openapi;
 pub mod ops;
+pub mod secure_fs;
 pub mod service;
 pub mod services;
 pub mod state;

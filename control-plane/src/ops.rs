@@ -32,6 +32,12 @@ pub struct Metrics {
     pub http_duration_buckets: [AtomicU64; BUCKETS.len()],
     pub http_duration_count: AtomicU64,
     pub http_duration_sum_us: AtomicU64,
+    /// Handlers that panicked (answered 500 by `gateway::layers`).
+    pub http_panics: std::sync::Arc<AtomicU64>,
+    /// Logins refused by the back-off before any password check.
+    pub login_throttled: AtomicU64,
+    /// Logins with a wrong password, unknown user or disabled account.
+    pub login_failures: AtomicU64,
     pub ingest_batches: AtomicU64,
     pub ingest_stored: AtomicU64,
     pub ingest_duplicates: AtomicU64,
@@ -142,6 +148,21 @@ impl Metrics {
         );
         let _ = writeln!(o, "hais_http_request_duration_seconds_count {count}");
         for (name, help, v) in [
+            (
+                "hais_http_panics_total",
+                "Requests whose handler panicked (answered 500; see the log).",
+                &*self.http_panics,
+            ),
+            (
+                "hais_login_throttled_total",
+                "Logins refused by the failed-login back-off (429), before any password check.",
+                &self.login_throttled,
+            ),
+            (
+                "hais_login_failures_total",
+                "Logins with a wrong password, an unknown user or a disabled account.",
+                &self.login_failures,
+            ),
             (
                 "hais_ingest_batches_total",
                 "Ingest requests accepted.",

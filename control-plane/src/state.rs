@@ -36,6 +36,14 @@ pub struct Inner {
     pub metrics: Metrics,
     /// Argon2 hash of a random password, verified against when a login names an unknown user.
     pub dummy_hash: String,
+    /// The bounded password-hashing pool (logins, password changes).
+    pub passwords: crate::auth::passwords::Passwords,
+    /// Failed-login back-off per source and per user.
+    pub throttle: crate::auth::throttle::LoginThrottle,
+    /// Whether signed tokens are still good (sessions, users, service tokens).
+    pub liveness: crate::auth::live::Liveness,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (`auth.trusted_proxies`).
+    pub trusted_proxies: Vec<crate::auth::client_ip::Cidr>,
     /// What each service hosted by this process has seen on the bus.
     pub stats: BTreeMap<ServiceName, Arc<ServiceStats>>,
     pub http: HttpClient,

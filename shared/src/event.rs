@@ -257,6 +257,13 @@ impl FingerprintEvent {
                     max: MAX_IDENTITY_LEN,
                 });
             }
+            // A label's value may be empty, but never carry NUL or terminal escapes into
+            // storage, logs or a terminal showing them.
+            if v.chars().any(char::is_control) {
+                return Err(EventError::BadCharacter {
+                    field: "workload.container_labels",
+                });
+            }
         }
         for sel in &w.selectors {
             check_text("workload.selectors", sel, MAX_IDENTITY_LEN, false)?;

@@ -1,22 +1,28 @@
 //! Authentication and authorisation.
 //!
 //! * Users have one role: `admin` (everything), `analyst` (read and annotate), `viewer` (read).
-//!   Passwords are hashed with Argon2id; hashing runs on the blocking pool because it is
-//!   deliberately slow.
-//! * `POST /api/auth/login` returns a short-lived HS256 JWT access token and a refresh token. The
-//!   refresh token is random, stored only as a SHA-256 hash, single use and rotated on refresh, so
-//!   a stolen one works at most once and can be revoked by deleting rows.
+//!   User names are case-insensitive (stored in lower case). Passwords are hashed with
+//!   Argon2id on a bounded pool ([`passwords`]); logins are throttled per source and per user
+//!   ([`throttle`]).
+//! * `POST /api/auth/login` opens a *session* and returns a short-lived HS256 JWT access token
+//!   naming it (`sid`) and a refresh token. The refresh token is random, stored only as a SHA-256
+//!   hash, single use and rotated on refresh, so a stolen one works at most once.
 //! * Services (and agents, until they authenticate with SVIDs) carry *service tokens*: JWTs with
-//!   role `service` and a SPIFFE-style subject. Split processes share the signing secret through
-//!   the database (or `HAIS_JWT_SECRET`), so any process can mint and check them.
+//!   role `service`, a SPIFFE-style subject and a recorded id (`jti`). Split processes share the
+//!   signing secret through the database (or `HAIS_JWT_SECRET`), so any process can check them.
+//! * A valid signature is not enough: every request's token is checked against the live account
+//!   state ([`live`]), so logout, disabling or deleting a user, changing a password or role, and
+//!   revoking a service token end the affected tokens at once.
 
+pub mod client_ip;
+pub mod live;
+pub mod passwords;
 pub mod routes;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
@@ -25,7 +31,7 @@ use sha2::Digest;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{Store, StoreError, UserRecord};
+use crate::store::{Store, StoreError, UserRecord, now_us};
 
 /// Issuer claim of every HaIS token.
 pub const ISSUER: &str = "hais-control-plane";
@@ -80,6 +86,12 @@ pub struct Claims {
     pub iss: String,
     pub iat: u64,
     pub exp: u64,
+    /// User tokens: the login session they belong to (ended by logout and account changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// Service tokens minted by an admin: their recorded id (revocable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 impl Claims {
@@ -111,6 +123,12 @@ pub enum AuthError {
     Invalid(String),
     #[error("password hashing failed: {0}")]
     Hash(String),
+    #[error("too many password checks in progress; retry shortly")]
+    Busy,
+    #[error("cannot keep the generated admin password: {0}")]
+    PasswordFile(String),
+    #[error("{0}")]
+    Config(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -184,8 +202,15 @@ impl AuthKeys {
         Ok(Self::new(secret.as_bytes(), access, refresh, service))
     }
 
-    /// Signs a token for `sub` with `role`, valid for `ttl`.
-    pub fn issue(&self, sub: &str, role: Role, ttl: Duration) -> Result<String, AuthError> {
+    /// Signs a token for `sub` with `role`, valid for `ttl`, naming a session or a token id.
+    fn sign(
+        &self,
+        sub: &str,
+        role: Role,
+        ttl: Duration,
+        sid: Option<&str>,
+        jti: Option<&str>,
+    ) -> Result<String, AuthError> {
         let now = unix_now();
         let claims = Claims {
             sub: sub.to_owned(),
@@ -193,14 +218,33 @@ impl AuthKeys {
             iss: ISSUER.to_owned(),
             iat: now,
             exp: now + ttl.as_secs().max(1),
+            sid: sid.map(str::to_owned),
+            jti: jti.map(str::to_owned),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Invalid(e.to_string()))
     }
 
-    /// A service token for `service` (a control-plane service name or an agent id).
-    pub fn issue_service(&self, subject: &str, ttl: Option<Duration>) -> Result<String, AuthError> {
-        self.issue(subject, Role::Service, ttl.unwrap_or(self.service_ttl))
+    /// An access token of a user's login session.
+    pub fn issue_access(&self, user: &str, role: Role, session: &str) -> Result<String, AuthError> {
+        self.sign(user, role, self.access_ttl, Some(session), None)
+    }
+
+    /// A service token for `subject` (a SPIFFE ID). Tokens an admin mints carry their recorded
+    /// id (`jti`); control-plane processes mint short-lived ones for each other without.
+    pub fn issue_service(
+        &self,
+        subject: &str,
+        ttl: Option<Duration>,
+        jti: Option<&str>,
+    ) -> Result<String, AuthError> {
+        self.sign(
+            subject,
+            Role::Service,
+            ttl.unwrap_or(self.service_ttl),
+            None,
+            jti,
+        )
     }
 
     /// Checks signature, issuer and expiry (no leeway: "short-lived" means it).
@@ -218,41 +262,44 @@ impl AuthKeys {
     }
 }
 
-/// Hashes a password with Argon2id (on the blocking pool).
-pub async fn hash_password(password: String) -> Result<String, AuthError> {
-    tokio::task::spawn_blocking(move || {
-        let h: PasswordHash = Argon2::default()
-            .hash_password(password.as_bytes())
-            .map_err(|e| AuthError::Hash(e.to_string()))?;
-        Ok(h.to_string())
-    })
-    .await
-    .map_err(|e| AuthError::Hash(e.to_string()))?
+/// Shortest password accepted anywhere (API and `HAIS_ADMIN_PASSWORD`).
+pub const MIN_PASSWORD_LEN: usize = 8;
+/// Longest accepted password, in bytes (Argon2 cost grows with input).
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
+/// Checks a new password's length; the message says what is accepted.
+pub fn check_new_password(pw: &str) -> Result<(), String> {
+    if (MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&pw.len()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} bytes long"
+        ))
+    }
 }
 
-/// Checks a password against a stored PHC hash (on the blocking pool). Any malformed hash is a
-/// mismatch, never an error the caller could distinguish.
-pub async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
+/// Canonical form of a user name: names are case-insensitive.
+pub fn canonical_username(name: &str) -> String {
+    name.to_ascii_lowercase()
 }
 
-/// Creates the `admin` user when there are no users at all. Uses `password` if given, otherwise
-/// generates one and prints it once on stderr (it is never stored or logged in clear).
-/// Returns the generated password, if one was generated.
+/// Name of the file, in the data directory, that receives a generated admin password.
+pub const ADMIN_PASSWORD_FILE: &str = "admin-password";
+
+/// Creates the `admin` user when there are no users at all. Uses `password` if given (at least
+/// [`MIN_PASSWORD_LEN`] bytes), otherwise generates one and writes it to
+/// `<data_dir>/admin-password` (mode 0600, never to the log: under systemd stderr is the
+/// journal, which other users may read). Returns the generated password, if one was generated.
 pub async fn bootstrap_admin(
     store: &dyn Store,
+    passwords: &passwords::Passwords,
     password: Option<&str>,
+    data_dir: &std::path::Path,
 ) -> Result<Option<String>, AuthError> {
+    if let Some(p) = password {
+        check_new_password(p)
+            .map_err(|m| AuthError::Config(format!("HAIS_ADMIN_PASSWORD: {m}")))?;
+    }
     if store.count_users().await? > 0 {
         return Ok(None);
     }
@@ -262,8 +309,11 @@ pub async fn bootstrap_admin(
     };
     let user = UserRecord {
         username: "admin".into(),
-        password_hash: hash_password(pw.clone()).await?,
+        password_hash: passwords.hash(pw.clone()).await?,
         role: Role::Admin.as_str().into(),
+        created_us: now_us(),
+        disabled_us: None,
+        password_changed_us: None,
     };
     match store.create_user(&user).await {
         Ok(()) => {}
@@ -272,11 +322,14 @@ pub async fn bootstrap_admin(
         Err(e) => return Err(e.into()),
     }
     if generated {
-        eprintln!(
-            "\n  HaIS first start: created user `admin` with one-time password: {pw}\n  \
-             It is shown only now. Set HAIS_ADMIN_PASSWORD before the first start to choose it.\n"
+        let path = data_dir.join(ADMIN_PASSWORD_FILE);
+        crate::secure_fs::write_secret(&path, format!("{pw}\n").as_bytes())
+            .map_err(|e| AuthError::PasswordFile(format!("{}: {e}", path.display())))?;
+        tracing::warn!(
+            file = %path.display(),
+            "created user admin with a generated password, written to this file (mode 0600); \
+             read it, log in, change it, then delete the file"
         );
-        tracing::warn!("created user admin with a generated password (printed on stderr once)");
         Ok(Some(pw))
     } else {
         tracing::info!("created user admin from HAIS_ADMIN_PASSWORD");
@@ -308,14 +361,24 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| {
                 ApiError::unauthorized("Authorization header must be `Bearer <token>`")
             })?;
-        match state.auth.verify(token) {
-            Ok(c) => Ok(Caller(c)),
-            Err(AuthError::Expired) => Err(ApiError::new(
+        let claims = match state.auth.verify(token) {
+            Ok(c) => c,
+            Err(AuthError::Expired) => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    "token_expired",
+                    "access token expired; refresh it via POST /api/auth/refresh",
+                ));
+            }
+            Err(_) => return Err(ApiError::unauthorized("invalid token")),
+        };
+        match state.liveness.check(&*state.store, &claims).await? {
+            Ok(()) => Ok(Caller(claims)),
+            Err(dead) => Err(ApiError::new(
                 axum::http::StatusCode::UNAUTHORIZED,
-                "token_expired",
-                "access token expired; refresh it via POST /api/auth/refresh",
+                "token_revoked",
+                dead.to_string(),
             )),
-            Err(_) => Err(ApiError::unauthorized("invalid token")),
         }
     }
 }
@@ -339,11 +402,10 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_reject_tampering() {
         let k = keys();
-        let t = k
-            .issue("alice", Role::Analyst, Duration::from_secs(60))
-            .unwrap();
+        let t = k.issue_access("alice", Role::Analyst, "s1").unwrap();
         let c = k.verify(&t).unwrap();
         assert_eq!((c.sub.as_str(), c.role), ("alice", Role::Analyst));
+        assert_eq!(c.sid.as_deref(), Some("s1"));
         let other = AuthKeys::new(
             b"another-secret-another-secret-xx",
             Duration::from_secs(1),
@@ -363,17 +425,10 @@ mod tests {
             iss: ISSUER.into(),
             iat: now - 100,
             exp: now - 10,
+            sid: None,
+            jti: None,
         };
         let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &k.encoding).unwrap();
         assert!(matches!(k.verify(&t), Err(AuthError::Expired)));
-    }
-
-    #[tokio::test]
-    async fn argon2_hash_verifies() {
-        let h = hash_password("correct horse".into()).await.unwrap();
-        assert!(h.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse".into(), h.clone()).await);
-        assert!(!verify_password("wrong".into(), h).await);
-        assert!(!verify_password("x".into(), "not a hash".into()).await);
     }
 }

@@ -31,6 +31,9 @@ pub mod topics {
     pub const SERVICE_STARTED: &str = "service.started";
     /// A user was created: payload `{"username", "role"}`.
     pub const USER_CREATED: &str = "user.created";
+    /// A user was changed: payload `{"username", "change" (disabled, enabled, role, password,
+    /// deleted), "role", "by"}`.
+    pub const USER_CHANGED: &str = "user.changed";
     /// Retention ran: payload is a `RetentionOutcome`.
     pub const RETENTION_RAN: &str = "retention.ran";
     /// An agent enrolled: payload `{"agent_id", "spiffe_id", "hostname", "svid_expires_us"}`.

@@ -5,6 +5,7 @@
 //! `--service gateway` it mounts auth and proxies everything else; with `--service NAME` a
 //! process mounts only that service (plus the operations endpoints).
 
+pub mod layers;
 pub mod proxy;
 
 use std::time::Duration;
@@ -128,8 +129,10 @@ pub fn router(state: AppState) -> Router {
                 .route(&format!("/api/{svc}/{{*rest}}"), any(proxy::forward));
         }
     }
-    r.fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+    let r = r
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    layers::harden(r, &state)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), ops::track))
         .layer(TraceLayer::new_for_http())

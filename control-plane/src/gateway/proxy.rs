@@ -97,6 +97,7 @@ pub async fn get_json(state: &AppState, url: &str) -> Result<serde_json::Value, 
         .issue_service(
             &state.service.spiffe_id(&state.config.spire.trust_domain),
             Some(Duration::from_secs(60)),
+            None,
         )
         .map_err(|e| e.to_string())?;
     let req = axum::http::Request::get(url)

@@ -21,8 +21,10 @@
 //! representation for keyset cursors and comparisons, with no time-zone or precision drift
 //! between SQLite and PostgreSQL.
 
+pub mod accounts;
 pub mod fold;
 pub mod identity;
+pub mod labels;
 mod pg_nodelay;
 pub mod postgres;
 mod query;
@@ -38,6 +40,8 @@ use hais_shared::event::FingerprintEvent;
 use hais_shared::fingerprint::Method;
 use serde::{Deserialize, Serialize};
 
+pub use accounts::{AccountStore, UserRecord};
+pub use labels::{LabelOutcome, LabelStore};
 pub use query::{Cursor, FingerprintQuery, MAX_PAGE_SIZE};
 
 /// A boxed future, so that [`Store`] can be used as `Arc<dyn Store>`.
@@ -182,14 +186,6 @@ pub struct RetentionOutcome {
     pub partitions_dropped: u64,
 }
 
-/// A stored user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRecord {
-    pub username: String,
-    pub password_hash: String,
-    pub role: String,
-}
-
 /// A page of results with the cursor for the next one (`None` on the last page).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Page<T> {
@@ -200,9 +196,16 @@ pub struct Page<T> {
 /// The storage interface the services use. Implemented by [`sqlite::SqliteStore`] and
 /// [`postgres::PgStore`]; object safe so the backend is chosen at run time. The spire service's
 /// tables (join tokens, agents) are in the [`spire::SpireStore`] supertrait, the identity
-/// service's (registration entries, inventory) in [`identity::IdentityStore`].
+/// service's (registration entries, inventory) in [`identity::IdentityStore`], users, sessions
+/// and service tokens in [`accounts::AccountStore`].
 pub trait Store:
-    spire::SpireStore + identity::IdentityStore + Send + Sync + std::fmt::Debug
+    spire::SpireStore
+    + identity::IdentityStore
+    + accounts::AccountStore
+    + labels::LabelStore
+    + Send
+    + Sync
+    + std::fmt::Debug
 {
     /// Which backend this is (`sqlite` or `postgres`), for logs and `/ready`.
     fn backend(&self) -> &'static str;
@@ -242,33 +245,11 @@ pub trait Store:
         limit: u32,
     ) -> StoreFuture<'_, Vec<TopEntry>>;
 
-    /// Attaches a label to a fingerprint. Returns false when the fingerprint is unknown.
-    fn add_label<'a>(
-        &'a self,
-        method: Method,
-        value: &'a str,
-        label: &'a str,
-    ) -> StoreFuture<'a, bool>;
-
     /// Deletes events older than `cutoff_us` and roll-ups not seen since then.
     fn retain(&self, cutoff_us: i64) -> StoreFuture<'_, RetentionOutcome>;
 
     /// Number of stored events (tests and benchmarks; may be slow on large tables).
     fn count_events(&self) -> StoreFuture<'_, i64>;
-
-    fn count_users(&self) -> StoreFuture<'_, i64>;
-    fn get_user<'a>(&'a self, username: &'a str) -> StoreFuture<'a, Option<UserRecord>>;
-    /// Creates a user; [`StoreError::Conflict`] if the name is taken.
-    fn create_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, ()>;
-
-    fn put_refresh_token<'a>(
-        &'a self,
-        token_hash: &'a str,
-        username: &'a str,
-        expires_us: i64,
-    ) -> StoreFuture<'a, ()>;
-    /// Removes and returns a refresh token (single use), if it exists and has not expired.
-    fn take_refresh_token<'a>(&'a self, token_hash: &'a str) -> StoreFuture<'a, Option<String>>;
 
     /// Returns the stored setting, storing `proposed` first if there is none. Lets processes
     /// that share a database agree on one value (the first writer wins).

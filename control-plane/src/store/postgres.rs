@@ -16,7 +16,7 @@ use std::time::Duration;
 use hais_shared::event::FingerprintEvent;
 use hais_shared::fingerprint::Method;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, Postgres, Row};
+use sqlx::{AssertSqlSafe, Connection, Postgres};
 use time::{Date, Month, OffsetDateTime, Time};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -28,8 +28,7 @@ use super::reads::Reads;
 use super::rollup::{self, BatchDeltas, Rollups};
 use super::{
     FingerprintDetail, FingerprintSummary, IngestOutcome, Page, RetentionOutcome, RollupBacklog,
-    Store, StoreError, StoreFuture, StoreOptions, TopEntry, UserRecord, now_us, to_us,
-    uuid_floor_ms, uuid_ms,
+    Store, StoreError, StoreFuture, StoreOptions, TopEntry, now_us, to_us, uuid_floor_ms, uuid_ms,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -758,37 +757,6 @@ impl Store for PgStore {
         })
     }
 
-    fn add_label<'a>(
-        &'a self,
-        method: Method,
-        value: &'a str,
-        label: &'a str,
-    ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            self.rollups.settle().await?;
-            let known: Option<i32> =
-                sqlx::query_scalar("SELECT 1 FROM fingerprints WHERE method = $1 AND value = $2")
-                    .bind(method.as_str())
-                    .bind(value)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            if known.is_none() {
-                return Ok(false);
-            }
-            sqlx::query(
-                "INSERT INTO fingerprint_labels (method, value, label, created_us) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(method.as_str())
-            .bind(value)
-            .bind(label)
-            .bind(now_us())
-            .execute(&self.pool)
-            .await?;
-            Ok(true)
-        })
-    }
-
     fn retain(&self, cutoff_us: i64) -> StoreFuture<'_, RetentionOutcome> {
         Box::pin(async move {
             let cutoff_ms = cutoff_us.div_euclid(1000);
@@ -878,90 +846,6 @@ impl Store for PgStore {
             Ok(sqlx::query_scalar("SELECT count(*) FROM events")
                 .fetch_one(&self.pool)
                 .await?)
-        })
-    }
-
-    fn count_users(&self) -> StoreFuture<'_, i64> {
-        Box::pin(async move {
-            Ok(sqlx::query_scalar("SELECT count(*) FROM users")
-                .fetch_one(&self.pool)
-                .await?)
-        })
-    }
-
-    fn get_user<'a>(&'a self, username: &'a str) -> StoreFuture<'a, Option<UserRecord>> {
-        Box::pin(async move {
-            let row =
-                sqlx::query("SELECT username, password_hash, role FROM users WHERE username = $1")
-                    .bind(username)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            row.map(|r| {
-                Ok(UserRecord {
-                    username: r.try_get(0)?,
-                    password_hash: r.try_get(1)?,
-                    role: r.try_get(2)?,
-                })
-            })
-            .transpose()
-        })
-    }
-
-    fn create_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let r = sqlx::query(
-                "INSERT INTO users (username, password_hash, role, created_us) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (username) DO NOTHING",
-            )
-            .bind(&user.username)
-            .bind(&user.password_hash)
-            .bind(&user.role)
-            .bind(now_us())
-            .execute(&self.pool)
-            .await?;
-            if r.rows_affected() == 0 {
-                return Err(StoreError::Conflict(format!(
-                    "user {:?} already exists",
-                    user.username
-                )));
-            }
-            Ok(())
-        })
-    }
-
-    fn put_refresh_token<'a>(
-        &'a self,
-        token_hash: &'a str,
-        username: &'a str,
-        expires_us: i64,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            sqlx::query("DELETE FROM refresh_tokens WHERE expires_us < $1")
-                .bind(now_us())
-                .execute(&self.pool)
-                .await?;
-            sqlx::query(
-                "INSERT INTO refresh_tokens (token_hash, username, expires_us) VALUES ($1, $2, $3)",
-            )
-            .bind(token_hash)
-            .bind(username)
-            .bind(expires_us)
-            .execute(&self.pool)
-            .await?;
-            Ok(())
-        })
-    }
-
-    fn take_refresh_token<'a>(&'a self, token_hash: &'a str) -> StoreFuture<'a, Option<String>> {
-        Box::pin(async move {
-            Ok(sqlx::query_scalar(
-                "DELETE FROM refresh_tokens WHERE token_hash = $1 AND expires_us >= $2 \
-                 RETURNING username",
-            )
-            .bind(token_hash)
-            .bind(now_us())
-            .fetch_optional(&self.pool)
-            .await?)
         })
     }
 

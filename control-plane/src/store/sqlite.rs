@@ -17,7 +17,7 @@ use sqlx::sqlite::{
 };
 use std::collections::HashSet;
 
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use super::fold::{FoldBackend, Stage, decode_all, merge_all, take_count};
@@ -26,8 +26,7 @@ use super::reads::Reads;
 use super::rollup::{self, BatchDeltas, Rollups};
 use super::{
     FingerprintDetail, FingerprintSummary, IngestOutcome, Page, RetentionOutcome, RollupBacklog,
-    Store, StoreError, StoreFuture, StoreOptions, TopEntry, UserRecord, now_us, to_us,
-    uuid_floor_ms,
+    Store, StoreError, StoreFuture, StoreOptions, TopEntry, now_us, to_us, uuid_floor_ms,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -70,8 +69,21 @@ impl SqliteStore {
         if let Some(parent) = Path::new(opts.get_filename()).parent()
             && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(crate::secure_fs::DIR_MODE)
+                .create(parent)
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+                })?;
+        }
+        // The database holds secrets (JWT secret, CA key, password hashes): 0600 before SQLite
+        // creates it (its -wal and -shm files take the database file's mode).
+        let file = Path::new(opts.get_filename());
+        if !opts.get_filename().as_os_str().is_empty() && file != Path::new(":memory:") {
+            crate::secure_fs::private_db_file(file).map_err(|e| {
+                StoreError::Unavailable(format!("cannot secure {}: {e}", file.display()))
             })?;
         }
         let writer = SqlitePoolOptions::new()
@@ -346,38 +358,6 @@ impl Store for SqliteStore {
         })
     }
 
-    fn add_label<'a>(
-        &'a self,
-        method: Method,
-        value: &'a str,
-        label: &'a str,
-    ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            self.rollups.settle().await?;
-            let r = sqlx::query(
-                "INSERT INTO fingerprint_labels (method, value, label, created_us) \
-                 SELECT method, value, ?, ? FROM fingerprints WHERE method = ? AND value = ? \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(label)
-            .bind(now_us())
-            .bind(method.as_str())
-            .bind(value)
-            .execute(&self.writer)
-            .await?;
-            if r.rows_affected() == 1 {
-                return Ok(true);
-            }
-            let known: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM fingerprints WHERE method = ? AND value = ?")
-                    .bind(method.as_str())
-                    .bind(value)
-                    .fetch_optional(&self.reader)
-                    .await?;
-            Ok(known.is_some())
-        })
-    }
-
     fn retain(&self, cutoff_us: i64) -> StoreFuture<'_, RetentionOutcome> {
         Box::pin(async move {
             let floor = uuid_floor_ms(cutoff_us.div_euclid(1000));
@@ -420,92 +400,6 @@ impl Store for SqliteStore {
             Ok(sqlx::query_scalar("SELECT count(*) FROM events")
                 .fetch_one(&self.reader)
                 .await?)
-        })
-    }
-
-    fn count_users(&self) -> StoreFuture<'_, i64> {
-        Box::pin(async move {
-            Ok(sqlx::query_scalar("SELECT count(*) FROM users")
-                .fetch_one(&self.reader)
-                .await?)
-        })
-    }
-
-    fn get_user<'a>(&'a self, username: &'a str) -> StoreFuture<'a, Option<UserRecord>> {
-        Box::pin(async move {
-            let row =
-                sqlx::query("SELECT username, password_hash, role FROM users WHERE username = ?")
-                    .bind(username)
-                    .fetch_optional(&self.reader)
-                    .await?;
-            row.map(|r| {
-                Ok(UserRecord {
-                    username: r.try_get(0)?,
-                    password_hash: r.try_get(1)?,
-                    role: r.try_get(2)?,
-                })
-            })
-            .transpose()
-        })
-    }
-
-    fn create_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let r = sqlx::query(
-                "INSERT INTO users (username, password_hash, role, created_us) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (username) DO NOTHING",
-            )
-            .bind(&user.username)
-            .bind(&user.password_hash)
-            .bind(&user.role)
-            .bind(now_us())
-            .execute(&self.writer)
-            .await?;
-            if r.rows_affected() == 0 {
-                return Err(StoreError::Conflict(format!(
-                    "user {:?} already exists",
-                    user.username
-                )));
-            }
-            Ok(())
-        })
-    }
-
-    fn put_refresh_token<'a>(
-        &'a self,
-        token_hash: &'a str,
-        username: &'a str,
-        expires_us: i64,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let mut tx = self.writer.begin().await?;
-            sqlx::query("DELETE FROM refresh_tokens WHERE expires_us < ?")
-                .bind(now_us())
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO refresh_tokens (token_hash, username, expires_us) VALUES (?, ?, ?)",
-            )
-            .bind(token_hash)
-            .bind(username)
-            .bind(expires_us)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-    }
-
-    fn take_refresh_token<'a>(&'a self, token_hash: &'a str) -> StoreFuture<'a, Option<String>> {
-        Box::pin(async move {
-            let user: Option<String> = sqlx::query_scalar(
-                "DELETE FROM refresh_tokens WHERE token_hash = ? AND expires_us >= ? RETURNING username",
-            )
-            .bind(token_hash)
-            .bind(now_us())
-            .fetch_optional(&self.writer)
-            .await?;
-            Ok(user)
         })
     }
 

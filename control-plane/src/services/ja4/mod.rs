@@ -22,9 +22,10 @@ use crate::bus::{BusMessage, topics};
 use crate::error::{ApiError, ErrorBody};
 use crate::gateway::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
+use crate::store::labels::MAX_LABELS;
 use crate::store::{
-    Cursor, FingerprintDetail, FingerprintQuery, FingerprintSummary, IngestOutcome, MAX_PAGE_SIZE,
-    Page, RetentionOutcome, TopEntry, now_us, to_us, uuid_ms,
+    Cursor, FingerprintDetail, FingerprintQuery, FingerprintSummary, IngestOutcome, LabelOutcome,
+    MAX_PAGE_SIZE, Page, RetentionOutcome, TopEntry, now_us, to_us, uuid_ms,
 };
 
 pub mod uplink;
@@ -53,6 +54,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/api/ja4/fingerprints/{method}/{value}/labels",
             post(add_label),
+        )
+        .route(
+            "/api/ja4/fingerprints/{method}/{value}/labels/{label}",
+            axum::routing::delete(remove_label),
         )
         .route("/api/ja4/stats/top", get(top))
         .route("/api/ja4/retention", post(retention))
@@ -147,6 +152,18 @@ pub async fn ingest(
     ApiJson(mut req): ApiJson<IngestRequest>,
 ) -> Result<Json<IngestResponse>, ApiError> {
     c.require(allow::INGEST)?;
+    // A service token speaks for one agent: it may not store another agent's telemetry.
+    let bound_agent = match c.role {
+        crate::auth::Role::Service => Some(
+            hais_shared::spiffe::SpiffeId::parse(&c.sub)
+                .ok()
+                .and_then(|id| id.agent_id().map(str::to_owned))
+                .ok_or_else(|| {
+                    ApiError::forbidden("only an agent's service token may ingest events")
+                })?,
+        ),
+        _ => None,
+    };
     let max = state.config.max_batch_events;
     if req.events.is_empty() || req.events.len() > max {
         state
@@ -158,8 +175,19 @@ pub async fn ingest(
             req.events.len()
         )));
     }
-    for (i, e) in req.events.iter().enumerate() {
-        if let Err(msg) = check_event(e) {
+    if let Some(agent) = &bound_agent
+        && let Some(i) = req.events.iter().position(|e| e.agent_id != *agent)
+    {
+        state
+            .metrics
+            .ingest_rejected
+            .fetch_add(req.events.len() as u64, Ordering::Relaxed);
+        return Err(ApiError::forbidden(format!(
+            "events[{i}]: this token may only ingest events of agent {agent}; nothing from this batch was stored"
+        )));
+    }
+    for (i, e) in req.events.iter_mut().enumerate() {
+        if let Err(msg) = admit_event(e, None) {
             state
                 .metrics
                 .ingest_rejected
@@ -176,12 +204,25 @@ pub async fn ingest(
     }))
 }
 
-/// Checks one event as every ingest path must (HTTP and uplink alike): the shared content limits
-/// of `FingerprintEvent::validate`, and plausible times.
-pub fn check_event(e: &FingerprintEvent) -> Result<(), String> {
-    e.validate()
-        .map_err(|err| err.to_string())
-        .and_then(|()| check_event_times(e))
+/// Admits one event as every ingest path must (HTTP and uplink alike): from `agent` when the
+/// sender speaks for one agent, within the shared content limits of `FingerprintEvent::validate`,
+/// at a plausible time. Workload identities are the control plane's to decide (from
+/// registration entries, on ingest): whatever a sender claims is dropped, so a compromised agent
+/// or token cannot name its flows after another workload.
+pub fn admit_event(e: &mut FingerprintEvent, agent: Option<&str>) -> Result<(), String> {
+    if let Some(agent) = agent
+        && e.agent_id != agent
+    {
+        return Err(format!(
+            "agent_id {:?} is not this connection's agent {agent}",
+            e.agent_id.chars().take(64).collect::<String>()
+        ));
+    }
+    e.validate().map_err(|err| err.to_string())?;
+    check_event_times(e)?;
+    e.workload.spiffe_id = None;
+    e.workload.selectors.clear();
+    Ok(())
 }
 
 /// Resolves the events' workload identities (registration entries, see
@@ -372,19 +413,17 @@ pub async fn add_label(
 ) -> Result<Json<LabelResponse>, ApiError> {
     c.require(allow::ANNOTATE)?;
     let (m, v) = fp_path(&method, value)?;
-    let l = &req.label;
-    if l.is_empty()
-        || l.len() > 64
-        || !l.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b':' | b'.' | b'_' | b'-')
-        })
-    {
-        return Err(ApiError::bad_request(
-            "label must be 1-64 characters of a-z 0-9 : . _ -",
-        ));
-    }
-    if !state.store.add_label(m, &v, l).await? {
-        return Err(ApiError::not_found(format!("no {m} fingerprint {v}")));
+    let l = check_label(&req.label)?;
+    match state.store.add_label(m, &v, l).await? {
+        LabelOutcome::Added => {}
+        LabelOutcome::UnknownFingerprint => {
+            return Err(ApiError::not_found(format!("no {m} fingerprint {v}")));
+        }
+        LabelOutcome::Full => {
+            return Err(ApiError::conflict(format!(
+                "this fingerprint already has {MAX_LABELS} labels; remove one first"
+            )));
+        }
     }
     state
         .publish(BusMessage::new(
@@ -393,13 +432,68 @@ pub async fn add_label(
             &serde_json::json!({"method": m, "value": v, "label": l, "by": c.sub}),
         ))
         .await;
-    let labels = state
+    Ok(Json(LabelResponse {
+        labels: labels_of(&state, m, &v).await?,
+    }))
+}
+
+/// A label: 1-64 characters of a-z 0-9 : . _ - (no spaces, no control characters, nothing a
+/// terminal or a log would interpret).
+fn check_label(l: &str) -> Result<&str, ApiError> {
+    let ok = !l.is_empty()
+        && l.len() <= 64
+        && l.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b':' | b'.' | b'_' | b'-')
+        });
+    if ok {
+        Ok(l)
+    } else {
+        Err(ApiError::bad_request(
+            "label must be 1-64 characters of a-z 0-9 : . _ -",
+        ))
+    }
+}
+
+async fn labels_of(state: &AppState, m: Method, v: &str) -> Result<Vec<String>, ApiError> {
+    Ok(state
         .store
-        .detail(m, &v)
+        .detail(m, v)
         .await?
         .map(|d| d.labels)
-        .unwrap_or_default();
-    Ok(Json(LabelResponse { labels }))
+        .unwrap_or_default())
+}
+
+/// Remove a label from a fingerprint (analyst or admin).
+#[utoipa::path(delete, path = "/api/ja4/fingerprints/{method}/{value}/labels/{label}", tag = "ja4",
+    security(("bearer" = [])),
+    params(("method" = String, Path), ("value" = String, Path),
+           ("label" = String, Path, pattern = "^[a-z0-9:._-]{1,64}$")),
+    responses((status = 200, body = LabelResponse), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn remove_label(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiPath((method, value, label)): ApiPath<(String, String, String)>,
+) -> Result<Json<LabelResponse>, ApiError> {
+    c.require(allow::ANNOTATE)?;
+    let (m, v) = fp_path(&method, value)?;
+    let l = check_label(&label)?;
+    if !state.store.remove_label(m, &v, l).await? {
+        return Err(ApiError::not_found(format!(
+            "{m} fingerprint {v} has no label {l}"
+        )));
+    }
+    state
+        .publish(BusMessage::new(
+            topics::FINGERPRINT_LABELED,
+            &state.origin(),
+            &serde_json::json!({"method": m, "value": v, "label": l, "by": c.sub, "removed": true}),
+        ))
+        .await;
+    Ok(Json(LabelResponse {
+        labels: labels_of(&state, m, &v).await?,
+    }))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -424,12 +518,14 @@ pub fn parse_window(s: &str) -> Option<Duration> {
     if s.len() < 2 || s.len() > 8 {
         return None;
     }
-    let (num, unit) = s.split_at(s.len() - 1);
+    // By character, not byte: the last character of client input may be multi-byte.
+    let unit = s.chars().next_back()?;
+    let num = &s[..s.len() - unit.len_utf8()];
     let n: u64 = num.parse().ok()?;
     let secs = match unit {
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        "d" => n.checked_mul(86_400)?,
+        'm' => n.checked_mul(60)?,
+        'h' => n.checked_mul(3600)?,
+        'd' => n.checked_mul(86_400)?,
         _ => return None,
     };
     (secs > 0).then(|| Duration::from_secs(secs))
@@ -539,6 +635,10 @@ mod tests {
         assert_eq!(parse_window("h"), None);
         assert_eq!(parse_window("99999999999d"), None);
         assert_eq!(parse_window("1w"), None);
+        // Issue 11: a multi-byte last character used to panic the handler (split inside it).
+        assert_eq!(parse_window("\u{80}"), None);
+        assert_eq!(parse_window("1\u{80}"), None);
+        assert_eq!(parse_window("7\u{1F600}"), None);
     }
 
     #[test]

@@ -45,7 +45,7 @@ use quinn::{Connection, Endpoint, Incoming, ReadToEndError, RecvStream, SendStre
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::JoinHandle;
 
-use super::{check_event, store_events};
+use super::{admit_event, store_events};
 use crate::services::spire::{self, Spire, SpireError};
 use crate::services::stopped;
 use crate::state::AppState;
@@ -649,24 +649,9 @@ async fn batch(state: &AppState, agent_id: &str, b: wire::EventBatch) -> Respons
     for (i, ev) in b.events.into_iter().enumerate() {
         let checked = FingerprintEvent::try_from(ev)
             .map_err(|e| e.to_string())
-            .and_then(|e| {
-                if e.agent_id != agent_id {
-                    return Err(format!(
-                        "agent_id {:?} is not this connection's agent {agent_id}",
-                        e.agent_id.chars().take(64).collect::<String>()
-                    ));
-                }
-                check_event(&e).map(|()| e)
-            });
+            .and_then(|mut e| admit_event(&mut e, Some(agent_id)).map(|()| e));
         match checked {
-            Ok(mut e) => {
-                // Workload identities are the control plane's to decide (from registration
-                // entries, on ingest): whatever an agent claims is dropped, so a compromised
-                // agent cannot name its flows after another workload.
-                e.workload.spiffe_id = None;
-                e.workload.selectors.clear();
-                valid.push(e)
-            }
+            Ok(e) => valid.push(e),
             Err(reason) => rejected.push(wire::RejectedEvent {
                 index: i as u32,
                 reason,
