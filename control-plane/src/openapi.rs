@@ -54,7 +54,7 @@ use crate::{gateway, ops, services, store};
         store::identity::MethodCount, store::Page<store::identity::EntryRecord>,
         store::Page<store::identity::IdentitySummary>,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &TruthfulErrors),
     tags(
         (name = "ops", description = "health, readiness, metrics"),
         (name = "auth", description = "users, tokens"),
@@ -82,6 +82,78 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Documents the error answers every operation can give by construction, so no handler can
+/// forget one: 401 and 403 where a token is required (missing/expired/revoked token, role),
+/// 400/413/415 where a body is read (malformed JSON, too large, not JSON), 400 where
+/// parameters are parsed, 404 where a path names something (unknown id or service), 503 where
+/// the database is read (unreachable). Answers a handler documents itself are left as written.
+struct TruthfulErrors;
+
+impl Modify for TruthfulErrors {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{RefOr, ResponseBuilder};
+        let error = |why: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(why)
+                    .content(
+                        "application/json",
+                        utoipa::openapi::ContentBuilder::new()
+                            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                                "ErrorBody",
+                            ))))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in api.paths.paths.iter_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                let params = op.parameters.as_deref().unwrap_or_default();
+                let has_path = params
+                    .iter()
+                    .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Path));
+                let mut add = |code: &str, why: &str| {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| error(why));
+                };
+                if secured {
+                    add("401", "no, malformed, expired or revoked token");
+                    add("403", "the token's role may not do this");
+                }
+                if op.request_body.is_some() {
+                    add("400", "malformed or invalid body");
+                    add("413", "body larger than max_body_bytes");
+                    add("415", "body is not application/json");
+                }
+                if !params.is_empty() {
+                    add("400", "invalid parameter");
+                }
+                if has_path {
+                    add("404", "nothing by that name");
+                }
+                if path.starts_with("/api/") {
+                    add(
+                        "503",
+                        "the database or event bus is unreachable; retry later",
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -579,6 +579,58 @@ async fn headers_and_input_hygiene(backend: Backend) {
     assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
     assert!(h.contains_key(header::CONTENT_SECURITY_POLICY));
 
+    // Bodies are JSON objects: serde would read an array as a struct's fields in order.
+    for (m, uri) in [
+        ("PATCH", "/api/auth/users/admin"),
+        ("POST", "/api/identity/entries/import"),
+    ] {
+        let (s, v) = t
+            .call(m, uri, Some(&t.admin), Some(json!([null, null])))
+            .await;
+        assert_eq!(
+            (s, error_code(&v)),
+            (StatusCode::BAD_REQUEST, "malformed_json"),
+            "{m} {uri}"
+        );
+    }
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/identity/entries/import",
+            Some(&t.admin),
+            Some(json!([])),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Integers written with a zero fraction (JSON has one number type) are integers.
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/auth/service-tokens",
+            Some(&t.admin),
+            Some(json!({"subject": "agent-f", "ttl_secs": 300.0})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["expires_in"].as_u64()),
+        (StatusCode::OK, Some(300)),
+        "{v}"
+    );
+    // The OpenAPI document names the errors every secured operation can give.
+    let (_, doc) = t.call("GET", "/api/openapi.json", None, None).await;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if op.get("security").is_some() {
+                for code in ["401", "403"] {
+                    assert!(
+                        op["responses"].get(code).is_some(),
+                        "{method} {path} lacks {code}"
+                    );
+                }
+            }
+        }
+    }
+
     // A container label value with NUL or an escape sequence is refused.
     for bad in ["a\u{0}b", "\u{1b}[31mred"] {
         let mut e = event("a1", "h1", None, &[(Method::Ja4, JA4)], 0);

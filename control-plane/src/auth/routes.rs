@@ -143,9 +143,11 @@ pub struct UserPage {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: a user name, or a service token id.
+    #[param(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub cursor: Option<String>,
     /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -202,6 +204,7 @@ pub struct ServiceTokenRequest {
     pub subject: String,
     /// Lifetime in seconds (default `service_token_ttl_secs`, at most 90 days).
     #[schema(minimum = 1, maximum = 7776000)]
+    #[serde(default, deserialize_with = "crate::gateway::int::opt_u64")]
     pub ttl_secs: Option<u64>,
 }
 

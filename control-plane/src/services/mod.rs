@@ -68,7 +68,7 @@ pub fn router(svc: ServiceName) -> Router<AppState> {
 
 /// Status of one service: implementation state and what it saw on the bus.
 #[utoipa::path(get, path = "/api/{service}/status", tag = "services", security(("bearer" = [])),
-    params(("service" = String, Path, description = "ja4, spire, correlation, identity, policy, alert or threat")),
+    params(("service" = String, Path, description = "ja4, spire, correlation, identity, policy, alert or threat", pattern = "^(ja4|spire|correlation|identity|policy|alert|threat)$")),
     responses((status = 200, body = ServiceStatus), (status = 401, body = ErrorBody)))]
 pub async fn status(
     svc: ServiceName,

@@ -44,12 +44,19 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateEntryRequest {
     /// The workload's SPIFFE ID, e.g. `spiffe://prod.example/ns/payments/sa/api`.
+    #[schema(
+        min_length = 10,
+        max_length = 2048,
+        pattern = "^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)*$"
+    )]
     pub spiffe_id: String,
     /// 1 to 32 selectors, all of which a workload must present: `unix:uid:`, `unix:user:`,
     /// `unix:path:`, `unix:sha256:`, `docker:label:<k>:<v>`, `docker:id:`, `k8s:ns:`,
     /// `k8s:sa:`, `k8s:pod-uid:`, `hais:agent:`, `hais:host:`.
+    #[schema(min_items = 1, max_items = 32)]
     pub selectors: Vec<String>,
     /// Free text (at most 256 bytes).
+    #[schema(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub description: Option<String>,
 }
 
@@ -58,8 +65,10 @@ pub struct CreateEntryRequest {
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1, max_length = 4096)]
     pub cursor: Option<String>,
 }
 
@@ -232,7 +241,7 @@ pub async fn list_entries(
 
 /// One registration entry.
 #[utoipa::path(get, path = "/api/identity/entries/{id}", tag = "identity", security(("bearer" = [])),
-    params(("id" = String, Path, description = "entry id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "entry id (UUID)")),
     responses((status = 200, body = EntryRecord), (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 pub async fn get_entry(
@@ -254,7 +263,7 @@ pub async fn get_entry(
 /// the same as for creation. It applies to every event ingested from now on; events stored
 /// before keep the SPIFFE ID they got. The entry keeps its id and age (the tie-breaker).
 #[utoipa::path(put, path = "/api/identity/entries/{id}", tag = "identity", security(("bearer" = [])),
-    params(("id" = String, Path, description = "entry id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "entry id (UUID)")),
     request_body = CreateEntryRequest,
     responses((status = 200, body = EntryRecord),
               (status = 400, description = "malformed SPIFFE ID or selector (the message names it)", body = ErrorBody),
@@ -293,7 +302,7 @@ pub async fn update_entry(
 
 /// Delete a registration entry (admin). Events stored before keep the SPIFFE ID they got.
 #[utoipa::path(delete, path = "/api/identity/entries/{id}", tag = "identity", security(("bearer" = [])),
-    params(("id" = String, Path, description = "entry id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "entry id (UUID)")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 pub async fn delete_entry(
@@ -331,6 +340,7 @@ pub async fn list_identities(
                 .decode(s)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
+                .filter(|s| !s.is_empty())
                 .ok_or_else(|| ApiError::bad_request("cursor is not a next_cursor value"))
         })
         .transpose()?;

@@ -70,7 +70,7 @@ pub struct IngestRequest {
     /// `FingerprintEvent`s (see `hais_shared::event`): `id` (UUIDv7), `timestamp` (RFC 3339),
     /// `agent_id`, `host`, `flow` {src_ip, src_port, dst_ip, dst_port, transport}, optional
     /// `server_name`, `fingerprints` [{method, value}], optional `workload`.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 5000)]
     pub events: Vec<FingerprintEvent>,
 }
 
@@ -266,30 +266,44 @@ pub async fn store_events(
 #[into_params(parameter_in = Query)]
 pub struct SearchParams {
     /// ja4, ja4s, ja4h, ja4l, ja4ls, ja4x, ja4ssh, ja4t, ja4ts, ja4d, ja4d6
+    #[param(pattern = "^(ja4|ja4s|ja4h|ja4l|ja4ls|ja4x|ja4ssh|ja4t|ja4ts|ja4d|ja4d6)$")]
     pub method: Option<String>,
     /// Exact fingerprint value.
+    #[param(min_length = 1, max_length = 512, pattern = "^[!-~]+$")]
     pub value: Option<String>,
     /// Fingerprint value prefix.
+    #[param(min_length = 1, max_length = 512, pattern = "^[!-~]+$")]
     pub prefix: Option<String>,
     /// JA4 part a (first `_` section), e.g. t13d1516h2.
+    #[param(min_length = 1, max_length = 512, pattern = "^[!-~]+$")]
     pub part_a: Option<String>,
+    #[param(min_length = 1, max_length = 512, pattern = "^[!-~]+$")]
     pub part_b: Option<String>,
+    #[param(min_length = 1, max_length = 512, pattern = "^[!-~]+$")]
     pub part_c: Option<String>,
     /// Seen from this agent.
+    #[param(min_length = 1, max_length = 256, pattern = "^[!-~]+$")]
     pub agent: Option<String>,
     /// Seen on this host.
+    #[param(min_length = 1, max_length = 256, pattern = "^[!-~]+$")]
     pub host: Option<String>,
     /// Seen with this TLS server name.
+    #[param(min_length = 1, max_length = 253, pattern = "^[!-~]+$")]
     pub server_name: Option<String>,
     /// Seen with this workload SPIFFE ID.
+    #[param(min_length = 1, max_length = 2048, pattern = "^[!-~]+$")]
     pub identity: Option<String>,
     /// Seen at or after (RFC 3339).
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// Seen at or before (RFC 3339).
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1, max_length = 4096)]
     pub cursor: Option<String>,
     /// Page size, 1 to 1000 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
 }
 
@@ -369,7 +383,7 @@ fn fp_path(method: &str, value: String) -> Result<(Method, String), ApiError> {
 /// Everything known about one fingerprint.
 #[utoipa::path(get, path = "/api/ja4/fingerprints/{method}/{value}", tag = "ja4",
     security(("bearer" = [])),
-    params(("method" = String, Path), ("value" = String, Path)),
+    params(("method" = String, Path, pattern = "^(ja4|ja4s|ja4h|ja4l|ja4ls|ja4x|ja4ssh|ja4t|ja4ts|ja4d|ja4d6)$"), ("value" = String, Path, max_length = 512, pattern = "^[!-~]+$")),
     responses((status = 200, body = FingerprintDetail), (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 pub async fn detail(
@@ -391,6 +405,7 @@ pub async fn detail(
 #[serde(deny_unknown_fields)]
 pub struct LabelRequest {
     /// 1-64 characters of a-z 0-9 : . _ -
+    #[schema(pattern = "^[a-z0-9:._-]{1,64}$")]
     pub label: String,
 }
 
@@ -402,7 +417,7 @@ pub struct LabelResponse {
 /// Attach a label to a fingerprint (analyst or admin).
 #[utoipa::path(post, path = "/api/ja4/fingerprints/{method}/{value}/labels", tag = "ja4",
     security(("bearer" = [])), request_body = LabelRequest,
-    params(("method" = String, Path), ("value" = String, Path)),
+    params(("method" = String, Path, pattern = "^(ja4|ja4s|ja4h|ja4l|ja4ls|ja4x|ja4ssh|ja4t|ja4ts|ja4d|ja4d6)$"), ("value" = String, Path, max_length = 512, pattern = "^[!-~]+$")),
     responses((status = 200, body = LabelResponse), (status = 400, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn add_label(
@@ -466,7 +481,7 @@ async fn labels_of(state: &AppState, m: Method, v: &str) -> Result<Vec<String>, 
 /// Remove a label from a fingerprint (analyst or admin).
 #[utoipa::path(delete, path = "/api/ja4/fingerprints/{method}/{value}/labels/{label}", tag = "ja4",
     security(("bearer" = [])),
-    params(("method" = String, Path), ("value" = String, Path),
+    params(("method" = String, Path, pattern = "^(ja4|ja4s|ja4h|ja4l|ja4ls|ja4x|ja4ssh|ja4t|ja4ts|ja4d|ja4d6)$"), ("value" = String, Path, max_length = 512, pattern = "^[!-~]+$"),
            ("label" = String, Path, pattern = "^[a-z0-9:._-]{1,64}$")),
     responses((status = 200, body = LabelResponse), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -501,9 +516,12 @@ pub async fn remove_label(
 #[into_params(parameter_in = Query)]
 pub struct TopParams {
     /// Window ending now: a number and m, h or d (e.g. 15m, 24h, 7d); at most 90d; default 24h.
+    #[param(pattern = "^([1-9][0-9]{0,4}m|[1-9][0-9]{0,2}h|[1-9]d|[1-8][0-9]d|90d)$")]
     pub window: Option<String>,
+    #[param(pattern = "^(ja4|ja4s|ja4h|ja4l|ja4ls|ja4x|ja4ssh|ja4t|ja4ts|ja4d|ja4d6)$")]
     pub method: Option<String>,
     /// 1 to 100 (default 10).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
 }
 
@@ -563,6 +581,8 @@ pub async fn top(
 #[serde(deny_unknown_fields)]
 pub struct RetentionRequest {
     /// Delete events older than this many seconds (default: `retention_days`).
+    #[schema(minimum = 1, maximum = 3153600000u64)]
+    #[serde(default, deserialize_with = "crate::gateway::int::opt_u64")]
     pub older_than_secs: Option<u64>,
 }
 

@@ -47,8 +47,12 @@ impl From<SpireError> for ApiError {
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     /// Lifetime, 60 s to 30 days (default `spire.token_ttl`, 1 h).
+    #[schema(minimum = 60, maximum = 2592000)]
+    #[serde(default, deserialize_with = "crate::gateway::int::opt_u64")]
     pub ttl_seconds: Option<u64>,
-    /// Free text kept with the token (at most 256 bytes), e.g. the host it is meant for.
+    /// Free text kept with the token (at most 256 bytes, no control characters), e.g. the host
+    /// it is meant for.
+    #[schema(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub description: Option<String>,
 }
 
@@ -115,8 +119,10 @@ pub fn rfc3339_us(us: i64) -> String {
 #[into_params(parameter_in = Query)]
 pub struct AgentListParams {
     /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (an agent id).
+    #[param(pattern = "^[A-Za-z0-9._-]+$", max_length = 2018)]
     pub cursor: Option<String>,
 }
 
@@ -189,7 +195,7 @@ async fn load_agent(state: &AppState, id: &str) -> Result<AgentView, ApiError> {
 
 /// One agent of the fleet.
 #[utoipa::path(get, path = "/api/spire/agents/{id}", tag = "spire", security(("bearer" = [])),
-    params(("id" = String, Path, description = "agent id (UUID)")),
+    params(("id" = String, Path, description = "agent id (a UUID for enrolled agents)", pattern = "^[A-Za-z0-9._-]+$", max_length = 2018)),
     responses((status = 200, body = AgentView), (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 pub async fn get_agent(
@@ -206,7 +212,7 @@ pub async fn get_agent(
 /// again with a new token to bring it back.
 #[utoipa::path(post, path = "/api/spire/agents/{id}/revoke", tag = "spire",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "agent id (UUID)")),
+    params(("id" = String, Path, description = "agent id (a UUID for enrolled agents)", pattern = "^[A-Za-z0-9._-]+$", max_length = 2018)),
     responses((status = 200, body = AgentView), (status = 400, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn revoke_agent(
