@@ -399,6 +399,12 @@ hais_rollup_backlog_records {}",
             b.events, b.groups
         );
     }
+    let _ = writeln!(
+        text,
+        "# HELP hais_login_busy_total Logins and password changes refused (503) because every hashing slot and queue place was taken.\n\
+         # TYPE hais_login_busy_total counter\nhais_login_busy_total {}",
+        state.passwords.busy_total()
+    );
     if let Some(ext) = state.spire.as_ref().and_then(|s| s.external.as_ref()) {
         let st = ext.status();
         let _ = writeln!(

@@ -88,6 +88,10 @@ async fn login_flood_is_bounded(backend: Backend) {
     let (s, m) = t.get_text("/metrics", None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(m.contains("hais_login_failures_total"), "{m}");
+    assert!(
+        m.contains(&format!("hais_login_busy_total {busy}")),
+        "every refusal is counted: {m}"
+    );
     let (s, _) = t.call("GET", "/ready", None, None).await;
     assert_eq!(s, StatusCode::OK);
     std::sync::Arc::into_inner(t).unwrap().finish().await;
