@@ -332,6 +332,13 @@ pub const KEYS: &[KeyDoc] = &[
         help: "a connection without a request in flight for this long is closed (1s to 1h)",
     },
     KeyDoc {
+        key: "http.request_body_timeout",
+        env: "HAIS_HTTP_REQUEST_BODY_TIMEOUT",
+        kind: KeyKind::Str,
+        default: "60s",
+        help: "a request body must arrive within this of its head; slower ones are answered 400 (1s to 1h)",
+    },
+    KeyDoc {
         key: "http.h2_keepalive_interval",
         env: "HAIS_HTTP_H2_KEEPALIVE_INTERVAL",
         kind: KeyKind::Str,
@@ -548,6 +555,8 @@ pub struct HttpConfig {
     pub header_read_timeout: HumanDuration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: HumanDuration,
+    /// A request body must have arrived this long after its head.
+    pub request_body_timeout: HumanDuration,
     pub h2_keepalive_interval: HumanDuration,
     pub h2_max_concurrent_streams: u32,
 }
@@ -558,6 +567,7 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             header_read_timeout: HumanDuration::from_secs(10),
             idle_timeout: HumanDuration::from_secs(60),
+            request_body_timeout: HumanDuration::from_secs(60),
             h2_keepalive_interval: HumanDuration::from_secs(30),
             h2_max_concurrent_streams: 100,
         }
@@ -861,6 +871,9 @@ impl Config {
         if !within(h.idle_timeout, 3600) {
             return bad("http.idle_timeout must be between 1s and 1h");
         }
+        if !within(h.request_body_timeout, 3600) {
+            return bad("http.request_body_timeout must be between 1s and 1h");
+        }
         if !within(h.h2_keepalive_interval, 3600) {
             return bad("http.h2_keepalive_interval must be between 1s and 1h");
         }
@@ -1085,6 +1098,7 @@ mod tests {
                 ("HAIS_HTTP_MAX_CONNECTIONS", "50"),
                 ("HAIS_HTTP_HEADER_READ_TIMEOUT", "5s"),
                 ("HAIS_HTTP_IDLE_TIMEOUT", "2m"),
+                ("HAIS_HTTP_REQUEST_BODY_TIMEOUT", "3m"),
                 ("HAIS_HTTP_H2_KEEPALIVE_INTERVAL", "10s"),
                 ("HAIS_HTTP_H2_MAX_CONCURRENT_STREAMS", "16"),
                 ("HAIS_TLS_CERT_FILE", "/etc/hais/tls/cert.pem"),
@@ -1097,6 +1111,7 @@ mod tests {
         assert_eq!(c.http.max_connections, 50);
         assert_eq!(c.http.header_read_timeout.0, Duration::from_secs(5));
         assert_eq!(c.http.idle_timeout.0, Duration::from_secs(120));
+        assert_eq!(c.http.request_body_timeout.0, Duration::from_secs(180));
         assert_eq!(c.http.h2_keepalive_interval.0, Duration::from_secs(10));
         assert_eq!(c.http.h2_max_concurrent_streams, 16);
         assert!(c.tls.enabled());

@@ -239,8 +239,8 @@ async fn an_idle_flood_over_the_cap_does_not_stop_health_checks() {
     srv.finish().await;
 }
 
-/// Starts `POST /api/auth/login` with a body that is not complete: the request is in flight
-/// until `finish_request` sends the rest.
+/// Starts `POST /api/auth/login` with a body that is not complete: the request is in flight,
+/// still receiving its body, until `finish_request` sends the rest.
 async fn request_in_flight(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(
@@ -256,17 +256,56 @@ async fn finish_request(s: &mut TcpStream) -> u16 {
     read_response(s).await.0
 }
 
+/// An upstream service that reads each request head and answers `200 {}` only when the test
+/// adds a permit to the returned semaphore: the gateway's proxied requests stay in flight,
+/// fully received, for as long as the test wants.
+async fn held_upstream() -> (SocketAddr, Arc<tokio::sync::Semaphore>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let g = g.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                g.acquire().await.unwrap().forget();
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                    .await;
+            });
+        }
+    });
+    (addr, gate)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_cap_of_requests_in_flight_pauses_accepting_and_cuts_none() {
+async fn a_full_cap_of_requests_being_answered_pauses_accepting_and_cuts_none() {
     const CAP: usize = 4;
+    let (upstream, gate) = held_upstream().await;
+    // A split-mode gateway whose ja4 upstream holds every request until released.
     let srv = Served::start("busy", |c, _| {
+        c.service = hais_control_plane::ServiceName::Gateway;
+        c.upstreams
+            .insert("ja4".into(), format!("http://{upstream}"));
         c.http.max_connections = CAP;
         c.http.idle_timeout = HumanDuration::from_secs(600);
     })
     .await;
     let mut busy = Vec::new();
     for _ in 0..CAP {
-        busy.push(request_in_flight(srv.addr).await);
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"GET /api/ja4/status HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
+        busy.push(s);
     }
     wait_until("every connection has a request in flight", || {
         srv.metrics.requests_in_flight.load(Ordering::Relaxed) as usize == CAP
@@ -276,19 +315,63 @@ async fn a_full_cap_of_requests_in_flight_pauses_accepting_and_cuts_none() {
     let waiting = tokio::spawn(health(srv.addr));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "accepted beyond the cap");
-    // …until one request finishes (answered: nothing was cut), making its connection idle.
-    assert!((400..500).contains(&finish_request(&mut busy[0]).await));
+    // …until one request is answered, making its connection idle (and so closable).
+    gate.add_permits(1);
     assert_eq!(
         tokio::time::timeout(PATIENCE, waiting)
             .await
             .unwrap()
             .unwrap(),
-        200
+        200,
+        "health answered once a connection was idle"
     );
-    for s in &mut busy[1..] {
-        assert!((400..500).contains(&finish_request(s).await));
+    // None was cut: each is answered once released (the first one's answer is waiting in
+    // its socket even if its connection was then closed to make room).
+    gate.add_permits(CAP);
+    for s in &mut busy {
+        assert_eq!(read_response(s).await.0, 200);
     }
     assert_eq!(srv.metrics.requests_in_flight.load(Ordering::Relaxed), 0);
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_flood_over_the_cap_does_not_stop_health_checks() {
+    const CAP: usize = 4;
+    let srv = Served::start("slowbody", |c, _| {
+        c.http.max_connections = CAP;
+        c.http.idle_timeout = HumanDuration::from_secs(600);
+        c.http.request_body_timeout = HumanDuration::from_secs(600);
+    })
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..CAP {
+        slow.push(request_in_flight(srv.addr).await);
+    }
+    wait_until("every connection is receiving a body", || {
+        srv.metrics.requests_in_flight.load(Ordering::Relaxed) as usize == CAP
+    })
+    .await;
+    assert_eq!(health(srv.addr).await, 200);
+    // The oldest slow body made room; the others still complete normally.
+    closed_by_server(&mut slow[0], "the oldest slow-body connection").await;
+    for s in &mut slow[1..] {
+        assert!((400..500).contains(&finish_request(s).await));
+    }
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_never_completes_is_answered_after_the_body_timeout() {
+    let srv = Served::start("bodytimeout", |c, _| {
+        c.http.idle_timeout = HumanDuration::from_secs(600);
+        c.http.request_body_timeout = HumanDuration::from_secs(1);
+    })
+    .await;
+    let mut s = request_in_flight(srv.addr).await;
+    let (status, text) = read_response(&mut s).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("request_body_timeout"), "{text}");
     srv.finish().await;
 }
 

@@ -7,9 +7,13 @@
 //!   closing the *oldest idle* one (no request in flight: connected and silent, half-way
 //!   through a request head, between keep-alive requests, or in a TLS handshake). An idle
 //!   flood therefore only churns its own connections, and a client that sends its request at
-//!   once — a health check — is still served. Only when every connection has a request in
-//!   flight does accepting pause (new connections wait in the kernel's backlog) until one
-//!   finishes: requests in progress are never cut to make room.
+//!   once — a health check — is still served. With nothing idle, the oldest connection whose
+//!   requests are all still *receiving their bodies* goes instead (a slow-body flood is no
+//!   better). Only when every connection has a fully received request being answered does
+//!   accepting pause (new connections wait in the kernel's backlog) until one finishes:
+//!   requests being answered are never cut to make room.
+//! * **Request-body timeout** (`http.request_body_timeout`): a body must arrive within it of
+//!   its head; a late one fails, which the handlers answer with a 400.
 //! * **Header-read timeout** (`http.header_read_timeout`): the TLS handshake, and on HTTP/1
 //!   every request head, must arrive within it (hyper starts that timer whenever it waits for a
 //!   head, so it also bounds the wait for the next keep-alive request).
@@ -174,12 +178,26 @@ struct Conn {
     id: u64,
     /// Requests handed to the router whose response body has not been sent or dropped yet.
     in_flight: AtomicUsize,
+    /// Requests in flight whose body is still arriving: nothing is being done for them yet,
+    /// so under the cap such a connection may be closed like an idle one.
+    receiving: AtomicUsize,
     /// When `in_flight` last dropped to zero (or the connection was accepted), in ms since
     /// the registry's epoch.
     idle_since_ms: AtomicU64,
     /// Set when the cap closes this connection to make room.
     evict: Notify,
     evicted: AtomicBool,
+}
+
+impl Conn {
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    fn only_receiving(&self) -> bool {
+        let n = self.in_flight.load(Ordering::Acquire);
+        n > 0 && self.receiving.load(Ordering::Acquire) >= n
+    }
 }
 
 /// Every live connection of the process's HTTP listeners, oldest first.
@@ -224,6 +242,7 @@ impl Registry {
         let conn = Arc::new(Conn {
             id,
             in_flight: AtomicUsize::new(0),
+            receiving: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(self.now_ms()),
             evict: Notify::new(),
             evicted: AtomicBool::new(false),
@@ -235,12 +254,14 @@ impl Registry {
         Some(conn)
     }
 
-    /// Closes the oldest connection without a request in flight. It leaves the registry at
-    /// once (its socket closes as soon as its task runs), so the caller may take its place.
+    /// Closes the oldest connection without a request in flight or, when there is none, the
+    /// oldest whose requests are all still sending their bodies (a slow-body flood must not
+    /// hold the cap either). It leaves the registry at once (its socket closes as soon as its
+    /// task runs), so the caller may take its place.
     fn evict_oldest_idle(&self, conns: &mut BTreeMap<u64, Arc<Conn>>) -> bool {
-        let Some(id) = conns
-            .values()
-            .find(|c| c.in_flight.load(Ordering::Acquire) == 0)
+        let victim = conns.values().find(|c| c.is_idle());
+        let Some(id) = victim
+            .or_else(|| conns.values().find(|c| c.only_receiving()))
             .map(|c| c.id)
         else {
             return false;
@@ -345,6 +366,90 @@ impl HttpBody for TrackedBody {
     }
 }
 
+/// A request body still arriving; counted in [`Conn::receiving`] until it ends (or is
+/// dropped), which makes its connection evictable under the cap.
+struct Receiving {
+    conn: Arc<Conn>,
+    registry: Arc<Registry>,
+}
+
+impl Receiving {
+    fn enter(conn: &Arc<Conn>, registry: &Arc<Registry>) -> Receiving {
+        conn.receiving.fetch_add(1, Ordering::AcqRel);
+        registry.changed.send_modify(|g| *g = g.wrapping_add(1));
+        Receiving {
+            conn: conn.clone(),
+            registry: registry.clone(),
+        }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.conn.receiving.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a request body was cut short by the server.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within http.request_body_timeout")]
+pub struct BodyTimeout;
+
+/// A request body that must arrive within `http.request_body_timeout` of the request head.
+struct TimedBody {
+    inner: Incoming,
+    /// `None` once the body is complete (or failed).
+    receiving: Option<(Receiving, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl HttpBody for TimedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some((receiving, deadline)) = &mut this.receiving else {
+            return polled.map_err(Into::into);
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.inner.is_end_stream() {
+                    this.receiving = None;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(end) => {
+                this.receiving = None;
+                Poll::Ready(end.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                receiving
+                    .registry
+                    .metrics
+                    .timed_out
+                    .fetch_add(1, Ordering::Relaxed);
+                this.receiving = None;
+                Poll::Ready(Some(Err(Box::new(BodyTimeout))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The tower service of one connection: the router, with in-flight accounting and HSTS.
 #[derive(Clone)]
 struct ConnService {
@@ -352,6 +457,7 @@ struct ConnService {
     conn: Arc<Conn>,
     registry: Arc<Registry>,
     hsts: Option<HeaderValue>,
+    body_timeout: Duration,
 }
 
 impl tower::Service<Request<Incoming>> for ConnService {
@@ -366,10 +472,18 @@ impl tower::Service<Request<Incoming>> for ConnService {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let in_flight = InFlight::enter(&self.conn, &self.registry);
+        let body = req.body();
+        let receiving = (!body.is_end_stream()).then(|| {
+            (
+                Receiving::enter(&self.conn, &self.registry),
+                Box::pin(tokio::time::sleep(self.body_timeout)),
+            )
+        });
+        let req = req.map(|inner| Body::new(TimedBody { inner, receiving }));
         let router = self.router.clone();
         let hsts = self.hsts.clone();
         Box::pin(async move {
-            let Ok(mut resp) = router.oneshot(req.map(Body::new)).await;
+            let Ok(mut resp) = router.oneshot(req).await;
             if let Some(v) = hsts {
                 resp.headers_mut()
                     .insert(header::STRICT_TRANSPORT_SECURITY, v);
@@ -505,6 +619,7 @@ impl Server {
                     conn,
                     registry: self.registry.clone(),
                     hsts: hsts.clone(),
+                    body_timeout: self.config.request_body_timeout.0,
                 },
                 builder: builder.clone(),
                 config: self.config.clone(),
