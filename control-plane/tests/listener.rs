@@ -405,6 +405,98 @@ async fn shutdown_lets_a_request_in_flight_finish() {
     srv.iso.cleanup().await;
 }
 
+/// The attack on the real binary: at an open-file limit of 1,024, 1,100 idle
+/// connections made every `/health` time out ("accept error: Too many open files"). Now the
+/// cap is lowered to fit the limit, the oldest idle connections make room, and SIGTERM still
+/// stops the process cleanly with all of them open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_at_1024_open_files_survives_1100_idle_connections() {
+    // This test's own 1,100 client sockets.
+    hais_control_plane::server::raise_nofile_limit().unwrap();
+    let iso = Isolation::new(Backend::Sqlite, "nofile").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let log_path = iso.dir.join("cp.log");
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", "ulimit -n 1024 && exec \"$@\"", "sh"])
+        .arg(env!("CARGO_BIN_EXE_hais-control-plane"))
+        .args(["--listen", &addr.to_string()])
+        .env("HAIS_DATA_DIR", &iso.dir)
+        .env("HAIS_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
+        .env("HAIS_JA4_UPLINK_BIND", "off")
+        // Only the cap can help: nothing times out during the test.
+        .env("HAIS_HTTP_IDLE_TIMEOUT", "10m")
+        .env("HAIS_HTTP_HEADER_READ_TIMEOUT", "10m")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr).await {
+            if s.write_all(b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n")
+                .await
+                .is_ok()
+                && read_response(&mut s).await.0 == 200
+            {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the binary never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            health(addr).await,
+            200,
+            "health answered under 1,100 idle connections"
+        );
+    }
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, metrics) = read_response(&mut s).await;
+    assert_eq!(status, 200);
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    };
+    assert!(value("hais_http_connections_open ") <= 1024 - 256);
+    assert!(value("hais_http_connections_total{event=\"evicted_idle\"} ") > 0);
+    assert_eq!(value("hais_http_accept_errors_total "), 0);
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("stops on SIGTERM with the connections open")
+        .unwrap();
+    assert!(status.success(), "exit {status}");
+    drop(idle);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(log.contains("http.max_connections lowered"), "{log}");
+    iso.cleanup().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTPS
 
