@@ -439,14 +439,13 @@ async fn the_binary_at_1024_open_files_survives_1100_idle_connections() {
         .unwrap();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if let Ok(mut s) = TcpStream::connect(addr).await {
-            if s.write_all(b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n")
+        if let Ok(mut s) = TcpStream::connect(addr).await
+            && s.write_all(b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n")
                 .await
                 .is_ok()
-                && read_response(&mut s).await.0 == 200
-            {
-                break;
-            }
+            && read_response(&mut s).await.0 == 200
+        {
+            break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
