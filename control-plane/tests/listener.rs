@@ -1,9 +1,11 @@
-//! The HTTP(S) listener over real sockets on 127.0.0.1: idle and slow (partial-header)
-//! connections are closed by the server, the connection cap keeps `/health` answered under an
-//! idle flood and never cuts a request in flight, graceful shutdown lets a request finish; and
-//! HTTPS with the real `curl` and `openssl`: HTTP/2 and HTTP/1.1 by ALPN, TLS 1.2 and 1.3, HSTS,
-//! plain HTTP on the TLS port refused with a JSON error, the 308 redirect listener, certificate
-//! reload (and a broken replacement ignored), and a key readable by others refused.
+//! The HTTP(S) listener over real sockets on 127.0.0.1: idle, partial-header and slow-body
+//! connections are closed or answered by the server after their timeouts; the connection cap
+//! keeps `/health` answered under idle and slow-body floods, and pauses accepting (never cutting
+//! a request being answered) when every connection is busy; graceful shutdown lets a request
+//! finish; the real binary at 1,024 open files survives 1,100 idle connections (the issue's
+//! attack). HTTPS with the real `curl` and `openssl`: HTTP/2 and HTTP/1.1 by ALPN, TLS 1.2 and
+//! 1.3, HSTS, plain HTTP on the TLS port answered with a JSON error, the 308 redirect listener,
+//! certificate reload (a broken replacement ignored), and a key readable by others refused.
 //!
 //! Nothing asserts how long anything took: tests wait for conditions with generous deadlines.
 

@@ -267,6 +267,9 @@ impl Registry {
             return false;
         };
         if let Some(c) = conns.remove(&id) {
+            self.metrics
+                .open
+                .store(conns.len() as u64, Ordering::Relaxed);
             c.evicted.store(true, Ordering::Release);
             c.evict.notify_one();
             self.metrics.evicted.fetch_add(1, Ordering::Relaxed);
