@@ -189,8 +189,16 @@ async fn a_partial_request_head_is_closed_after_the_header_timeout() {
         "a connection that never finished its request head",
     )
     .await;
-    // A complete request is still answered.
+    // A complete request is still answered, over HTTP/1.1 and over cleartext HTTP/2 (h2c).
     assert_eq!(health(srv.addr).await, 200);
+    let (ok, out, err) = curl(&[
+        "--http2-prior-knowledge",
+        "-w",
+        " version=%{http_version}",
+        &format!("http://127.0.0.1:{}/health", srv.addr.port()),
+    ])
+    .await;
+    assert!(ok && out.ends_with("version=2"), "{out}{err}");
     srv.finish().await;
 }
 
