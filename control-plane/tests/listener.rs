@@ -163,10 +163,16 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
         .await
         .unwrap();
     assert_eq!(read_response(&mut kept).await.0, 200);
+    // An HTTP/2 (h2c) connection: preface and SETTINGS, then no request.
+    let mut h2 = TcpStream::connect(srv.addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
     closed_by_server(&mut silent, "a silent connection").await;
     closed_by_server(&mut kept, "an idle keep-alive connection").await;
+    closed_by_server(&mut h2, "an idle HTTP/2 connection").await;
     wait_until("timeouts counted", || {
-        srv.metrics.timed_out.load(Ordering::Relaxed) >= 2
+        srv.metrics.timed_out.load(Ordering::Relaxed) >= 3
     })
     .await;
     srv.finish().await;
