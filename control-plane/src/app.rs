@@ -20,6 +20,7 @@ use crate::auth::{self, AuthError, AuthKeys};
 use crate::bus::{self, BusError};
 use crate::config::Config;
 use crate::ops::Metrics;
+use crate::server::{self, Server, tls::ReloadingCert};
 use crate::service::ServiceName;
 use crate::services;
 use crate::state::{AppState, Inner, ServiceStats};
@@ -41,6 +42,8 @@ pub enum StartError {
     Spire(#[from] services::spire::SpireError),
     #[error("starting the agent uplink failed: {0}")]
     Uplink(#[from] services::ja4::uplink::UplinkError),
+    #[error("loading the TLS certificate failed: {0}")]
+    Tls(#[from] crate::server::tls::TlsError),
 }
 
 /// A started process: state, router and background tasks.
@@ -54,12 +57,24 @@ pub struct App {
     pub generated_admin_password: Option<String>,
     /// The UDP address of the agents' QUIC uplink, when this process runs it.
     pub uplink_addr: Option<std::net::SocketAddr>,
+    /// The HTTPS configuration when `[tls]` is set (its certificate reloads itself).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl App {
     /// Opens everything `config` names and starts the background tasks.
     pub async fn start(config: Config) -> Result<App, StartError> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // Before anything else: a bad certificate should not leave a migrated database behind.
+        let metrics = Metrics::default();
+        let tls_cert = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => Some(Arc::new(ReloadingCert::load(
+                cert,
+                key,
+                metrics.http_connections.clone(),
+            )?)),
+            _ => None,
+        };
         let url = config.database_url();
         if config.database_url.is_none() {
             // The embedded database lives here: its directory must be private (secure_fs).
@@ -148,7 +163,7 @@ impl App {
             store,
             bus,
             auth: keys,
-            metrics: Metrics::default(),
+            metrics,
             dummy_hash,
             passwords,
             throttle,
@@ -171,6 +186,16 @@ impl App {
             uplink_addr = Some(uplink.local_addr);
             tasks.push(uplink.task);
         }
+        let tls = match tls_cert {
+            Some(cert) => {
+                let config = server::tls::server_config(cert.clone())?;
+                tasks.push(
+                    cert.spawn_reloader(state.config.tls.reload_interval.0, shutdown_rx.clone()),
+                );
+                Some(config)
+            }
+            None => None,
+        };
         let router = crate::gateway::router(state.clone());
         Ok(App {
             state,
@@ -179,6 +204,7 @@ impl App {
             tasks,
             generated_admin_password,
             uplink_addr,
+            tls,
         })
     }
 
@@ -187,26 +213,64 @@ impl App {
         self.router.clone()
     }
 
-    /// Serves until `signal` completes, then shuts down gracefully.
+    /// Whether the API is served over HTTPS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully. Binds
+    /// `tls.redirect_http_listen` when it is set.
     pub async fn serve(
         self,
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
-        let grace = Duration::from_secs(self.state.config.shutdown_grace_secs);
+        let redirect = match self.state.config.tls.redirect_http_listen {
+            Some(addr) if self.tls.is_some() => Some(TcpListener::bind(addr).await?),
+            _ => None,
+        };
+        self.serve_with_redirect(listener, redirect, signal).await
+    }
+
+    /// Serves the API on `listener` and, with TLS, redirects plain HTTP from `redirect` to it,
+    /// until `signal` completes; then stops accepting, lets in-flight requests finish within
+    /// `shutdown_grace_secs`, and shuts down.
+    pub async fn serve_with_redirect(
+        self,
+        listener: TcpListener,
+        redirect: Option<TcpListener>,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let config = &self.state.config;
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
         let (stop_tx, mut stop_rx) = watch::channel(false);
         tokio::spawn(async move {
             signal.await;
+            tracing::info!("shutdown requested; finishing in-flight requests");
             let _ = stop_tx.send(true);
         });
-        let mut graceful_rx = stop_rx.clone();
-        let server =
-            axum::serve(listener, self.router.clone()).with_graceful_shutdown(async move {
-                let _ = graceful_rx.wait_for(|s| *s).await;
-                tracing::info!("shutdown requested; finishing in-flight requests");
-            });
+        let cap = server::effective_max_connections(config.http.max_connections);
+        let http = Server::new(
+            config.http.clone(),
+            cap,
+            self.state.metrics.http_connections.clone(),
+            stop_rx.clone(),
+        );
+        let https_port = listener.local_addr()?.port();
+        let acceptor = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        let api = http.serve(listener, self.router.clone(), acceptor);
+        let redirects = async {
+            match redirect {
+                Some(l) if self.tls.is_some() => {
+                    tracing::info!(addr = ?l.local_addr(), "redirecting plain HTTP to HTTPS");
+                    http.serve(l, server::redirect::router(https_port), None)
+                        .await
+                }
+                _ => Ok(()),
+            }
+        };
         tokio::select! {
-            r = server => r?,
+            r = async { tokio::try_join!(api, redirects) } => { r?; }
             _ = async {
                 let _ = stop_rx.wait_for(|s| *s).await;
                 tokio::time::sleep(grace).await;

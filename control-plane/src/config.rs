@@ -346,6 +346,76 @@ pub const KEYS: &[KeyDoc] = &[
         help: "addresses or CIDRs of reverse proxies whose X-Forwarded-For names the client (for login throttling)",
     },
     KeyDoc {
+        key: "http.max_connections",
+        env: "HAIS_HTTP_MAX_CONNECTIONS",
+        kind: KeyKind::Int,
+        default: "10000",
+        help: "most HTTP(S) connections open at once (all listeners), lowered to fit the open-file limit; when full, the oldest idle connection is closed for a new one",
+    },
+    KeyDoc {
+        key: "http.header_read_timeout",
+        env: "HAIS_HTTP_HEADER_READ_TIMEOUT",
+        kind: KeyKind::Str,
+        default: "10s",
+        help: "a request head (and the TLS handshake) must arrive within this; HTTP/1 also waits at most this long for the next request (1s to 10m)",
+    },
+    KeyDoc {
+        key: "http.idle_timeout",
+        env: "HAIS_HTTP_IDLE_TIMEOUT",
+        kind: KeyKind::Str,
+        default: "60s",
+        help: "a connection without a request in flight for this long is closed (1s to 1h)",
+    },
+    KeyDoc {
+        key: "http.request_body_timeout",
+        env: "HAIS_HTTP_REQUEST_BODY_TIMEOUT",
+        kind: KeyKind::Str,
+        default: "60s",
+        help: "a request body must arrive within this of its head; slower ones are answered 400 (1s to 1h)",
+    },
+    KeyDoc {
+        key: "http.h2_keepalive_interval",
+        env: "HAIS_HTTP_H2_KEEPALIVE_INTERVAL",
+        kind: KeyKind::Str,
+        default: "30s",
+        help: "HTTP/2 PING interval; a peer not answering within 20s is disconnected",
+    },
+    KeyDoc {
+        key: "http.h2_max_concurrent_streams",
+        env: "HAIS_HTTP_H2_MAX_CONCURRENT_STREAMS",
+        kind: KeyKind::Int,
+        default: "100",
+        help: "most requests in flight on one HTTP/2 connection",
+    },
+    KeyDoc {
+        key: "tls.cert_file",
+        env: "HAIS_TLS_CERT_FILE",
+        kind: KeyKind::Str,
+        default: "(none: plain HTTP)",
+        help: "PEM certificate chain (leaf first); with tls.key_file the API is served over HTTPS (HTTP/2 and HTTP/1.1, TLS 1.2+); both reloaded when they change",
+    },
+    KeyDoc {
+        key: "tls.key_file",
+        env: "HAIS_TLS_KEY_FILE",
+        kind: KeyKind::Str,
+        default: "(none)",
+        help: "PEM private key (PKCS#8, PKCS#1 or SEC1); refused if others may read it, a warning if its group may",
+    },
+    KeyDoc {
+        key: "tls.redirect_http_listen",
+        env: "HAIS_TLS_REDIRECT_HTTP_LISTEN",
+        kind: KeyKind::Str,
+        default: "(none)",
+        help: "optional plain-HTTP address answering every request with a 308 to the https:// URL",
+    },
+    KeyDoc {
+        key: "tls.reload_interval",
+        env: "HAIS_TLS_RELOAD_INTERVAL",
+        kind: KeyKind::Str,
+        default: "5s",
+        help: "how often the certificate and key files are checked for changes (a broken new pair is logged, the old one kept)",
+    },
+    KeyDoc {
         key: "upstreams.<service>",
         env: "HAIS_UPSTREAM_<SERVICE>",
         kind: KeyKind::Str,
@@ -383,6 +453,8 @@ pub struct Config {
     pub spire: SpireConfig,
     pub ja4: Ja4Config,
     pub auth: AuthConfig,
+    pub http: HttpConfig,
+    pub tls: TlsConfig,
 }
 
 /// `[auth]`: the cost bounds of logins.
@@ -542,6 +614,66 @@ impl Default for Ja4Config {
     }
 }
 
+/// `[http]`: limits of the HTTP(S) listeners, so idle or slow connections cannot exhaust the
+/// process's file descriptors (see `crate::server`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Most connections open at once over every HTTP listener of the process; lowered at start
+    /// to what the open-file limit leaves after a reserve for the store and the uplink.
+    pub max_connections: usize,
+    /// Time allowed for a TLS handshake and for a request head once the server waits for one.
+    pub header_read_timeout: HumanDuration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// A request body must have arrived this long after its head.
+    pub request_body_timeout: HumanDuration,
+    pub h2_keepalive_interval: HumanDuration,
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_connections: 10_000,
+            header_read_timeout: HumanDuration::from_secs(10),
+            idle_timeout: HumanDuration::from_secs(60),
+            request_body_timeout: HumanDuration::from_secs(60),
+            h2_keepalive_interval: HumanDuration::from_secs(30),
+            h2_max_concurrent_streams: 100,
+        }
+    }
+}
+
+/// `[tls]`: HTTPS on the process's listener (the gateway's, in practice).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// A plain-HTTP listener that redirects every request to the HTTPS one.
+    pub redirect_http_listen: Option<SocketAddr>,
+    pub reload_interval: HumanDuration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            redirect_http_listen: None,
+            reload_interval: HumanDuration::from_secs(5),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether the listener speaks HTTPS.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+}
+
 fn de_bind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     let s = String::deserialize(d)?;
     match s.trim() {
@@ -642,6 +774,8 @@ impl Default for Config {
             spire: SpireConfig::default(),
             ja4: Ja4Config::default(),
             auth: AuthConfig::default(),
+            http: HttpConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -805,12 +939,45 @@ impl Config {
                 "ja4.uplink_max_connections and ja4.uplink_max_streams must be > 0".into(),
             ));
         }
+        self.check_http()?;
         for name in self.upstreams.keys() {
             if ServiceName::parse(name).is_none() {
                 return Err(ConfigError::Invalid(format!(
                     "upstreams.{name}: unknown service"
                 )));
             }
+        }
+        Ok(())
+    }
+
+    fn check_http(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        let h = &self.http;
+        let within = |d: HumanDuration, max: u64| (1..=max).contains(&d.0.as_secs());
+        if h.max_connections == 0 || h.h2_max_concurrent_streams == 0 {
+            return bad("http.max_connections and http.h2_max_concurrent_streams must be > 0");
+        }
+        if !within(h.header_read_timeout, 600) {
+            return bad("http.header_read_timeout must be between 1s and 10m");
+        }
+        if !within(h.idle_timeout, 3600) {
+            return bad("http.idle_timeout must be between 1s and 1h");
+        }
+        if !within(h.request_body_timeout, 3600) {
+            return bad("http.request_body_timeout must be between 1s and 1h");
+        }
+        if !within(h.h2_keepalive_interval, 3600) {
+            return bad("http.h2_keepalive_interval must be between 1s and 1h");
+        }
+        let t = &self.tls;
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            return bad("tls.cert_file and tls.key_file must be set together");
+        }
+        if t.redirect_http_listen.is_some() && !t.enabled() {
+            return bad("tls.redirect_http_listen needs tls.cert_file and tls.key_file");
+        }
+        if !within(t.reload_interval, 86_400) {
+            return bad("tls.reload_interval must be between 1s and 1d");
         }
         Ok(())
     }
@@ -1007,6 +1174,59 @@ mod tests {
                 e.to_string().contains("uplink_request_timeout"),
                 "{bad}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn http_limits_and_tls_from_env_and_their_checks() {
+        let d = Config::load(None, env_of(&[])).unwrap();
+        assert_eq!(d.http.max_connections, 10_000);
+        assert_eq!(d.http.header_read_timeout.0, Duration::from_secs(10));
+        assert_eq!(d.http.idle_timeout.0, Duration::from_secs(60));
+        assert!(!d.tls.enabled());
+        let c = Config::load(
+            None,
+            env_of(&[
+                ("HAIS_HTTP_MAX_CONNECTIONS", "50"),
+                ("HAIS_HTTP_HEADER_READ_TIMEOUT", "5s"),
+                ("HAIS_HTTP_IDLE_TIMEOUT", "2m"),
+                ("HAIS_HTTP_REQUEST_BODY_TIMEOUT", "3m"),
+                ("HAIS_HTTP_H2_KEEPALIVE_INTERVAL", "10s"),
+                ("HAIS_HTTP_H2_MAX_CONCURRENT_STREAMS", "16"),
+                ("HAIS_TLS_CERT_FILE", "/etc/hais/tls/cert.pem"),
+                ("HAIS_TLS_KEY_FILE", "/etc/hais/tls/key.pem"),
+                ("HAIS_TLS_REDIRECT_HTTP_LISTEN", "0.0.0.0:8080"),
+                ("HAIS_TLS_RELOAD_INTERVAL", "30s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http.max_connections, 50);
+        assert_eq!(c.http.header_read_timeout.0, Duration::from_secs(5));
+        assert_eq!(c.http.idle_timeout.0, Duration::from_secs(120));
+        assert_eq!(c.http.request_body_timeout.0, Duration::from_secs(180));
+        assert_eq!(c.http.h2_keepalive_interval.0, Duration::from_secs(10));
+        assert_eq!(c.http.h2_max_concurrent_streams, 16);
+        assert!(c.tls.enabled());
+        assert_eq!(c.tls.redirect_http_listen.unwrap().port(), 8080);
+        assert_eq!(c.tls.reload_interval.0, Duration::from_secs(30));
+        for (env, culprit) in [
+            (
+                vec![("HAIS_HTTP_MAX_CONNECTIONS", "0")],
+                "http.max_connections",
+            ),
+            (
+                vec![("HAIS_HTTP_HEADER_READ_TIMEOUT", "11m")],
+                "header_read_timeout",
+            ),
+            (vec![("HAIS_HTTP_IDLE_TIMEOUT", "2h")], "idle_timeout"),
+            (vec![("HAIS_TLS_CERT_FILE", "/c.pem")], "set together"),
+            (
+                vec![("HAIS_TLS_REDIRECT_HTTP_LISTEN", "0.0.0.0:80")],
+                "redirect_http_listen needs",
+            ),
+        ] {
+            let e = Config::load(None, env_of(&env)).unwrap_err();
+            assert!(e.to_string().contains(culprit), "{env:?}: {e}");
         }
     }
 

@@ -10,6 +10,7 @@
 //! * [`bus`]: the event bus, in-process or Redis.
 //! * [`auth`]: users, roles, JWTs, service tokens.
 //! * [`services`]: the JA4 service and the (placeholder) others.
+//! * [`server`]: the HTTP(S) serving loop: connection cap, timeouts, TLS, redirect.
 //! * [`ops`]: health, readiness, metrics. [`openapi`]: the API document.
 
 pub mod app;
@@ -21,6 +22,7 @@ pub mod gateway;
 pub mod openapi;
 pub mod ops;
 pub mod secure_fs;
+pub mod server;
 pub mod service;
 pub mod services;
 pub mod state;

@@ -177,6 +177,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Token(TokenCommand::Create { ttl, description })) = cli.command {
         return token_create(&config, ttl, description).await;
     }
+    if let Err(e) = hais_control_plane::server::raise_nofile_limit() {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
+    }
     let addr = config.listen_addr();
     let service = config.service;
     let app = App::start(config)
@@ -185,7 +188,8 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    tracing::info!(%service, %addr, store = app.state.store.backend(), bus = app.state.bus.backend(), "listening");
+    let scheme = if app.tls_enabled() { "https" } else { "http" };
+    tracing::info!(%service, %addr, scheme, store = app.state.store.backend(), bus = app.state.bus.backend(), "listening");
     app.serve(listener, shutdown_signal()).await?;
     Ok(())
 }

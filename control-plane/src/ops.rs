@@ -50,6 +50,8 @@ pub struct Metrics {
     pub uplink: UplinkMetrics,
     /// Workload identity resolution on ingest (`services::identity`).
     pub identity: IdentityMetrics,
+    /// The HTTP listeners' connections (`crate::server`), shared with the serving loop.
+    pub http_connections: std::sync::Arc<crate::server::ConnMetrics>,
 }
 
 /// Counters of identity resolution (events count once, when newly stored).
@@ -147,6 +149,7 @@ impl Metrics {
             g(&self.http_duration_sum_us) as f64 / 1e6
         );
         let _ = writeln!(o, "hais_http_request_duration_seconds_count {count}");
+        self.http_connections.render(&mut o);
         for (name, help, v) in [
             (
                 "hais_http_panics_total",

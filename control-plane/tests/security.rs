@@ -155,6 +155,52 @@ async fn password_guessing_backs_off(backend: Backend) {
     t.finish().await;
 }
 
+/// Item 1 over real sockets: the back-off keys on the TCP peer the server accepted, so one
+/// address's failures hold that address back, not another's.
+async fn throttle_keys_on_the_socket_peer(backend: Backend) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let iso = common::Isolation::new(backend, "peer").await;
+    let app = hais_control_plane::App::start(iso.config()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.serve(listener, async {
+        let _ = stop_rx.await;
+    }));
+    let login = |from: &'static str, user: &'static str, pw: &'static str| async move {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let mut c = sock.connect(addr).await.unwrap();
+        let body = json!({"username": user, "password": pw}).to_string();
+        let req = format!(
+            "POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        out.split(' ').nth(1).unwrap_or("").to_owned()
+    };
+    for _ in 0..5 {
+        assert_eq!(login("127.0.0.2", "ghost", "nope").await, "401");
+    }
+    assert_eq!(login("127.0.0.2", "ghost", "nope").await, "401");
+    assert_eq!(
+        login("127.0.0.2", "admin", ADMIN_PASSWORD).await,
+        "429",
+        "127.0.0.2 is held back"
+    );
+    assert_eq!(
+        login("127.0.0.3", "admin", ADMIN_PASSWORD).await,
+        "200",
+        "127.0.0.3 is not"
+    );
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+    iso.cleanup().await;
+}
+
 /// Item 3: the data directory is 0700 and the database files 0600, whatever the umask; a
 /// generated admin password goes to a 0600 file, not to the log; a too-short configured one is
 /// refused.
@@ -730,6 +776,7 @@ async fn headers_and_input_hygiene(backend: Backend) {
 crate::backend_tests!(
     login_flood_is_bounded,
     password_guessing_backs_off,
+    throttle_keys_on_the_socket_peer,
     secrets_are_private,
     service_tokens_cannot_forge_telemetry,
     hostile_window_is_a_400,
