@@ -829,7 +829,7 @@ fn diagnose(e: &ClientError, server: &str) -> (String, String) {
                 REENROLL.into(),
             )
         }
-        ClientError::Connection(C::ConnectionClosed(_) | C::TransportError(_)) => (
+        ClientError::Connection(C::ConnectionClosed(_)) => (
             format!(
                 "the control plane refused the TLS handshake (the agent's certificate was not accepted): {e}"
             ),
