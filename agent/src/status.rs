@@ -103,6 +103,14 @@ pub struct UplinkStatus {
     pub spiffe_id: Option<String>,
     pub svid_expiry_unix: Option<i64>,
     pub svid_renew_at_unix: Option<i64>,
+    /// Why the agent cannot deliver right now, in an operator's words (SVID expired at T,
+    /// refused by the control plane, revoked, unreachable...); `None` once the control plane
+    /// has accepted the agent again.
+    #[serde(default)]
+    pub problem: Option<String>,
+    /// What to do about `problem` (sometimes: nothing, the agent recovers by itself).
+    #[serde(default)]
+    pub fix: Option<String>,
 }
 
 impl Default for UplinkStatus {
@@ -123,6 +131,8 @@ impl Default for UplinkStatus {
             spiffe_id: None,
             svid_expiry_unix: None,
             svid_renew_at_unix: None,
+            problem: None,
+            fix: None,
         }
     }
 }

@@ -268,3 +268,29 @@ fn help_documents_exit_codes() {
     let o = bin().args(["read", "--bogus"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A corrupted `svid.pem` cannot be renewed by anyone: `run` stops at once with exit 78 (which
+/// the systemd unit does not restart, so no loop) and says to enroll again.
+#[test]
+fn a_corrupted_identity_stops_run_with_78_and_says_to_enroll_again() {
+    let d = tmpdir("corrupt");
+    let state = d.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("svid.pem"),
+        "-----BEGIN CERTIFICATE-----\ngarbage\n",
+    )
+    .unwrap();
+    let o = bin()
+        .args(["run", "--server", "127.0.0.1:9", "-i", "lo", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("svid.pem") && e.contains("hais-agent enroll --force"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

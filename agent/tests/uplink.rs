@@ -3,8 +3,9 @@
 //! is) and acking only after that. It can be stopped and started again on the same port.
 //!
 //! Shown: enrollment (and a reused token refused), every event delivered exactly once across a
-//! server restart, the spool draining oldest first after an outage, and SVID renewal in the
-//! middle of a stream losing nothing.
+//! server restart, the spool draining oldest first after an outage, SVID renewal in the
+//! middle of a stream losing nothing, and a certificate the server refuses at the handshake
+//! not making the agent reconnect in a tight loop.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ struct ServerShared {
     store: Mutex<Store>,
     /// TTL of the SVIDs it signs.
     agent_ttl: Duration,
+    /// Connection attempts that reached the endpoint.
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 struct TestServer {
@@ -62,6 +65,7 @@ impl TestServer {
             ca: CertificateAuthority::generate(TD).unwrap(),
             store: Mutex::new(Store::default()),
             agent_ttl,
+            attempts: std::sync::atomic::AtomicU64::new(0),
         });
         // Reserve a port: bind, note it, release it; start() binds it again.
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -135,6 +139,9 @@ impl TestServer {
 }
 
 async fn serve_connection(shared: Arc<ServerShared>, incoming: quinn::Incoming) {
+    shared
+        .attempts
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Ok(conn) = incoming.await else { return };
     let alpn = conn
         .handshake_data()
@@ -273,12 +280,16 @@ struct Agent {
 
 impl Agent {
     fn start(server: &str, dir: &Path, max_in_flight: usize) -> Agent {
+        Agent::start_with(server, dir, |o| o.max_in_flight = max_in_flight)
+    }
+
+    /// [`Agent::start`] with the test's options adjusted by `tune`.
+    fn start_with(server: &str, dir: &Path, tune: impl FnOnce(&mut UplinkOptions)) -> Agent {
         let (svid, bundle) = Svid::load(dir).unwrap();
         let spool = Spool::open(SpoolOptions::new(dir.join("spool"), 64 << 20)).unwrap();
         let spool: SharedSpool = Arc::new(Mutex::new(spool));
         let status = Arc::new(AgentStatus::new(Vec::new(), Some(Arc::clone(&spool))));
         let mut opts = UplinkOptions::new(server, dir);
-        opts.max_in_flight = max_in_flight;
         opts.batch_events = 250;
         opts.heartbeat_interval = Duration::from_millis(300);
         opts.backoff_min = Duration::from_millis(50);
@@ -288,6 +299,7 @@ impl Agent {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
         };
+        tune(&mut opts);
         let uplink =
             Uplink::start(opts, svid, bundle, Arc::clone(&spool), Arc::clone(&status)).unwrap();
         Agent {
@@ -460,8 +472,9 @@ async fn the_spool_drains_oldest_first_after_an_outage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_in_the_middle_of_a_stream_loses_nothing() {
-    // SVIDs are backdated 60 s, so a 64 s TTL puts the half-life 2 s after issuance.
-    let mut server = TestServer::new(Duration::from_secs(64));
+    // A 10 s TTL is backdated 2 s (a fifth), so the half-life comes 4 s after issuance, in
+    // the middle of the 5 s stream.
+    let mut server = TestServer::new(Duration::from_secs(10));
     server.start();
     let dir = tempfile::tempdir().unwrap();
     let first = enroll(&server, dir.path()).await;
@@ -493,6 +506,49 @@ async fn renewal_in_the_middle_of_a_stream_loses_nothing() {
     assert_eq!(now.spiffe_id, first.spiffe_id);
     assert!(now.not_after > first.not_after);
     assert_eq!(st.svid_expiry_unix, Some(now.not_after.unix_timestamp()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_refused_at_the_handshake_backs_off_instead_of_looping() {
+    let mut server = TestServer::new(Duration::from_secs(3600));
+    server.start();
+    let dir = tempfile::tempdir().unwrap();
+    // The agent trusts the server, but its SVID comes from another CA: the server's TLS layer
+    // refuses it after the agent's side of the handshake has completed.
+    let other = CertificateAuthority::generate(TD).unwrap();
+    let id = SpiffeId::agent(TD, "stranger").unwrap();
+    let (key, csr) = hais_svid::generate_csr().unwrap();
+    let chain = other
+        .sign_csr(&csr, &id, Duration::from_secs(3600))
+        .unwrap();
+    let svid = Svid::from_der(chain.iter().map(|c| c.to_vec()).collect(), key).unwrap();
+    svid.save(&server.shared.ca.bundle(), dir.path()).unwrap();
+    let window = Duration::from_secs(10);
+    let agent = Agent::start_with(&server.server(), dir.path(), |o| {
+        o.backoff_min = Duration::from_millis(200);
+        o.backoff_max = Duration::from_secs(4);
+    });
+    let started = Instant::now();
+    wait_for("a refused attempt", Duration::from_secs(10), || {
+        agent.status.uplink().problem.is_some()
+    })
+    .await;
+    let st = agent.status.uplink();
+    assert!(st.problem.as_deref().unwrap().contains("refused"), "{st:?}");
+    assert!(st.fix.is_some(), "{st:?}");
+    tokio::time::sleep(window.saturating_sub(started.elapsed())).await;
+    let attempts = server
+        .shared
+        .attempts
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // With the backoff starting over at every completed handshake this was one attempt per
+    // 100-200 ms (50+ in 10 s); growing to the 4 s cap, the delays' floors alone add up to
+    // about 9 s by the 8th attempt.
+    assert!(
+        (1..=10).contains(&attempts),
+        "{attempts} connection attempts in {window:?}"
+    );
+    assert_eq!(server.committed().len(), 0);
 }
 
 fn bin() -> &'static str {

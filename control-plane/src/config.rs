@@ -220,6 +220,13 @@ pub const KEYS: &[KeyDoc] = &[
         help: "lifetime of the X.509-SVIDs the CA issues (agents renew at half-life); e.g. 30m, 1h, 3600",
     },
     KeyDoc {
+        key: "spire.expired_renewal_grace",
+        env: "HAIS_SPIRE_EXPIRED_RENEWAL_GRACE",
+        kind: KeyKind::Str,
+        default: "7d",
+        help: "an agent whose SVID expired at most this long ago (a control-plane outage) may renew it by proving it holds its key, if it is not revoked and the SVID is its latest; 0 disables",
+    },
+    KeyDoc {
         key: "spire.token_ttl",
         env: "HAIS_SPIRE_TOKEN_TTL",
         kind: KeyKind::Str,
@@ -294,7 +301,14 @@ pub const KEYS: &[KeyDoc] = &[
         env: "HAIS_JA4_UPLINK_MAX_CONNECTIONS",
         kind: KeyKind::Int,
         default: "10000",
-        help: "most agent connections at once; more are refused",
+        help: "most agent connections at once (enrolled agents and handshakes in progress); more are refused",
+    },
+    KeyDoc {
+        key: "ja4.enroll_max_connections",
+        env: "HAIS_JA4_ENROLL_MAX_CONNECTIONS",
+        kind: KeyKind::Int,
+        default: "64",
+        help: "most enrollment (hais-enroll/1) connections at once, a budget apart from ja4.uplink_max_connections so unauthenticated peers cannot lock agents out; each lives at most 30 s",
     },
     KeyDoc {
         key: "ja4.uplink_max_streams",
@@ -498,6 +512,10 @@ impl AuthConfig {
 pub struct SpireConfig {
     pub trust_domain: String,
     pub svid_ttl: HumanDuration,
+    /// How long after its expiry an SVID may still be renewed by an agent proving it holds the
+    /// key (`RecoverRequest`): a control-plane outage longer than `svid_ttl` must not strand
+    /// the fleet. Zero disables it.
+    pub expired_renewal_grace: Grace,
     pub token_ttl: HumanDuration,
     pub stale_after: HumanDuration,
     pub server_dns_names: Vec<String>,
@@ -509,6 +527,7 @@ impl Default for SpireConfig {
         SpireConfig {
             trust_domain: hais_shared::spiffe::DEFAULT_TRUST_DOMAIN.into(),
             svid_ttl: HumanDuration::from_secs(3600),
+            expired_renewal_grace: Grace(Duration::from_secs(7 * 86_400)),
             token_ttl: HumanDuration::from_secs(3600),
             stale_after: HumanDuration::from_secs(90),
             server_dns_names: Vec::new(),
@@ -594,6 +613,9 @@ pub struct Ja4Config {
     #[serde(deserialize_with = "de_bind")]
     pub uplink_bind: Option<SocketAddr>,
     pub uplink_max_connections: usize,
+    /// Enrollment connections have their own, smaller budget: they are unauthenticated, and
+    /// must never take the slots of enrolled agents.
+    pub enroll_max_connections: usize,
     pub uplink_max_streams: u32,
     /// A stream whose request is not complete by then is answered with an error and closed, so
     /// a slow or stalled sender cannot hold one of the connection's streams for ever.
@@ -608,6 +630,7 @@ impl Default for Ja4Config {
                 ServiceName::Ja4.seed_port(),
             ))),
             uplink_max_connections: 10_000,
+            enroll_max_connections: 64,
             uplink_max_streams: 32,
             uplink_request_timeout: HumanDuration::from_secs(30),
         }
@@ -718,6 +741,37 @@ impl<'de> Deserialize<'de> for HumanDuration {
             Raw::Secs(n) if n > 0 => Ok(HumanDuration::from_secs(n)),
             Raw::Secs(_) => Err(serde::de::Error::custom("a duration must be positive")),
             Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration that may be zero (`0` or `off` turns the feature off), like
+/// `spire.expired_renewal_grace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grace(pub Duration);
+
+impl Grace {
+    pub fn is_off(&self) -> bool {
+        self.0.is_zero()
+    }
+}
+
+impl<'de> Deserialize<'de> for Grace {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(Grace(Duration::from_secs(n))),
+            Raw::Text(t) if matches!(t.trim(), "0" | "off") => Ok(Grace(Duration::ZERO)),
+            Raw::Text(t) => parse_duration(&t).map(Grace).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{t:?} is not a duration like 90s, 30m, 1h or 7d, nor 0/off"
+                ))
+            }),
         }
     }
 }
@@ -910,12 +964,19 @@ impl Config {
                 self.spire.trust_domain
             ))
         })?;
-        // Leaves are backdated a minute for clock skew, and renewed at half-life: shorter
-        // lifetimes would have agents renew almost continuously.
-        if self.spire.svid_ttl.0 < Duration::from_secs(300) {
+        // Agents renew at half-life, so short lifetimes mean frequent renewals; below 10 s a
+        // renewal could not even finish. Lifetimes under 5 m are for tests (the CA backdates
+        // them less, see hais_svid).
+        if self.spire.svid_ttl.0 < Duration::from_secs(10) {
             return Err(ConfigError::Invalid(
-                "spire.svid_ttl must be at least 5m".into(),
+                "spire.svid_ttl must be at least 10s (and should be at least 5m)".into(),
             ));
+        }
+        if self.spire.svid_ttl.0 < Duration::from_secs(300) {
+            tracing::warn!(
+                svid_ttl_s = self.spire.svid_ttl.0.as_secs(),
+                "spire.svid_ttl is under 5m: agents will renew very often (meant for tests)"
+            );
         }
         if let Some(bad) = self.spire.server_dns_names.iter().find(|n| !is_dns_name(n)) {
             return Err(ConfigError::Invalid(format!(
@@ -934,9 +995,12 @@ impl Config {
                 "ja4.uplink_request_timeout must be between 1s and 10m".into(),
             ));
         }
-        if self.ja4.uplink_max_connections == 0 || self.ja4.uplink_max_streams == 0 {
+        if self.ja4.uplink_max_connections == 0
+            || self.ja4.enroll_max_connections == 0
+            || self.ja4.uplink_max_streams == 0
+        {
             return Err(ConfigError::Invalid(
-                "ja4.uplink_max_connections and ja4.uplink_max_streams must be > 0".into(),
+                "ja4.uplink_max_connections, ja4.enroll_max_connections and ja4.uplink_max_streams must be > 0".into(),
             ));
         }
         self.check_http()?;
@@ -1138,15 +1202,38 @@ mod tests {
                 ("HAIS_SPIRE_SVID_TTL", "30m"),
                 ("HAIS_SPIRE_SERVER_DNS_NAMES", "cp.example.org, cp2"),
                 ("HAIS_JA4_UPLINK_BIND", "off"),
+                ("HAIS_SPIRE_EXPIRED_RENEWAL_GRACE", "2d"),
+                ("HAIS_JA4_ENROLL_MAX_CONNECTIONS", "8"),
             ]),
         )
         .unwrap();
+        assert_eq!(
+            c.spire.expired_renewal_grace.0,
+            Duration::from_secs(2 * 86_400)
+        );
+        assert_eq!(c.ja4.enroll_max_connections, 8);
+        let off = Config::load(None, env_of(&[("HAIS_SPIRE_EXPIRED_RENEWAL_GRACE", "0")])).unwrap();
+        assert!(off.spire.expired_renewal_grace.is_off());
+        assert!(
+            Config::load(
+                None,
+                env_of(&[("HAIS_SPIRE_EXPIRED_RENEWAL_GRACE", "soon")])
+            )
+            .is_err()
+        );
+        assert!(Config::load(None, env_of(&[("HAIS_SPIRE_SVID_TTL", "5s")])).is_err());
+        assert!(Config::load(None, env_of(&[("HAIS_JA4_ENROLL_MAX_CONNECTIONS", "0")])).is_err());
         assert_eq!(c.spire.trust_domain, "example.org");
         assert_eq!(c.spire.svid_ttl.0, Duration::from_secs(1800));
         assert_eq!(c.spire.server_dns_names, ["cp.example.org", "cp2"]);
         assert_eq!(c.ja4.uplink_bind, None);
         let d = Config::load(None, env_of(&[])).unwrap();
         assert_eq!(d.ja4.uplink_bind.unwrap().port(), 3001);
+        assert_eq!(
+            d.spire.expired_renewal_grace.0,
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(d.ja4.enroll_max_connections, 64);
         assert_eq!(d.spire.trust_domain, "hais.local");
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("3600"), Some(Duration::from_secs(3600)));

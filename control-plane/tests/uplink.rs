@@ -659,7 +659,230 @@ async fn slow_request_times_out(backend: Backend) {
     t.finish().await;
 }
 
+/// An enrollment connection held open that the server has admitted (it answered a request).
+/// Retried while the enrollment budget is still taken by connections being closed.
+async fn hold_enrollment(addr: SocketAddr, ca_hash: [u8; 32]) -> quinn::Connection {
+    let bad_enroll = Request::new(request::Body::Enroll(wire::EnrollRequest::default()));
+    for _ in 0..100 {
+        if let Ok(c) = connect(addr, hais_svid::enroll_client_config(ca_hash).unwrap()).await
+            && let Ok(r) = call(&c, &bad_enroll).await
+        {
+            assert_eq!(wire_error(r).code, ErrorCode::Unauthorized as i32);
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no free enrollment slot within 10 s");
+}
+
+/// Issue 11 item 5: enrollment connections have their own budget. Held enrollment connections
+/// outnumbering `ja4.uplink_max_connections` used to lock enrolled agents out; now they fill
+/// only `ja4.enroll_max_connections`, an agent still connects and delivers, and the enrollment
+/// connection beyond the budget is refused with `BUSY`.
+async fn enrollment_budget(backend: Backend) {
+    let iso = common::Isolation::new(backend, "uplinkenrollcap").await;
+    let mut config = iso.config();
+    config.ja4.uplink_max_connections = 2;
+    config.ja4.enroll_max_connections = 3;
+    let t = TestApp::start_with(iso, config).await;
+    let addr = uplink_addr(&t);
+    let token = t.join_token().await;
+    let ca_hash = JoinToken::parse(&token).unwrap().ca_hash;
+    let a = enroll(addr, &token).await;
+    // More held enrollment connections than the agents' whole budget.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(hold_enrollment(addr, ca_hash).await);
+    }
+    let before = refusals(&t);
+    let over = refused(addr, hais_svid::enroll_client_config(ca_hash).unwrap()).await;
+    assert_eq!(
+        over,
+        Some(close::BUSY.into()),
+        "the budget+1-th enrollment connection"
+    );
+    assert_eq!(refusals(&t), before + 1);
+    // The agent is not locked out.
+    let conn = connect_when_free(addr, &a).await;
+    let got = ack(call(&conn, &batch_req(1, vec![wire_event(&a.agent_id)]))
+        .await
+        .unwrap());
+    assert_eq!(got.stored, 1);
+    // The held ones still work, and a slot frees when one closes.
+    assert!(call(&held[0], &heartbeat_req()).await.is_ok());
+    held.pop().unwrap().close(0u32.into(), b"bye");
+    held.push(hold_enrollment(addr, ca_hash).await);
+    drop(held);
+    t.finish().await;
+}
+
+/// An SVID of the stored CA for `a`'s identity, expiring 1 s after issuance, recorded as the
+/// agent's current one (as if it had been its last renewal before an outage), returned once
+/// it has expired.
+async fn expired_svid(t: &TestApp, a: &Enrolled) -> Svid {
+    let ca = stored_ca(t).await;
+    let (key, csr) = hais_svid::generate_csr().unwrap();
+    let chain = ca
+        .sign_csr(&csr, &a.svid.spiffe_id, Duration::from_secs(1))
+        .unwrap();
+    let (serial, expires_us) = hais_control_plane::services::spire::leaf_facts(&chain[0]).unwrap();
+    assert!(
+        store(t)
+            .renew_agent_svid(&a.agent_id, &serial, expires_us)
+            .await
+            .unwrap()
+    );
+    let svid = Svid::from_der(chain.iter().map(|c| c.to_vec()).collect(), key).unwrap();
+    // Whole seconds: certificate times have no finer resolution.
+    while svid.not_after + time::Duration::seconds(1) >= time::OffsetDateTime::now_utc() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    svid
+}
+
+/// The error code a recovery was answered with.
+fn refusal(r: Result<(Vec<u8>, wire::Response), CallError>) -> (i32, String) {
+    let (_, resp) = r.unwrap_or_else(|e| panic!("no answer: {e:?}"));
+    let e = wire_error(resp);
+    (e.code, e.message)
+}
+
+/// Issue 11 item 6: an SVID that expired during an outage is renewed for the agent that proves
+/// it holds its key, within the grace; and refused when superseded, signed by another key,
+/// signed for another connection, revoked. Only a new SVID comes back: events need the uplink.
+async fn expired_svid_renewal(backend: Backend) {
+    let t = TestApp::start(backend, "uplinkrecover").await;
+    let addr = uplink_addr(&t);
+    let a = enroll(addr, &t.join_token().await).await;
+    let old = expired_svid(&t, &a).await;
+    // The TLS layer refuses it on the uplink...
+    let server = control_plane_id();
+    let tls = hais_svid::uplink_client_config(&old, &a.bundle, &server).unwrap();
+    assert_eq!(refused(addr, tls).await, None, "refused by TLS");
+
+    // ...another key's signature is refused, and so is a proof made for another connection.
+    let stranger = enroll(addr, &t.join_token().await).await;
+    let chain: Vec<Vec<u8>> = old.chain.iter().map(|c| c.to_vec()).collect();
+    let (code, msg) = refusal(
+        recover_raw(addr, &a.bundle, &chain, |binding, csr| {
+            stranger
+                .svid
+                .sign(&wire::recover_signed_message(binding, csr))
+                .unwrap()
+        })
+        .await,
+    );
+    assert_eq!(code, ErrorCode::Unauthorized as i32, "{msg}");
+    assert!(msg.contains("possession"), "{msg}");
+    let (code, msg) = refusal(
+        recover_raw(addr, &a.bundle, &chain, |_, csr| {
+            old.sign(&wire::recover_signed_message(&[7; 32], csr))
+                .unwrap()
+        })
+        .await,
+    );
+    assert_eq!(code, ErrorCode::Unauthorized as i32, "{msg}");
+    // A well-formed proof for a certificate of another CA.
+    let foreign_ca = CertificateAuthority::generate("hais.local").unwrap();
+    let (fkey, fcsr) = hais_svid::generate_csr().unwrap();
+    let fchain = foreign_ca
+        .sign_csr(&fcsr, &a.svid.spiffe_id, Duration::from_secs(3600))
+        .unwrap();
+    let foreign = Svid::from_der(fchain.iter().map(|c| c.to_vec()).collect(), fkey).unwrap();
+    let (code, msg) = refusal(recover(addr, &a.bundle, &foreign).await);
+    assert_eq!(code, ErrorCode::Unauthorized as i32, "{msg}");
+
+    // The genuine proof: a new SVID for the same identity, which works on the uplink.
+    let (key, resp) = recover(addr, &a.bundle, &old).await.unwrap();
+    let renewed = match body(resp) {
+        response::Body::Svid(s) => s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(renewed.agent_id, a.agent_id);
+    let back = Enrolled {
+        svid: Svid::from_der(renewed.svid_chain_der, key).unwrap(),
+        bundle: a.bundle.clone(),
+        agent_id: a.agent_id.clone(),
+    };
+    assert_eq!(back.svid.spiffe_id, a.svid.spiffe_id);
+    let conn = uplink(addr, &back).await.unwrap();
+    let got = ack(call(&conn, &batch_req(1, vec![wire_event(&a.agent_id)]))
+        .await
+        .unwrap());
+    assert_eq!(got.stored, 1);
+    let (_, v) = t
+        .call(
+            "GET",
+            &format!("/api/spire/agents/{}", a.agent_id),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    let (new_serial, _) =
+        hais_control_plane::services::spire::leaf_facts(&back.svid.chain[0]).unwrap();
+    assert_eq!(v["svid_serial"], new_serial.as_str(), "{v}");
+
+    // The expired one is superseded now: it cannot be used again (nor by whoever copied it).
+    let (code, msg) = refusal(recover(addr, &a.bundle, &old).await);
+    assert_eq!(code, ErrorCode::Unauthorized as i32, "{msg}");
+    assert!(msg.contains("latest"), "{msg}");
+
+    // An enrollment connection never delivers events.
+    let enroll_conn = connect(
+        addr,
+        hais_svid::enroll_client_config(hais_svid::ca_hash(&a.bundle.certs[0])).unwrap(),
+    )
+    .await
+    .unwrap();
+    let e = wire_error(
+        call(&enroll_conn, &batch_req(2, vec![wire_event(&a.agent_id)]))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(e.code, ErrorCode::Unauthorized as i32, "{e:?}");
+
+    // Revoked: refused as such.
+    let expired_again = expired_svid(&t, &a).await;
+    let path = format!("/api/spire/agents/{}/revoke", a.agent_id);
+    let (s, v) = t.call("POST", &path, Some(&t.admin), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (code, msg) = refusal(recover(addr, &a.bundle, &expired_again).await);
+    assert_eq!(code, ErrorCode::Revoked as i32, "{msg}");
+    assert_eq!(store(&t).count_events().await.unwrap(), 1);
+    t.finish().await;
+}
+
+/// `spire.expired_renewal_grace`: an SVID that expired longer ago is refused, and 0 turns
+/// the renewal of expired SVIDs off.
+async fn expired_svid_renewal_grace(backend: Backend) {
+    for (grace, tag) in [(1, "uplinkgrace1"), (0, "uplinkgrace0")] {
+        let iso = common::Isolation::new(backend, tag).await;
+        let mut config = iso.config();
+        config.spire.expired_renewal_grace =
+            hais_control_plane::config::Grace(Duration::from_secs(grace));
+        let t = TestApp::start_with(iso, config).await;
+        let addr = uplink_addr(&t);
+        let a = enroll(addr, &t.join_token().await).await;
+        let old = expired_svid(&t, &a).await;
+        // Older than the grace, whatever the machine's load.
+        while time::OffsetDateTime::now_utc() - old.not_after
+            <= time::Duration::seconds(grace as i64 + 1)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (code, msg) = refusal(recover(addr, &a.bundle, &old).await);
+        assert_eq!(code, ErrorCode::Unauthorized as i32, "{msg}");
+        let want = if grace == 0 { "disabled" } else { "longer ago" };
+        assert!(msg.contains(want), "{msg}");
+        assert!(msg.contains("enroll"), "says what to do: {msg}");
+        t.finish().await;
+    }
+}
+
 crate::backend_tests!(
+    enrollment_budget,
+    expired_svid_renewal,
+    expired_svid_renewal_grace,
     slow_request_times_out,
     enroll_and_stream,
     token_rules,

@@ -2,6 +2,10 @@
 //! killed with SIGKILL and restarted, and while the network path is cut for 30 s. Afterwards the
 //! control plane must hold every event the agent produced, each exactly once.
 //!
+//! And no stranded fleet: with SVIDs shortened to 20 s, the control plane stays down until
+//! every agent's SVID has expired; when it is back, each agent renews its expired SVID by
+//! itself (proving it holds the key) and delivers its spool, every event stored once.
+//!
 //! The events are real: 100,000 TCP connections on loopback, each fingerprinted (JA4T/JA4TS)
 //! by `hais-agent run -i lo`. The uplink goes through a UDP relay the test cuts. Needs root or
 //! CAP_NET_RAW (capture on `lo`); without it the test says so and passes vacuously.
@@ -232,5 +236,147 @@ fn every_event_is_stored_exactly_once_across_a_crash_and_an_outage() {
         "roll-ups {rollup} vs {rows}"
     );
     assert_eq!(st["uplink"]["events_rejected"], 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Makes `n` TCP connections to `addr` (the server closes each at once).
+fn connections(addr: SocketAddr, n: usize) {
+    let mut buf = [0u8; 1];
+    for _ in 0..n {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            let _ = s.read(&mut buf);
+        }
+    }
+}
+
+/// The agent's SVID expiry (s since the epoch) and its uplink's problem, from `status`.
+fn identity_state(agent: &Agent) -> Option<(i64, Option<String>)> {
+    let s = agent.status()?;
+    let u = &s["uplink"];
+    Some((
+        u["svid_expiry_unix"].as_i64()?,
+        u["problem"].as_str().map(str::to_owned),
+    ))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn agents_recover_alone_after_an_outage_longer_than_their_svid_lifetime() {
+    if !can_capture() {
+        eprintln!("skipped: capturing on lo needs root or CAP_NET_RAW");
+        return;
+    }
+    const AGENTS: usize = 2;
+    let dir = std::env::temp_dir().join(format!("hais-faults-expiry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cp = ControlPlane::start(&dir.join("cp"), &[("HAIS_SPIRE_SVID_TTL", "20s")]);
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let bpf = format!("tcp port {}", target.port());
+    let mut agents = Vec::new();
+    for i in 0..AGENTS {
+        let mut agent = Agent::new(&dir.join(format!("agent{i}")));
+        agent.env.push(("HAIS_ATTRIBUTION".into(), "0".into()));
+        let (ok, out) = agent.enroll(cp.uplink, &cp.token());
+        assert!(ok, "enroll: {out}");
+        let agent_id = out
+            .split("/hais/agent/")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("the agent id in enroll's output")
+            .to_owned();
+        agent.run(
+            cp.uplink,
+            &["-i", "lo", "--bpf", &bpf, "--idle-timeout", "1"],
+        );
+        agents.push((agent, agent_id));
+    }
+    for (agent, _) in &agents {
+        wait_for("the uplink to connect", Duration::from_secs(60), || {
+            (agent.status()?["uplink"]["state"] == "connected").then_some(())
+        });
+    }
+    let produced_at_least = |n: u64| {
+        for (agent, _) in &agents {
+            wait_for("the agent's events", Duration::from_secs(120), || {
+                (produced(agent)?.0 >= n).then_some(())
+            });
+        }
+    };
+    connections(target, 50);
+    produced_at_least(50);
+
+    // Down for longer than the SVIDs live: events keep coming and wait in the spools.
+    cp.kill9();
+    let down = Instant::now();
+    connections(target, 100);
+    produced_at_least(150);
+    for (agent, _) in &agents {
+        // Expired by the agent's own account, and it says so.
+        let problem = wait_for(
+            "the agent to report its expired SVID",
+            Duration::from_secs(180),
+            || match identity_state(agent)? {
+                (exp, Some(p)) if exp < unix_now() && p.contains("expired") => Some(p),
+                _ => None,
+            },
+        );
+        assert!(
+            problem.contains("by itself") || problem.contains("unreachable"),
+            "{problem}"
+        );
+        assert!(produced(agent).unwrap().1 > 0, "events wait in the spool");
+    }
+    eprintln!(
+        "control plane down for {:?}; every SVID expired",
+        down.elapsed()
+    );
+    cp.restart();
+
+    // Back: each agent renews its expired SVID and delivers, with nobody's help.
+    for (agent, agent_id) in &agents {
+        let (events, dropped) = wait_for(
+            "the agent to reconnect and drain its spool",
+            Duration::from_secs(180),
+            || {
+                let s = agent.status()?;
+                let connected =
+                    s["uplink"]["state"] == "connected" && s["uplink"]["problem"].is_null();
+                let (a, depth, dropped) = produced(agent)?;
+                std::thread::sleep(Duration::from_secs(2));
+                let (b, depth2, _) = produced(agent)?;
+                (connected && a == b && depth == 0 && depth2 == 0).then_some((b, dropped))
+            },
+        );
+        assert_eq!(dropped, 0, "the spool never had to drop");
+        let (exp, _) = identity_state(agent).unwrap();
+        assert!(exp > unix_now(), "a fresh SVID");
+        let (rows, distinct) = stored(&cp, agent_id);
+        eprintln!("agent {agent_id}: produced {events}, stored {rows} ({distinct} distinct)");
+        assert_eq!(rows, events, "every event stored:\n{}", agent.log());
+        assert_eq!(distinct, rows, "none stored twice");
+    }
+    let token = cp.login();
+    for (_, agent_id) in &agents {
+        let (st, v) = cp.get(&token, &format!("/api/spire/agents/{agent_id}"));
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["revoked_us"], Value::Null, "{v}");
+    }
+    assert!(
+        cp.log().contains("expired SVID renewed"),
+        "renewed through the expired-SVID path"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

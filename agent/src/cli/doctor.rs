@@ -151,6 +151,23 @@ pub fn run_checks(cfg: &AgentConfig) -> Vec<Check> {
     };
     let running = query(&state.socket_path()).ok();
     out.push(match &running {
+        Some(r) if r.uplink.problem.is_some() => {
+            let c = check(
+                "agent",
+                Outcome::Fail,
+                format!(
+                    "running (pid {}, up {}), uplink {:?}: {}",
+                    r.pid,
+                    human_duration(r.uptime_s),
+                    r.uplink.state,
+                    r.uplink.problem.as_deref().unwrap_or_default()
+                ),
+            );
+            match &r.uplink.fix {
+                Some(f) => c.fix(f.clone()),
+                None => c,
+            }
+        }
         Some(r) => check(
             "agent",
             Outcome::Ok,
@@ -172,6 +189,19 @@ pub fn run_checks(cfg: &AgentConfig) -> Vec<Check> {
         .filter(|s| !s.is_empty())
         .or_else(|| state.load_server());
     let (reach, skew) = match (identity, server) {
+        (Some((svid, _, _)), Some(server)) if svid.not_after <= time::OffsetDateTime::now_utc() => {
+            (
+                check(
+                    "server",
+                    Outcome::Skip,
+                    format!(
+                        "{server}: not tested, the SVID has expired (the running agent asks the \
+                     control plane to renew it, proving it holds the key)"
+                    ),
+                ),
+                None,
+            )
+        }
         (Some((svid, bundle, expected)), Some(server)) => {
             server_checks(&server, &svid, &bundle, &expected)
         }
@@ -333,11 +363,19 @@ fn identity_check(state: &StateDir, identity: &Identity) -> Check {
             )
             .fix("hais-agent enroll --server HOST:PORT --token TOKEN");
         }
-        Err(e) => return check("identity", Outcome::Fail, e.to_string()),
+        Err(e) => {
+            return check("identity", Outcome::Fail, e.to_string()).fix(
+                "an unreadable or corrupted identity cannot be renewed, not even by the control \
+                 plane: create a join token (`hais-control-plane token create`) and run \
+                 `hais-agent enroll --force`, then restart the agent",
+            );
+        }
     };
     svid_validity(
         svid,
-        "the agent could not renew in time: create a new join token and run `hais-agent enroll --force`",
+        "nothing, if the agent runs: it asks the control plane to renew an expired SVID by itself \
+         (within the control plane's spire.expired_renewal_grace, 7 days by default) and `hais-agent \
+         status` says if that is refused; then create a new join token and run `hais-agent enroll --force`",
         "the running agent renews at half-life: check that it runs and is connected",
     )
 }
@@ -523,6 +561,42 @@ mod tests {
         assert_eq!(clock(Some(120)).outcome, Outcome::Ok);
         assert_eq!(clock(Some(-6_000)).outcome, Outcome::Warn);
         assert_eq!(clock(Some(90_000)).outcome, Outcome::Fail);
+    }
+
+    #[test]
+    fn a_corrupted_or_expired_identity_says_what_to_do() {
+        let d = tempfile::tempdir().unwrap();
+        let state = StateDir::new(d.path());
+        let ca = hais_svid::CertificateAuthority::generate("hais.local").unwrap();
+        let id = SpiffeId::agent("hais.local", "a1").unwrap();
+        let (key, csr) = hais_svid::generate_csr().unwrap();
+        let chain = ca.sign_csr(&csr, &id, Duration::from_secs(1)).unwrap();
+        let svid =
+            hais_svid::Svid::from_der(chain.iter().map(|c| c.to_vec()).collect(), key).unwrap();
+        svid.save(&ca.bundle(), d.path()).unwrap();
+        std::thread::sleep(Duration::from_millis(2100));
+        let c = identity_check(&state, &state.load_identity());
+        assert_eq!(c.outcome, Outcome::Fail);
+        assert!(c.detail.contains("expired at"), "{c:?}");
+        assert!(
+            c.fix
+                .as_deref()
+                .unwrap()
+                .contains("renew an expired SVID by itself"),
+            "{c:?}"
+        );
+        std::fs::write(
+            d.path().join("svid.pem"),
+            "-----BEGIN CERTIFICATE-----\ngarbage\n",
+        )
+        .unwrap();
+        let c = identity_check(&state, &state.load_identity());
+        assert_eq!(c.outcome, Outcome::Fail);
+        assert!(c.detail.contains("svid.pem"), "{c:?}");
+        assert!(
+            c.fix.as_deref().unwrap().contains("cannot be renewed"),
+            "{c:?}"
+        );
     }
 
     #[test]

@@ -581,22 +581,22 @@ fn start_uplink(
     })
 }
 
-/// The SVID `hais-agent enroll` saved, still valid.
+/// The SVID `hais-agent enroll` saved. An expired one is kept: the uplink asks the control
+/// plane to renew it (an outage longer than the SVID's lifetime must not strand the agent), and
+/// says so in the status report if it cannot. An unreadable or corrupted one cannot be
+/// renewed: the agent stops with exit code 78 (which the systemd unit does not restart) and says
+/// to enroll again.
 fn enrolled_identity(state: &StateDir) -> Result<(hais_svid::Svid, hais_svid::Bundle), Failure> {
     let (svid, bundle) = state
         .load_identity()
         .map_err(|e| (e.exit_code(), e.to_string()))?
         .ok_or((78, "identity vanished from the state directory".to_string()))?;
-    let now = time::OffsetDateTime::now_utc();
-    if svid.not_after <= now {
-        return Err((
-            78,
-            format!(
-                "the SVID in {} expired at {}; enroll again with a new token (`hais-agent enroll --force`)",
-                state.path().display(),
-                svid.not_after
-            ),
-        ));
+    if svid.not_after <= time::OffsetDateTime::now_utc() {
+        tracing::warn!(
+            state_dir = %state.path().display(),
+            expired_at = %svid.not_after,
+            "the SVID has expired; the uplink will ask the control plane to renew it (if that is refused, enroll again with `hais-agent enroll --force`)"
+        );
     }
     Ok((svid, bundle))
 }

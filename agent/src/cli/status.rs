@@ -98,6 +98,12 @@ pub fn render(r: &StatusReport, now_ms: i64) -> String {
     if let Some(e) = &u.last_error {
         let _ = writeln!(o, "           last error: {e}");
     }
+    if let Some(p) = &u.problem {
+        let _ = writeln!(o, "problem:   {p}");
+        if let Some(f) = &u.fix {
+            let _ = writeln!(o, "fix:       {f}");
+        }
+    }
     let _ = writeln!(
         o,
         "events:    {} stored, {} duplicates, {} rejected; last ack {}; {} streams without fingerprints",

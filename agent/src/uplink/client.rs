@@ -139,6 +139,12 @@ pub async fn connect(
         .map_err(|e| connect_err(e.to_string()))?;
     let conn = match tokio::time::timeout(t.connect_timeout, connecting).await {
         Ok(Ok(c)) => c,
+        // The server closed the connection during the handshake: it refused us (a TLS alert
+        // about our certificate, or an application code). Kept typed, so the uplink can say so.
+        Ok(Err(
+            e @ (quinn::ConnectionError::ConnectionClosed(_)
+            | quinn::ConnectionError::ApplicationClosed(_)),
+        )) => return Err(ClientError::Connection(e)),
         Ok(Err(e)) => return Err(connect_err(e.to_string())),
         Err(_) => {
             return Err(connect_err(format!(

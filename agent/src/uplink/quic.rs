@@ -15,8 +15,19 @@
 //!   acknowledged stays in the spool and is sent again.
 //!
 //! When the connection fails, the spool is rewound to its oldest unacknowledged event and the
-//! agent reconnects after an exponential backoff with full jitter (200 ms doubling, capped at
-//! 30 s), so a fleet does not reconnect in lockstep after a control-plane restart.
+//! agent reconnects after an exponential backoff with jitter (200 ms doubling, capped at 30 s),
+//! so a fleet does not reconnect in lockstep after a control-plane restart. The backoff starts
+//! over only once the control plane has *accepted* the agent (a heartbeat or a batch
+//! answered), not when the agent's side of the handshake completes: with TLS 1.3 the client
+//! finishes before the server has judged its certificate, so a refused certificate would
+//! otherwise mean reconnecting in a tight loop. Refusals that retrying cannot fix (not
+//! authorized, revoked) wait at least half the cap.
+//!
+//! An SVID that expired while the control plane was unreachable (an outage longer than its
+//! lifetime) is renewed before connecting: [`super::enroll::recover`] proves possession of its
+//! key over `hais-enroll/1`, the new SVID is saved (atomic, 0600), and the uplink connects with
+//! it; the spool, kept all along, goes out then. Why the agent cannot connect, and what to do,
+//! is in the status report (`problem`, `fix`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -175,6 +186,7 @@ impl Uplink {
                         status,
                         stop: task_stop,
                         waker: task_waker,
+                        accepted: false,
                     };
                     task.publish_identity();
                     let _ = ready_tx.send(Ok(task.svid.spiffe_id.clone()));
@@ -267,9 +279,13 @@ struct Task {
     status: Arc<AgentStatus>,
     stop: Arc<Stop>,
     waker: Arc<Notify>,
+    /// Set when the control plane answered a heartbeat or a batch on the current connection:
+    /// only then does the backoff start over.
+    accepted: bool,
 }
 
-/// Exponential backoff with full jitter.
+/// Exponential backoff with jitter: each delay is drawn between half and all of a ceiling that
+/// doubles per failure up to `max`, and returns to `min` only on [`Backoff::reset`].
 struct Backoff {
     min: Duration,
     max: Duration,
@@ -287,6 +303,21 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.next = self.min;
+    }
+
+    /// The wait after a failed connection: the backoff starts over only if the control plane
+    /// had accepted the agent on it (`accepted`), and a failure that retrying cannot fix
+    /// (`!transient`: not authorized, revoked, bad identity) waits at least half the cap.
+    fn after_failure(&mut self, accepted: bool, transient: bool) -> Duration {
+        if accepted {
+            self.reset();
+        }
+        let delay = self.delay();
+        if transient {
+            delay
+        } else {
+            delay.max(self.max / 2)
+        }
     }
 
     fn delay(&mut self) -> Duration {
@@ -367,13 +398,81 @@ impl Task {
         f(&mut s)
     }
 
+    /// Records why the agent cannot deliver, and what to do, for `status` and `doctor`.
+    fn set_problem(&self, problem: Option<(String, String)>) {
+        self.status.update_uplink(|u| match problem {
+            Some((p, f)) => {
+                u.problem = Some(p);
+                u.fix = Some(f);
+            }
+            None => {
+                u.problem = None;
+                u.fix = None;
+            }
+        });
+    }
+
+    /// The control plane answered on this connection: it accepted the agent.
+    fn mark_accepted(&mut self) {
+        if !self.accepted {
+            self.accepted = true;
+            self.set_problem(None);
+        }
+    }
+
+    /// Renews the expired SVID (see [`super::enroll::recover`]) and saves it.
+    async fn recover(&mut self) -> Result<(), ClientError> {
+        tracing::warn!(
+            spiffe_id = %self.svid.spiffe_id,
+            expired_at = %self.svid.not_after,
+            "the SVID has expired; asking the control plane to renew it"
+        );
+        let recover = super::enroll::recover(
+            &self.opts.server,
+            &self.svid,
+            &self.bundle,
+            &self.expected_server,
+            &self.opts.transport,
+        );
+        let (svid, bundle) = tokio::select! {
+            r = recover => r?,
+            _ = self.stop.wait() => return Err(ClientError::Connect {
+                server: self.opts.server.clone(),
+                why: "agent stopping".into(),
+            }),
+        };
+        svid.save(&bundle, &self.opts.state_dir)?;
+        tracing::info!(
+            spiffe_id = %svid.spiffe_id,
+            not_after = %svid.not_after,
+            "expired SVID renewed; connecting with the new one"
+        );
+        self.svid = svid;
+        self.bundle = bundle;
+        self.publish_identity();
+        self.status.update_uplink(|u| u.renewals += 1);
+        Ok(())
+    }
+
     async fn run(&mut self) {
         let mut backoff = Backoff::new(self.opts.backoff_min, self.opts.backoff_max);
         while !self.stop.is_set() {
             self.set_state(ConnectionState::Connecting, None);
+            self.accepted = false;
+            // An SVID that expired during an outage: renewed first, proven by its key.
+            if self.spire.is_none()
+                && svid_expired(&self.svid)
+                && let Err(e) = self.recover().await
+            {
+                let problem = diagnose_recovery(&e, &self.svid);
+                self.set_problem(Some(problem));
+                if !self.wait_after_failure(&mut backoff, &e).await {
+                    break;
+                }
+                continue;
+            }
             let end = match self.connect().await {
                 Ok(conn) => {
-                    backoff.reset();
                     self.status.update_uplink(|u| u.connects += 1);
                     self.set_state(ConnectionState::Connected, None);
                     tracing::info!(server = %self.opts.server, addr = %conn.addr, "uplink connected");
@@ -394,21 +493,11 @@ impl Task {
                 End::Shutdown => break,
                 End::Renewed => continue,
                 End::Failed(e) => {
-                    let mut delay = backoff.delay();
-                    if !e.is_transient() {
-                        // Configuration or identity trouble: retrying fast will not fix it.
-                        delay = delay.max(self.opts.backoff_max / 2);
+                    if !self.accepted {
+                        self.set_problem(Some(diagnose(&e, &self.opts.server)));
                     }
-                    tracing::warn!(
-                        server = %self.opts.server,
-                        error = %e,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "uplink unavailable; events stay in the spool"
-                    );
-                    self.set_state(ConnectionState::Backoff, Some(e.to_string()));
-                    tokio::select! {
-                        _ = sleep(delay) => {}
-                        _ = self.stop.wait() => break,
+                    if !self.wait_after_failure(&mut backoff, &e).await {
+                        break;
                     }
                 }
             }
@@ -419,6 +508,23 @@ impl Task {
                 tracing::warn!(error = %e, "syncing the spool");
             }
         });
+    }
+
+    /// Waits the backoff's next delay after `e` (at least half the cap when retrying cannot
+    /// help). False when the agent is stopping.
+    async fn wait_after_failure(&self, backoff: &mut Backoff, e: &ClientError) -> bool {
+        let delay = backoff.after_failure(self.accepted, e.is_transient());
+        tracing::warn!(
+            server = %self.opts.server,
+            error = %e,
+            retry_in_ms = delay.as_millis() as u64,
+            "uplink unavailable; events stay in the spool"
+        );
+        self.set_state(ConnectionState::Backoff, Some(e.to_string()));
+        tokio::select! {
+            _ = sleep(delay) => true,
+            _ = self.stop.wait() => false,
+        }
     }
 
     async fn connect(&mut self) -> Result<Conn, ClientError> {
@@ -619,6 +725,7 @@ impl Task {
                 "more events of the batch rejected"
             );
         }
+        self.mark_accepted();
         self.with_spool(|s| s.ack(&id));
         self.status.update_uplink(|u| {
             u.batches_acked += 1;
@@ -631,13 +738,14 @@ impl Task {
     }
 
     fn on_heartbeat(
-        &self,
+        &mut self,
         sent_at: i64,
         started: Instant,
         res: Result<response::Body, ClientError>,
     ) {
         match res {
             Ok(response::Body::HeartbeatAck(a)) => {
+                self.mark_accepted();
                 let skew = clock_skew_ms(sent_at, started.elapsed(), a.server_time_unix_ms);
                 if skew.abs() > 5_000 {
                     tracing::warn!(
@@ -682,6 +790,94 @@ impl Task {
     }
 }
 
+/// Whether the SVID has expired by this host's clock (then the uplink's TLS would be refused).
+fn svid_expired(svid: &Svid) -> bool {
+    svid.not_after <= time::OffsetDateTime::now_utc()
+}
+
+/// Fix for an identity the control plane will not take back.
+const REENROLL: &str = "create a join token (`hais-control-plane token create`) and run \
+    `hais-agent enroll --force --server HOST:PORT --token TOKEN`, then restart the agent";
+
+/// Why a connection failed, and what to do, in an operator's words.
+fn diagnose(e: &ClientError, server: &str) -> (String, String) {
+    use quinn::ConnectionError as C;
+    match e {
+        ClientError::Connection(C::ApplicationClosed(c))
+            if u64::from(c.error_code) == u64::from(wire::close::REVOKED) =>
+        {
+            (
+                "this agent was revoked by the control plane".into(),
+                REENROLL.into(),
+            )
+        }
+        ClientError::Refused {
+            code: ErrorCode::Revoked,
+            ..
+        } => (
+            "this agent was revoked by the control plane".into(),
+            REENROLL.into(),
+        ),
+        ClientError::Connection(C::ApplicationClosed(c))
+            if u64::from(c.error_code) == u64::from(wire::close::UNAUTHORIZED) =>
+        {
+            (
+                format!(
+                    "the control plane refused this agent's SVID: {}",
+                    String::from_utf8_lossy(&c.reason)
+                ),
+                REENROLL.into(),
+            )
+        }
+        ClientError::Connection(C::ConnectionClosed(_)) => (
+            format!(
+                "the control plane refused the TLS handshake (the agent's certificate was not accepted): {e}"
+            ),
+            format!(
+                "check the clock (NTP) and that this agent was enrolled with the control plane at {server}; \
+                 if it was re-installed or its CA changed: {REENROLL}"
+            ),
+        ),
+        _ if !e.is_transient() => (format!("cannot connect: {e}"), REENROLL.into()),
+        _ => (
+            format!("control plane unreachable: {e}"),
+            format!(
+                "nothing to do if it is down for maintenance (events wait in the spool); \
+                 else check that it runs and that UDP to {server} is open"
+            ),
+        ),
+    }
+}
+
+/// Why renewing an expired SVID failed, and what to do.
+fn diagnose_recovery(e: &ClientError, svid: &Svid) -> (String, String) {
+    let expired = format!("the SVID expired at {}", svid.not_after);
+    match e {
+        ClientError::Refused {
+            code: ErrorCode::Revoked,
+            ..
+        } => (
+            format!("{expired} and this agent was revoked"),
+            REENROLL.into(),
+        ),
+        ClientError::Refused { message, .. } if !e.is_transient() => (
+            format!("{expired} and the control plane refused to renew it: {message}"),
+            REENROLL.into(),
+        ),
+        ClientError::Svid(_) | ClientError::Tls(_) => (
+            format!("{expired} and it cannot be renewed: {e}"),
+            REENROLL.into(),
+        ),
+        _ => (
+            format!("{expired}; renewing it needs the control plane, which is unreachable ({e})"),
+            "nothing to do: once the control plane is back the agent renews the expired SVID by \
+             itself (within its spire.expired_renewal_grace, 7 days by default) and delivers \
+             the spool; past that grace it must be enrolled again"
+                .into(),
+        ),
+    }
+}
+
 /// Time until the SVID's half-life (zero when already past).
 fn renew_delay(svid: &Svid) -> Duration {
     let now = time::OffsetDateTime::now_utc();
@@ -719,6 +915,71 @@ mod tests {
         assert_eq!(*ceilings.last().unwrap(), Duration::from_secs(30));
         b.reset();
         assert!(b.delay() <= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn only_an_accepted_connection_resets_the_backoff() {
+        let (min, max) = (Duration::from_millis(200), Duration::from_secs(30));
+        let mut b = Backoff::new(min, max);
+        // Refused handshakes (the agent's side completed, the server said no): the delays
+        // grow to the cap instead of starting over at each attempt.
+        let mut total = Duration::ZERO;
+        for _ in 0..20 {
+            total += b.after_failure(false, true);
+        }
+        assert_eq!(b.next, max);
+        // At most 20 attempts take at least the sum of half of each ceiling (100 ms, 200 ms,
+        // ... then 15 s): a tight loop would be 20 attempts in a few milliseconds.
+        assert!(total >= Duration::from_secs(150), "{total:?}");
+        // A connection the control plane accepted (a heartbeat answered), then lost.
+        assert!(b.after_failure(true, true) <= min);
+        assert_eq!(b.next, min * 2);
+    }
+
+    #[test]
+    fn refusals_retrying_cannot_fix_wait_at_least_half_the_cap() {
+        let (min, max) = (Duration::from_millis(200), Duration::from_secs(30));
+        let mut b = Backoff::new(min, max);
+        for _ in 0..5 {
+            let d = b.after_failure(false, false);
+            assert!(d >= max / 2 && d <= max, "{d:?}");
+        }
+        // Even right after an accepted connection.
+        let d = b.after_failure(true, false);
+        assert!(d >= max / 2, "{d:?}");
+    }
+
+    #[test]
+    fn diagnoses_name_the_cause_and_the_fix() {
+        let svid = {
+            let ca = hais_svid::CertificateAuthority::generate("hais.local").unwrap();
+            let id = SpiffeId::agent("hais.local", "a1").unwrap();
+            ca.issue(&id, &[], Duration::from_secs(60)).unwrap()
+        };
+        let refused = ClientError::Refused {
+            code: ErrorCode::Unauthorized,
+            message: "the SVID expired at X, longer ago than spire.expired_renewal_grace".into(),
+        };
+        let (p, f) = diagnose_recovery(&refused, &svid);
+        assert!(
+            p.contains("expired at") && p.contains("refused to renew"),
+            "{p}"
+        );
+        assert!(f.contains("hais-agent enroll --force"), "{f}");
+        let down = ClientError::Timeout(Duration::from_secs(1));
+        let (p, f) = diagnose_recovery(&down, &svid);
+        assert!(p.contains("unreachable"), "{p}");
+        assert!(f.contains("by itself"), "{f}");
+        let revoked = ClientError::Refused {
+            code: ErrorCode::Revoked,
+            message: String::new(),
+        };
+        assert!(diagnose(&revoked, "cp:3001").0.contains("revoked"));
+        let (p, f) = diagnose(&down, "cp:3001");
+        assert!(
+            p.contains("unreachable") && f.contains("cp:3001"),
+            "{p} / {f}"
+        );
     }
 
     #[test]

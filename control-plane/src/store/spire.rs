@@ -125,6 +125,17 @@ pub trait SpireStore: Send + Sync {
         expires_us: i64,
     ) -> StoreFuture<'a, bool>;
 
+    /// Records the SVID that replaces `old_serial`, only if that is still the agent's current
+    /// SVID and the agent is not revoked (one conditional UPDATE, so of two recoveries with the
+    /// same old certificate only one succeeds). False otherwise.
+    fn replace_agent_svid<'a>(
+        &'a self,
+        agent_id: &'a str,
+        old_serial: &'a str,
+        serial: &'a str,
+        expires_us: i64,
+    ) -> StoreFuture<'a, bool>;
+
     /// Stores an agent's latest heartbeat. False when the agent is unknown or revoked.
     fn record_heartbeat<'a>(
         &'a self,
@@ -351,6 +362,30 @@ macro_rules! impl_spire_store {
                     .bind(serial)
                     .bind(expires_us)
                     .bind(agent_id)
+                    .execute($wexpr)
+                    .await?
+                    .rows_affected()
+                        == 1)
+                })
+            }
+
+            fn replace_agent_svid<'a>(
+                &'a self,
+                agent_id: &'a str,
+                old_serial: &'a str,
+                serial: &'a str,
+                expires_us: i64,
+            ) -> $crate::store::StoreFuture<'a, bool> {
+                let $w = self;
+                Box::pin(async move {
+                    Ok(sqlx::query(
+                        "UPDATE agents SET svid_serial = $1, svid_expires_us = $2 \
+                         WHERE id = $3 AND svid_serial = $4 AND revoked_us IS NULL",
+                    )
+                    .bind(serial)
+                    .bind(expires_us)
+                    .bind(agent_id)
+                    .bind(old_serial)
                     .execute($wexpr)
                     .await?
                     .rows_affected()

@@ -200,3 +200,44 @@ pub fn ack(r: Response) -> wire::BatchAck {
         other => panic!("expected an ack, got {other:?}"),
     }
 }
+
+/// Asks for the renewal of the expired SVID `chain` over `hais-enroll/1`, the server checked
+/// against `bundle`. `sign` gets this connection's TLS exporter value and the CSR and returns
+/// the proof of possession (normally the old SVID's signature over
+/// `wire::recover_signed_message` of both). Returns the new key and the answer.
+pub async fn recover_raw(
+    addr: SocketAddr,
+    bundle: &Bundle,
+    chain: &[Vec<u8>],
+    sign: impl FnOnce(&[u8], &[u8]) -> Vec<u8>,
+) -> Result<(Vec<u8>, Response), CallError> {
+    let tls = hais_svid::recover_client_config(bundle, &control_plane_id()).unwrap();
+    let conn = connect(addr, tls).await.map_err(CallError::Connection)?;
+    let mut binding = [0u8; wire::RECOVER_BINDING_LEN];
+    conn.export_keying_material(&mut binding, wire::RECOVER_EXPORTER_LABEL, b"")
+        .unwrap();
+    let (key, csr) = hais_svid::generate_csr().unwrap();
+    let signature = sign(&binding, &csr);
+    let req = Request::new(request::Body::Recover(wire::RecoverRequest {
+        svid_chain_der: chain.to_vec(),
+        csr_der: csr,
+        signature,
+    }));
+    let resp = call(&conn, &req).await;
+    conn.close(0u32.into(), b"done");
+    resp.map(|r| (key, r))
+}
+
+/// [`recover_raw`] with the genuine proof: `svid` signs for itself.
+pub async fn recover(
+    addr: SocketAddr,
+    bundle: &Bundle,
+    svid: &Svid,
+) -> Result<(Vec<u8>, Response), CallError> {
+    let chain: Vec<Vec<u8>> = svid.chain.iter().map(|c| c.to_vec()).collect();
+    recover_raw(addr, bundle, &chain, |binding, csr| {
+        svid.sign(&wire::recover_signed_message(binding, csr))
+            .unwrap()
+    })
+    .await
+}

@@ -194,7 +194,8 @@ impl CertificateAuthority {
                 .push(SanType::DnsName(d.as_str().try_into()?));
         }
         p.use_authority_key_identifier_extension = true;
-        p.not_before = now - BACKDATE;
+        // A fifth of a short lifetime at most, so its half-life stays in the future.
+        p.not_before = now - BACKDATE.min(ttl / 5);
         p.not_after = now + ttl;
         p.serial_number = Some(random_serial());
         Ok(p)

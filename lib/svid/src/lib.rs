@@ -16,16 +16,18 @@
 
 mod ca;
 mod pem;
+mod possession;
 mod svid;
 mod tls;
 mod token;
 
 pub use ca::CertificateAuthority;
-pub use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-pub use svid::{Bundle, Svid, ca_hash, generate_csr, spiffe_id_of};
+pub use possession::verify_signature;
+pub use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+pub use svid::{Bundle, Svid, ca_hash, generate_csr, spiffe_id_of, validity_of};
 pub use tls::{
-    SERVER_NAME, enroll_client_config, peer_certificates, peer_spiffe_id, server_config,
-    uplink_client_config, verify_chain,
+    SERVER_NAME, enroll_client_config, peer_certificates, peer_spiffe_id, recover_client_config,
+    server_config, uplink_client_config, verify_chain, verify_chain_at,
 };
 pub use token::{JoinToken, split_credential};
 
@@ -59,6 +61,8 @@ pub enum SvidError {
     },
     #[error("TLS configuration: {0}")]
     Tls(String),
+    #[error("the signature does not verify with the certificate's public key")]
+    BadSignature,
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
 }

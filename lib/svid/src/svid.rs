@@ -87,6 +87,12 @@ pub fn spiffe_id_of(cert_der: &[u8]) -> Result<SpiffeId, SvidError> {
     cert_facts(cert_der)?.spiffe_id.ok_or(SvidError::NoSpiffeId)
 }
 
+/// A certificate's validity period, `(not_before, not_after)`.
+pub fn validity_of(cert_der: &[u8]) -> Result<(OffsetDateTime, OffsetDateTime), SvidError> {
+    let f = cert_facts(cert_der)?;
+    Ok((f.not_before, f.not_after))
+}
+
 /// SHA-256 of a CA certificate's DER: the pin a join token carries.
 pub fn ca_hash(ca_der: &[u8]) -> [u8; 32] {
     Sha256::digest(ca_der).into()

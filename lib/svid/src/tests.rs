@@ -333,3 +333,38 @@ fn chains_are_checked_against_the_bundle_of_their_own_trust_domain() {
     assert_eq!(peer_certificates(None).unwrap(), None);
     assert!(peer_certificates(Some(Box::new(3u8))).is_err());
 }
+
+#[test]
+fn possession_signatures_verify_only_with_the_signing_svids_key() {
+    let ca = CertificateAuthority::generate("hais.local").unwrap();
+    let a = agent_svid(&ca, "a", HOUR);
+    let b = agent_svid(&ca, "b", HOUR);
+    let sig = a.sign(b"bound message").unwrap();
+    verify_signature(&a.chain[0], b"bound message", &sig).unwrap();
+    assert!(matches!(
+        verify_signature(&a.chain[0], b"another message", &sig),
+        Err(SvidError::BadSignature)
+    ));
+    assert!(matches!(
+        verify_signature(&b.chain[0], b"bound message", &sig),
+        Err(SvidError::BadSignature)
+    ));
+}
+
+#[test]
+fn an_expired_chain_verifies_as_of_its_expiry_only() {
+    let ca = CertificateAuthority::generate("hais.local").unwrap();
+    let short = agent_svid(&ca, "a", Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(2100));
+    let bundle = ca.bundle();
+    assert!(verify_chain(&bundle, &short.chain).is_err(), "expired now");
+    let at =
+        UnixTime::since_unix_epoch(Duration::from_secs(short.not_after.unix_timestamp() as u64));
+    verify_chain_at(&bundle, &short.chain, at).unwrap();
+    // Another CA's certificate does not verify at any time.
+    let other = CertificateAuthority::generate("hais.local").unwrap();
+    assert!(verify_chain_at(&other.bundle(), &short.chain, at).is_err());
+    // Short lifetimes are backdated less, so their half-life lies ahead.
+    let fresh = agent_svid(&ca, "b", Duration::from_secs(20));
+    assert!(fresh.renew_at() > time::OffsetDateTime::now_utc());
+}

@@ -94,6 +94,25 @@ pub fn uplink_client_config(
     client_config(provider, verifier, Some(svid), ALPN_UPLINK)
 }
 
+/// The configuration of an agent renewing an expired SVID: the enrollment ALPN (the TLS layer
+/// would refuse the expired certificate, so none is sent), the server checked against `bundle`
+/// and `expected_server` as on the uplink. The old key's possession is proven inside the
+/// connection instead (`hais_shared::wire::RecoverRequest`).
+pub fn recover_client_config(
+    bundle: &Bundle,
+    expected_server: &SpiffeId,
+) -> Result<Arc<ClientConfig>, SvidError> {
+    let provider = provider();
+    let verifier = SpiffeServerVerifier {
+        trust: Trust::Bundle {
+            roots: Arc::new(bundle.root_store()?),
+            expected: expected_server.clone(),
+        },
+        algs: provider.signature_verification_algorithms,
+    };
+    client_config(provider, verifier, None, ALPN_ENROLL)
+}
+
 fn client_config(
     provider: Arc<CryptoProvider>,
     verifier: SpiffeServerVerifier,
@@ -146,6 +165,16 @@ pub fn peer_spiffe_id(identity: Option<Box<dyn Any>>) -> Result<Option<SpiffeId>
 /// an SVID checked against the bundle *of its own trust domain*, so a server trusting several
 /// domains calls this with the one the leaf names.
 pub fn verify_chain(bundle: &Bundle, chain: &[CertificateDer<'static>]) -> Result<(), SvidError> {
+    verify_chain_at(bundle, chain, UnixTime::now())
+}
+
+/// [`verify_chain`] as of `at`: renewing an expired SVID checks its chain as of the leaf's
+/// expiry (the chain was sound then), and its age separately.
+pub fn verify_chain_at(
+    bundle: &Bundle,
+    chain: &[CertificateDer<'static>],
+    at: UnixTime,
+) -> Result<(), SvidError> {
     let (leaf, intermediates) = chain
         .split_first()
         .ok_or_else(|| SvidError::BadCertificate("empty certificate chain".into()))?;
@@ -154,7 +183,7 @@ pub fn verify_chain(bundle: &Bundle, chain: &[CertificateDer<'static>]) -> Resul
             .build()
             .map_err(tls_err)?;
     verifier
-        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .verify_client_cert(leaf, intermediates, at)
         .map(|_| ())
         .map_err(|e| SvidError::BadCertificate(format!("chain does not lead to the bundle: {e}")))
 }

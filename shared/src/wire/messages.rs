@@ -8,7 +8,7 @@ pub struct Request {
     /// The sender's [`crate::wire::PROTOCOL_VERSION`].
     #[prost(uint32, tag = "1")]
     pub version: u32,
-    #[prost(oneof = "request::Body", tags = "2, 3, 4, 5")]
+    #[prost(oneof = "request::Body", tags = "2, 3, 4, 5, 6")]
     pub body: Option<request::Body>,
 }
 
@@ -30,6 +30,10 @@ pub mod request {
         /// A fresh SVID before the current one expires (uplink).
         #[prost(message, tag = "5")]
         Renew(RenewRequest),
+        /// Renewal of an SVID that expired while the control plane was unreachable (enroll
+        /// ALPN only: the TLS layer refuses an expired client certificate).
+        #[prost(message, tag = "6")]
+        Recover(RecoverRequest),
     }
 }
 
@@ -296,6 +300,26 @@ pub struct EnrollRequest {
 pub struct RenewRequest {
     #[prost(bytes = "vec", tag = "1")]
     pub csr_der: Vec<u8>,
+}
+
+/// Renewal of a recently expired SVID, sent over `hais-enroll/1` by an agent that was cut off
+/// from the control plane for longer than its SVID's lifetime. The old SVID is the credential:
+/// it must chain to the CA, be the agent's current one (by serial), have expired no longer ago
+/// than the control plane's grace, and the agent must prove it holds its key by signing
+/// [`crate::wire::recover_signed_message`] — bound to this TLS connection (an exporter value
+/// both ends derive) and to the CSR, so a captured request cannot be replayed.
+#[derive(Clone, PartialEq, Message)]
+pub struct RecoverRequest {
+    /// The expired SVID, leaf first, DER.
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub svid_chain_der: Vec<Vec<u8>>,
+    /// PKCS#10 CSR for the new key, DER.
+    #[prost(bytes = "vec", tag = "2")]
+    pub csr_der: Vec<u8>,
+    /// Signature by the expired SVID's key over [`crate::wire::recover_signed_message`]
+    /// (ECDSA P-256 with SHA-256, ASN.1 DER).
+    #[prost(bytes = "vec", tag = "3")]
+    pub signature: Vec<u8>,
 }
 
 /// A new X.509-SVID with the trust bundle to verify peers with.

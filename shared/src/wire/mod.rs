@@ -10,6 +10,11 @@
 //! * [`ALPN_UPLINK`] — everything else, over mutual TLS with X.509-SVIDs: event batches,
 //!   heartbeats and SVID renewal.
 //!
+//! An agent whose SVID expired while the control plane was unreachable cannot use the uplink
+//! (the TLS layer refuses an expired certificate); it sends one [`RecoverRequest`] over
+//! [`ALPN_ENROLL`] instead, trusting the server by its bundle, and gets a new SVID if the
+//! control plane's checks pass (see [`RecoverRequest`]).
+//!
 //! # Framing
 //! Every exchange is one bidirectional QUIC stream: the agent writes one encoded [`Request`] and
 //! finishes its side; the control plane answers with one encoded [`Response`] and finishes. The
@@ -55,6 +60,27 @@ pub mod close {
     pub const PROTOCOL: u32 = 3;
     /// The control plane could not check the agent (store down); reconnect later.
     pub const UNAVAILABLE: u32 = 4;
+    /// Too many enrollment connections at once (`ja4.enroll_max_connections`); retry later.
+    pub const BUSY: u32 = 5;
+}
+
+/// TLS exporter label (RFC 8446 §7.5) of the value a [`RecoverRequest`]'s signature is bound to.
+pub const RECOVER_EXPORTER_LABEL: &[u8] = b"EXPORTER-hais-recover/1";
+/// Length of that exporter value.
+pub const RECOVER_BINDING_LEN: usize = 32;
+
+/// The bytes an agent signs with its expired SVID's key to recover: a context string, the TLS
+/// exporter value of the connection (so the signature is worthless on any other connection),
+/// and the CSR (so it vouches for exactly this new key).
+pub fn recover_signed_message(binding: &[u8], csr_der: &[u8]) -> Vec<u8> {
+    const CONTEXT: &[u8] = b"hais-recover/1 possession of the expired SVID's key\0";
+    let mut m = Vec::with_capacity(CONTEXT.len() + binding.len() + csr_der.len() + 8);
+    m.extend_from_slice(CONTEXT);
+    m.extend_from_slice(&(binding.len() as u32).to_be_bytes());
+    m.extend_from_slice(binding);
+    m.extend_from_slice(&(csr_der.len() as u32).to_be_bytes());
+    m.extend_from_slice(csr_der);
+    m
 }
 
 /// The protocol version this build speaks.

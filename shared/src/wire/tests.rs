@@ -195,3 +195,25 @@ fn error_responses_carry_code_and_message() {
     assert_eq!(ErrorCode::try_from(e.code), Ok(ErrorCode::Revoked));
     assert_eq!(e.message, "agent revoked");
 }
+
+#[test]
+fn recover_requests_round_trip_and_the_signed_message_binds_connection_and_csr() {
+    let req = Request::new(request::Body::Recover(RecoverRequest {
+        svid_chain_der: vec![vec![1, 2, 3], vec![4]],
+        csr_der: vec![5; 10],
+        signature: vec![6; 70],
+    }));
+    let back: Request = decode(&encode(&req)).unwrap();
+    assert_eq!(back, req);
+    let m = recover_signed_message(&[1; RECOVER_BINDING_LEN], b"csr");
+    assert_ne!(m, recover_signed_message(&[2; RECOVER_BINDING_LEN], b"csr"));
+    assert_ne!(
+        m,
+        recover_signed_message(&[1; RECOVER_BINDING_LEN], b"csr2")
+    );
+    // Length-prefixed: moving bytes from the binding to the CSR changes the message.
+    assert_ne!(
+        recover_signed_message(b"ab", b"c"),
+        recover_signed_message(b"a", b"bc")
+    );
+}

@@ -15,13 +15,23 @@
 //!
 //! # Bounds
 //! A connection may have `ja4.uplink_max_streams` requests in flight (QUIC stream credit, so an
-//! agent pipelining batches simply waits); at most `ja4.uplink_max_connections` connections are
-//! open; at most [`MAX_IN_FLIGHT`] agent requests are read or processed at once across all of
+//! agent pipelining batches simply waits); at most `ja4.uplink_max_connections` agent
+//! connections and handshakes in progress are open, and apart from them at most
+//! `ja4.enroll_max_connections` enrollment connections (counted once the handshake says which
+//! ALPN; the one beyond is closed with [`close::BUSY`]), so unauthenticated peers holding
+//! enrollment connections cannot lock enrolled agents out; at most [`MAX_IN_FLIGHT`] agent requests are read or processed at once across all of
 //! them (a waiting stream is back-pressured by QUIC flow control), and enrollments have their own
 //! [`MAX_ENROLL_IN_FLIGHT`] so unauthenticated peers cannot starve agents; a request is at most
 //! `wire::MAX_MESSAGE_LEN` bytes ([`MAX_ENROLL_MESSAGE_LEN`] for enrollment) and must arrive
 //! within `ja4.uplink_request_timeout` (30 s); an enrollment connection lives at most
-//! [`ENROLL_LIFETIME`].
+//! [`ENROLL_LIFETIME`], idle or not.
+//!
+//! # Expired SVIDs
+//! An agent cut off for longer than its SVID's lifetime cannot pass the TLS layer with it. It
+//! connects with `hais-enroll/1` instead and sends a `RecoverRequest`; the connection's TLS
+//! exporter value ([`wire::RECOVER_EXPORTER_LABEL`]) is computed here at the handshake and
+//! the agent's signature must cover it (`spire::recover` does every check). Such a connection
+//! can only ever obtain a new SVID, never deliver events.
 //!
 //! # Delivery
 //! A batch is answered only after the store committed it. Invalid events (malformed, failing the
@@ -31,7 +41,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hais_shared::event::FingerprintEvent;
@@ -108,6 +118,10 @@ struct Shared {
     spire: Arc<Spire>,
     in_flight: Semaphore,
     enroll_in_flight: Semaphore,
+    /// Agent connections and handshakes in progress (`ja4.uplink_max_connections`).
+    agent_slots: AtomicU64,
+    /// Enrollment connections (`ja4.enroll_max_connections`).
+    enroll_slots: AtomicU64,
 }
 
 /// Who is at the other end of a connection.
@@ -123,6 +137,9 @@ enum Peer {
 struct Session {
     peer: Peer,
     remote: SocketAddr,
+    /// The connection's TLS exporter value a `RecoverRequest` must be signed over (enrollment
+    /// connections only).
+    binding: Option<[u8; wire::RECOVER_BINDING_LEN]>,
 }
 
 /// Binds the endpoint and starts accepting. The server SVID is issued here.
@@ -147,6 +164,8 @@ pub fn start(
         spire,
         in_flight: Semaphore::new(MAX_IN_FLIGHT),
         enroll_in_flight: Semaphore::new(MAX_ENROLL_IN_FLIGHT),
+        agent_slots: AtomicU64::new(0),
+        enroll_slots: AtomicU64::new(0),
     });
     let task = tokio::spawn(accept_loop(shared, endpoint, renew_at, shutdown));
     Ok(Uplink { local_addr, task })
@@ -295,12 +314,37 @@ async fn register_external(
     }
 }
 
-/// Decrements the active-connection gauge when a connection task ends.
-struct ActiveGuard(AppState);
+/// A connection's place in one of the two budgets, and in the active-connection gauge; given
+/// back when the connection task ends.
+struct Slot {
+    shared: Arc<Shared>,
+    enrolling: bool,
+}
 
-impl Drop for ActiveGuard {
+impl Slot {
+    fn pool(&self) -> &AtomicU64 {
+        if self.enrolling {
+            &self.shared.enroll_slots
+        } else {
+            &self.shared.agent_slots
+        }
+    }
+
+    /// Moves the connection from the agents' budget to the enrollment budget (its ALPN is
+    /// `hais-enroll/1`); false, leaving it nowhere to count, when that budget is full.
+    fn move_to_enrollment(&mut self) -> bool {
+        let taken = self.shared.enroll_slots.fetch_add(1, Ordering::Relaxed);
+        self.shared.agent_slots.fetch_sub(1, Ordering::Relaxed);
+        self.enrolling = true;
+        taken < self.shared.state.config.ja4.enroll_max_connections as u64
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.0
+        self.pool().fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .state
             .metrics
             .uplink
             .connections_active
@@ -310,9 +354,13 @@ impl Drop for ActiveGuard {
 
 fn admit(shared: &Arc<Shared>, incoming: Incoming, shutdown: watch::Receiver<bool>) {
     let m = &shared.state.metrics.uplink;
-    let active = m.connections_active.fetch_add(1, Ordering::Relaxed);
-    let guard = ActiveGuard(shared.state.clone());
-    if active >= shared.state.config.ja4.uplink_max_connections as u64 {
+    m.connections_active.fetch_add(1, Ordering::Relaxed);
+    let taken = shared.agent_slots.fetch_add(1, Ordering::Relaxed);
+    let slot = Slot {
+        shared: shared.clone(),
+        enrolling: false,
+    };
+    if taken >= shared.state.config.ja4.uplink_max_connections as u64 {
         m.connections_refused.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(remote = %incoming.remote_address(), "uplink connection refused: ja4.uplink_max_connections reached");
         incoming.refuse();
@@ -320,8 +368,7 @@ fn admit(shared: &Arc<Shared>, incoming: Incoming, shutdown: watch::Receiver<boo
     }
     let shared = shared.clone();
     tokio::spawn(async move {
-        let _guard = guard;
-        serve_connection(shared, incoming, shutdown).await;
+        serve_connection(shared, incoming, slot, shutdown).await;
     });
 }
 
@@ -340,6 +387,7 @@ fn refuse(shared: &Shared, conn: &Connection, code: u32, reason: &str) {
 async fn serve_connection(
     shared: Arc<Shared>,
     incoming: Incoming,
+    mut slot: Slot,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let remote = incoming.remote_address();
@@ -372,8 +420,26 @@ async fn serve_connection(
         .handshake_data()
         .and_then(|h| h.downcast::<HandshakeData>().ok())
         .and_then(|h| h.protocol);
+    let mut binding = None;
     let peer = match alpn.as_deref() {
-        Some(ALPN_ENROLL) => Peer::Enrolling,
+        Some(ALPN_ENROLL) => {
+            if !slot.move_to_enrollment() {
+                return refuse(
+                    &shared,
+                    &conn,
+                    close::BUSY,
+                    "too many enrollment connections (ja4.enroll_max_connections); retry later",
+                );
+            }
+            let mut b = [0u8; wire::RECOVER_BINDING_LEN];
+            if conn
+                .export_keying_material(&mut b, wire::RECOVER_EXPORTER_LABEL, b"")
+                .is_ok()
+            {
+                binding = Some(b);
+            }
+            Peer::Enrolling
+        }
         Some(ALPN_UPLINK) => match authenticate(&shared, &conn).await {
             Ok(peer) => peer,
             Err((code, reason)) => return refuse(&shared, &conn, code, &reason),
@@ -398,7 +464,11 @@ async fn serve_connection(
         Peer::Enrolling => Some(tokio::time::Instant::now() + ENROLL_LIFETIME),
         Peer::Agent { .. } => None,
     };
-    let session = Arc::new(Session { peer, remote });
+    let session = Arc::new(Session {
+        peer,
+        remote,
+        binding,
+    });
     loop {
         tokio::select! {
             stream = conn.accept_bi() => match stream {
@@ -576,16 +646,28 @@ async fn respond(shared: &Shared, session: &Session, bytes: &[u8]) -> Response {
                 response::Body::Svid(svid)
             })
         }
+        (Peer::Enrolling, request::Body::Recover(r)) => {
+            let Some(binding) = &session.binding else {
+                return Response::error(
+                    ErrorCode::Unavailable,
+                    "this connection has no TLS exporter value to bind the proof to",
+                );
+            };
+            spire::recover(state, spire, r, binding).await.map(|svid| {
+                m.renewals.fetch_add(1, Ordering::Relaxed);
+                response::Body::Svid(svid)
+            })
+        }
         (Peer::Enrolling, _) => {
             return Response::error(
                 ErrorCode::Unauthorized,
-                "only enrollment is possible without an SVID; use hais-uplink/1 with one",
+                "only enrollment or an expired SVID's renewal is possible without an SVID; use hais-uplink/1 with one",
             );
         }
-        (Peer::Agent { .. }, request::Body::Enroll(_)) => {
+        (Peer::Agent { .. }, request::Body::Enroll(_) | request::Body::Recover(_)) => {
             return Response::error(
                 ErrorCode::BadRequest,
-                "already enrolled: enrollment uses hais-enroll/1",
+                "already authenticated: enrollment and expired-SVID renewal use hais-enroll/1; renew with RenewRequest",
             );
         }
         (Peer::Agent { agent_id, .. }, _) if spire.revocations.is_revoked(agent_id) => {

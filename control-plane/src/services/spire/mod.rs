@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use authority::{Authority, IssuedSvid, leaf_facts};
-pub use enroll::{enroll, renew};
+pub use enroll::{enroll, recover, renew};
 pub use fleet::{AgentStatus, AgentView, heartbeat, status_of};
 pub use revocation::Revocations;
 pub use routes::router;
@@ -66,6 +66,11 @@ pub enum SpireError {
     Revoked(String),
     #[error("agent {0} is not enrolled here")]
     UnknownAgent(String),
+    /// An expired SVID's renewal was refused; the agent must enroll again.
+    #[error(
+        "renewal of the expired SVID refused: {0}; enroll the agent again with a new join token"
+    )]
+    RecoveryRefused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -86,7 +91,9 @@ impl SpireError {
     pub fn wire_code(&self) -> hais_shared::wire::ErrorCode {
         use hais_shared::wire::ErrorCode;
         match self {
-            SpireError::Token(_) | SpireError::UnknownAgent(_) => ErrorCode::Unauthorized,
+            SpireError::Token(_) | SpireError::UnknownAgent(_) | SpireError::RecoveryRefused(_) => {
+                ErrorCode::Unauthorized
+            }
             SpireError::Revoked(_) => ErrorCode::Revoked,
             SpireError::BadRequest(_) => ErrorCode::BadRequest,
             SpireError::Svid(hais_svid::SvidError::BadCsr(_)) => ErrorCode::BadRequest,
