@@ -14,16 +14,24 @@ use serde_json::{Value, json};
 
 const JA4: &str = "t13d1516h2_8daaf6152771_e5627efa2ab1";
 
+async fn login_with_headers(
+    t: &TestApp,
+    ip: &str,
+    user: &str,
+    pw: &str,
+) -> (StatusCode, Value, axum::http::HeaderMap) {
+    t.call_from(
+        ip,
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(json!({"username": user, "password": pw})),
+    )
+    .await
+}
+
 async fn login_from(t: &TestApp, ip: &str, user: &str, pw: &str) -> (StatusCode, Value) {
-    let (s, v, _) = t
-        .call_from(
-            ip,
-            "POST",
-            "/api/auth/login",
-            None,
-            Some(json!({"username": user, "password": pw})),
-        )
-        .await;
+    let (s, v, _) = login_with_headers(t, ip, user, pw).await;
     (s, v)
 }
 
@@ -110,29 +118,13 @@ async fn password_guessing_backs_off(backend: Backend) {
         let (s, _) = login_from(&t, "198.51.100.7", "alice", "guess").await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
-    let (s, v, h) = t
-        .call_from(
-            "198.51.100.7",
-            "POST",
-            "/api/auth/login",
-            None,
-            Some(json!({"username": "alice", "password": "guess"})),
-        )
-        .await;
+    let (s, v, h) = login_with_headers(&t, "198.51.100.7", "alice", "guess").await;
     assert_eq!(
         (s, error_code(&v)),
         (StatusCode::UNAUTHORIZED, "unauthorized")
     );
     assert!(h.get(header::RETRY_AFTER).is_none());
-    let (s, v, h) = t
-        .call_from(
-            "198.51.100.7",
-            "POST",
-            "/api/auth/login",
-            None,
-            Some(json!({"username": "alice", "password": "alice-password"})),
-        )
-        .await;
+    let (s, v, h) = login_with_headers(&t, "198.51.100.7", "alice", "alice-password").await;
     assert_eq!(
         (s, error_code(&v)),
         (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
@@ -611,15 +603,7 @@ async fn me_body(t: &TestApp, pair: &Value) -> Value {
 /// and deletable.
 async fn headers_and_input_hygiene(backend: Backend) {
     let t = TestApp::start(backend, "hygiene").await;
-    let (_, _, h) = t
-        .call_from(
-            "192.0.2.50",
-            "POST",
-            "/api/auth/login",
-            None,
-            Some(json!({"username": "admin", "password": ADMIN_PASSWORD})),
-        )
-        .await;
+    let (_, _, h) = login_with_headers(&t, "192.0.2.50", "admin", ADMIN_PASSWORD).await;
     assert_eq!(
         h[header::CACHE_CONTROL],
         "no-store",

@@ -40,6 +40,7 @@ struct Inner {
     busy: Arc<AtomicU64>,
     /// Jobs waiting for a worker now.
     queued: Arc<AtomicUsize>,
+    max_queued: usize,
 }
 
 /// Every worker is taken and the queue is full (or the wait was too long).
@@ -73,6 +74,7 @@ impl Passwords {
             queue: tx,
             busy,
             queued,
+            max_queued,
         }))
     }
 
@@ -84,6 +86,16 @@ impl Passwords {
     /// Checks waiting for a worker now.
     pub fn queued(&self) -> usize {
         self.0.queued.load(Ordering::Relaxed)
+    }
+
+    /// Whether a check submitted now would be refused (counted as busy if so): callers answer
+    /// busy before doing any other work for a request that could not be checked anyway.
+    pub fn saturated(&self) -> bool {
+        let full = self.queued() >= self.0.max_queued;
+        if full {
+            self.0.busy.fetch_add(1, Ordering::Relaxed);
+        }
+        full
     }
 
     /// Runs `f` on a worker with its memory area.
@@ -125,6 +137,12 @@ impl Passwords {
 }
 
 fn worker(rx: &Mutex<Receiver<(Instant, Job)>>, busy: &AtomicU64, queued: &AtomicUsize) {
+    // Hashing yields the CPU to everything else in the process (on Linux a nice value is per
+    // thread): under a login flood the async workers keep answering /health, refusals and
+    // every other request promptly, and only logins wait.
+    if let Err(e) = rustix::process::setpriority_process(None, 10) {
+        tracing::debug!(error = %e, "could not lower the hashing thread's priority");
+    }
     let mut mem: Vec<Block> = Vec::new();
     loop {
         let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();

@@ -248,6 +248,13 @@ pub fn router() -> Router<AppState> {
         )
 }
 
+/// The cursor of the page after `items`: the key of its last item, if the page is full.
+fn next_cursor<T>(items: &[T], limit: u32, key: impl Fn(&T) -> String) -> Option<String> {
+    (items.len() == limit as usize)
+        .then(|| items.last().map(key))
+        .flatten()
+}
+
 fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
@@ -363,6 +370,10 @@ async fn login_inner(
             Held::User(_) => "too many failed logins for this user; retry later",
         };
         return Ok(too_many(held.retry_after(), what));
+    }
+    if state.passwords.saturated() {
+        // No database work for a login that could not be checked anyway.
+        return Ok(busy());
     }
     let user = state.store.get_user(&username).await?;
     // Verify against a dummy hash for unknown users, so timing does not reveal which names exist.
@@ -615,9 +626,7 @@ pub async fn list_users(
     let limit = p.limit()?;
     let after = p.cursor.as_deref().map(path_username).transpose()?;
     let users = state.store.list_users(after.as_deref(), limit).await?;
-    let next_cursor = (users.len() == limit as usize)
-        .then(|| users.last().map(|u| u.username.clone()))
-        .flatten();
+    let next_cursor = next_cursor(&users, limit, |u| u.username.clone());
     Ok(Json(UserPage {
         items: users.into_iter().map(UserView::from).collect(),
         next_cursor,
@@ -819,9 +828,7 @@ pub async fn list_service_tokens(
         .store
         .list_service_tokens(before.as_deref(), limit)
         .await?;
-    let next_cursor = (items.len() == limit as usize)
-        .then(|| items.last().map(|t| t.id.clone()))
-        .flatten();
+    let next_cursor = next_cursor(&items, limit, |t| t.id.clone());
     Ok(Json(ServiceTokenPage { items, next_cursor }))
 }
 

@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::StoreFuture;
 
 /// A stored user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct UserRecord {
     /// Lower case (names are case-insensitive).
     pub username: String,
@@ -54,7 +54,7 @@ pub struct SessionState {
 }
 
 /// A recorded service token (its secret is the JWT itself, never stored).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct ServiceTokenRecord {
     /// The token's `jti`.
     pub id: String,
@@ -139,48 +139,13 @@ pub trait AccountStore: Send + Sync {
     -> StoreFuture<'a, Option<i64>>;
 }
 
-/// Columns of [`UserRecord`], in the order [`user_from_row`] reads them.
+/// Columns of [`UserRecord`] (read with its `FromRow`).
 pub(crate) const USER_COLUMNS: &str =
     "username, password_hash, role, created_us, disabled_us, password_changed_us";
 
-pub(crate) fn user_from_row<R>(r: &R) -> Result<UserRecord, super::StoreError>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> Option<i64>: sqlx::Decode<'r, R::Database>,
-{
-    Ok(UserRecord {
-        username: r.try_get(0)?,
-        password_hash: r.try_get(1)?,
-        role: r.try_get(2)?,
-        created_us: r.try_get(3)?,
-        disabled_us: r.try_get(4)?,
-        password_changed_us: r.try_get(5)?,
-    })
-}
-
+/// Columns of [`ServiceTokenRecord`] (read with its `FromRow`).
 pub(crate) const SERVICE_TOKEN_COLUMNS: &str =
     "id, subject, created_by, created_us, expires_us, revoked_us";
-
-pub(crate) fn service_token_from_row<R>(r: &R) -> Result<ServiceTokenRecord, super::StoreError>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> Option<i64>: sqlx::Decode<'r, R::Database>,
-{
-    Ok(ServiceTokenRecord {
-        id: r.try_get(0)?,
-        subject: r.try_get(1)?,
-        created_by: r.try_get(2)?,
-        created_us: r.try_get(3)?,
-        expires_us: r.try_get(4)?,
-        revoked_us: r.try_get(5)?,
-    })
-}
 
 /// Enabled admins left: checked inside the transaction that could remove the last one.
 const ENABLED_ADMINS: &str =
@@ -226,16 +191,14 @@ macro_rules! impl_account_store {
                 username: &'a str,
             ) -> $crate::store::StoreFuture<'a, Option<$crate::store::accounts::UserRecord>>
             {
-                use $crate::store::accounts::{USER_COLUMNS, user_from_row};
+                use $crate::store::accounts::{USER_COLUMNS, UserRecord};
                 let $r = self;
                 Box::pin(async move {
                     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
-                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                    Ok(sqlx::query_as::<_, UserRecord>(sqlx::AssertSqlSafe(sql))
                         .bind(username)
                         .fetch_optional($rexpr)
-                        .await?
-                        .map(|r| user_from_row(&r))
-                        .transpose()
+                        .await?)
                 })
             }
 
@@ -244,21 +207,18 @@ macro_rules! impl_account_store {
                 after: Option<&'a str>,
                 limit: u32,
             ) -> $crate::store::StoreFuture<'a, Vec<$crate::store::accounts::UserRecord>> {
-                use $crate::store::accounts::{USER_COLUMNS, user_from_row};
+                use $crate::store::accounts::{USER_COLUMNS, UserRecord};
                 let $r = self;
                 Box::pin(async move {
                     let sql = format!(
                         "SELECT {USER_COLUMNS} FROM users WHERE username > $1 \
                          ORDER BY username LIMIT $2"
                     );
-                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                    Ok(sqlx::query_as::<_, UserRecord>(sqlx::AssertSqlSafe(sql))
                         .bind(after.unwrap_or(""))
                         .bind(i64::from(limit))
                         .fetch_all($rexpr)
-                        .await?
-                        .iter()
-                        .map(user_from_row)
-                        .collect()
+                        .await?)
                 })
             }
 
@@ -615,7 +575,7 @@ macro_rules! impl_account_store {
                 'a,
                 Vec<$crate::store::accounts::ServiceTokenRecord>,
             > {
-                use $crate::store::accounts::{SERVICE_TOKEN_COLUMNS, service_token_from_row};
+                use $crate::store::accounts::{SERVICE_TOKEN_COLUMNS, ServiceTokenRecord};
                 let $r = self;
                 Box::pin(async move {
                     // `~` sorts after every UUID character: "no cursor" = from the newest.
@@ -623,14 +583,11 @@ macro_rules! impl_account_store {
                         "SELECT {SERVICE_TOKEN_COLUMNS} FROM service_tokens WHERE id < $1 \
                          ORDER BY id DESC LIMIT $2"
                     );
-                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                    Ok(sqlx::query_as::<_, ServiceTokenRecord>(sqlx::AssertSqlSafe(sql))
                         .bind(before.unwrap_or("~"))
                         .bind(i64::from(limit))
                         .fetch_all($rexpr)
-                        .await?
-                        .iter()
-                        .map(service_token_from_row)
-                        .collect()
+                        .await?)
                 })
             }
 
@@ -641,17 +598,15 @@ macro_rules! impl_account_store {
                 'a,
                 Option<$crate::store::accounts::ServiceTokenRecord>,
             > {
-                use $crate::store::accounts::{SERVICE_TOKEN_COLUMNS, service_token_from_row};
+                use $crate::store::accounts::{SERVICE_TOKEN_COLUMNS, ServiceTokenRecord};
                 let $r = self;
                 Box::pin(async move {
                     let sql =
                         format!("SELECT {SERVICE_TOKEN_COLUMNS} FROM service_tokens WHERE id = $1");
-                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                    Ok(sqlx::query_as::<_, ServiceTokenRecord>(sqlx::AssertSqlSafe(sql))
                         .bind(id)
                         .fetch_optional($rexpr)
-                        .await?
-                        .map(|r| service_token_from_row(&r))
-                        .transpose()
+                        .await?)
                 })
             }
 
