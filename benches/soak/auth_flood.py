@@ -40,7 +40,7 @@ def parse_args():
     p.add_argument("--idle", type=int, default=2000)
     p.add_argument("--max-health-ms", type=float, default=100)
     p.add_argument("--max-rss-mb", type=float, default=200)
-    p.add_argument("--flood-nice", type=int, default=10,
+    p.add_argument("--flood-nice", type=int, default=0,
                    help="nice increment of the flood process, so that on a shared machine the load "
                         "generator does not starve the server it measures")
     return p.parse_args()
