@@ -20,7 +20,7 @@ HAIS_ADMIN_PASSWORD=schemathesis-admin HAIS_DATA_DIR="$DATA" HAIS_LISTEN="127.0.
   target/debug/hais-control-plane >"$DATA/cp.log" 2>&1 &
 CP=$!
 trap 'kill $CP 2>/dev/null; rm -rf "$DATA"' EXIT
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
 TOKEN=$(curl -sf -X POST "http://127.0.0.1:$PORT/api/auth/login" -H 'content-type: application/json' \
   -d '{"username":"admin","password":"schemathesis-admin"}' |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')

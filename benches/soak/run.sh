@@ -15,5 +15,5 @@ HAIS_ADMIN_PASSWORD=soak-admin-password HAIS_DATA_DIR="$DATA" HAIS_LISTEN="0.0.0
   target/release/hais-control-plane >"$DATA/cp.log" 2>&1 &
 CP=$!
 trap 'kill $CP 2>/dev/null; wait $CP 2>/dev/null; rm -rf "$DATA"' EXIT
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
 python3 benches/soak/auth_flood.py --port "$PORT" --pid "$CP" "$@"
