@@ -98,7 +98,6 @@ impl App {
         let bus = bus::open(
             config.redis_url.as_deref(),
             &config.redis_prefix,
-            config.redis_stream_maxlen,
             shutdown_rx.clone(),
         )
         .await?;
@@ -162,6 +161,8 @@ impl App {
             config,
             store,
             bus,
+            wakeups: Arc::new(bus::durable::Wakeups::default()),
+            consumers: bus::durable::ConsumerRegistry::default(),
             auth: keys,
             metrics,
             dummy_hash,
@@ -174,7 +175,8 @@ impl App {
             spire,
             identity,
         });
-        let mut tasks = services::start(&state, shutdown_rx.clone()).await;
+        let mut tasks = vec![state.wakeups.listen(&state.bus, shutdown_rx.clone())];
+        tasks.extend(services::start(&state, shutdown_rx.clone()).await);
         if state.service.runs(ServiceName::Ja4) && state.config.retention_days > 0 {
             tasks.push(spawn_retention(state.clone(), shutdown_rx.clone()));
         }

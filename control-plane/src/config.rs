@@ -119,7 +119,7 @@ pub const KEYS: &[KeyDoc] = &[
         env: "HAIS_REDIS_STREAM_MAXLEN",
         kind: KeyKind::Int,
         default: "10000",
-        help: "approximate cap of each Redis stream (one entry per ingest batch); bounds Redis memory while consumers are down",
+        help: "ignored (kept so older files load): durable bus messages live in the database, Redis only carries live messages",
     },
     KeyDoc {
         key: "log_format",
@@ -360,6 +360,27 @@ pub const KEYS: &[KeyDoc] = &[
         help: "addresses or CIDRs of reverse proxies whose X-Forwarded-For names the client (for login throttling)",
     },
     KeyDoc {
+        key: "bus.max_attempts",
+        env: "HAIS_BUS_MAX_ATTEMPTS",
+        kind: KeyKind::Int,
+        default: "5",
+        help: "deliveries of a failing bus message (with back-off) before it goes to the dead letters",
+    },
+    KeyDoc {
+        key: "bus.lease_ttl",
+        env: "HAIS_BUS_LEASE_TTL",
+        kind: KeyKind::Str,
+        default: "10s",
+        help: "how long a consumer replica owns its partitions without renewing; a dead replica's work is taken over after this (2s to 10m)",
+    },
+    KeyDoc {
+        key: "bus.batch_rows",
+        env: "HAIS_BUS_BATCH_ROWS",
+        kind: KeyKind::Int,
+        default: "64",
+        help: "bus log rows (each one ingest batch's events of one partition) handed to a consumer at once",
+    },
+    KeyDoc {
         key: "http.max_connections",
         env: "HAIS_HTTP_MAX_CONNECTIONS",
         kind: KeyKind::Int,
@@ -467,8 +488,42 @@ pub struct Config {
     pub spire: SpireConfig,
     pub ja4: Ja4Config,
     pub auth: AuthConfig,
+    pub bus: BusConfig,
     pub http: HttpConfig,
     pub tls: TlsConfig,
+}
+
+/// `[bus]`: durable consumers (see `bus::durable`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    pub max_attempts: u32,
+    pub lease_ttl: HumanDuration,
+    pub batch_rows: i64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        let d = crate::bus::durable::ConsumerOptions::default();
+        BusConfig {
+            max_attempts: d.max_attempts,
+            lease_ttl: HumanDuration(d.lease_ttl),
+            batch_rows: d.max_rows,
+        }
+    }
+}
+
+impl BusConfig {
+    /// The consumer tuning these keys give: leases renewed five times per TTL.
+    pub fn consumer_options(&self) -> crate::bus::durable::ConsumerOptions {
+        crate::bus::durable::ConsumerOptions {
+            max_attempts: self.max_attempts,
+            lease_ttl: self.lease_ttl.0,
+            renew_every: self.lease_ttl.0 / 5,
+            max_rows: self.batch_rows,
+            ..Default::default()
+        }
+    }
 }
 
 /// `[auth]`: the cost bounds of logins.
@@ -828,6 +883,7 @@ impl Default for Config {
             spire: SpireConfig::default(),
             ja4: Ja4Config::default(),
             auth: AuthConfig::default(),
+            bus: BusConfig::default(),
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
         }
@@ -1004,6 +1060,15 @@ impl Config {
             ));
         }
         self.check_http()?;
+        let b = &self.bus;
+        if !(1..=100).contains(&b.max_attempts)
+            || !(1..=10_000).contains(&b.batch_rows)
+            || !(2..=600).contains(&b.lease_ttl.0.as_secs())
+        {
+            return Err(ConfigError::Invalid(
+                "bus.max_attempts must be 1 to 100, bus.batch_rows 1 to 10000, bus.lease_ttl 2s to 10m".into(),
+            ));
+        }
         for name in self.upstreams.keys() {
             if ServiceName::parse(name).is_none() {
                 return Err(ConfigError::Invalid(format!(

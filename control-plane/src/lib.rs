@@ -16,6 +16,7 @@
 pub mod app;
 pub mod auth;
 pub mod bus;
+pub mod bus_routes;
 pub mod config;
 pub mod error;
 pub mod gateway;

@@ -7,6 +7,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::auth::routes as auth;
+use crate::bus_routes as bus;
 use crate::services::identity::routes as identity;
 use crate::services::ja4;
 use crate::services::spire::routes as spire;
@@ -27,6 +28,8 @@ use crate::{gateway, ops, services, store};
         auth::revoke_service_token,
         gateway::services_status,
         services::status,
+        bus::consumers, bus::list_dead_letters, bus::get_dead_letter, bus::replay_dead_letter,
+        bus::discard_dead_letter,
         ja4::ingest, ja4::search, ja4::detail, ja4::add_label, ja4::remove_label, ja4::top, ja4::retention,
         spire::create_token, spire::list_agents, spire::get_agent, spire::revoke_agent,
         spire::bundle, spire::external_status,
@@ -37,6 +40,8 @@ use crate::{gateway, ops, services, store};
     ),
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorDetail,
+        bus::DeadLetterPage, bus::DeadLetterView, store::bus::DeadLetter,
+        store::bus::GroupPosition, crate::bus::durable::ConsumerStatus,
         auth::UserView, auth::UserPage, auth::UserRole, auth::UpdateUserRequest,
         auth::SetPasswordRequest, auth::ChangePasswordRequest, auth::LogoutRequest,
         auth::ServiceTokenPage, store::accounts::ServiceTokenRecord,
@@ -58,6 +63,7 @@ use crate::{gateway, ops, services, store};
     tags(
         (name = "ops", description = "health, readiness, metrics"),
         (name = "auth", description = "users, tokens"),
+        (name = "bus", description = "durable consumer groups and their dead letters"),
         (name = "gateway", description = "service overview"),
         (name = "services", description = "per-service status"),
         (name = "ja4", description = "fingerprints"),

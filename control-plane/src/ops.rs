@@ -376,6 +376,16 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// Every consumer group's position, unless the store takes over a second to say.
+pub async fn bus_positions(state: &AppState) -> Option<Vec<crate::store::bus::GroupPosition>> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1000;
+    let ttl = state.config.bus.lease_ttl.0.as_micros() as i64;
+    tokio::time::timeout(Duration::from_secs(1), state.store.bus_positions(now, ttl))
+        .await
+        .ok()?
+        .ok()
+}
+
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
@@ -401,6 +411,10 @@ hais_rollup_backlog_events {}
 hais_rollup_backlog_records {}",
             b.events, b.groups
         );
+    }
+    if !state.consumers.all().is_empty() {
+        let positions = bus_positions(&state).await.unwrap_or_default();
+        text.push_str(&state.consumers.render(&positions));
     }
     let _ = writeln!(
         text,

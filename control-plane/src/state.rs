@@ -32,6 +32,10 @@ pub struct Inner {
     pub instance: uuid::Uuid,
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
+    /// Wakes this process's durable consumers when their topics get rows.
+    pub wakeups: Arc<crate::bus::durable::Wakeups>,
+    /// This process's durable consumers and their counters.
+    pub consumers: crate::bus::durable::ConsumerRegistry,
     pub auth: AuthKeys,
     pub metrics: Metrics,
     /// Argon2 hash of a random password, verified against when a login names an unknown user.

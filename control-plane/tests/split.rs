@@ -73,31 +73,47 @@ fn free_udp_port() -> u16 {
 }
 
 fn spawn(name: &'static str, iso: &Isolation, port: u16, extra_env: &[(String, String)]) -> Proc {
-    let log = std::fs::File::create(iso.dir.join(format!("{name}.log"))).unwrap();
+    spawn_as(name, name, iso, port, extra_env)
+}
+
+/// Like [`spawn`], for a replica: `label` names its log and its `Proc`.
+fn spawn_as(
+    service: &str,
+    label: &'static str,
+    iso: &Isolation,
+    port: u16,
+    extra_env: &[(String, String)],
+) -> Proc {
+    let log = std::fs::File::create(iso.dir.join(format!("{label}.log"))).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hais-control-plane"));
-    cmd.args(["--service", name, "--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--database-url",
-            &pg_url(),
-            "--redis-url",
-            &redis_url(),
-            "--log-format",
-            "json",
-        ])
-        .env("HAIS_DATABASE_SCHEMA", iso.schema.as_ref().unwrap())
-        .env("HAIS_REDIS_PREFIX", iso.redis_prefix.as_ref().unwrap())
-        .env("HAIS_DATA_DIR", &iso.dir)
-        .env("HAIS_JA4_UPLINK_BIND", "127.0.0.1:0")
-        .env("HAIS_SHUTDOWN_GRACE_SECS", "5")
-        .env_remove("HAIS_JWT_SECRET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+    cmd.args([
+        "--service",
+        service,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args([
+        "--database-url",
+        &pg_url(),
+        "--redis-url",
+        &redis_url(),
+        "--log-format",
+        "json",
+    ])
+    .env("HAIS_DATABASE_SCHEMA", iso.schema.as_ref().unwrap())
+    .env("HAIS_REDIS_PREFIX", iso.redis_prefix.as_ref().unwrap())
+    .env("HAIS_DATA_DIR", &iso.dir)
+    .env("HAIS_JA4_UPLINK_BIND", "127.0.0.1:0")
+    .env("HAIS_SHUTDOWN_GRACE_SECS", "5")
+    .env_remove("HAIS_JWT_SECRET")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(log);
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
     Proc {
-        name,
+        name: label,
         child: cmd.spawn().unwrap(),
     }
 }
@@ -436,5 +452,147 @@ async fn split_spire_enrollment_and_revocation() {
     gw.stop();
     spire.stop();
     ja4.stop();
+    iso.cleanup().await;
+}
+
+/// A gauge or counter of `/metrics` for the correlation consumer, if the process reports it.
+async fn consumer_metric(http: &Http, port: u16, name: &str) -> Option<f64> {
+    let req = axum::http::Request::get(format!("http://127.0.0.1:{port}/metrics"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), http.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let text = resp.into_body().collect().await.ok()?.to_bytes();
+    let prefix = format!("{name}{{group=\"correlation\",topic=\"fingerprint.events\"}} ");
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
+}
+
+/// Events of `identities` distinct workloads, `n` in all.
+fn replica_events(
+    n: usize,
+    identities: usize,
+    round: usize,
+) -> Vec<hais_shared::event::FingerprintEvent> {
+    (0..n)
+        .map(|i| {
+            let mut e = event(
+                "agent-r",
+                &format!("host-{}", i % identities),
+                None,
+                &[(Method::Ja4, "t13d1516h2_8daaf6152771_b186095e22b6")],
+                0,
+            );
+            e.workload.exe = Some(format!("/usr/bin/app{round}"));
+            e
+        })
+        .collect()
+}
+
+/// Two correlation replicas in two processes share 100,000 events through the durable bus;
+/// one is killed with SIGKILL in the middle. The survivor takes its partitions over and every
+/// event's effect (the group's committed count, committed with the cursor) is applied exactly
+/// once: not one lost, not one twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_bus_exactly_once_and_survive_a_kill() {
+    let iso = Isolation::new(Backend::Postgres, "replicas").await;
+    let http: Http = Client::builder(TokioExecutor::new()).build_http();
+    let c = iso.config();
+    let store = hais_control_plane::store::open(&c.database_url(), c.database_schema.as_deref(), 4)
+        .await
+        .unwrap();
+    let env = vec![("HAIS_BUS_LEASE_TTL".to_owned(), "5s".to_owned())];
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = spawn_as("correlation", "correlation-a", &iso, pa, &env);
+    let mut b = spawn_as("correlation", "correlation-b", &iso, pb, &env);
+    wait_healthy(&http, &mut a, pa, &iso).await;
+    wait_healthy(&http, &mut b, pb, &iso).await;
+
+    // Both replicas take a share of the partitions.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pa_parts = consumer_metric(&http, pa, "hais_bus_consumer_partitions").await;
+        let pb_parts = consumer_metric(&http, pb, "hais_bus_consumer_partitions").await;
+        if let (Some(x), Some(y)) = (pa_parts, pb_parts)
+            && x > 0.0
+            && y > 0.0
+            && x + y == 16.0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas never shared the partitions: {pa_parts:?} {pb_parts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let first = replica_events(50_000, 400, 1);
+    for chunk in first.chunks(1000) {
+        store.ingest(chunk).await.unwrap();
+    }
+    let position = || async {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1000;
+        store
+            .bus_positions(now, 5_000_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.group == "correlation")
+            .unwrap_or_default()
+    };
+    // Kill one replica while the group is in the middle of the work.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while position().await.handled < 10_000 {
+        assert!(
+            Instant::now() < deadline,
+            "correlation never started: {:?}",
+            position().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let handled_by_a = consumer_metric(&http, pa, "hais_bus_consumer_handled_total").await;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let killed = Instant::now();
+    let second = replica_events(50_000, 400, 2);
+    for chunk in second.chunks(1000) {
+        store.ingest(chunk).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut took_over = None;
+    let done = loop {
+        if took_over.is_none()
+            && consumer_metric(&http, pb, "hais_bus_consumer_partitions").await == Some(16.0)
+        {
+            took_over = Some(killed.elapsed());
+        }
+        let p = position().await;
+        if p.handled >= 100_000 && p.lag_items == 0 && took_over.is_some() {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survivor never finished: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "replica a handled {handled_by_a:?} before SIGKILL; b owned every partition {:?} after it",
+        took_over.unwrap()
+    );
+    assert_eq!(
+        done.handled, 100_000,
+        "each event's effect exactly once: {done:?}"
+    );
+    assert_eq!(done.dead_letters, 0);
+    assert!(handled_by_a.unwrap_or(0.0) > 0.0, "replica a did its share");
+    let handled_by_b = consumer_metric(&http, pb, "hais_bus_consumer_handled_total").await;
+    assert!(handled_by_b.unwrap_or(0.0) > 0.0, "replica b did its share");
+    b.stop();
+    let _ = store.close().await;
     iso.cleanup().await;
 }

@@ -1,14 +1,11 @@
-//! In-process bus: one broadcast channel shared by every service in the process.
-//!
-//! Work queues are served from the same channel, so they are exactly as durable as the process:
-//! good enough for the embedded mode, where producer and consumers live and die together.
+//! In-process live bus: one broadcast channel shared by every service in the process. (Durable
+//! topics do not go through it: see [`super::durable`].)
 
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::broadcast;
 
-use super::{Bus, BusFuture, BusMessage, Handler, SUBSCRIBER_BUFFER};
+use super::{Bus, BusFuture, BusMessage, SUBSCRIBER_BUFFER};
 
 #[derive(Debug, Clone)]
 pub struct MemoryBus {
@@ -42,39 +39,6 @@ impl Bus for MemoryBus {
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<BusMessage>> {
         self.tx.subscribe()
-    }
-
-    fn consume(
-        &self,
-        topic: &str,
-        group: &str,
-        _consumer: &str,
-        handler: Handler,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> JoinHandle<()> {
-        let mut rx = self.tx.subscribe();
-        let topic = topic.to_owned();
-        let group = group.to_owned();
-        tokio::spawn(async move {
-            loop {
-                let msg = tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => return,
-                    m = rx.recv() => m,
-                };
-                match msg {
-                    Ok(m) if m.topic == topic => {
-                        if let Err(e) = handler(m).await {
-                            tracing::warn!(%topic, %group, error = %e, "in-process handler failed; message dropped");
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(%topic, %group, skipped = n, "in-process consumer lagged");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        })
     }
 
     fn ping(&self) -> BusFuture<'_, ()> {

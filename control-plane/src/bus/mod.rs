@@ -2,14 +2,17 @@
 //!
 //! Two delivery styles, because services need both:
 //! * **live fan-out** ([`Bus::subscribe`]): every subscriber in every process sees every message,
-//!   best effort (a slow subscriber may lag and skip). For dashboards and caches.
-//! * **work queues** ([`Bus::consume`]): each message of a topic goes to one consumer of a named
-//!   group and is acknowledged only after the handler succeeded, so work is not lost when a
-//!   consumer dies (Redis streams + consumer groups). For correlation, policy and alerting.
-//!
-//! [`memory::MemoryBus`] does both inside one process (the embedded default; its queues live as
-//! long as the process). [`redis::RedisBus`] shares them between processes.
+//!   best effort (a slow subscriber may lag and skip). For dashboards, caches and wake-ups.
+//!   [`memory::MemoryBus`] inside one process (the embedded default), [`redis::RedisBus`]
+//!   (pub/sub) between processes.
+//! * **durable topics** ([`log`], [`durable`]): the database is the log. Publishers append in
+//!   their own transaction; consumer groups share a topic's partitions, commit their progress
+//!   with their effects, retry, and dead-letter what keeps failing. The same code serves SQLite
+//!   embedded and PostgreSQL split; live messages only wake consumers up. Why the database and
+//!   not Redis streams: see docs/ARCHITECTURE.md ("The durable bus").
 
+pub mod durable;
+pub mod log;
 pub mod memory;
 pub mod redis;
 
@@ -19,7 +22,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
-use tokio::task::JoinHandle;
 
 /// Topic names. Payloads are JSON; see each constant.
 pub mod topics {
@@ -105,13 +107,6 @@ pub enum BusError {
 
 pub type BusFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BusError>> + Send + 'a>>;
 
-/// A work-queue handler. An `Err` leaves the message unacknowledged, to be delivered again.
-pub type Handler = Arc<
-    dyn Fn(Arc<BusMessage>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
-        + Send
-        + Sync,
->;
-
 /// How many messages a live subscriber may fall behind before it skips.
 pub const SUBSCRIBER_BUFFER: usize = 4096;
 
@@ -127,17 +122,6 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// subscribers: an event batch's payload is large and every service in the process listens.
     fn subscribe(&self) -> broadcast::Receiver<Arc<BusMessage>>;
 
-    /// Runs `handler` for each message of `topic`, as member `consumer` of `group`, until
-    /// `shutdown` turns true.
-    fn consume(
-        &self,
-        topic: &str,
-        group: &str,
-        consumer: &str,
-        handler: Handler,
-        shutdown: watch::Receiver<bool>,
-    ) -> JoinHandle<()>;
-
     /// Proves the bus is reachable (for `/ready`).
     fn ping(&self) -> BusFuture<'_, ()>;
 }
@@ -146,13 +130,10 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
 pub async fn open(
     redis_url: Option<&str>,
     prefix: &str,
-    stream_maxlen: usize,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<dyn Bus>, BusError> {
     Ok(match redis_url {
-        Some(url) => {
-            Arc::new(redis::RedisBus::connect(url, prefix, stream_maxlen, shutdown).await?)
-        }
+        Some(url) => Arc::new(redis::RedisBus::connect(url, prefix, shutdown).await?),
         None => Arc::new(memory::MemoryBus::new()),
     })
 }

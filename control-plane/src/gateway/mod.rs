@@ -192,6 +192,7 @@ pub fn router(state: AppState) -> Router {
     if me.runs(ServiceName::Gateway) {
         r = r
             .merge(auth::routes::router())
+            .merge(crate::bus_routes::router())
             .route("/api/gateway/services", get(services_status));
     }
     for svc in ServiceName::BACKENDS {

@@ -21,7 +21,9 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::auth::{Caller, allow};
-use crate::bus::{BusMessage, Handler, topics};
+use crate::bus::durable::{Ack, Batch, Consumer, Handler, HandlerFuture};
+use crate::bus::log::{DurableTopic, FingerprintEvents};
+use crate::bus::{BusMessage, topics};
 use crate::error::{ApiError, ErrorBody};
 use crate::service::ServiceName;
 use crate::state::{AppState, ServiceStats, StatsSnapshot};
@@ -36,6 +38,8 @@ pub struct ServiceStatus {
     pub instance: String,
     pub bus_backend: String,
     pub bus: StatsSnapshot,
+    /// The service's durable consumers in this process, with their groups' positions.
+    pub consumers: Vec<crate::bus::durable::ConsumerStatus>,
 }
 
 /// One-line description and implementation state of a service.
@@ -77,6 +81,13 @@ pub async fn status(
 ) -> Result<Json<ServiceStatus>, ApiError> {
     c.require(allow::READ)?;
     let (st, desc) = describe(svc);
+    let positions = crate::ops::bus_positions(&state).await.unwrap_or_default();
+    let consumers = state
+        .consumers
+        .status(&positions)
+        .into_iter()
+        .filter(|c| c.group == svc.as_str())
+        .collect();
     let bus = state
         .stats
         .get(&svc)
@@ -89,6 +100,7 @@ pub async fn status(
         instance: state.instance.to_string(),
         bus_backend: state.bus.backend().into(),
         bus,
+        consumers,
     }))
 }
 
@@ -104,26 +116,11 @@ pub async fn start(state: &AppState, shutdown: watch::Receiver<bool>) -> Vec<Joi
             state.clone(),
             shutdown.clone(),
         ));
-        if *svc == ServiceName::Correlation {
-            let stats = stats.clone();
-            let handler: Handler = Arc::new(move |m: Arc<BusMessage>| {
-                let stats = stats.clone();
-                Box::pin(async move {
-                    /// Counts the batch's events without building them.
-                    #[derive(serde::Deserialize)]
-                    struct Batch {
-                        events: Vec<serde::de::IgnoredAny>,
-                    }
-                    let n = m.payload_as::<Batch>().map_or(0, |b| b.events.len());
-                    stats.work_events.fetch_add(n as u64, Ordering::Relaxed);
-                    Ok(())
-                })
-            });
-            tasks.push(state.bus.consume(
-                topics::FINGERPRINT_EVENTS,
-                "correlation",
-                &state.instance.to_string(),
-                handler,
+        if PLACEHOLDERS.contains(svc) {
+            tasks.push(spawn_placeholder_consumer(
+                state,
+                *svc,
+                stats.clone(),
                 shutdown.clone(),
             ));
         }
@@ -138,6 +135,50 @@ pub async fn start(state: &AppState, shutdown: watch::Receiver<bool>) -> Vec<Joi
     tasks.extend(identity::start(state, shutdown.clone()));
     tasks.extend(spire::start(state, shutdown));
     tasks
+}
+
+/// The services that do no work yet but consume fingerprint events durably, so that split
+/// deployments, replicas and the bus's guarantees are exercised end to end before they do.
+const PLACEHOLDERS: [ServiceName; 4] = [
+    ServiceName::Correlation,
+    ServiceName::Policy,
+    ServiceName::Alert,
+    ServiceName::Threat,
+];
+
+/// A placeholder's work: counting the events it was handed (its only effect, the handled
+/// count, is committed with the cursor by the consumer).
+struct CountEvents(Arc<ServiceStats>);
+
+impl Handler<FingerprintEvents> for CountEvents {
+    fn handle<'a>(&'a self, batch: &'a Batch<FingerprintEvents>) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let n = batch.items().count() as u64;
+            self.0.work_events.fetch_add(n, Ordering::Relaxed);
+            Ok(Ack::Done)
+        })
+    }
+}
+
+fn spawn_placeholder_consumer(
+    state: &AppState,
+    svc: ServiceName,
+    stats: Arc<ServiceStats>,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let metrics = state
+        .consumers
+        .register(svc.as_str(), FingerprintEvents::NAME);
+    Consumer::<FingerprintEvents>::new(
+        state.store.clone(),
+        state.wakeups.clone(),
+        svc.as_str(),
+        &state.instance.to_string(),
+        state.config.bus.consumer_options(),
+        Arc::new(CountEvents(stats)),
+        metrics,
+    )
+    .spawn(shutdown)
 }
 
 /// Resolves once shutdown is requested. Its output is a plain `()`, so a `select!` using it holds

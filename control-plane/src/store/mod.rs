@@ -22,6 +22,7 @@
 //! between SQLite and PostgreSQL.
 
 pub mod accounts;
+pub mod bus;
 pub mod fold;
 pub mod identity;
 pub mod labels;
@@ -68,6 +69,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("database error: {0}")]
     Database(sqlx::Error),
+    /// A consumer lost the work it was committing (its partition lease was taken over, or its
+    /// cursor moved): the transaction was rolled back and someone else does the work.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// A group-committed write failed (the cause is logged once by the writer).
     #[error("writing events failed: {0}")]
     Write(String),
@@ -200,6 +205,7 @@ pub struct Page<T> {
 /// and service tokens in [`accounts::AccountStore`].
 pub trait Store:
     spire::SpireStore
+    + bus::BusStore
     + identity::IdentityStore
     + accounts::AccountStore
     + labels::LabelStore

@@ -430,7 +430,12 @@ async fn write_group_tx(
         .zip(&flags)
         .filter(|(_, new)| **new)
         .map(|(e, _)| *e);
-    let r = BatchDeltas::from_events(new);
+    let r = BatchDeltas::from_events(new.clone());
+    // The new events go on the durable bus in this transaction (the outbox). Last before the
+    // roll-up record and the commit: appending locks the topic's head row until commit.
+    let outbox = crate::bus::log::outbox::<crate::bus::log::FingerprintEvents>(new)
+        .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+    super::bus::append::<sqlx::Postgres>(&mut *tx, &outbox, received).await?;
     if !r.is_empty() {
         let n = flags.iter().filter(|f| **f).count() as i64;
         sqlx::query("INSERT INTO rollup_pending (events, created_us, deltas) VALUES ($1, $2, $3)")

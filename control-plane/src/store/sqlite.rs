@@ -165,6 +165,13 @@ impl SqliteStore {
             }
         }
         let r = BatchDeltas::from_events(out.stored.iter().map(|&i| &events[i]));
+        // The new events go on the durable bus in this transaction (the outbox): stored and
+        // published together, or neither.
+        let outbox = crate::bus::log::outbox::<crate::bus::log::FingerprintEvents>(
+            out.stored.iter().map(|&i| &events[i]),
+        )
+        .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        super::bus::append::<Sqlite>(&mut *tx, &outbox, received).await?;
         if !r.is_empty() {
             sqlx::query("INSERT INTO rollup_pending (events, created_us, deltas) VALUES (?, ?, ?)")
                 .bind(out.stored.len() as i64)

@@ -1,0 +1,182 @@
+//! The durable log's vocabulary: typed topics, partitions, and the rows publishers append.
+//!
+//! A durable topic is a type ([`DurableTopic`]): its name, the type of its items, and the key
+//! that partitions them. Items of one key always land in the same partition, and a partition is
+//! handled by one member of a consumer group at a time, in log order, so per-identity state
+//! needs no locks. Publishing turns items into [`OutboxRow`]s (one per partition touched, items
+//! encoded together) that the store appends in the publisher's own transaction
+//! ([`crate::store::bus`]).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use hais_shared::event::FingerprintEvent;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Partitions per topic. Fixed: a partition's rows, cursors and leases are keyed by its number,
+/// so changing it needs a migration. 16 bounds a group at 16 useful members.
+pub const PARTITIONS: i64 = 16;
+
+/// A topic whose items are kept until every consumer group has committed their effects.
+pub trait DurableTopic: Send + Sync + 'static {
+    /// The topic's name in the log (`bus_log.topic`).
+    const NAME: &'static str;
+    /// What one item is.
+    type Item: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// The key whose items must be handled in order by one consumer (an identity).
+    fn key(item: &Self::Item) -> Cow<'_, str>;
+}
+
+/// Fingerprint events newly stored by ingest (replays never appear), partitioned by the
+/// workload they belong to.
+#[derive(Debug)]
+pub struct FingerprintEvents;
+
+impl DurableTopic for FingerprintEvents {
+    const NAME: &'static str = "fingerprint.events";
+    type Item = FingerprintEvent;
+    fn key(e: &FingerprintEvent) -> Cow<'_, str> {
+        workload_key(e)
+    }
+}
+
+/// The key naming the workload behind an event: its SPIFFE ID when the identity service
+/// resolved one, else the facts the agent attributed (Kubernetes namespace and service account,
+/// container, host executable and user), else the host and agent. Stable across restarts and
+/// replicas because it is built only from the event.
+pub fn workload_key(e: &FingerprintEvent) -> Cow<'_, str> {
+    let w = &e.workload;
+    if let Some(id) = &w.spiffe_id {
+        return Cow::Borrowed(id);
+    }
+    if let (Some(ns), Some(sa)) = (&w.k8s_namespace, &w.k8s_service_account) {
+        return Cow::Owned(format!("k8s:{ns}:{sa}"));
+    }
+    if let Some(c) = &w.container {
+        return Cow::Owned(format!("container:{}:{c}", e.host));
+    }
+    match (&w.exe, &w.user) {
+        (Some(exe), user) => Cow::Owned(format!(
+            "host:{}:{exe}:{}",
+            e.host,
+            user.as_deref().unwrap_or("")
+        )),
+        (None, _) => Cow::Owned(format!("agent:{}:{}", e.host, e.agent_id)),
+    }
+}
+
+/// The partition of a key: FNV-1a, which is stable across processes, versions and platforms
+/// (the std hasher is seeded per process).
+pub fn partition_of(key: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % PARTITIONS as u64) as i64
+}
+
+/// One row to append: the items of one partition from one publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub topic: &'static str,
+    pub part: i64,
+    pub items: i64,
+    pub payload: Vec<u8>,
+}
+
+/// Groups `items` by partition and encodes each group as one row.
+pub fn outbox<'a, T: DurableTopic>(
+    items: impl IntoIterator<Item = &'a T::Item>,
+) -> Result<Vec<OutboxRow>, serde_json::Error> {
+    let mut parts: BTreeMap<i64, Vec<&T::Item>> = BTreeMap::new();
+    for item in items {
+        parts
+            .entry(partition_of(&T::key(item)))
+            .or_default()
+            .push(item);
+    }
+    parts
+        .into_iter()
+        .map(|(part, items)| {
+            Ok(OutboxRow {
+                topic: T::NAME,
+                part,
+                items: items.len() as i64,
+                payload: serde_json::to_vec(&items)?,
+            })
+        })
+        .collect()
+}
+
+/// The items of one stored row.
+pub fn decode<T: DurableTopic>(payload: &[u8]) -> Result<Vec<T::Item>, serde_json::Error> {
+    serde_json::from_slice(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(host: &str, exe: Option<&str>, spiffe: Option<&str>) -> FingerprintEvent {
+        let mut e: FingerprintEvent = serde_json::from_value(serde_json::json!({
+            "id": uuid::Uuid::now_v7(),
+            "timestamp": "2026-12-07T10:00:00Z",
+            "agent_id": "a1",
+            "host": host,
+            "flow": {"src_ip": "10.0.0.1", "src_port": 40000, "dst_ip": "10.0.0.2",
+                     "dst_port": 443, "transport": "tcp"},
+            "fingerprints": [{"method": "ja4", "value": "t13d1516h2_8daaf6152771_b186095e22b6"}],
+        }))
+        .unwrap();
+        e.workload.exe = exe.map(Into::into);
+        e.workload.spiffe_id = spiffe.map(Into::into);
+        e
+    }
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        // Fixed values: a change of hash would reorder every deployed log.
+        assert_eq!(partition_of(""), (0xcbf2_9ce4_8422_2325u64 % 16) as i64);
+        let used: std::collections::BTreeSet<i64> = (0..200)
+            .map(|i| partition_of(&format!("spiffe://td/w{i}")))
+            .collect();
+        assert_eq!(used.len(), PARTITIONS as usize);
+        assert!(used.iter().all(|p| (0..PARTITIONS).contains(p)));
+    }
+
+    #[test]
+    fn a_resolved_identity_outranks_the_facts() {
+        let a = event("h1", Some("/usr/bin/curl"), Some("spiffe://td/web"));
+        assert_eq!(workload_key(&a), "spiffe://td/web");
+        let b = event("h1", Some("/usr/bin/curl"), None);
+        assert_eq!(workload_key(&b), "host:h1:/usr/bin/curl:");
+        let c = event("h1", None, None);
+        assert_eq!(workload_key(&c), "agent:h1:a1");
+    }
+
+    #[test]
+    fn outbox_groups_by_partition_and_round_trips() {
+        let events: Vec<_> = (0..50)
+            .map(|i| event(&format!("h{i}"), Some("/bin/x"), None))
+            .collect();
+        let rows = outbox::<FingerprintEvents>(&events).unwrap();
+        assert_eq!(rows.iter().map(|r| r.items).sum::<i64>(), 50);
+        let mut back = Vec::new();
+        for r in &rows {
+            let items = decode::<FingerprintEvents>(&r.payload).unwrap();
+            assert_eq!(items.len() as i64, r.items);
+            assert!(
+                items
+                    .iter()
+                    .all(|e| partition_of(&workload_key(e)) == r.part)
+            );
+            back.extend(items);
+        }
+        back.sort_by_key(|e| e.id);
+        let mut want = events.clone();
+        want.sort_by_key(|e| e.id);
+        assert_eq!(back, want);
+    }
+}
