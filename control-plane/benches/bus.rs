@@ -1,0 +1,235 @@
+//! Durable bus benchmark: does a consumer group with two replicas keep up with ingest?
+//!
+//! Run: `cargo bench -p hais-control-plane --bench bus` (release build). Knobs:
+//! * `HAIS_BENCH_EVENTS` (default 1000000): events ingested per backend, in batches of 1,000.
+//! * `HAIS_BENCH_BACKENDS` (default `sqlite,postgres`).
+//! * `HAIS_BENCH_REPLICAS` (default 2): members of each consumer group.
+//! * `HAIS_TEST_DATABASE_URL`: PostgreSQL server (default the local one); a fresh schema is
+//!   created and dropped.
+//!
+//! Per backend, in one run:
+//! 1. group `live` (replicas members) runs while the events are ingested (4 concurrent ingest
+//!    calls for PostgreSQL, 1 for SQLite): the ingest rate (acknowledged, with the outbox rows
+//!    in the same transactions), the group's lag when ingest ends, and when it caught up;
+//! 2. group `drain` then starts on the full log: its rate through the whole backlog.
+//!
+//! The handler counts items and acknowledges (the consumer commits the checkpoint and the
+//! handled count in one transaction per batch), so this measures the bus, not a service.
+//! Members are tasks of this process: they coordinate through the store exactly as replicas in
+//! separate processes do (leases, fencing), and share this machine's two cores with the database.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hais_control_plane::bus::durable::{
+    Ack, Batch, Consumer, ConsumerMetrics, ConsumerOptions, Handler, HandlerFuture, Wakeups,
+};
+use hais_control_plane::bus::log::FingerprintEvents;
+use hais_control_plane::store::{self, Store};
+use hais_shared::event::{Fingerprint, FingerprintEvent, Flow, Transport};
+use hais_shared::fingerprint::Method;
+use tokio::sync::watch;
+
+const BATCH: usize = 1000;
+
+struct Count(AtomicU64);
+
+impl Handler<FingerprintEvents> for Count {
+    fn handle<'a>(&'a self, batch: &'a Batch<FingerprintEvents>) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            self.0
+                .fetch_add(batch.items().count() as u64, Ordering::Relaxed);
+            Ok(Ack::Done)
+        })
+    }
+}
+
+/// Batches shaped like a fleet: 200 agents, 20 workloads each, two fingerprints per event.
+fn batches(total: usize) -> Vec<Vec<FingerprintEvent>> {
+    let now = time::OffsetDateTime::now_utc();
+    (0..total.div_ceil(BATCH))
+        .map(|b| {
+            let agent = b % 200;
+            (0..BATCH.min(total - b * BATCH))
+                .map(|k| {
+                    let mut e = FingerprintEvent::new(
+                        format!("agent-{agent:03}"),
+                        format!("host-{agent:03}.prod"),
+                        Flow {
+                            src_ip: "10.0.0.1".parse().unwrap(),
+                            src_port: 40000 + (k as u16 % 20000),
+                            dst_ip: "192.0.2.1".parse().unwrap(),
+                            dst_port: 443,
+                            transport: Transport::Tcp,
+                        },
+                    );
+                    e.timestamp = now;
+                    e.server_name = Some(format!("svc-{}.example.com", k % 50));
+                    e.workload.exe = Some(format!("/usr/bin/app{}", k % 20));
+                    e.workload.user = Some("svc".into());
+                    e.fingerprints = vec![
+                        Fingerprint {
+                            method: Method::Ja4,
+                            value: format!("t13d1516h2_8daaf6152771_{:012x}", k % 97),
+                        },
+                        Fingerprint {
+                            method: Method::Ja4s,
+                            value: format!("t130200_1301_{:012x}", k % 13),
+                        },
+                    ];
+                    e
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn group(
+    store: &Arc<dyn Store>,
+    wake: &Arc<Wakeups>,
+    name: &str,
+    replicas: usize,
+    shutdown: &watch::Sender<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..replicas)
+        .map(|i| {
+            Consumer::<FingerprintEvents>::new(
+                store.clone(),
+                wake.clone(),
+                name,
+                &format!("{name}-{i}"),
+                ConsumerOptions {
+                    renew_every: Duration::from_millis(500),
+                    poll_interval: Duration::from_millis(200),
+                    ..Default::default()
+                },
+                Arc::new(Count(AtomicU64::new(0))),
+                Arc::new(ConsumerMetrics::default()),
+            )
+            .spawn(shutdown.subscribe())
+        })
+        .collect()
+}
+
+async fn handled(store: &Arc<dyn Store>, name: &str) -> (i64, i64) {
+    let p = store
+        .bus_positions(store::now_us(), 10_000_000)
+        .await
+        .expect("positions")
+        .into_iter()
+        .find(|p| p.group == name)
+        .unwrap_or_default();
+    (p.handled, p.lag_items)
+}
+
+/// Waits until `name` has handled `n` items; returns when.
+async fn until(store: &Arc<dyn Store>, name: &str, n: i64) -> Instant {
+    loop {
+        if handled(store, name).await.0 >= n {
+            return Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn run(backend: &str, total: usize, replicas: usize) {
+    let dir = std::env::temp_dir().join(format!("hais-bench-bus-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = format!(
+        "hais_bench_bus_{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
+    let pg = std::env::var("HAIS_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let (url, schema_opt) = match backend {
+        "sqlite" => (format!("sqlite://{}", dir.join("hais.db").display()), None),
+        _ => (pg.clone(), Some(schema.as_str())),
+    };
+    let store = store::open(&url, schema_opt, 8).await.expect("store");
+    let wake = Arc::new(Wakeups::default());
+    let (shutdown, _) = watch::channel(false);
+    let data = batches(total);
+
+    let live = group(&store, &wake, "live", replicas, &shutdown);
+    let concurrency = if backend == "sqlite" { 1 } else { 4 };
+    let queue = Arc::new(tokio::sync::Mutex::new(data.into_iter()));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (queue, store, wake) = (queue.clone(), store.clone(), wake.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Some(b) = queue.lock().await.next() else {
+                        return;
+                    };
+                    store.ingest(&b).await.expect("ingest");
+                    wake.poke("fingerprint.events");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let ingested = start.elapsed();
+    let (done_at_end, lag_at_end) = handled(&store, "live").await;
+    let caught_up = until(&store, "live", total as i64).await - start;
+    let ingest_rate = total as f64 / ingested.as_secs_f64();
+    println!(
+        "{backend}: ingest {total} events in {:.1} s = {:.0} events/s (outbox included); \
+         group `live` ({replicas} replicas) had handled {done_at_end} with {lag_at_end} behind when \
+         ingest ended, all after {:.1} s ({:.0} events/s over the run)",
+        ingested.as_secs_f64(),
+        ingest_rate,
+        caught_up.as_secs_f64(),
+        total as f64 / caught_up.as_secs_f64()
+    );
+
+    let t = Instant::now();
+    let drain = group(&store, &wake, "drain", replicas, &shutdown);
+    let drained = until(&store, "drain", total as i64).await - t;
+    let drain_rate = total as f64 / drained.as_secs_f64();
+    println!(
+        "{backend}: group `drain` ({replicas} replicas) through the {total}-event backlog in \
+         {:.1} s = {:.0} events/s = {:.2}× the ingest rate",
+        drained.as_secs_f64(),
+        drain_rate,
+        drain_rate / ingest_rate
+    );
+    let _ = shutdown.send(true);
+    for t in live.into_iter().chain(drain) {
+        let _ = t.await;
+    }
+    let _ = store.close().await;
+    if backend != "sqlite" {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&pg).await.unwrap();
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .execute(&mut c)
+        .await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn main() {
+    let total: usize = std::env::var("HAIS_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let replicas: usize = std::env::var("HAIS_BENCH_REPLICAS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let backends =
+        std::env::var("HAIS_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for b in backends.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+        rt.block_on(run(b, total, replicas));
+    }
+}
