@@ -1082,6 +1082,7 @@ async fn open_store(
         4,
         StoreOptions {
             rollup_interval: interval,
+            ..StoreOptions::default()
         },
     )
     .await
