@@ -306,7 +306,7 @@ async fn retention_deletes_old_data(backend: Backend) {
         &[(Method::Ja4, JA4_A)],
         -40 * day,
     ));
-    // Far enough back that, in PostgreSQL, its whole monthly partition is dropped.
+    // Far enough back that, in PostgreSQL, its whole daily partition is dropped.
     mixed.push(event(
         "a",
         "old-host",

@@ -148,6 +148,17 @@ async fn daily_partitions_beside_monthly_ones() {
     let d = s.detail(Method::Ja4, JA4).await.unwrap().unwrap();
     assert_eq!(d.summary.count, 6, "roll-ups count every event once");
     s.close().await.unwrap();
+    // The detached partitions were dropped in the background, done by the close.
+    let retired: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname LIKE 'events%' AND c.relname <> 'events' \
+         AND NOT c.relispartition AND c.relkind = 'r'",
+    )
+    .bind(&schema)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(retired, 0, "no partition left detached");
     iso.cleanup().await;
 }
 

@@ -199,7 +199,8 @@ pub struct TopEntry {
 pub struct RetentionOutcome {
     pub events_deleted: u64,
     pub fingerprints_deleted: u64,
-    /// PostgreSQL only: whole daily partitions (monthly ones from before the upgrade) dropped.
+    /// PostgreSQL only: whole daily partitions (monthly ones from before the upgrade) detached,
+    /// then dropped in the background.
     pub partitions_dropped: u64,
     /// PostgreSQL only: a dropped partition was too large to count cheaply, so
     /// `events_deleted` includes the planner's estimate of its rows.

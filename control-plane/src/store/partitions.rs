@@ -3,14 +3,15 @@
 //! UUIDv7 ids start with their millisecond timestamp, so an id range *is* a time range, and
 //! partitioning on the id keeps the id alone unique across partitions (a time column would have
 //! to join the primary key, and a replay with another timestamp would slip through). A day per
-//! partition makes retention a `DROP TABLE` of whole days: cheap whatever the partition holds,
-//! where deleting rows costs time, WAL and vacuum in proportion to them.
+//! partition makes retention the removal of whole days (detach, then drop in the background:
+//! [`retire_older`]), cheap whatever the partition holds, where deleting rows costs time, WAL
+//! and vacuum in proportion to them.
 //!
 //! Upgrade: releases before daily partitions made one per calendar month (`events_pYYYYMM`).
 //! Those keep working as they are: a day inside an existing monthly partition gets no daily
 //! partition of its own (the ranges would overlap), and retention drops a monthly partition once
-//! all of its month is older than the cutoff, deleting rows from whichever partition, monthly or
-//! daily, straddles the cutoff. So an upgraded database turns daily from its next month on.
+//! all of its month is older than the cutoff (deleting rows from whichever partition, monthly or
+//! daily, straddles the cutoff). So an upgraded database turns daily from its next month on.
 //!
 //! Partitions are created on demand by the ingest path, outside the ingest transaction and under
 //! an advisory lock, so concurrent writers (in this process or others) never race on DDL.
@@ -190,7 +191,7 @@ pub(crate) async fn ensure(
     Ok(())
 }
 
-/// What dropping partitions removed.
+/// What retiring partitions removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Dropped {
     pub(crate) partitions: u64,
@@ -199,8 +200,18 @@ pub(crate) struct Dropped {
     pub(crate) estimated: bool,
 }
 
-/// Drops every partition (daily or monthly) wholly older than `cutoff_ms`.
-pub(crate) async fn drop_older(
+/// Prefix of partitions detached by retention and not dropped yet.
+const RETIRED_PREFIX: &str = "events_retired_";
+
+/// Detaches every partition (daily or monthly) wholly older than `cutoff_ms` and renames it
+/// `events_retired_…`; [`drop_retired`] then drops it.
+///
+/// Why not `DROP TABLE` here: dropping a partition deletes its files at commit, while it still
+/// holds the lock on `events` that it took to detach it, and deleting gigabytes of files is not
+/// free (on a file system mounted with online `discard`, about a second per gigabyte). Ingest
+/// would wait all that time. Detaching commits at once; the files go afterwards, with no lock on
+/// `events`. The rename frees the name, so the day can get a new partition meanwhile.
+pub(crate) async fn retire_older(
     pool: &PgPool,
     known: &Known,
     cutoff_ms: i64,
@@ -225,9 +236,13 @@ pub(crate) async fn drop_older(
             .bind(PARTITION_LOCK)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {name}")))
-            .execute(&mut *tx)
-            .await?;
+        let retired = format!("{RETIRED_PREFIX}{}", &name["events_".len()..]);
+        for ddl in [
+            format!("ALTER TABLE events DETACH PARTITION {name}"),
+            format!("ALTER TABLE {name} RENAME TO {retired}"),
+        ] {
+            sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         let (lo, hi) = span.range_ms();
         known
@@ -238,6 +253,24 @@ pub(crate) async fn drop_older(
         out.events += rows as u64;
     }
     Ok(out)
+}
+
+/// Drops the partitions retention detached, including any a stopped process left behind.
+pub(crate) async fn drop_retired(pool: &PgPool) -> Result<u64, StoreError> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname LIKE $1",
+    )
+    .bind(format!("{}%", RETIRED_PREFIX.replace('_', "\\_")))
+    .fetch_all(pool)
+    .await?;
+    for name in &names {
+        // Names come from the catalogue and match our prefix; nothing from a client.
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {name}")))
+            .execute(pool)
+            .await?;
+    }
+    Ok(names.len() as u64)
 }
 
 /// Whether an error is "no partition found for row" (a partition dropped by another process).

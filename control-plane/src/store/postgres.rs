@@ -86,6 +86,8 @@ pub struct PgStore {
     partitions: Known,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Drops of partitions retention detached (awaited at close).
+    retiring: Mutex<Vec<JoinHandle<()>>>,
     fold: Arc<PoolFold<Postgres>>,
     rollups: Stage,
 }
@@ -168,6 +170,7 @@ impl PgStore {
             partitions,
             writer: Mutex::new(Some(tx)),
             writer_tasks: Mutex::new(tasks),
+            retiring: Mutex::default(),
             fold,
             rollups,
         })
@@ -274,11 +277,24 @@ impl PgStore {
             .map_err(|_| StoreError::Unavailable("ingest writer stopped".into()))?
     }
 
-    /// Drops the daily (or, from before the upgrade, monthly) partitions wholly older than the
-    /// cutoff, then deletes the older rows of the partition straddling it.
+    /// Detaches the daily (or, from before the upgrade, monthly) partitions wholly older than
+    /// the cutoff, then deletes the older rows of the partition straddling it. The detached
+    /// partitions are dropped by a background task (see [`partitions::retire_older`] for why),
+    /// which the store's close awaits.
     async fn retain_events(&self, cutoff_us: i64) -> Result<RetentionOutcome, StoreError> {
         let cutoff_ms = cutoff_us.div_euclid(1000);
-        let dropped = partitions::drop_older(&self.pool, &self.partitions, cutoff_ms).await?;
+        let dropped = partitions::retire_older(&self.pool, &self.partitions, cutoff_ms).await?;
+        let pool = self.pool.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = partitions::drop_retired(&pool).await {
+                tracing::warn!(error = %e, "dropping retired partitions failed; retrying at the next retention");
+            }
+        });
+        {
+            let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+            retiring.retain(|t| !t.is_finished());
+            retiring.push(task);
+        }
         let deleted = sqlx::query("DELETE FROM events WHERE id < $1")
             .bind(uuid_floor_ms(cutoff_ms))
             .execute(&self.pool)
@@ -303,6 +319,11 @@ impl PgStore {
     }
 
     async fn close_pools(&self) {
+        let retiring =
+            std::mem::take(&mut *self.retiring.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in retiring {
+            let _ = t.await;
+        }
         if let Some(r) = &self.replica {
             r.close().await;
         }
