@@ -4,7 +4,7 @@
 //! What is stored:
 //! * `events`: one row per fingerprint event, keyed by its UUIDv7 id, so a replayed event is
 //!   ignored (at-least-once delivery stores each event once). In PostgreSQL the table is range
-//!   partitioned by that id, one partition per UTC day ([`partitions`]).
+//!   partitioned by that id, one partition per UTC day (`partitions.rs`).
 //! * roll-ups, counting only newly stored events, contributed by the services through one
 //!   interface ([`rollup::RollupContributor`]): the fingerprint roll-ups ([`fingerprints`]) and
 //!   the per-identity ones ([`identity`]). Ingest does not touch them: it commits, with the
@@ -14,7 +14,7 @@
 //!   ingest; with a PostgreSQL read replica they then run there once it has caught up.
 //! * users, refresh tokens, settings (e.g. the JWT secret shared by split processes) and labels.
 //!
-//! One implementation serves both backends ([`shared`], with the SQL of [`sql`], [`reads`],
+//! One implementation serves both backends (`shared.rs`, with the SQL of `sql.rs`, `reads.rs`,
 //! [`spire`], [`identity`], [`accounts`] and [`labels`] written once); `sqlite.rs` and
 //! `postgres.rs` keep only what the engines do differently.
 //!
@@ -106,6 +106,13 @@ pub struct IngestOutcome {
 pub struct RollupBacklog {
     pub groups: u64,
     pub events: u64,
+}
+
+/// Where roll-up reads were answered, with a read replica configured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaReads {
+    pub replica: u64,
+    pub primary: u64,
 }
 
 /// Store behaviour that is not configuration a user needs (tests and benchmarks change it).
@@ -268,6 +275,11 @@ pub trait Store:
 
     /// Deletes events older than `cutoff_us` and roll-ups not seen since then.
     fn retain(&self, cutoff_us: i64) -> StoreFuture<'_, RetentionOutcome>;
+
+    /// With a read replica configured (PostgreSQL): roll-up reads answered so far by the
+    /// replica, and by the primary because the replica had not caught up in time or could not
+    /// be reached. `None` without a replica.
+    fn replica_reads(&self) -> Option<ReplicaReads>;
 
     /// Number of stored events (tests and benchmarks; may be slow on large tables).
     fn count_events(&self) -> StoreFuture<'_, i64>;

@@ -1,6 +1,6 @@
 //! PostgreSQL store: the production backend.
 //!
-//! Everything both backends do alike is in [`super::shared`] and the SQL modules; this file holds
+//! Everything both backends do alike is in `shared.rs` and the SQL modules; this file holds
 //! what only PostgreSQL does:
 //! * ingest: events go in with binary `COPY` (replays: the shared `INSERT … ON CONFLICT DO
 //!   NOTHING RETURNING id`), from group-commit writer tasks, so a group of batches costs a
@@ -8,9 +8,9 @@
 //!   with them as one `rollup_pending` record and folded later by the roll-up stage
 //!   ([`super::fold`]).
 //! * daily `events` partitions, created on demand and dropped by retention
-//!   ([`super::partitions`]).
+//!   (`partitions.rs`).
 //! * an optional read replica (`database_read_url`) for roll-up reads, used only once it has
-//!   replayed the primary's WAL past the read's own fold ([`PgStore::rollup_pool`]).
+//!   replayed the primary's WAL past the read's own fold (`PgStore::rollup_pool`).
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,7 +62,7 @@ struct Job {
     reply: oneshot::Sender<Result<IngestOutcome, StoreError>>,
 }
 
-/// Where roll-up reads were answered (see [`PgStore::replica_stats`]).
+/// Where roll-up reads were answered (see [`PgStore::replica_reads`]).
 #[derive(Debug, Default)]
 struct ReplicaStats {
     replica: AtomicU64,
@@ -117,7 +117,7 @@ impl PgStore {
 
     /// Connects, creates `schema` if given (and uses it for everything), and migrates. With a
     /// `read_url`, roll-up reads go to that replica when it is up to date (see
-    /// [`Self::rollup_pool`]).
+    /// `rollup_pool`).
     pub async fn open(
         url: &str,
         read_url: Option<&str>,
@@ -186,13 +186,13 @@ impl PgStore {
         self.replica.as_ref()
     }
 
-    /// Roll-up reads answered so far by the replica, and by the primary instead (no replica
-    /// configured, or it had not caught up in time).
-    pub fn replica_stats(&self) -> (u64, u64) {
-        (
-            self.replica_stats.replica.load(Ordering::Relaxed),
-            self.replica_stats.primary.load(Ordering::Relaxed),
-        )
+    /// Roll-up reads answered so far by the replica, and by the primary instead (it had not
+    /// caught up in time, or could not be reached); `None` without a replica.
+    pub fn replica_reads(&self) -> Option<super::ReplicaReads> {
+        self.replica.as_ref().map(|_| super::ReplicaReads {
+            replica: self.replica_stats.replica.load(Ordering::Relaxed),
+            primary: self.replica_stats.primary.load(Ordering::Relaxed),
+        })
     }
 
     /// Every write, and every read that must see one's own writes: the primary.
@@ -542,4 +542,21 @@ async fn write_group_tx(
     PgStore::append_rollup_pending(&mut tx, n, received, &r).await?;
     tx.commit().await?;
     Ok(flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fold lock is the key every release uses ("HAISFOLD"), so processes of different
+    /// versions sharing a database still serialise their folds.
+    #[test]
+    fn fold_lock_key() {
+        let key = i64::from_be_bytes(*b"HAISFOLD");
+        assert_eq!(
+            FOLD_LOCK_SQL,
+            format!("SELECT pg_advisory_xact_lock({key})")
+        );
+        assert_eq!(key, 0x4841_4953_464f_4c44);
+    }
 }

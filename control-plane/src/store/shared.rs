@@ -11,7 +11,8 @@
 //! A backend type provides, as inherent items: `writer()` (the pool writes and reads of one's
 //! own writes use), `reader()` (reads that need not see writes in flight), `rollups` (its
 //! [`Stage`](super::fold::Stage)), `rollup_pool()` (where roll-up reads run once pending deltas
-//! are folded), `ingest_inner`, `retain_events`, `close_backend` and `BACKEND`.
+//! are folded), `replica_reads()`, `ingest_inner`, `retain_events`, `stop_ingest`, `close_pools`
+//! and `BACKEND`.
 
 use sqlx::Pool;
 
@@ -247,6 +248,10 @@ macro_rules! impl_store {
                     out.fingerprints_deleted = self.retain_rollups(&self.fold, cutoff_us).await?;
                     Ok(out)
                 })
+            }
+
+            fn replica_reads(&self) -> Option<$crate::store::ReplicaReads> {
+                self.replica_reads()
             }
 
             fn count_events(&self) -> $crate::store::StoreFuture<'_, i64> {

@@ -5,7 +5,7 @@
 //! pool and proceed concurrently thanks to WAL mode. Ingest appends events and one record of
 //! roll-up deltas; the roll-up stage ([`super::fold`]) folds the records on the same writer.
 //!
-//! Everything both backends do alike is in [`super::shared`] and the SQL modules; this file holds
+//! Everything both backends do alike is in `shared.rs` and the SQL modules; this file holds
 //! what only SQLite needs: its connection pragmas and file permissions, the single-writer
 //! ingest, and retention as a plain delete (no partitions).
 
@@ -114,6 +114,11 @@ impl SqliteStore {
     /// Roll-up reads run on the read-only pool.
     async fn rollup_pool(&self) -> Result<&SqlitePool, StoreError> {
         Ok(&self.reader)
+    }
+
+    /// No replicas: SQLite's readers share the file.
+    fn replica_reads(&self) -> Option<super::ReplicaReads> {
+        None
     }
 
     async fn ingest_inner(&self, events: &[FingerprintEvent]) -> Result<IngestOutcome, StoreError> {
