@@ -146,7 +146,7 @@ async fn run(backend: &str, total: usize, replicas: usize) {
         "sqlite" => (format!("sqlite://{}", dir.join("hais.db").display()), None),
         _ => (pg.clone(), Some(schema.as_str())),
     };
-    let store = store::open(&url, schema_opt, 8).await.expect("store");
+    let store = store::open(&url, None, schema_opt, 8).await.expect("store");
     let wake = Arc::new(Wakeups::default());
     let (shutdown, _) = watch::channel(false);
     let data = batches(total);

@@ -90,6 +90,7 @@ impl App {
         }
         let store = store::open(
             &url,
+            config.database_read_url.as_deref(),
             config.database_schema.as_deref(),
             config.database_max_connections,
         )

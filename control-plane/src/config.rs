@@ -87,6 +87,13 @@ pub const KEYS: &[KeyDoc] = &[
         help: "sqlite://... or postgres://...",
     },
     KeyDoc {
+        key: "database_read_url",
+        env: "HAIS_DATABASE_READ_URL",
+        kind: KeyKind::Str,
+        default: "(unset: everything on database_url)",
+        help: "postgres://... of a streaming read replica for searches and roll-up reads (used once it has replayed past the read's own writes)",
+    },
+    KeyDoc {
         key: "database_schema",
         env: "HAIS_DATABASE_SCHEMA",
         kind: KeyKind::Str,
@@ -467,6 +474,8 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    /// A PostgreSQL read replica for roll-up reads (`store::postgres`).
+    pub database_read_url: Option<String>,
     pub database_schema: Option<String>,
     pub database_max_connections: u32,
     pub redis_url: Option<String>,
@@ -862,6 +871,7 @@ impl Default for Config {
             listen: None,
             data_dir: PathBuf::from("./data"),
             database_url: None,
+            database_read_url: None,
             database_schema: None,
             database_max_connections: 8,
             redis_url: None,
@@ -1007,6 +1017,14 @@ impl Config {
         if self.redis_stream_maxlen < 100 {
             return Err(ConfigError::Invalid(
                 "redis_stream_maxlen must be at least 100".into(),
+            ));
+        }
+        let is_pg = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
+        if let Some(r) = &self.database_read_url
+            && !(is_pg(r) && self.database_url.as_deref().is_some_and(is_pg))
+        {
+            return Err(ConfigError::Invalid(
+                "database_read_url (HAIS_DATABASE_READ_URL) must be a postgres:// URL, and needs a postgres:// database_url".into(),
             ));
         }
         if self.database_max_connections == 0 {
@@ -1229,6 +1247,35 @@ mod tests {
         assert_eq!(c.listen_addr().port(), 3000);
         assert_eq!(c.database_url(), "sqlite://./data/hais.db");
         assert!(c.redis_url.is_none());
+    }
+
+    #[test]
+    fn read_replica_url() {
+        let c = Config::load(
+            None,
+            env_of(&[
+                ("HAIS_DATABASE_URL", "postgres://p/hais"),
+                ("HAIS_DATABASE_READ_URL", "postgres://r/hais"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.database_read_url.as_deref(), Some("postgres://r/hais"));
+        // SQLite has no replicas.
+        let e = Config::load(
+            None,
+            env_of(&[("HAIS_DATABASE_READ_URL", "postgres://r/hais")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("database_read_url"), "{e}");
+        let e = Config::load(
+            None,
+            env_of(&[
+                ("HAIS_DATABASE_URL", "postgres://p/hais"),
+                ("HAIS_DATABASE_READ_URL", "sqlite://x.db"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("database_read_url"), "{e}");
     }
 
     #[test]

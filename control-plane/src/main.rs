@@ -144,6 +144,7 @@ async fn token_create(
         1,
         StoreOptions {
             rollup_interval: None,
+            ..StoreOptions::default()
         },
     )
     .await

@@ -416,6 +416,16 @@ hais_rollup_backlog_records {}",
         let positions = bus_positions(&state).await.unwrap_or_default();
         text.push_str(&state.consumers.render(&positions));
     }
+    if let Some(r) = state.store.replica_reads() {
+        let _ = writeln!(
+            text,
+            "# HELP hais_store_replica_reads_total Roll-up reads (search, detail, top, inventory) by where they ran: the read replica once it had replayed past the read's fold, else the primary.\n\
+             # TYPE hais_store_replica_reads_total counter\n\
+             hais_store_replica_reads_total{{server=\"replica\"}} {}\n\
+             hais_store_replica_reads_total{{server=\"primary\"}} {}",
+            r.replica, r.primary
+        );
+    }
     let _ = writeln!(
         text,
         "# HELP hais_login_busy_total Logins and password changes refused (503) because every hashing slot and queue place was taken.\n\

@@ -306,7 +306,7 @@ async fn retention_deletes_old_data(backend: Backend) {
         &[(Method::Ja4, JA4_A)],
         -40 * day,
     ));
-    // Far enough back that, in PostgreSQL, its whole monthly partition is dropped.
+    // Far enough back that, in PostgreSQL, its whole daily partition is dropped.
     mixed.push(event(
         "a",
         "old-host",
@@ -1082,6 +1082,7 @@ async fn open_store(
         4,
         StoreOptions {
             rollup_interval: interval,
+            ..StoreOptions::default()
         },
     )
     .await

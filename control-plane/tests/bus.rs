@@ -76,7 +76,7 @@ impl Fixture {
     async fn new(backend: Backend) -> Fixture {
         let iso = Isolation::new(backend, "bus").await;
         let c = iso.config();
-        let store = store::open(&c.database_url(), c.database_schema.as_deref(), 8)
+        let store = store::open(&c.database_url(), None, c.database_schema.as_deref(), 8)
             .await
             .unwrap();
         Fixture {

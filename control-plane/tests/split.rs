@@ -7,12 +7,12 @@
 
 mod common;
 
-use std::net::{TcpListener, UdpSocket};
+use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use common::{Backend, Isolation, event, pg_url, redis_url};
+use common::{Backend, Isolation, event, free_port, pg_url, redis_url};
 use hais_shared::fingerprint::Method;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -54,14 +54,6 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn free_udp_port() -> u16 {
@@ -501,9 +493,10 @@ async fn replicas_share_the_bus_exactly_once_and_survive_a_kill() {
     let iso = Isolation::new(Backend::Postgres, "replicas").await;
     let http: Http = Client::builder(TokioExecutor::new()).build_http();
     let c = iso.config();
-    let store = hais_control_plane::store::open(&c.database_url(), c.database_schema.as_deref(), 4)
-        .await
-        .unwrap();
+    let store =
+        hais_control_plane::store::open(&c.database_url(), None, c.database_schema.as_deref(), 4)
+            .await
+            .unwrap();
     let env = vec![("HAIS_BUS_LEASE_TTL".to_owned(), "5s".to_owned())];
     let (pa, pb) = (free_port(), free_port());
     let mut a = spawn_as("correlation", "correlation-a", &iso, pa, &env);

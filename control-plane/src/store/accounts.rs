@@ -635,12 +635,12 @@ macro_rules! impl_account_store {
 impl_account_store!(
     super::sqlite::SqliteStore,
     db = sqlx::Sqlite,
-    write = |s| s.spire_writer(),
-    read = |s| s.spire_reader()
+    write = |s| s.writer(),
+    read = |s| s.reader()
 );
 impl_account_store!(
     super::postgres::PgStore,
     db = sqlx::Postgres,
-    write = |s| s.pool(),
-    read = |s| s.pool()
+    write = |s| s.writer(),
+    read = |s| s.reader()
 );

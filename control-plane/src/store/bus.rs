@@ -883,8 +883,8 @@ macro_rules! impl_bus_store {
 impl_bus_store!(
     super::sqlite::SqliteStore,
     db = sqlx::Sqlite,
-    write = |s| s.spire_writer(),
-    read = |s| s.spire_reader()
+    write = |s| s.writer(),
+    read = |s| s.reader()
 );
 impl_bus_store!(
     super::postgres::PgStore,

@@ -6,21 +6,26 @@
 //! the implementation once and expands it for [`SqliteStore`](super::sqlite::SqliteStore) and
 //! [`PgStore`](super::postgres::PgStore).
 //!
-//! Roll-ups: ingest records, with the fingerprint deltas, per identity the events, hosts, agents
-//! and destinations ([`super::rollup::BatchDeltas`]); the roll-up stage folds them into
-//! `identity_rollups` in the same transaction as the fingerprint roll-ups ([`write_rollups`]),
-//! so they are exact and exactly once like those. Per identity × fingerprint figures are the
+//! Roll-ups: the identity service contributes to the roll-up stage like the ja4 service does
+//! ([`IdentityRollups`], a [`RollupContributor`]): ingest records, with the fingerprint deltas,
+//! per identity the events, hosts, agents and destinations; the stage folds them into
+//! `identity_rollups` in the same transaction as the fingerprint roll-ups, so they are exact and
+//! exactly once like those. Per identity × fingerprint figures are the
 //! `fingerprint_dims` rows with dim `identity`, which the stage already maintains. Reads of the
 //! inventory fold what is pending first (read-your-writes, like every roll-up read).
 
 use std::collections::BTreeMap;
 
+use hais_shared::event::FingerprintEvent;
 use hais_shared::registration::RegistrationEntry;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::{Database, Encode, Executor, IntoArguments, QueryBuilder, Type};
 
-use super::rollup::Seen;
+use super::rollup::{
+    DIM_AGENT, DIM_DESTINATION, DIM_HOST, DIM_SELF, DeltaKind, Extract, Measure, Part, Retention,
+    RollupContributor, Seen,
+};
+use super::sql::{Dialect, upsert_seen};
 use super::{DimList, StoreError, StoreFuture};
 
 /// A stored registration entry.
@@ -177,102 +182,81 @@ pub trait IdentityStore: Send + Sync {
     -> StoreFuture<'a, Option<IdentityDetail>>;
 }
 
-/// Retention of the identity roll-ups: rows not seen since the cutoff (`$1`, µs) go, as for the
-/// fingerprint roll-ups. Run by both backends' `retain` with the fingerprint deletes.
-pub(crate) const RETAIN_SQL: [&str; 2] = [
-    "DELETE FROM identity_rollups WHERE last_seen_us < $1",
-    "DELETE FROM identity_conflicts WHERE last_seen_us < $1",
+/// Contributes the per-identity roll-ups (`identity_rollups`) to the roll-up stage: per event
+/// whose workload has a SPIFFE ID, the identity itself, its host, agent and destination (the TLS
+/// server name, or `ip:port` when the client sent none).
+#[derive(Debug)]
+pub struct IdentityRollups;
+
+static KINDS: [DeltaKind; 1] = [DeltaKind {
+    table: "identity_rollups",
+    key: &[
+        ("spiffe_id", Part::Str),
+        ("dim", Part::Str),
+        ("dim_value", Part::Str),
+    ],
+    measure: Measure::Seen,
+    derived: None,
+}];
+
+/// Retention of the identity roll-ups and of the tied matches: rows not seen since the cutoff go,
+/// as for the fingerprint roll-ups.
+static RETENTION: [Retention; 2] = [
+    Retention {
+        table: "identity_rollups",
+        column: "last_seen_us",
+        bucket_us: 1,
+        reported: false,
+    },
+    Retention {
+        table: "identity_conflicts",
+        column: "last_seen_us",
+        bucket_us: 1,
+        reported: false,
+    },
 ];
 
-/// Rows per multi-row upsert (6 values each: far below both backends' bind limits).
-const ROWS_PER_STATEMENT: usize = 500;
+impl RollupContributor for IdentityRollups {
+    fn kinds(&self) -> &'static [DeltaKind] {
+        &KINDS
+    }
 
-/// Upserts `(key…, first, last, count)` rows into `table`, merging first/last seen and adding
-/// counts. One SQL text for both backends (`CASE` instead of SQLite's `min`/`max` and
-/// PostgreSQL's `LEAST`/`GREATEST`). Keys must be distinct (they come from maps).
-async fn upsert_seen<DB, const K: usize>(
-    conn: &mut DB::Connection,
-    table: &'static str,
-    keys: [&'static str; K],
-    rows: &[([&str; K], Seen)],
-) -> Result<(), StoreError>
-where
-    DB: Database,
-    <DB as Database>::Arguments: Default + IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'t> String: Encode<'t, DB> + Type<DB>,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-{
-    let cols = keys.join(", ");
-    let mut tail = format!(
-        " ON CONFLICT ({cols}) DO UPDATE SET \
-         first_seen_us = CASE WHEN excluded.first_seen_us < {table}.first_seen_us \
-         THEN excluded.first_seen_us ELSE {table}.first_seen_us END, \
-         last_seen_us = CASE WHEN excluded.last_seen_us > {table}.last_seen_us \
-         THEN excluded.last_seen_us ELSE {table}.last_seen_us END, \
-         count = {table}.count + excluded.count"
-    );
-    tail.shrink_to_fit();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::<DB>::new(format!(
-            "INSERT INTO {table} ({cols}, first_seen_us, last_seen_us, count) "
-        ));
-        qb.push_values(chunk, |mut b, (key, s)| {
-            for k in key {
-                b.push_bind(k.to_string());
+    fn retention(&self) -> &'static [Retention] {
+        &RETENTION
+    }
+
+    fn extract<'a>(&self, events: &[&'a FingerprintEvent], out: &mut Extract<'_, 'a>) {
+        let [this, host, agent, dest_dim] =
+            [DIM_SELF, DIM_HOST, DIM_AGENT, DIM_DESTINATION].map(|d| out.intern(d));
+        for e in events {
+            let Some(id) = &e.workload.spiffe_id else {
+                continue;
+            };
+            let ts = super::to_us(e.timestamp);
+            let id = out.intern(id);
+            let dest = match &e.server_name {
+                Some(sni) => out.intern(sni),
+                None => out.intern_owned(
+                    std::net::SocketAddr::new(e.flow.dst_ip, e.flow.dst_port).to_string(),
+                ),
+            };
+            for key in [
+                [id, this, this, 0],
+                [id, host, out.intern(&e.host), 0],
+                [id, agent, out.intern(&e.agent_id), 0],
+                [id, dest_dim, dest, 0],
+            ] {
+                out.seen(0, key, ts);
             }
-            b.push_bind(s.first_us)
-                .push_bind(s.last_us)
-                .push_bind(s.count);
-        });
-        qb.push(&tail);
-        qb.build().execute(&mut *conn).await?;
+        }
     }
-    Ok(())
-}
-
-/// Folds merged identity roll-ups into `identity_rollups`, inside the roll-up stage's fold
-/// transaction (called by both backends' `write_rollups`).
-pub(crate) async fn write_rollups<DB>(
-    conn: &mut DB::Connection,
-    r: &super::rollup::Rollups<'_>,
-) -> Result<(), StoreError>
-where
-    DB: Database,
-    <DB as Database>::Arguments: Default + IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'t> String: Encode<'t, DB> + Type<DB>,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-{
-    if r.identities.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<([&str; 3], Seen)> = r
-        .identities
-        .iter()
-        .map(|(&(id, dim, dv), &s)| ([id, dim, dv], s))
-        .collect();
-    upsert_seen::<DB, 3>(
-        conn,
-        "identity_rollups",
-        ["spiffe_id", "dim", "dim_value"],
-        &rows,
-    )
-    .await
 }
 
 /// Writes tied matches (see [`IdentityStore::record_conflicts`]).
-pub(crate) async fn write_conflicts<DB>(
+pub(crate) async fn write_conflicts<DB: Dialect>(
     conn: &mut DB::Connection,
     c: &ConflictDeltas,
-) -> Result<(), StoreError>
-where
-    DB: Database,
-    <DB as Database>::Arguments: Default + IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'t> String: Encode<'t, DB> + Type<DB>,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-{
+) -> Result<(), StoreError> {
     let rows: Vec<([&str; 2], Seen)> = c
         .iter()
         .map(|((a, b), &s)| ([a.as_str(), b.as_str()], s))
@@ -335,18 +319,17 @@ macro_rules! impl_identity_store {
         impl $ty {
             /// One identity's dimension (`host`, `agent`, `destination`): most frequent first.
             async fn identity_dim(
-                &self,
+                pool: &sqlx::Pool<$db>,
                 spiffe_id: &str,
                 dim: &str,
                 limit: i64,
             ) -> Result<$crate::store::DimList, $crate::store::StoreError> {
-                let $r = self;
                 let total: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM identity_rollups WHERE spiffe_id = $1 AND dim = $2",
                 )
                 .bind(spiffe_id)
                 .bind(dim)
-                .fetch_one($rexpr)
+                .fetch_one(pool)
                 .await?;
                 let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
                     "SELECT dim_value, first_seen_us, last_seen_us, count FROM identity_rollups \
@@ -355,39 +338,38 @@ macro_rules! impl_identity_store {
                 .bind(spiffe_id)
                 .bind(dim)
                 .bind(limit)
-                .fetch_all($rexpr)
+                .fetch_all(pool)
                 .await?;
                 Ok($crate::store::identity::dim_list(total, rows))
             }
 
             /// The summary of one identity whose own roll-up row is `(first, last, count)`.
             async fn identity_summary(
-                &self,
+                pool: &sqlx::Pool<$db>,
                 spiffe_id: String,
                 (first_seen_us, last_seen_us, count): (i64, i64, i64),
                 limit: i64,
             ) -> Result<$crate::store::identity::IdentitySummary, $crate::store::StoreError>
             {
                 use $crate::store::rollup::{DIM_DESTINATION, DIM_HOST, DIM_IDENTITY};
-                let $r = self;
                 let methods: Vec<(String, i64, i64)> = sqlx::query_as(
                     "SELECT method, count(*), CAST(sum(count) AS BIGINT) FROM fingerprint_dims \
                      WHERE dim = $1 AND dim_value = $2 GROUP BY method ORDER BY method",
                 )
                 .bind(DIM_IDENTITY)
                 .bind(&spiffe_id)
-                .fetch_all($rexpr)
+                .fetch_all(pool)
                 .await?;
                 let conflicts: i64 = sqlx::query_scalar(
                     "SELECT CAST(coalesce(sum(count), 0) AS BIGINT) FROM identity_conflicts \
                      WHERE spiffe_id = $1",
                 )
                 .bind(&spiffe_id)
-                .fetch_one($rexpr)
+                .fetch_one(pool)
                 .await?;
                 Ok($crate::store::identity::IdentitySummary {
-                    hosts: self.identity_dim(&spiffe_id, DIM_HOST, limit).await?,
-                    destinations: self.identity_dim(&spiffe_id, DIM_DESTINATION, limit).await?,
+                    hosts: Self::identity_dim(pool, &spiffe_id, DIM_HOST, limit).await?,
+                    destinations: Self::identity_dim(pool, &spiffe_id, DIM_DESTINATION, limit).await?,
                     spiffe_id,
                     first_seen_us,
                     last_seen_us,
@@ -569,9 +551,9 @@ macro_rules! impl_identity_store {
                 limit: u32,
             ) -> $crate::store::StoreFuture<'a, Vec<$crate::store::identity::IdentitySummary>>
             {
-                let $r = self;
                 Box::pin(async move {
-                    $crate::store::Store::settle_rollups(self).await?;
+                    // Folds what is pending first (read-your-writes); may answer a replica.
+                    let pool = self.settled_reader().await?;
                     let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
                         "SELECT spiffe_id, first_seen_us, last_seen_us, count \
                          FROM identity_rollups WHERE dim = '' AND spiffe_id > $1 \
@@ -579,12 +561,13 @@ macro_rules! impl_identity_store {
                     )
                     .bind(after.unwrap_or(""))
                     .bind(i64::from(limit))
-                    .fetch_all($rexpr)
+                    .fetch_all(pool)
                     .await?;
                     let mut out = Vec::with_capacity(rows.len());
                     for (id, first, last, count) in rows {
                         out.push(
-                            self.identity_summary(
+                            Self::identity_summary(
+                                pool,
                                 id,
                                 (first, last, count),
                                 $crate::store::identity::LIST_DIM_LIMIT,
@@ -605,19 +588,19 @@ macro_rules! impl_identity_store {
                     DETAIL_DIM_LIMIT, DETAIL_FINGERPRINT_LIMIT, IdentityFingerprint,
                 };
                 use $crate::store::rollup::{DIM_AGENT, DIM_IDENTITY};
-                let $r = self;
                 Box::pin(async move {
-                    $crate::store::Store::settle_rollups(self).await?;
+                    // Folds what is pending first (read-your-writes); may answer a replica.
+                    let pool = self.settled_reader().await?;
                     let row: Option<(i64, i64, i64)> = sqlx::query_as(
                         "SELECT first_seen_us, last_seen_us, count FROM identity_rollups \
                          WHERE spiffe_id = $1 AND dim = ''",
                     )
                     .bind(spiffe_id)
-                    .fetch_optional($rexpr)
+                    .fetch_optional(pool)
                     .await?;
                     let Some(row) = row else { return Ok(None) };
-                    let summary = self
-                        .identity_summary(spiffe_id.to_owned(), row, DETAIL_DIM_LIMIT)
+                    let summary =
+                        Self::identity_summary(pool, spiffe_id.to_owned(), row, DETAIL_DIM_LIMIT)
                         .await?;
                     let fps: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
                         "SELECT method, value, first_seen_us, last_seen_us, count \
@@ -627,7 +610,7 @@ macro_rules! impl_identity_store {
                     .bind(DIM_IDENTITY)
                     .bind(spiffe_id)
                     .bind(DETAIL_FINGERPRINT_LIMIT)
-                    .fetch_all($rexpr)
+                    .fetch_all(pool)
                     .await?;
                     let mut fingerprints: std::collections::BTreeMap<
                         String,
@@ -648,7 +631,7 @@ macro_rules! impl_identity_store {
                         "SELECT count(*) FROM identity_conflicts WHERE spiffe_id = $1",
                     )
                     .bind(spiffe_id)
-                    .fetch_one($rexpr)
+                    .fetch_one(pool)
                     .await?;
                     let conflicts: Vec<(String, i64, i64, i64)> = sqlx::query_as(
                         "SELECT other_spiffe_id, first_seen_us, last_seen_us, count \
@@ -657,13 +640,12 @@ macro_rules! impl_identity_store {
                     )
                     .bind(spiffe_id)
                     .bind(DETAIL_DIM_LIMIT)
-                    .fetch_all($rexpr)
+                    .fetch_all(pool)
                     .await?;
                     Ok(Some($crate::store::identity::IdentityDetail {
                         fingerprints_total: summary.methods.values().map(|m| m.fingerprints).sum(),
                         summary,
-                        agents: self
-                            .identity_dim(spiffe_id, DIM_AGENT, DETAIL_DIM_LIMIT)
+                        agents: Self::identity_dim(pool, spiffe_id, DIM_AGENT, DETAIL_DIM_LIMIT)
                             .await?,
                         fingerprints,
                         conflicts_with: $crate::store::identity::dim_list(
@@ -680,19 +662,19 @@ macro_rules! impl_identity_store {
 impl_identity_store!(
     super::sqlite::SqliteStore,
     db = sqlx::Sqlite,
-    write = |s| s.spire_writer(),
-    read = |s| s.spire_reader()
+    write = |s| s.writer(),
+    read = |s| s.reader()
 );
 impl_identity_store!(
     super::postgres::PgStore,
     db = sqlx::Postgres,
-    write = |s| s.pool(),
-    read = |s| s.pool()
+    write = |s| s.writer(),
+    read = |s| s.reader()
 );
 
 #[cfg(test)]
 mod tests {
-    use super::super::rollup::{BatchDeltas, Deltas, Rollups};
+    use super::super::rollup::{BatchDeltas, Deltas, KeyVal, Rollups};
     use hais_shared::event::{Fingerprint, FingerprintEvent, Flow, Transport};
     use hais_shared::fingerprint::Method;
 
@@ -731,14 +713,23 @@ mod tests {
         let mut r = Rollups::default();
         r.merge(&d1);
         r.merge(&d2);
-        let count =
-            |dim: &str, v: &str| r.identities.get(&("spiffe://t/a", dim, v)).map(|s| s.count);
+        // The identity kind is the last section (after the fingerprint kinds).
+        let ids = r.sections.last().unwrap();
+        let count = |dim: &str, v: &str| {
+            ids.get(&[
+                KeyVal::Str("spiffe://t/a"),
+                KeyVal::Str(dim),
+                KeyVal::Str(v),
+                KeyVal::None,
+            ])
+            .map(|s| s.count)
+        };
         assert_eq!(count("", ""), Some(3));
         assert_eq!(count("host", "h1"), Some(1));
         assert_eq!(count("host", "h2"), Some(2));
         assert_eq!(count("agent", "a1"), Some(3));
         assert_eq!(count("destination", "db.example"), Some(1));
         assert_eq!(count("destination", "[2001:db8::2]:443"), Some(2));
-        assert_eq!(r.identities.len(), 6, "{:?}", r.identities);
+        assert_eq!(ids.len(), 6, "{ids:?}");
     }
 }

@@ -121,11 +121,11 @@ macro_rules! impl_label_store {
 
 impl_label_store!(
     super::sqlite::SqliteStore,
-    write = |s| s.spire_writer(),
-    read = |s| s.spire_reader()
+    write = |s| s.writer(),
+    read = |s| s.reader()
 );
 impl_label_store!(
     super::postgres::PgStore,
-    write = |s| s.pool(),
-    read = |s| s.pool()
+    write = |s| s.writer(),
+    read = |s| s.reader()
 );

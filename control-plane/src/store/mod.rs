@@ -4,18 +4,19 @@
 //! What is stored:
 //! * `events`: one row per fingerprint event, keyed by its UUIDv7 id, so a replayed event is
 //!   ignored (at-least-once delivery stores each event once). In PostgreSQL the table is range
-//!   partitioned by that id, one partition per calendar month: UUIDv7 ids start with their
-//!   millisecond timestamp, so an id range *is* a time range, and partitioning on the id keeps the
-//!   id alone unique across partitions (a time column would have to join the primary key, and a
-//!   replay with a different timestamp would slip through).
-//! * roll-ups, counting only newly stored events: `fingerprints` (first/last seen, count, JA4
-//!   parts), `fingerprint_dims` (per fingerprint and host, agent, server name or workload
-//!   identity) and `fingerprint_hourly` (counts per hour, for top-N over a window). Ingest does
-//!   not touch them: it commits, with the events, one `rollup_pending` record of the
-//!   transaction's pre-aggregated deltas, and the roll-up stage ([`fold`]) folds those records
-//!   into the roll-up tables in large merged chunks, exactly once. Roll-up reads fold what is
-//!   pending first, so they reflect every acknowledged ingest.
+//!   partitioned by that id, one partition per UTC day (`partitions.rs`).
+//! * roll-ups, counting only newly stored events, contributed by the services through one
+//!   interface ([`rollup::RollupContributor`]): the fingerprint roll-ups ([`fingerprints`]) and
+//!   the per-identity ones ([`identity`]). Ingest does not touch them: it commits, with the
+//!   events, one `rollup_pending` record of the transaction's pre-aggregated deltas, and the
+//!   roll-up stage ([`fold`]) folds those records into the roll-up tables in large merged chunks,
+//!   exactly once. Roll-up reads fold what is pending first, so they reflect every acknowledged
+//!   ingest; with a PostgreSQL read replica they then run there once it has caught up.
 //! * users, refresh tokens, settings (e.g. the JWT secret shared by split processes) and labels.
+//!
+//! One implementation serves both backends (`shared.rs`, with the SQL of `sql.rs`, `reads.rs`,
+//! [`spire`], [`identity`], [`accounts`] and [`labels`] written once); `sqlite.rs` and
+//! `postgres.rs` keep only what the engines do differently.
 //!
 //! Times are stored as integer microseconds since the Unix epoch in both backends: one exact
 //! representation for keyset cursors and comparisons, with no time-zone or precision drift
@@ -23,15 +24,19 @@
 
 pub mod accounts;
 pub mod bus;
+pub mod fingerprints;
 pub mod fold;
 pub mod identity;
 pub mod labels;
+mod partitions;
 mod pg_nodelay;
 pub mod postgres;
 mod query;
 mod reads;
 pub mod rollup;
+mod shared;
 pub mod spire;
+mod sql;
 pub mod sqlite;
 
 use std::future::Future;
@@ -67,6 +72,10 @@ pub enum StoreError {
     /// The URL names no supported database.
     #[error("unsupported database URL {0:?}: expected sqlite://… or postgres://…")]
     UnsupportedUrl(String),
+    /// A read replica was configured for a database that is not PostgreSQL, or with a URL that
+    /// is not PostgreSQL's (SQLite has no replicas; its readers share the file).
+    #[error("read replica {0:?}: database_url and database_read_url must both be postgres://…")]
+    ReplicaNeedsPostgres(String),
     #[error("database error: {0}")]
     Database(sqlx::Error),
     /// A consumer lost the work it was committing (its partition lease was taken over, or its
@@ -104,6 +113,13 @@ pub struct RollupBacklog {
     pub events: u64,
 }
 
+/// Where roll-up reads were answered, with a read replica configured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaReads {
+    pub replica: u64,
+    pub primary: u64,
+}
+
 /// Store behaviour that is not configuration a user needs (tests and benchmarks change it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -111,7 +127,14 @@ pub struct StoreOptions {
     /// folded at close (reads still fold first). Tests use `None` to leave deltas pending, as
     /// a crash between ingest and fold would.
     pub rollup_interval: Option<std::time::Duration>,
+    /// How long a roll-up read waits for the PostgreSQL read replica to replay the primary's
+    /// WAL past the read's fold before it reads the primary instead.
+    pub replica_wait: std::time::Duration,
 }
+
+/// Default [`StoreOptions::replica_wait`]: replay on a healthy streaming replica takes
+/// milliseconds; a replica further behind than this serves no read until it catches up.
+pub const REPLICA_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Default period at which the background roll-up worker checks the backlog (see
 /// [`fold`] for when it folds).
@@ -121,6 +144,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             rollup_interval: Some(ROLLUP_INTERVAL),
+            replica_wait: REPLICA_WAIT,
         }
     }
 }
@@ -187,8 +211,12 @@ pub struct TopEntry {
 pub struct RetentionOutcome {
     pub events_deleted: u64,
     pub fingerprints_deleted: u64,
-    /// PostgreSQL only: whole monthly partitions dropped.
+    /// PostgreSQL only: whole daily partitions (monthly ones from before the upgrade) detached,
+    /// then dropped in the background.
     pub partitions_dropped: u64,
+    /// PostgreSQL only: a dropped partition was too large to count cheaply, so
+    /// `events_deleted` includes the planner's estimate of its rows.
+    pub events_deleted_estimated: bool,
 }
 
 /// A page of results with the cursor for the next one (`None` on the last page).
@@ -254,6 +282,11 @@ pub trait Store:
     /// Deletes events older than `cutoff_us` and roll-ups not seen since then.
     fn retain(&self, cutoff_us: i64) -> StoreFuture<'_, RetentionOutcome>;
 
+    /// With a read replica configured (PostgreSQL): roll-up reads answered so far by the
+    /// replica, and by the primary because the replica had not caught up in time or could not
+    /// be reached. `None` without a replica.
+    fn replica_reads(&self) -> Option<ReplicaReads>;
+
     /// Number of stored events (tests and benchmarks; may be slow on large tables).
     fn count_events(&self) -> StoreFuture<'_, i64>;
 
@@ -266,29 +299,55 @@ pub trait Store:
     fn close(&self) -> StoreFuture<'_, ()>;
 }
 
-/// Opens the store the URL names and applies its migrations.
+/// Opens the store the URL names and applies its migrations. `read_url`: a PostgreSQL read
+/// replica for roll-up reads (see [`postgres::PgStore`]).
 pub async fn open(
     url: &str,
+    read_url: Option<&str>,
     schema: Option<&str>,
     max_connections: u32,
 ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    open_with(url, schema, max_connections, StoreOptions::default()).await
+    open_replicated(
+        url,
+        read_url,
+        schema,
+        max_connections,
+        StoreOptions::default(),
+    )
+    .await
 }
 
-/// [`open`] with non-default [`StoreOptions`].
+/// [`open`] without a replica, with non-default [`StoreOptions`].
 pub async fn open_with(
     url: &str,
     schema: Option<&str>,
     max_connections: u32,
     options: StoreOptions,
 ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    open_replicated(url, None, schema, max_connections, options).await
+}
+
+/// [`open`] with non-default [`StoreOptions`].
+pub async fn open_replicated(
+    url: &str,
+    read_url: Option<&str>,
+    schema: Option<&str>,
+    max_connections: u32,
+    options: StoreOptions,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    let is_pg = |u: &str| u.starts_with("postgres:") || u.starts_with("postgresql:");
+    if let Some(r) = read_url
+        && !(is_pg(url) && is_pg(r))
+    {
+        return Err(StoreError::ReplicaNeedsPostgres(r.to_owned()));
+    }
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(
             sqlite::SqliteStore::open(url, max_connections, options).await?,
         ))
-    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+    } else if is_pg(url) {
         Ok(std::sync::Arc::new(
-            postgres::PgStore::open(url, schema, max_connections, options).await?,
+            postgres::PgStore::open(url, read_url, schema, max_connections, options).await?,
         ))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))

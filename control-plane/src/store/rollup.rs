@@ -1,11 +1,21 @@
-//! Roll-up deltas: aggregated in memory per ingest transaction ([`BatchDeltas`]), stored as one
-//! compact record, and folded into the roll-up tables later by the roll-up stage
-//! ([`super::fold`]), which merges many records into one sorted [`Rollups`].
+//! Roll-up deltas, and the one interface through which services contribute roll-ups:
+//! [`RollupContributor`].
+//!
+//! A contributor owns *delta kinds* ([`DeltaKind`]): a roll-up table, its key columns and what it
+//! accumulates per key (first/last seen and a count, or a count). At ingest it extracts the
+//! deltas of the newly stored events into the transaction's [`BatchDeltas`] (aggregated in
+//! memory, keys as interned string ids); the record is stored in `rollup_pending` with the events.
+//! At fold time the stage ([`super::fold`]) decodes many records, merges them into one sorted
+//! [`Rollups`] and upserts every kind into its table the same way, so a contributor never writes
+//! SQL for its roll-ups and the stage never names a service. The contributors are listed once, in
+//! [`CONTRIBUTORS`]; their kinds, in that order, are the sections of the record.
 //!
 //! Aggregating a batch first means each roll-up row is written once per fold instead of once
-//! per event; merging many batches' deltas before writing (a fold covers every batch committed
-//! since the previous one) shrinks the writes further. Merged keys come out sorted, so writers
-//! lock roll-up rows in one order and cannot deadlock each other.
+//! per event; merging many batches' deltas before writing shrinks the writes further. Merged keys
+//! come out sorted, so writers lock roll-up rows in one order and cannot deadlock each other.
+//!
+//! The record's encoding is that of the earlier fixed-layout format (version 2: fingerprints,
+//! dims, hourly, identities), so records pending across an upgrade or a downgrade fold as before.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -13,7 +23,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use hais_shared::event::FingerprintEvent;
 
-use super::{StoreError, to_us};
+use super::StoreError;
 
 /// The dimensions a fingerprint is rolled up by.
 pub const DIM_HOST: &str = "host";
@@ -27,6 +37,9 @@ pub const DIM_DESTINATION: &str = "destination";
 
 /// One hour, in microseconds: the bucket size of `fingerprint_hourly`.
 pub const HOUR_US: i64 = 3_600_000_000;
+
+/// Most key columns a delta kind may have.
+pub const MAX_KEY: usize = 4;
 
 /// First/last seen and count of one key within a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,94 +69,79 @@ impl Seen {
     }
 }
 
-/// Roll-up deltas, each sorted by key. Keys borrow from the events (or from decoded
-/// [`Deltas`]), so folding allocates nothing per event.
-#[derive(Debug, Default)]
-pub struct Rollups<'a> {
-    /// (method, value) → seen.
-    pub fingerprints: BTreeMap<(&'a str, &'a str), Seen>,
-    /// (dim, dim value, method, value) → seen.
-    pub dims: BTreeMap<(&'a str, &'a str, &'a str, &'a str), Seen>,
-    /// (hour start µs, method, value) → count.
-    pub hourly: BTreeMap<(i64, &'a str, &'a str), i64>,
-    /// (SPIFFE ID, dim, dim value) → seen: per-identity roll-ups (identity service). Only
-    /// merged records fill it; [`Rollups::from_events`] leaves it empty.
-    pub identities: BTreeMap<(&'a str, &'a str, &'a str), Seen>,
+/// How one key column is held: a string (interned in the record) or a 64-bit integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Str,
+    Int,
 }
 
-impl<'a> Rollups<'a> {
-    /// Folds the given events directly: the reference [`BatchDeltas`] is tested against.
-    #[cfg(test)]
-    pub fn from_events(events: impl IntoIterator<Item = &'a FingerprintEvent>) -> Rollups<'a> {
-        let mut r = Rollups::default();
-        let mut fps: Vec<(&'a str, &'a str)> = Vec::new();
-        let mut dims: Vec<(&'a str, &'a str)> = Vec::with_capacity(4);
-        for e in events {
-            let ts = to_us(e.timestamp);
-            let hour = ts.div_euclid(HOUR_US) * HOUR_US;
-            fps.clear();
-            fps.extend(
-                e.fingerprints
-                    .iter()
-                    .map(|f| (f.method.as_str(), f.value.as_str())),
-            );
-            fps.sort_unstable();
-            fps.dedup();
-            dims.clear();
-            dims.push((DIM_HOST, e.host.as_str()));
-            dims.push((DIM_AGENT, e.agent_id.as_str()));
-            if let Some(sni) = &e.server_name {
-                dims.push((DIM_SERVER_NAME, sni.as_str()));
-            }
-            if let Some(id) = &e.workload.spiffe_id {
-                dims.push((DIM_IDENTITY, id.as_str()));
-            }
-            for &(method, value) in &fps {
-                r.fingerprints
-                    .entry((method, value))
-                    .and_modify(|s| s.add(ts))
-                    .or_insert_with(|| Seen::new(ts));
-                *r.hourly.entry((hour, method, value)).or_default() += 1;
-                for &(dim, dv) in &dims {
-                    r.dims
-                        .entry((dim, dv, method, value))
-                        .and_modify(|s| s.add(ts))
-                        .or_insert_with(|| Seen::new(ts));
-                }
-            }
-        }
-        r
-    }
+/// What a delta kind accumulates per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// `first_seen_us`, `last_seen_us` (kept as min / max) and `count` (added).
+    Seen,
+    /// `count` only (added).
+    Count,
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.fingerprints.is_empty()
-    }
+/// Columns a table gets on insert, computed from the key (never updated afterwards).
+#[derive(Debug, Clone, Copy)]
+pub struct Derived {
+    pub columns: &'static [&'static str],
+    pub values: for<'a> fn(&[KeyVal<'a>]) -> Vec<Option<&'a str>>,
+}
 
-    /// Adds decoded deltas (another batch's) to these.
-    pub fn merge(&mut self, d: &'a Deltas) {
-        let s = |i: u32| d.strings[i as usize].as_str();
-        for &(m, v, seen) in &d.fingerprints {
-            self.fingerprints
-                .entry((s(m), s(v)))
-                .and_modify(|x| x.merge(seen))
-                .or_insert(seen);
-        }
-        for &([dim, dv, m, v], seen) in &d.dims {
-            self.dims
-                .entry((s(dim), s(dv), s(m), s(v)))
-                .and_modify(|x| x.merge(seen))
-                .or_insert(seen);
-        }
-        for &(hour, m, v, n) in &d.hourly {
-            *self.hourly.entry((hour, s(m), s(v))).or_default() += n;
-        }
-        for &([id, dim, dv], seen) in &d.identities {
-            self.identities
-                .entry((s(id), s(dim), s(dv)))
-                .and_modify(|x| x.merge(seen))
-                .or_insert(seen);
-        }
-    }
+/// One kind of roll-up delta and the table it is folded into.
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaKind {
+    pub table: &'static str,
+    /// Key columns (the table's primary key), in key order.
+    pub key: &'static [(&'static str, Part)],
+    pub measure: Measure,
+    pub derived: Option<Derived>,
+}
+
+/// What retention deletes from one table: rows whose `column` is before the cutoff, floored to
+/// `bucket_us` (so an hourly bucket is kept while any of its hour is).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub table: &'static str,
+    pub column: &'static str,
+    pub bucket_us: i64,
+    /// Counted as `fingerprints_deleted` in the retention outcome.
+    pub reported: bool,
+}
+
+/// A service's share of the roll-ups. Implementations are stateless; they are listed in
+/// [`CONTRIBUTORS`].
+pub trait RollupContributor: Sync + std::fmt::Debug {
+    /// Its delta kinds. Their order (after the kinds of earlier contributors) is their section
+    /// order in the stored record, so kinds are only ever appended.
+    fn kinds(&self) -> &'static [DeltaKind];
+
+    /// Adds the deltas of newly stored events (replays never reach it). `out` addresses this
+    /// contributor's kinds by their index in [`Self::kinds`].
+    fn extract<'a>(&self, events: &[&'a FingerprintEvent], out: &mut Extract<'_, 'a>);
+
+    /// Tables retention trims, its delta tables and any other it keeps (e.g. tied matches).
+    fn retention(&self) -> &'static [Retention];
+}
+
+/// Every contributor, in record section order: fingerprints (3 kinds), then identities (1).
+pub static CONTRIBUTORS: &[&dyn RollupContributor] = &[
+    &super::fingerprints::FingerprintRollups,
+    &super::identity::IdentityRollups,
+];
+
+/// Every kind of every contributor, in section order.
+pub fn all_kinds() -> impl Iterator<Item = &'static DeltaKind> {
+    CONTRIBUTORS.iter().flat_map(|c| c.kinds().iter())
+}
+
+/// Every retention rule of every contributor.
+pub fn all_retention() -> impl Iterator<Item = &'static Retention> {
+    CONTRIBUTORS.iter().flat_map(|c| c.retention().iter())
 }
 
 /// FxHash: a fast hasher for the small integer keys of [`BatchDeltas`] (interned string ids
@@ -168,8 +166,8 @@ impl Hasher for Fx {
             self.add(u64::from_le_bytes(w));
         }
     }
-    fn write_u32(&mut self, v: u32) {
-        self.add(u64::from(v));
+    fn write_i64(&mut self, v: i64) {
+        self.add(v as u64);
     }
     fn write_u64(&mut self, v: u64) {
         self.add(v);
@@ -181,184 +179,166 @@ impl Hasher for Fx {
 
 type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
 
+/// A key in a batch: string ids (as `i64`) or integers, unused columns 0.
+pub type RawKey = [i64; MAX_KEY];
+
 /// One ingest transaction's roll-up deltas, as the ingest path builds them: every string
 /// interned once (ids in first-seen order, the record's string table), keys as small integer
-/// tuples in hash maps. Unordered: the fold sorts when it merges.
+/// arrays in hash maps, one map per delta kind. Unordered: the fold sorts when it merges.
 #[derive(Debug, Default)]
 pub struct BatchDeltas<'a> {
     /// Borrowed from the events, or built for the record (an identity's `ip:port` destination).
     strings: Vec<Cow<'a, str>>,
     ids: HashMap<&'a str, u32>,
     owned_ids: HashMap<String, u32>,
-    fingerprints: FxMap<(u32, u32), Seen>,
-    dims: FxMap<[u32; 4], Seen>,
-    hourly: FxMap<(i64, u32, u32), i64>,
-    /// [SPIFFE ID, dim, dim value] → seen.
-    identities: FxMap<[u32; 3], Seen>,
+    sections: Vec<FxMap<RawKey, Seen>>,
 }
 
-impl<'a> BatchDeltas<'a> {
-    fn intern(&mut self, s: &'a str) -> u32 {
-        if let Some(&i) = self.ids.get(s) {
-            return i;
+/// A contributor's view of a [`BatchDeltas`]: its own kinds, and the shared string table.
+#[derive(Debug)]
+pub struct Extract<'b, 'a> {
+    batch: &'b mut BatchDeltas<'a>,
+    first: usize,
+}
+
+impl<'a> Extract<'_, 'a> {
+    /// The record's id of a string the events hold.
+    pub fn intern(&mut self, s: &'a str) -> i64 {
+        let b = &mut *self.batch;
+        if let Some(&i) = b.ids.get(s) {
+            return i64::from(i);
         }
-        let i = self.strings.len() as u32;
-        self.strings.push(Cow::Borrowed(s));
-        self.ids.insert(s, i);
-        i
+        let i = b.strings.len() as u32;
+        b.strings.push(Cow::Borrowed(s));
+        b.ids.insert(s, i);
+        i64::from(i)
     }
 
     /// [`Self::intern`] for a string the events do not hold.
-    fn intern_owned(&mut self, s: String) -> u32 {
-        if let Some(&i) = self.ids.get(s.as_str()).or_else(|| self.owned_ids.get(&s)) {
-            return i;
+    pub fn intern_owned(&mut self, s: String) -> i64 {
+        let b = &mut *self.batch;
+        if let Some(&i) = b.ids.get(s.as_str()).or_else(|| b.owned_ids.get(&s)) {
+            return i64::from(i);
         }
-        let i = self.strings.len() as u32;
-        self.strings.push(Cow::Owned(s.clone()));
-        self.owned_ids.insert(s, i);
-        i
+        let i = b.strings.len() as u32;
+        b.strings.push(Cow::Owned(s.clone()));
+        b.owned_ids.insert(s, i);
+        i64::from(i)
     }
 
-    /// Identity roll-ups of one event whose workload has a SPIFFE ID (interned as `id`): the
-    /// identity itself, its host and agent (`dims[0]`, `dims[1]`), and its destination.
-    fn add_identity(&mut self, e: &'a FingerprintEvent, id: u32, ts: i64, dims: &[(u32, u32)]) {
-        let [this, dest_dim] = [DIM_SELF, DIM_DESTINATION].map(|d| self.intern(d));
-        let dest = match &e.server_name {
-            Some(sni) => self.intern(sni),
-            None => self.intern_owned(
-                std::net::SocketAddr::new(e.flow.dst_ip, e.flow.dst_port).to_string(),
-            ),
-        };
-        for key in [
-            [id, this, this],
-            [id, dims[0].0, dims[0].1],
-            [id, dims[1].0, dims[1].1],
-            [id, dest_dim, dest],
-        ] {
-            self.identities
-                .entry(key)
-                .and_modify(|s| s.add(ts))
-                .or_insert_with(|| Seen::new(ts));
-        }
+    /// One event at `ts` for `key` of this contributor's kind `kind` ([`Measure::Seen`]).
+    pub fn seen(&mut self, kind: usize, key: RawKey, ts: i64) {
+        self.batch.sections[self.first + kind]
+            .entry(key)
+            .and_modify(|s| s.add(ts))
+            .or_insert_with(|| Seen::new(ts));
     }
 
-    /// Aggregates the given (newly stored) events. A fingerprint repeated inside one event
-    /// counts once.
+    /// Adds `n` to the count of `key` of kind `kind` ([`Measure::Count`]).
+    pub fn count(&mut self, kind: usize, key: RawKey, n: i64) {
+        self.batch.sections[self.first + kind]
+            .entry(key)
+            .or_insert(Seen {
+                first_us: 0,
+                last_us: 0,
+                count: 0,
+            })
+            .count += n;
+    }
+}
+
+impl<'a> BatchDeltas<'a> {
+    /// Aggregates the given (newly stored) events: every contributor adds its deltas.
     pub fn from_events(events: impl IntoIterator<Item = &'a FingerprintEvent>) -> Self {
-        let mut r = BatchDeltas::default();
-        let [host, agent, sni, identity] =
-            [DIM_HOST, DIM_AGENT, DIM_SERVER_NAME, DIM_IDENTITY].map(|d| r.intern(d));
-        let mut fps: Vec<(u32, u32)> = Vec::new();
-        let mut dims: Vec<(u32, u32)> = Vec::with_capacity(4);
-        // Batches come from one agent, mostly one host: skip the lookups when they repeat.
-        let mut last_host: Option<(&str, u32)> = None;
-        let mut last_agent: Option<(&str, u32)> = None;
-        for e in events {
-            let ts = to_us(e.timestamp);
-            let hour = ts.div_euclid(HOUR_US) * HOUR_US;
-            fps.clear();
-            for f in &e.fingerprints {
-                let m = r.intern(f.method.as_str());
-                fps.push((m, r.intern(&f.value)));
-            }
-            fps.sort_unstable();
-            fps.dedup();
-            dims.clear();
-            for (dim, v, last) in [
-                (host, e.host.as_str(), &mut last_host),
-                (agent, e.agent_id.as_str(), &mut last_agent),
-            ] {
-                let id = match *last {
-                    Some((s, id)) if s == v => id,
-                    _ => r.intern(v),
-                };
-                *last = Some((v, id));
-                dims.push((dim, id));
-            }
-            if let Some(v) = &e.server_name {
-                dims.push((sni, r.intern(v)));
-            }
-            if let Some(v) = &e.workload.spiffe_id {
-                let id = r.intern(v);
-                dims.push((identity, id));
-                r.add_identity(e, id, ts, &dims);
-            }
-            for &(m, v) in &fps {
-                r.fingerprints
-                    .entry((m, v))
-                    .and_modify(|s| s.add(ts))
-                    .or_insert_with(|| Seen::new(ts));
-                *r.hourly.entry((hour, m, v)).or_default() += 1;
-                for &(dim, dv) in &dims {
-                    r.dims
-                        .entry([dim, dv, m, v])
-                        .and_modify(|s| s.add(ts))
-                        .or_insert_with(|| Seen::new(ts));
-                }
-            }
+        let events: Vec<&'a FingerprintEvent> = events.into_iter().collect();
+        let mut r = BatchDeltas {
+            sections: all_kinds().map(|_| FxMap::default()).collect(),
+            ..BatchDeltas::default()
+        };
+        let mut first = 0;
+        for c in CONTRIBUTORS {
+            c.extract(
+                &events,
+                &mut Extract {
+                    batch: &mut r,
+                    first,
+                },
+            );
+            first += c.kinds().len();
         }
         r
     }
 
+    /// True when no event was new (nothing to record).
     pub fn is_empty(&self) -> bool {
-        self.fingerprints.is_empty()
+        self.sections.iter().all(HashMap::is_empty)
     }
 
-    /// The compact record stored in `rollup_pending`: the string table, then the three maps with
-    /// strings as table indexes, all integers as LEB128 varints (zigzag for signed values).
+    /// The compact record stored in `rollup_pending`: the string table, then each kind's entries
+    /// (keys: string ids as varints, integers zigzagged; then the measure), all integers as
+    /// LEB128 varints.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            8 + 16 * self.strings.len() + 24 * (self.dims.len() + self.fingerprints.len()),
-        );
+        let entries: usize = self.sections.iter().map(HashMap::len).sum();
+        let mut out = Vec::with_capacity(8 + 16 * self.strings.len() + 24 * entries);
         out.push(FORMAT_VERSION);
         put(&mut out, self.strings.len() as u64);
         for s in &self.strings {
             put(&mut out, s.len() as u64);
             out.extend_from_slice(s.as_bytes());
         }
-        put(&mut out, self.fingerprints.len() as u64);
-        for (&(m, v), s) in &self.fingerprints {
-            put(&mut out, u64::from(m));
-            put(&mut out, u64::from(v));
-            put_seen(&mut out, s);
-        }
-        put(&mut out, self.dims.len() as u64);
-        for (k, s) in &self.dims {
-            for &x in k {
-                put(&mut out, u64::from(x));
+        for (kind, section) in all_kinds().zip(&self.sections) {
+            put(&mut out, section.len() as u64);
+            for (key, s) in section {
+                for (&(_, part), &x) in kind.key.iter().zip(key) {
+                    put(
+                        &mut out,
+                        match part {
+                            Part::Str => x as u64,
+                            Part::Int => zigzag(x),
+                        },
+                    );
+                }
+                match kind.measure {
+                    Measure::Seen => put_seen(&mut out, s),
+                    Measure::Count => put(&mut out, zigzag(s.count)),
+                }
             }
-            put_seen(&mut out, s);
-        }
-        put(&mut out, self.hourly.len() as u64);
-        for (&(hour, m, v), n) in &self.hourly {
-            put(&mut out, zigzag(hour));
-            put(&mut out, u64::from(m));
-            put(&mut out, u64::from(v));
-            put(&mut out, zigzag(*n));
-        }
-        put(&mut out, self.identities.len() as u64);
-        for (k, s) in &self.identities {
-            for &x in k {
-                put(&mut out, u64::from(x));
-            }
-            put_seen(&mut out, s);
         }
         out
     }
 }
 
-/// Version 2 appends the identity roll-ups; version 1 records (pending across an upgrade)
-/// have none.
+/// The record format. Each version has a fixed number of sections ([`SECTIONS`]): version 1 had
+/// the three fingerprint kinds, version 2 appended the identity roll-ups. A new kind appends a
+/// section and bumps the version; older records decode with the later sections empty.
 const FORMAT_VERSION: u8 = 2;
+/// Sections per format version (index = version).
+const SECTIONS: [usize; 3] = [0, 3, 4];
+
+/// One key column's value after decoding: a string of the record, or an integer. Unused
+/// trailing columns are `None`. Ordered so merged keys sort as their columns do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyVal<'a> {
+    None,
+    Int(i64),
+    Str(&'a str),
+}
+
+impl<'a> KeyVal<'a> {
+    /// The string, for a [`Part::Str`] column.
+    pub fn str(&self) -> Option<&'a str> {
+        match *self {
+            KeyVal::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
 
 /// One stored delta record, decoded: strings once, keys as indexes into them.
 #[derive(Debug, Default)]
 pub struct Deltas {
     strings: Vec<String>,
-    fingerprints: Vec<(u32, u32, Seen)>,
-    dims: Vec<([u32; 4], Seen)>,
-    hourly: Vec<(i64, u32, u32, i64)>,
-    identities: Vec<([u32; 3], Seen)>,
+    sections: Vec<Vec<(RawKey, Seen)>>,
 }
 
 impl Deltas {
@@ -366,9 +346,10 @@ impl Deltas {
         let corrupt = || StoreError::Corrupt("undecodable roll-up delta record".into());
         let mut r = Reader { b, at: 0 };
         let version = r.byte().ok_or_else(corrupt)?;
-        if version != 1 && version != FORMAT_VERSION {
-            return Err(corrupt());
-        }
+        let sections = *SECTIONS
+            .get(usize::from(version))
+            .filter(|&&n| n > 0)
+            .ok_or_else(corrupt)?;
         let mut d = Deltas::default();
         let n = r.len()?;
         for _ in 0..n {
@@ -378,34 +359,78 @@ impl Deltas {
                 .push(String::from_utf8(bytes.to_vec()).map_err(|_| corrupt())?);
         }
         let ns = d.strings.len() as u64;
-        let ix = |r: &mut Reader<'_>| -> Result<u32, StoreError> {
-            let i = r.var().ok_or_else(corrupt)?;
-            if i < ns { Ok(i as u32) } else { Err(corrupt()) }
-        };
-        for _ in 0..r.len()? {
-            let (m, v) = (ix(&mut r)?, ix(&mut r)?);
-            d.fingerprints.push((m, v, r.seen()?));
-        }
-        for _ in 0..r.len()? {
-            let k = [ix(&mut r)?, ix(&mut r)?, ix(&mut r)?, ix(&mut r)?];
-            d.dims.push((k, r.seen()?));
-        }
-        for _ in 0..r.len()? {
-            let hour = unzigzag(r.var().ok_or_else(corrupt)?);
-            let (m, v) = (ix(&mut r)?, ix(&mut r)?);
-            let n = unzigzag(r.var().ok_or_else(corrupt)?);
-            d.hourly.push((hour, m, v, n));
-        }
-        if version >= 2 {
-            for _ in 0..r.len()? {
-                let k = [ix(&mut r)?, ix(&mut r)?, ix(&mut r)?];
-                d.identities.push((k, r.seen()?));
+        for kind in all_kinds().take(sections) {
+            let n = r.len()?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                let mut key = [0i64; MAX_KEY];
+                for (&(_, part), slot) in kind.key.iter().zip(&mut key) {
+                    let v = r.var().ok_or_else(corrupt)?;
+                    *slot = match part {
+                        Part::Str if v < ns => v as i64,
+                        Part::Str => return Err(corrupt()),
+                        Part::Int => unzigzag(v),
+                    };
+                }
+                let seen = match kind.measure {
+                    Measure::Seen => r.seen()?,
+                    Measure::Count => Seen {
+                        first_us: 0,
+                        last_us: 0,
+                        count: unzigzag(r.var().ok_or_else(corrupt)?),
+                    },
+                };
+                entries.push((key, seen));
             }
+            d.sections.push(entries);
         }
         if r.at != b.len() {
             return Err(corrupt());
         }
         Ok(d)
+    }
+}
+
+/// A merged key: its columns' values.
+pub type Key<'a> = [KeyVal<'a>; MAX_KEY];
+
+/// Roll-up deltas merged from many records, one sorted map per kind (in [`all_kinds`] order).
+/// Keys borrow from the decoded [`Deltas`], so folding allocates nothing per event.
+#[derive(Debug)]
+pub struct Rollups<'a> {
+    pub sections: Vec<BTreeMap<Key<'a>, Seen>>,
+}
+
+impl Default for Rollups<'_> {
+    fn default() -> Self {
+        Rollups {
+            sections: all_kinds().map(|_| BTreeMap::new()).collect(),
+        }
+    }
+}
+
+impl<'a> Rollups<'a> {
+    /// Adds decoded deltas (another batch's) to these.
+    pub fn merge(&mut self, d: &'a Deltas) {
+        for ((kind, entries), merged) in all_kinds().zip(&d.sections).zip(&mut self.sections) {
+            for (raw, seen) in entries {
+                let mut key = [KeyVal::None; MAX_KEY];
+                for ((&(_, part), &x), k) in kind.key.iter().zip(raw).zip(&mut key) {
+                    *k = match part {
+                        Part::Str => KeyVal::Str(d.strings[x as usize].as_str()),
+                        Part::Int => KeyVal::Int(x),
+                    };
+                }
+                merged
+                    .entry(key)
+                    .and_modify(|x| x.merge(*seen))
+                    .or_insert(*seen);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sections.iter().all(BTreeMap::is_empty)
     }
 }
 
@@ -482,74 +507,50 @@ impl<'b> Reader<'b> {
     }
 }
 
-/// The JA4 a/b/c parts of a value (first three `_`-separated sections).
-pub fn parts(value: &str) -> [Option<String>; 3] {
-    let mut it = value.split('_').map(str::to_owned);
-    [it.next(), it.next(), it.next()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hais_shared::event::{Fingerprint, Flow, Transport};
-    use hais_shared::fingerprint::Method;
 
-    fn ev(host: &str, fps: &[&str]) -> FingerprintEvent {
-        let mut e = FingerprintEvent::new(
-            "a1",
-            host,
-            Flow {
-                src_ip: "10.0.0.1".parse().unwrap(),
-                src_port: 1,
-                dst_ip: "10.0.0.2".parse().unwrap(),
-                dst_port: 443,
-                transport: Transport::Tcp,
+    #[test]
+    fn registry_matches_the_record_format() {
+        assert_eq!(SECTIONS[usize::from(FORMAT_VERSION)], all_kinds().count());
+        assert!(all_kinds().all(|k| !k.key.is_empty() && k.key.len() <= MAX_KEY));
+    }
+
+    /// A record written by the fixed-layout encoder (format 1: no identity section) still
+    /// decodes, with the identity section empty.
+    #[test]
+    fn decodes_format_1_records() {
+        // strings ["ja4", "v"], one fingerprint (0,1) seen at 5 once, no dims, one hourly row.
+        let mut b = vec![1u8];
+        put(&mut b, 2);
+        for s in ["ja4", "v"] {
+            put(&mut b, s.len() as u64);
+            b.extend_from_slice(s.as_bytes());
+        }
+        put(&mut b, 1);
+        put(&mut b, 0);
+        put(&mut b, 1);
+        put_seen(
+            &mut b,
+            &Seen {
+                first_us: 5,
+                last_us: 5,
+                count: 1,
             },
         );
-        e.fingerprints = fps
-            .iter()
-            .map(|v| Fingerprint {
-                method: Method::Ja4,
-                value: v.to_string(),
-            })
-            .collect();
-        e
-    }
-
-    #[test]
-    fn folds_counts_and_dims() {
-        let a = ev("h1", &["x_y_z", "x_y_z"]);
-        let b = ev("h2", &["x_y_z"]);
-        let r = Rollups::from_events([&a, &b]);
-        let s = r.fingerprints[&("ja4", "x_y_z")];
-        assert_eq!(s.count, 2, "a repeated fingerprint counts once per event");
-        assert_eq!(r.dims.len(), 3, "two hosts and one agent");
-        assert_eq!(r.hourly.values().sum::<i64>(), 2);
-    }
-
-    #[test]
-    fn deltas_round_trip_and_merge() {
-        let mut a = ev("h1", &["x_y_z", "p_q_r"]);
-        a.server_name = Some("s\u{e9}rver.example".into());
-        a.timestamp -= time::Duration::days(20_000); // before 1970: negative µs
-        let b = ev("h2", &["x_y_z"]);
-        let one = BatchDeltas::from_events([&a]);
-        let two = BatchDeltas::from_events([&b, &b]);
-        let (d1, d2) = (
-            Deltas::decode(&one.encode()).unwrap(),
-            Deltas::decode(&two.encode()).unwrap(),
-        );
-        let mut merged = Rollups::default();
-        merged.merge(&d1);
-        merged.merge(&d2);
-        let direct = Rollups::from_events([&a, &b, &b]);
-        assert_eq!(merged.fingerprints, direct.fingerprints);
-        assert_eq!(merged.dims, direct.dims);
-        assert_eq!(merged.hourly, direct.hourly);
-        let bytes = one.encode();
-        for cut in 0..bytes.len() {
-            assert!(Deltas::decode(&bytes[..cut]).is_err(), "truncated at {cut}");
-        }
-        assert!(Deltas::decode(&[]).is_err());
+        put(&mut b, 0);
+        put(&mut b, 1);
+        put(&mut b, zigzag(0));
+        put(&mut b, 0);
+        put(&mut b, 1);
+        put(&mut b, zigzag(1));
+        let d = Deltas::decode(&b).unwrap();
+        let mut r = Rollups::default();
+        r.merge(&d);
+        assert_eq!(r.sections[0].len(), 1);
+        assert_eq!(r.sections[2].len(), 1);
+        assert!(r.sections[3].is_empty());
+        assert!(Deltas::decode(&[3]).is_err(), "unknown version");
     }
 }

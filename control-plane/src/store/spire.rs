@@ -515,11 +515,11 @@ macro_rules! impl_spire_store {
 
 impl_spire_store!(
     super::sqlite::SqliteStore,
-    write = |s| s.spire_writer(),
-    read = |s| s.spire_reader()
+    write = |s| s.writer(),
+    read = |s| s.reader()
 );
 impl_spire_store!(
     super::postgres::PgStore,
-    write = |s| s.pool(),
-    read = |s| s.pool()
+    write = |s| s.writer(),
+    read = |s| s.reader()
 );

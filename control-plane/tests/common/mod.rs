@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // reason: each test binary uses a different subset of the helpers.
 
+pub mod cluster;
 pub mod quic;
 
 use std::path::PathBuf;
@@ -56,6 +57,16 @@ macro_rules! backend_tests {
 pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+/// A TCP port nothing listens on now on loopback (the kernel's pick, so tests running side by
+/// side get different ones).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn pg_url() -> String {

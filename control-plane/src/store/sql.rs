@@ -1,0 +1,344 @@
+//! Bulk row writes with one SQL text for both backends.
+//!
+//! A bulk insert or upsert is written once: `INSERT INTO t (columns) <rows> <tail>`, where the
+//! tail (`ON CONFLICT …`) is the same SQL in SQLite and PostgreSQL. Only the row source differs,
+//! because the engines really do: SQLite has no arrays, so rows are a multi-row `VALUES` list,
+//! chunked below its bound-parameter limit; PostgreSQL takes one array per column and
+//! `SELECT * FROM UNNEST(…)`, one statement whatever the row count (a fold can upsert hundreds of
+//! thousands of rows; 500-row statements would cost a round trip each). [`Dialect`] is that
+//! difference and nothing else.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use hais_shared::event::FingerprintEvent;
+use sqlx::{Database, Postgres, QueryBuilder, Row as _, Sqlite};
+use uuid::Uuid;
+
+use super::rollup::{DeltaKind, Key, Measure, Part, Rollups, Seen, all_kinds};
+use super::{StoreError, to_us};
+
+/// One column of rows to write.
+#[derive(Debug)]
+pub(crate) enum Column<'a> {
+    Text(Vec<Option<&'a str>>),
+    /// Text built for the write (addresses, JSON).
+    Owned(Vec<Option<String>>),
+    Int(Vec<i64>),
+    Uuid(Vec<Uuid>),
+}
+
+impl Column<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Column::Text(v) => v.len(),
+            Column::Owned(v) => v.len(),
+            Column::Int(v) => v.len(),
+            Column::Uuid(v) => v.len(),
+        }
+    }
+}
+
+/// How a backend takes many rows in one statement; see the module documentation.
+pub(crate) trait Dialect: Database {
+    /// Rows one statement carries at most.
+    const ROWS_PER_STATEMENT: usize;
+
+    /// Appends `rows` of `cols` as the statement's row source.
+    fn push_rows(qb: &mut QueryBuilder<Self>, cols: &[Column<'_>], rows: Range<usize>);
+
+    /// Runs the statement, returning what it returns.
+    fn run(
+        qb: QueryBuilder<Self>,
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send + '_;
+
+    /// The UUID in the first column of a returned row.
+    fn uuid_at(row: &Self::Row) -> Result<Uuid, sqlx::Error>;
+}
+
+/// The [`Dialect`] items whose text is the same for both backends but which need the concrete
+/// type (generic code would have to restate sqlx's executor bounds everywhere).
+macro_rules! same_in_both {
+    () => {
+        async fn run(
+            mut qb: QueryBuilder<Self>,
+            conn: &mut Self::Connection,
+        ) -> Result<Vec<Self::Row>, sqlx::Error> {
+            qb.build().fetch_all(conn).await
+        }
+
+        fn uuid_at(row: &Self::Row) -> Result<Uuid, sqlx::Error> {
+            row.try_get(0)
+        }
+    };
+}
+
+impl Dialect for Sqlite {
+    /// 13 columns × 500 rows stays far below SQLite's 32,766 bound parameters per statement.
+    const ROWS_PER_STATEMENT: usize = 500;
+
+    fn push_rows(qb: &mut QueryBuilder<Self>, cols: &[Column<'_>], rows: Range<usize>) {
+        qb.push_values(rows, |mut b, i| {
+            for c in cols {
+                match c {
+                    Column::Text(v) => b.push_bind(v[i]),
+                    Column::Owned(v) => b.push_bind(v[i].clone()),
+                    Column::Int(v) => b.push_bind(v[i]),
+                    Column::Uuid(v) => b.push_bind(v[i]),
+                };
+            }
+        });
+    }
+
+    same_in_both!();
+}
+
+impl Dialect for Postgres {
+    const ROWS_PER_STATEMENT: usize = usize::MAX;
+
+    fn push_rows(qb: &mut QueryBuilder<Self>, cols: &[Column<'_>], rows: Range<usize>) {
+        qb.push("SELECT * FROM UNNEST(");
+        for (n, c) in cols.iter().enumerate() {
+            if n > 0 {
+                qb.push(", ");
+            }
+            let r = rows.clone();
+            match c {
+                Column::Text(v) => qb.push_bind(&v[r]).push("::text[]"),
+                Column::Owned(v) => qb.push_bind(&v[r]).push("::text[]"),
+                Column::Int(v) => qb.push_bind(&v[r]).push("::int8[]"),
+                Column::Uuid(v) => qb.push_bind(&v[r]).push("::uuid[]"),
+            };
+        }
+        qb.push(")");
+    }
+
+    same_in_both!();
+}
+
+/// `INSERT INTO table (names) <rows> tail` for every row of `cols`, in as few statements as the
+/// backend allows; returns the rows the statements return (`tail` may say `RETURNING`).
+pub(crate) async fn insert_rows<DB: Dialect>(
+    conn: &mut DB::Connection,
+    table: &str,
+    names: &[&str],
+    cols: &[Column<'_>],
+    tail: &str,
+) -> Result<Vec<DB::Row>, StoreError> {
+    let n = cols.first().map_or(0, Column::len);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < n {
+        let end = n.min(at.saturating_add(DB::ROWS_PER_STATEMENT));
+        let mut qb = QueryBuilder::<DB>::default();
+        qb.push(format!("INSERT INTO {table} ({}) ", names.join(", ")));
+        DB::push_rows(&mut qb, cols, at..end);
+        qb.push(tail);
+        out.extend(DB::run(qb, conn).await?);
+        at = end;
+    }
+    Ok(out)
+}
+
+/// The `ON CONFLICT` clause merging a row into an existing one: first/last seen as min/max
+/// (`CASE`, because SQLite says `min`/`max` where PostgreSQL says `LEAST`/`GREATEST`), counts
+/// added.
+fn merge_tail(table: &str, keys: &[&str], measure: Measure) -> String {
+    let count = format!("count = {table}.count + excluded.count");
+    let set = match measure {
+        Measure::Count => count,
+        Measure::Seen => format!(
+            "first_seen_us = CASE WHEN excluded.first_seen_us < {table}.first_seen_us \
+             THEN excluded.first_seen_us ELSE {table}.first_seen_us END, \
+             last_seen_us = CASE WHEN excluded.last_seen_us > {table}.last_seen_us \
+             THEN excluded.last_seen_us ELSE {table}.last_seen_us END, {count}"
+        ),
+    };
+    format!(" ON CONFLICT ({}) DO UPDATE SET {set}", keys.join(", "))
+}
+
+/// Measure columns of a kind, in the order [`measure_columns`] fills them.
+fn measure_names(m: Measure) -> &'static [&'static str] {
+    match m {
+        Measure::Seen => &["first_seen_us", "last_seen_us", "count"],
+        Measure::Count => &["count"],
+    }
+}
+
+fn measure_columns<'a>(m: Measure, seen: impl Iterator<Item = Seen>) -> Vec<Column<'a>> {
+    let (mut first, mut last, mut count) = (Vec::new(), Vec::new(), Vec::new());
+    for s in seen {
+        first.push(s.first_us);
+        last.push(s.last_us);
+        count.push(s.count);
+    }
+    match m {
+        Measure::Seen => vec![Column::Int(first), Column::Int(last), Column::Int(count)],
+        Measure::Count => vec![Column::Int(count)],
+    }
+}
+
+/// Upserts one kind's merged deltas into its table.
+async fn write_kind<DB: Dialect>(
+    conn: &mut DB::Connection,
+    kind: &DeltaKind,
+    rows: &BTreeMap<Key<'_>, Seen>,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut cols: Vec<Column<'_>> = kind
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, part))| match part {
+            Part::Str => Column::Text(rows.keys().map(|k| k[i].str()).collect()),
+            Part::Int => Column::Int(
+                rows.keys()
+                    .map(|k| match k[i] {
+                        super::rollup::KeyVal::Int(x) => x,
+                        _ => 0,
+                    })
+                    .collect(),
+            ),
+        })
+        .collect();
+    let mut names: Vec<&str> = kind.key.iter().map(|(c, _)| *c).collect();
+    let keys = names.clone();
+    if let Some(d) = &kind.derived {
+        let values: Vec<Vec<Option<&str>>> = rows.keys().map(|k| (d.values)(k)).collect();
+        for (i, name) in d.columns.iter().enumerate() {
+            names.push(name);
+            cols.push(Column::Text(
+                values.iter().map(|v| v.get(i).copied().flatten()).collect(),
+            ));
+        }
+    }
+    names.extend(measure_names(kind.measure));
+    cols.extend(measure_columns(kind.measure, rows.values().copied()));
+    let tail = merge_tail(kind.table, &keys, kind.measure);
+    insert_rows::<DB>(conn, kind.table, &names, &cols, &tail).await?;
+    Ok(())
+}
+
+/// Upserts every contributor's merged deltas, inside the fold transaction.
+pub(crate) async fn write_rollups<DB: Dialect>(
+    conn: &mut DB::Connection,
+    r: &Rollups<'_>,
+) -> Result<(), StoreError> {
+    for (kind, rows) in all_kinds().zip(&r.sections) {
+        write_kind::<DB>(conn, kind, rows).await?;
+    }
+    Ok(())
+}
+
+/// Upserts `(key…, first, last, count)` rows into `table` (tables written outside the fold,
+/// e.g. the identity service's tied matches). Keys must be distinct.
+pub(crate) async fn upsert_seen<DB: Dialect, const K: usize>(
+    conn: &mut DB::Connection,
+    table: &'static str,
+    keys: [&'static str; K],
+    rows: &[([&str; K], Seen)],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut cols: Vec<Column<'_>> = (0..K)
+        .map(|i| Column::Text(rows.iter().map(|(k, _)| Some(k[i])).collect()))
+        .collect();
+    cols.extend(measure_columns(Measure::Seen, rows.iter().map(|(_, s)| *s)));
+    let mut names = keys.to_vec();
+    names.extend(measure_names(Measure::Seen));
+    let tail = merge_tail(table, &keys, Measure::Seen);
+    insert_rows::<DB>(conn, table, &names, &cols, &tail).await?;
+    Ok(())
+}
+
+/// Columns of `events`, in the order [`event_columns`] and the PostgreSQL COPY write them.
+pub(crate) const EVENT_COLUMNS: [&str; 13] = [
+    "id",
+    "ts_us",
+    "agent_id",
+    "host",
+    "src_ip",
+    "src_port",
+    "dst_ip",
+    "dst_port",
+    "transport",
+    "server_name",
+    "fingerprints",
+    "workload",
+    "received_us",
+];
+
+fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The events as [`EVENT_COLUMNS`] columns.
+fn event_columns<'a>(
+    events: &[&'a FingerprintEvent],
+    received: i64,
+) -> Result<Vec<Column<'a>>, StoreError> {
+    let text = |f: fn(&'a FingerprintEvent) -> Option<&'a str>| {
+        Column::Text(events.iter().map(|e| f(e)).collect())
+    };
+    let int = |f: fn(&FingerprintEvent) -> i64| Column::Int(events.iter().map(|e| f(e)).collect());
+    let shown = |f: fn(&FingerprintEvent) -> String| {
+        Column::Owned(events.iter().map(|e| Some(f(e))).collect())
+    };
+    Ok(vec![
+        Column::Uuid(events.iter().map(|e| e.id).collect()),
+        int(|e| to_us(e.timestamp)),
+        text(|e| Some(&e.agent_id)),
+        text(|e| Some(&e.host)),
+        shown(|e| e.flow.src_ip.to_string()),
+        int(|e| i64::from(e.flow.src_port)),
+        shown(|e| e.flow.dst_ip.to_string()),
+        int(|e| i64::from(e.flow.dst_port)),
+        text(|e| Some(e.flow.transport.as_str())),
+        text(|e| e.server_name.as_deref()),
+        Column::Owned(
+            events
+                .iter()
+                .map(|e| json(&e.fingerprints).map(Some))
+                .collect::<Result<_, _>>()?,
+        ),
+        Column::Owned(
+            events
+                .iter()
+                .map(|e| {
+                    (!e.workload.is_empty())
+                        .then(|| json(&e.workload))
+                        .transpose()
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        Column::Int(vec![received; events.len()]),
+    ])
+}
+
+/// Inserts the events whose id is not stored yet; says, per event, whether it was new. An id
+/// repeated inside `events` counts as new once.
+pub(crate) async fn insert_events<DB: Dialect>(
+    conn: &mut DB::Connection,
+    events: &[&FingerprintEvent],
+    received: i64,
+) -> Result<Vec<bool>, StoreError> {
+    let cols = event_columns(events, received)?;
+    let rows = insert_rows::<DB>(
+        conn,
+        "events",
+        &EVENT_COLUMNS,
+        &cols,
+        " ON CONFLICT (id) DO NOTHING RETURNING id",
+    )
+    .await?;
+    let mut new_ids = rows
+        .iter()
+        .map(DB::uuid_at)
+        .collect::<Result<std::collections::HashSet<Uuid>, _>>()?;
+    // `remove` makes an id repeated inside the batch count as new only once.
+    Ok(events.iter().map(|e| new_ids.remove(&e.id)).collect())
+}
