@@ -5,7 +5,8 @@
 //! Where things live:
 //! * [`config`]: configuration keys, their `HAIS_*` variables and defaults.
 //! * [`app`]: start-up, background tasks and graceful shutdown.
-//! * [`gateway`]: the router of a process, input extractors, the split-mode proxy.
+//! * [`http`]: the API's error shape and input extractors (below services and gateway).
+//! * [`gateway`]: the router of a process, the split-mode proxy.
 //! * [`store`]: the storage interface and its SQLite and PostgreSQL implementations.
 //! * [`bus`]: the event bus, in-process or Redis.
 //! * [`auth`]: users, roles, JWTs, service tokens.
@@ -17,8 +18,8 @@ pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod config;
-pub mod error;
 pub mod gateway;
+pub mod http;
 pub mod openapi;
 pub mod ops;
 pub mod secure_fs;

@@ -5,6 +5,7 @@
 //! a metrics framework out of the dependency tree.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -12,11 +13,12 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json};
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::service::ServiceName;
+use crate::services::Hosted;
 use crate::state::AppState;
 
 /// Upper bounds (seconds) of the request-duration histogram buckets.
@@ -323,11 +325,13 @@ pub struct Dependency {
     pub error: Option<String>,
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+/// The routes with their OpenAPI paths. `/metrics` needs the services this process hosts (an
+/// `Extension`, added by the gateway's router).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
 }
 
 /// Liveness: answers as long as the process serves HTTP.
@@ -378,47 +382,23 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(
+    State(state): State<AppState>,
+    Extension(hosted): Extension<Arc<[Hosted]>>,
+) -> Response {
     let mut text = state.metrics.render(
         state.service.as_str(),
         state.store.backend(),
         state.bus.backend(),
     );
-    // The roll-up stage's backlog (see `store::fold`): at sustained high ingest the fold can
-    // trail, and this is where an operator sees it. Reported by the services that own the
-    // roll-ups; a store too slow to answer leaves the lines out rather than delay the scrape.
-    if matches!(state.service, ServiceName::All | ServiceName::Ja4)
-        && let Ok(Ok(b)) =
-            tokio::time::timeout(Duration::from_secs(1), state.store.pending_rollups()).await
-    {
-        let _ = writeln!(
-            text,
-            "# HELP hais_rollup_backlog_events Stored events whose roll-up deltas are not folded into the roll-up tables yet.
-             # TYPE hais_rollup_backlog_events gauge
-hais_rollup_backlog_events {}
-             # HELP hais_rollup_backlog_records Roll-up delta records (one per ingest transaction) waiting to be folded.
-             # TYPE hais_rollup_backlog_records gauge
-hais_rollup_backlog_records {}",
-            b.events, b.groups
-        );
-    }
     let _ = writeln!(
         text,
         "# HELP hais_login_busy_total Logins and password changes refused (503) because every hashing slot and queue place was taken.\n\
          # TYPE hais_login_busy_total counter\nhais_login_busy_total {}",
         state.passwords.busy_total()
     );
-    if let Some(ext) = state.spire.as_ref().and_then(|s| s.external.as_ref()) {
-        let st = ext.status();
-        let _ = writeln!(
-            text,
-            "# HELP hais_spire_external_healthy The external SPIRE server's health endpoint: 1 healthy, 0 not, -1 not checked.\n\
-             # TYPE hais_spire_external_healthy gauge\nhais_spire_external_healthy {}\n\
-             # HELP hais_spire_external_bundle_loaded_seconds When the external SPIRE bundle was last loaded (Unix time; 0 never).\n\
-             # TYPE hais_spire_external_bundle_loaded_seconds gauge\nhais_spire_external_bundle_loaded_seconds {}",
-            ext.health_gauge(),
-            st.bundle_loaded_us.unwrap_or(0) / 1_000_000
-        );
+    for h in hosted.iter() {
+        h.service.metrics(&state, &mut text).await;
     }
     (
         [(
