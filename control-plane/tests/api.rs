@@ -961,7 +961,7 @@ async fn ops_endpoints(backend: Backend) {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(backlog(&text), 0, "{text}");
     // The router and the OpenAPI document agree, path by path (taken from the document).
-    assert!(common::assert_router_serves_document(&t, "/").await > 40);
+    assert!(common::assert_router_serves_document(&t, "/").await > 30);
     // Every service reports its status; placeholders say so.
     for svc in [
         "ja4",
