@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::auth::{self, AuthError, AuthKeys};
 use crate::bus::{self, BusError};
 use crate::config::Config;
-use crate::ops::Metrics;
+use crate::metrics::Metrics;
 use crate::server::{self, Server, tls::ReloadingCert};
 use crate::service::ServiceName;
 use crate::services;

@@ -12,7 +12,8 @@
 //! * [`auth`]: users, roles, JWTs, service tokens.
 //! * [`services`]: the JA4 service and the (placeholder) others.
 //! * [`server`]: the HTTP(S) serving loop: connection cap, timeouts, TLS, redirect.
-//! * [`ops`]: health, readiness, metrics. [`openapi`]: the API document.
+//! * [`metrics`]: the process's counters. [`ops`]: health, readiness, `/metrics`.
+//!   [`openapi`]: the API document.
 
 pub mod app;
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod bus;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod secure_fs;

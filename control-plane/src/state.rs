@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use crate::auth::AuthKeys;
 use crate::bus::{Bus, BusMessage};
 use crate::config::Config;
-use crate::ops::Metrics;
+use crate::metrics::Metrics;
 use crate::service::ServiceName;
 use crate::store::Store;
 
