@@ -273,16 +273,16 @@ pub async fn start(
     Ok((hosted, host.tasks))
 }
 
-/// The routes of one service: the status endpoint every service has, then its own. `hosted`
-/// carries the bus counters when this process runs the service; without it the routes serve
-/// only to document the service.
+/// The routes of one service: the status endpoint every service has, then its own. `stats` (the
+/// service's bus counters) is given when this process runs the service; without it the routes
+/// serve only to document the service.
 pub fn routes_of(
     service: &dyn Service,
     stats: Option<Arc<ServiceStats>>,
 ) -> OpenApiRouter<AppState> {
     let name = service.name();
     let mut status_route = OpenApiRouter::new().routes(routes!(status));
-    // Seven services share one handler: give each operation its own id, as OpenAPI requires.
+    // Every service shares one handler: give each operation its own id, as OpenAPI requires.
     for item in status_route.get_openapi_mut().paths.paths.values_mut() {
         if let Some(op) = item.get.as_mut() {
             op.operation_id = Some(format!("{name}_status"));
