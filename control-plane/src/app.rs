@@ -5,7 +5,6 @@
 //! so in-flight ingest transactions) finish, within `shutdown_grace_secs`; then stop background
 //! tasks; then close the store, which waits for queries still running.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +18,11 @@ use tokio::task::JoinHandle;
 use crate::auth::{self, AuthError, AuthKeys};
 use crate::bus::{self, BusError};
 use crate::config::Config;
-use crate::ops::Metrics;
+use crate::metrics::Metrics;
 use crate::server::{self, Server, tls::ReloadingCert};
 use crate::service::ServiceName;
 use crate::services;
-use crate::state::{AppState, Inner, ServiceStats};
+use crate::state::{AppState, Inner};
 use crate::store::{self, StoreError};
 
 /// Why the process could not start or serve.
@@ -38,10 +37,8 @@ pub enum StartError {
     Auth(#[from] AuthError),
     #[error("serving HTTP failed: {0}")]
     Io(#[from] std::io::Error),
-    #[error("loading the SPIFFE CA failed: {0}")]
-    Spire(#[from] services::spire::SpireError),
-    #[error("starting the agent uplink failed: {0}")]
-    Uplink(#[from] services::ja4::uplink::UplinkError),
+    #[error("starting the {} service failed: {}", .0.service, .0)]
+    Service(#[from] services::StartFailed),
     #[error("loading the TLS certificate failed: {0}")]
     Tls(#[from] crate::server::tls::TlsError),
 }
@@ -133,26 +130,6 @@ impl App {
             ..Default::default()
         });
         let trusted_proxies = config.auth.proxies();
-        let stats: BTreeMap<ServiceName, Arc<ServiceStats>> = ServiceName::BACKENDS
-            .into_iter()
-            .filter(|s| config.service.runs(*s))
-            .map(|s| (s, Arc::new(ServiceStats::default())))
-            .collect();
-        let spire =
-            if config.service.runs(ServiceName::Spire) || config.service.runs(ServiceName::Ja4) {
-                Some(Arc::new(
-                    services::spire::Spire::load(&*store, &config.spire).await?,
-                ))
-            } else {
-                None
-            };
-        let identity = Arc::new(
-            if config.service.runs(ServiceName::Identity) || config.service.runs(ServiceName::Ja4) {
-                services::identity::Identity::load(&*store).await?
-            } else {
-                services::identity::Identity::default()
-            },
-        );
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build_http();
@@ -171,24 +148,12 @@ impl App {
             throttle,
             liveness: auth::live::Liveness::default(),
             trusted_proxies,
-            stats,
             http,
-            spire,
-            identity,
         });
-        let mut tasks = vec![state.wakeups.listen(&state.bus, shutdown_rx.clone())];
-        tasks.extend(services::start(&state, shutdown_rx.clone()).await);
-        if state.service.runs(ServiceName::Ja4) && state.config.retention_days > 0 {
-            tasks.push(spawn_retention(state.clone(), shutdown_rx.clone()));
-        }
-        let mut uplink_addr = None;
-        if state.service.runs(ServiceName::Ja4)
-            && let Some(bind) = state.config.ja4.uplink_bind
-        {
-            let uplink = services::ja4::uplink::start(state.clone(), bind, shutdown_rx.clone())?;
-            uplink_addr = Some(uplink.local_addr);
-            tasks.push(uplink.task);
-        }
+        let wake = state.wakeups.listen(&state.bus, shutdown_rx.clone());
+        let (hosted, mut tasks) = services::start(&state, shutdown_rx.clone()).await?;
+        tasks.push(wake);
+        let uplink_addr = hosted.iter().find_map(|h| h.service.udp_addr());
         let tls = match tls_cert {
             Some(cert) => {
                 let config = server::tls::server_config(cert.clone())?;
@@ -199,7 +164,7 @@ impl App {
             }
             None => None,
         };
-        let router = crate::gateway::router(state.clone());
+        let router = crate::gateway::router(state.clone(), hosted);
         Ok(App {
             state,
             router,
@@ -297,24 +262,4 @@ impl App {
         let _ = self.state.store.close().await;
         tracing::info!("stopped");
     }
-}
-
-/// Runs retention every `retention_interval_secs` (first pass one minute after start, so a
-/// restart loop cannot turn into a deletion loop).
-fn spawn_retention(state: AppState, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let every = Duration::from_secs(state.config.retention_interval_secs.max(60));
-        let age = Duration::from_secs(u64::from(state.config.retention_days) * 86_400);
-        let mut wait = Duration::from_secs(60);
-        loop {
-            tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            if let Err(e) = services::ja4::run_retention(&state, age).await {
-                tracing::error!(error = %e, "retention pass failed");
-            }
-            wait = every;
-        }
-    })
 }

@@ -1,33 +1,28 @@
 //! `/api/bus/*`: the durable bus's consumer groups and dead letters, for operators. Served by
 //! the gateway from the shared store, so it sees every replica of every service.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Caller, allow};
 use crate::bus::BusMessage;
 use crate::bus::durable::{Appended, replay_topic};
-use crate::error::{ApiError, ErrorBody};
-use crate::gateway::{ApiPath, ApiQuery};
+use crate::http::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use crate::state::AppState;
 use crate::store::bus::{DeadLetter, GroupPosition};
 use crate::store::now_us;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/bus/consumers", get(consumers))
-        .route("/api/bus/dead-letters", get(list_dead_letters))
-        .route(
-            "/api/bus/dead-letters/{id}",
-            get(get_dead_letter).delete(discard_dead_letter),
-        )
-        .route(
-            "/api/bus/dead-letters/{id}/replay",
-            post(replay_dead_letter),
-        )
+/// The routes with their OpenAPI paths (mounted by the gateway).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(consumers))
+        .routes(routes!(list_dead_letters))
+        .routes(routes!(get_dead_letter, discard_dead_letter))
+        .routes(routes!(replay_dead_letter))
 }
 
 /// Every consumer group: what it handled, how far behind it is, its replicas, its dead letters.

@@ -691,7 +691,7 @@ impl Default for Ja4Config {
         Ja4Config {
             uplink_bind: Some(SocketAddr::from((
                 [0, 0, 0, 0],
-                ServiceName::Ja4.seed_port(),
+                crate::services::ja4::SEED_PORT,
             ))),
             uplink_max_connections: 10_000,
             enroll_max_connections: 64,
@@ -952,7 +952,7 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        for svc in ServiceName::SPLIT {
+        for svc in ServiceName::split() {
             let var = format!("HAIS_UPSTREAM_{}", svc.as_str().to_ascii_uppercase());
             if let Some(v) = env(&var) {
                 upstreams.insert(svc.as_str().to_owned(), toml::Value::String(v));
@@ -1296,12 +1296,15 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(c.service, ServiceName::Ja4);
+        assert_eq!(c.service, ServiceName::Service("ja4"));
         assert_eq!(c.listen_addr().port(), 3001);
         assert_eq!(c.retention_days, 9);
-        assert_eq!(c.upstream(ServiceName::Ja4), "http://a:1");
-        assert_eq!(c.upstream(ServiceName::Alert), "http://b:2");
-        assert_eq!(c.upstream(ServiceName::Threat), "http://127.0.0.1:3007");
+        assert_eq!(c.upstream(ServiceName::Service("ja4")), "http://a:1");
+        assert_eq!(c.upstream(ServiceName::Service("alert")), "http://b:2");
+        assert_eq!(
+            c.upstream(ServiceName::Service("threat")),
+            "http://127.0.0.1:3007"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -5,21 +5,24 @@
 //! Where things live:
 //! * [`config`]: configuration keys, their `HAIS_*` variables and defaults.
 //! * [`app`]: start-up, background tasks and graceful shutdown.
-//! * [`gateway`]: the router of a process, input extractors, the split-mode proxy.
+//! * [`http`]: the API's error shape and input extractors (below services and gateway).
+//! * [`gateway`]: the router of a process, the split-mode proxy.
 //! * [`store`]: the storage interface and its SQLite and PostgreSQL implementations.
 //! * [`bus`]: the event bus, in-process or Redis.
 //! * [`auth`]: users, roles, JWTs, service tokens.
 //! * [`services`]: the JA4 service and the (placeholder) others.
 //! * [`server`]: the HTTP(S) serving loop: connection cap, timeouts, TLS, redirect.
-//! * [`ops`]: health, readiness, metrics. [`openapi`]: the API document.
+//! * [`metrics`]: the process's counters. [`ops`]: health, readiness, `/metrics`.
+//!   [`openapi`]: the API document.
 
 pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod bus_routes;
 pub mod config;
-pub mod error;
 pub mod gateway;
+pub mod http;
+pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod secure_fs;

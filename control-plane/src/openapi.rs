@@ -2,17 +2,16 @@
 //! it changes when the code does. Served at `GET /api/openapi.json` (no authentication: it
 //! describes the API, it holds no data).
 
+use std::sync::LazyLock;
+
 use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::tag::TagBuilder;
 use utoipa::{Modify, OpenApi};
 
-use crate::auth::routes as auth;
-use crate::bus_routes as bus;
-use crate::services::identity::routes as identity;
-use crate::services::ja4;
-use crate::services::spire::routes as spire;
-use crate::{gateway, ops, services, store};
+use crate::{gateway, services};
 
+/// What the document says of itself; its paths and their schemas come from the routers.
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
@@ -20,58 +19,35 @@ use crate::{gateway, ops, services, store};
         description = "Machine-identity security: JA4+ fingerprint ingest and search, agent enrollment and fleet, auth, service status. \
                        Errors are always `{\"error\": {\"code\", \"message\"}}`."
     ),
-    paths(
-        ops::health, ops::ready, ops::metrics,
-        auth::login, auth::refresh, auth::logout, auth::me, auth::change_password,
-        auth::create_user, auth::list_users, auth::get_user, auth::update_user, auth::delete_user,
-        auth::set_password, auth::service_token, auth::list_service_tokens,
-        auth::revoke_service_token,
-        gateway::services_status,
-        services::status,
-        bus::consumers, bus::list_dead_letters, bus::get_dead_letter, bus::replay_dead_letter,
-        bus::discard_dead_letter,
-        ja4::ingest, ja4::search, ja4::detail, ja4::add_label, ja4::remove_label, ja4::top, ja4::retention,
-        spire::create_token, spire::list_agents, spire::get_agent, spire::revoke_agent,
-        spire::bundle, spire::external_status,
-        identity::create_entry, identity::import_entries, identity::list_entries,
-        identity::get_entry, identity::update_entry, identity::delete_entry,
-        identity::list_identities,
-        identity::get_identity,
-    ),
-    components(schemas(
-        crate::error::ErrorBody, crate::error::ErrorDetail,
-        bus::DeadLetterPage, bus::DeadLetterView, store::bus::DeadLetter,
-        store::bus::GroupPosition, crate::bus::durable::ConsumerStatus,
-        auth::UserView, auth::UserPage, auth::UserRole, auth::UpdateUserRequest,
-        auth::SetPasswordRequest, auth::ChangePasswordRequest, auth::LogoutRequest,
-        auth::ServiceTokenPage, store::accounts::ServiceTokenRecord,
-        store::FingerprintSummary, store::FingerprintDetail, store::DimList, store::DimEntry,
-        store::TopEntry, store::RetentionOutcome, store::Page<store::FingerprintSummary>,
-        store::spire::AgentRecord, store::spire::HeartbeatRecord,
-        crate::services::spire::AgentView, crate::services::spire::AgentStatus,
-        crate::services::spire::external::ExternalStatus,
-        crate::services::spire::external::AuthorityView,
-        crate::services::spire::external::HealthView,
-        store::Page<crate::services::spire::AgentView>,
-        identity::CreateEntryRequest, identity::ImportResponse, identity::SkippedEntry,
-        identity::IdentityView, store::identity::EntryRecord, store::identity::IdentitySummary,
-        store::identity::IdentityDetail, store::identity::IdentityFingerprint,
-        store::identity::MethodCount, store::Page<store::identity::EntryRecord>,
-        store::Page<store::identity::IdentitySummary>,
-    )),
-    modifiers(&BearerAuth, &TruthfulErrors),
     tags(
         (name = "ops", description = "health, readiness, metrics"),
         (name = "auth", description = "users, tokens"),
         (name = "bus", description = "durable consumer groups and their dead letters"),
         (name = "gateway", description = "service overview"),
         (name = "services", description = "per-service status"),
-        (name = "ja4", description = "fingerprints"),
-        (name = "spire", description = "SPIFFE CA, join tokens, agent fleet"),
-        (name = "identity", description = "registration entries, workload identity inventory"),
     )
 )]
 pub struct ApiDoc;
+
+/// The API document: [`ApiDoc`] with every route of [`gateway::api`] (each registered with its
+/// OpenAPI path), a tag per service of [`services::all`], and the errors every operation can
+/// give ([`TruthfulErrors`]). Built from code alone, so it is the same in every process.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(gateway::api().into_openapi());
+    let tags = doc.tags.get_or_insert_with(Vec::new);
+    for svc in services::all() {
+        tags.push(
+            TagBuilder::new()
+                .name(svc.name())
+                .description(Some(svc.description()))
+                .build(),
+        );
+    }
+    BearerAuth.modify(&mut doc);
+    TruthfulErrors.modify(&mut doc);
+    doc
+}
 
 /// Adds the `bearer` (JWT) security scheme the paths refer to.
 struct BearerAuth;
@@ -163,7 +139,14 @@ impl Modify for TruthfulErrors {
     }
 }
 
-/// `GET /api/openapi.json`
-pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// Where the document is served.
+pub const PATH: &str = "/api/openapi.json";
+
+/// The document, built once per process (it depends on the code only).
+static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(document);
+
+/// `GET /api/openapi.json`: the one route the document leaves out (it describes the API, not
+/// itself).
+pub async fn serve() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(&DOCUMENT)
 }

@@ -1,62 +1,51 @@
-//! The services of the control plane, their names and seed ports.
+//! What a process runs (`--service NAME`): everything, the gateway, or one service of
+//! [`crate::services::all`]. Names and seed ports come from that list; nothing here names a
+//! service.
 
 use serde::{Deserialize, Deserializer};
+
+/// The gateway's port, and so the all-in-one process's (in that mode the one process is the
+/// gateway). The services' seed ports are in [`crate::services::all`].
+pub const GATEWAY_SEED_PORT: u16 = 3000;
 
 /// Which service a process runs. `All` runs every service in one process (the embedded default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ServiceName {
     All,
     Gateway,
-    Ja4,
-    Spire,
-    Correlation,
-    Identity,
-    Policy,
-    Alert,
-    Threat,
+    /// A service of [`crate::services::all`], by its name (only [`ServiceName::parse`] makes
+    /// one, so the name is always one of the list's).
+    Service(&'static str),
 }
 
 impl ServiceName {
-    /// Services that can run alone with `--service`, in seed-port order.
-    pub const SPLIT: [ServiceName; 8] = [
-        ServiceName::Gateway,
-        ServiceName::Ja4,
-        ServiceName::Spire,
-        ServiceName::Correlation,
-        ServiceName::Identity,
-        ServiceName::Policy,
-        ServiceName::Alert,
-        ServiceName::Threat,
-    ];
+    /// Services that can run alone with `--service`, in seed-port order: the gateway, then the
+    /// list.
+    pub fn split() -> Vec<ServiceName> {
+        std::iter::once(ServiceName::Gateway)
+            .chain(Self::backends())
+            .collect()
+    }
 
-    /// Services that own an `/api/<name>/…` prefix (everything but the gateway).
-    pub const BACKENDS: [ServiceName; 7] = [
-        ServiceName::Ja4,
-        ServiceName::Spire,
-        ServiceName::Correlation,
-        ServiceName::Identity,
-        ServiceName::Policy,
-        ServiceName::Alert,
-        ServiceName::Threat,
-    ];
+    /// Services that own an `/api/<name>/…` prefix (everything but the gateway), in list order.
+    pub fn backends() -> Vec<ServiceName> {
+        crate::services::all()
+            .iter()
+            .map(|s| ServiceName::Service(s.name()))
+            .collect()
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
             ServiceName::All => "all",
             ServiceName::Gateway => "gateway",
-            ServiceName::Ja4 => "ja4",
-            ServiceName::Spire => "spire",
-            ServiceName::Correlation => "correlation",
-            ServiceName::Identity => "identity",
-            ServiceName::Policy => "policy",
-            ServiceName::Alert => "alert",
-            ServiceName::Threat => "threat",
+            ServiceName::Service(name) => name,
         }
     }
 
     pub fn parse(s: &str) -> Option<ServiceName> {
         std::iter::once(ServiceName::All)
-            .chain(ServiceName::SPLIT)
+            .chain(Self::split())
             .find(|n| n.as_str() == s)
     }
 
@@ -64,20 +53,22 @@ impl ServiceName {
     /// because in that mode the one process is the gateway.
     pub fn seed_port(self) -> u16 {
         match self {
-            ServiceName::All | ServiceName::Gateway => 3000,
-            ServiceName::Ja4 => 3001,
-            ServiceName::Spire => 3002,
-            ServiceName::Correlation => 3003,
-            ServiceName::Identity => 3004,
-            ServiceName::Policy => 3005,
-            ServiceName::Alert => 3006,
-            ServiceName::Threat => 3007,
+            ServiceName::All | ServiceName::Gateway => GATEWAY_SEED_PORT,
+            ServiceName::Service(name) => crate::services::all()
+                .iter()
+                .find(|s| s.name() == name)
+                .map_or(GATEWAY_SEED_PORT, |s| s.seed_port()),
         }
     }
 
     /// Whether this process serves `other`'s routes itself.
     pub fn runs(self, other: ServiceName) -> bool {
         self == ServiceName::All || self == other
+    }
+
+    /// Whether this process serves the routes of the service called `name`.
+    pub fn runs_named(self, name: &str) -> bool {
+        self == ServiceName::All || self.as_str() == name
     }
 
     /// The SPIFFE-style identity this service uses in service tokens.
@@ -101,7 +92,11 @@ impl std::str::FromStr for ServiceName {
         ServiceName::parse(s).ok_or_else(|| {
             format!(
                 "unknown service {s:?}; expected all, {}",
-                ServiceName::SPLIT.map(|s| s.as_str()).join(", ")
+                ServiceName::split()
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })
     }
@@ -111,5 +106,29 @@ impl<'de> Deserialize<'de> for ServiceName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_from_the_list_and_keep_their_seed_ports() {
+        assert_eq!(ServiceName::parse("all"), Some(ServiceName::All));
+        assert_eq!(ServiceName::parse("gateway"), Some(ServiceName::Gateway));
+        let ja4 = ServiceName::parse("ja4").unwrap();
+        assert_eq!((ja4.as_str(), ja4.seed_port()), ("ja4", 3001));
+        assert_eq!(ServiceName::All.seed_port(), 3000);
+        assert_eq!(ServiceName::parse("nope"), None);
+        let err = "nope".parse::<ServiceName>().unwrap_err();
+        assert!(
+            err.ends_with(
+                "expected all, gateway, ja4, spire, correlation, identity, policy, alert, threat"
+            ),
+            "{err}"
+        );
+        assert!(ServiceName::All.runs_named("threat"));
+        assert!(!ja4.runs_named("spire"));
     }
 }

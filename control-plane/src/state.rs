@@ -1,19 +1,19 @@
-//! The state every handler shares.
+//! The state every handler shares: the process's infrastructure (configuration, store, bus,
+//! authentication, metrics). It names no service: a service's own state lives in its folder
+//! (see [`crate::services`]).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use serde::Serialize;
 
 use crate::auth::AuthKeys;
 use crate::bus::{Bus, BusMessage};
 use crate::config::Config;
-use crate::ops::Metrics;
+use crate::metrics::Metrics;
 use crate::service::ServiceName;
 use crate::store::Store;
 
@@ -48,14 +48,7 @@ pub struct Inner {
     pub liveness: crate::auth::live::Liveness,
     /// Reverse proxies whose `X-Forwarded-For` is believed (`auth.trusted_proxies`).
     pub trusted_proxies: Vec<crate::auth::client_ip::Cidr>,
-    /// What each service hosted by this process has seen on the bus.
-    pub stats: BTreeMap<ServiceName, Arc<ServiceStats>>,
     pub http: HttpClient,
-    /// The spire CA and revocation set, when this process runs the spire or ja4 service.
-    pub spire: Option<Arc<crate::services::spire::Spire>>,
-    /// Registration entries for resolving workload identities on ingest (loaded when this
-    /// process runs the ja4 or identity service; empty otherwise).
-    pub identity: Arc<crate::services::identity::Identity>,
 }
 
 impl Deref for AppState {
@@ -89,56 +82,6 @@ impl AppState {
                 tracing::error!(topic = %msg.topic, error = %e, "bus publish failed");
                 false
             }
-        }
-    }
-}
-
-/// Bus activity seen by one service: for its status endpoint, and proof that split processes
-/// see each other's messages.
-#[derive(Debug, Default)]
-pub struct ServiceStats {
-    seen: Mutex<BTreeMap<String, u64>>,
-    origins: Mutex<BTreeSet<String>>,
-    /// Fingerprint events handled through the durable work queue.
-    pub work_events: AtomicU64,
-}
-
-/// Serializable snapshot of [`ServiceStats`].
-#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct StatsSnapshot {
-    /// Live messages seen, per topic.
-    pub seen: BTreeMap<String, u64>,
-    /// Distinct publishers (service/instance) seen.
-    pub origins: Vec<String>,
-    pub work_events: u64,
-}
-
-impl ServiceStats {
-    pub fn record(&self, msg: &BusMessage) {
-        *self
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(msg.topic.clone())
-            .or_default() += 1;
-        let mut o = self.origins.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded: a long-running process sees few distinct publishers, but never trust that.
-        if o.len() < 256 {
-            o.insert(msg.origin.clone());
-        }
-    }
-
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            seen: self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            origins: self
-                .origins
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned()
-                .collect(),
-            work_events: self.work_events.load(Ordering::Relaxed),
         }
     }
 }

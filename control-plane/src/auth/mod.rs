@@ -29,7 +29,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use crate::error::ApiError;
+use crate::http::ApiError;
 use crate::state::AppState;
 use crate::store::{Store, StoreError, UserRecord, now_us};
 

@@ -8,12 +8,13 @@
 
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::client_ip::ClientIp;
 use super::throttle::Held;
@@ -22,8 +23,8 @@ use super::{
     random_token, token_hash,
 };
 use crate::bus::{BusMessage, topics};
-use crate::error::{ApiError, ErrorBody};
-use crate::gateway::{ApiJson, ApiPath, ApiQuery};
+use crate::http::{ApiError, ErrorBody};
+use crate::http::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 use crate::store::accounts::{AccountChange, ServiceTokenRecord, UserChange};
 use crate::store::{StoreError, UserRecord, now_us};
@@ -204,7 +205,7 @@ pub struct ServiceTokenRequest {
     pub subject: String,
     /// Lifetime in seconds (default `service_token_ttl_secs`, at most 90 days).
     #[schema(minimum = 1, maximum = 7776000)]
-    #[serde(default, deserialize_with = "crate::gateway::int::opt_u64")]
+    #[serde(default, deserialize_with = "crate::http::int::opt_u64")]
     pub ttl_secs: Option<u64>,
 }
 
@@ -225,27 +226,19 @@ pub struct ServiceTokenPage {
     pub next_cursor: Option<String>,
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/auth/login", post(login))
-        .route("/api/auth/refresh", post(refresh))
-        .route("/api/auth/logout", post(logout))
-        .route("/api/auth/me", get(me))
-        .route("/api/auth/password", post(change_password))
-        .route("/api/auth/users", post(create_user).get(list_users))
-        .route(
-            "/api/auth/users/{username}",
-            get(get_user).patch(update_user).delete(delete_user),
-        )
-        .route("/api/auth/users/{username}/password", put(set_password))
-        .route(
-            "/api/auth/service-tokens",
-            post(service_token).get(list_service_tokens),
-        )
-        .route(
-            "/api/auth/service-tokens/{id}",
-            axum::routing::delete(revoke_service_token),
-        )
+/// The routes with their OpenAPI paths (one `routes!` per path).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(change_password))
+        .routes(routes!(create_user, list_users))
+        .routes(routes!(get_user, update_user, delete_user))
+        .routes(routes!(set_password))
+        .routes(routes!(service_token, list_service_tokens))
+        .routes(routes!(revoke_service_token))
 }
 
 /// The cursor of the page after `items`: the key of its last item, if the page is full.

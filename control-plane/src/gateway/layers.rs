@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::error::ApiError;
+use crate::http::ApiError;
 use crate::state::AppState;
 
 /// Turns a handler's panic into the API's error shape and counts it in

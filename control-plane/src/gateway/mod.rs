@@ -1,5 +1,4 @@
-//! The gateway: the router of a process, the extractors that turn bad input into 4xx JSON, and
-//! (in split mode) the reverse proxy that sends `/api/<service>/…` to the service's process.
+//! The gateway: the router of a process and (in split mode) the reverse proxy that sends `/api/<service>/…` to the service's process.
 //!
 //! In the all-in-one mode the gateway mounts every service's routes directly; with
 //! `--service gateway` it mounts auth and proxies everything else; with `--service NAME` a
@@ -8,168 +7,24 @@
 pub mod layers;
 pub mod proxy;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::routing::{any, get};
-use axum::{Json, Router, middleware};
+use axum::{Extension, Json, Router, middleware};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Caller, allow};
-use crate::error::{ApiError, ErrorBody};
+use crate::http::{ApiError, ErrorBody};
 use crate::service::ServiceName;
-use crate::state::{AppState, StatsSnapshot};
+use crate::services::Hosted;
+use crate::state::AppState;
 use crate::{auth, openapi, ops, services};
-
-/// A JSON object body whose every parse failure is a 4xx JSON error (never axum's plain
-/// text). Every request body of this API is an object: arrays are refused before parsing
-/// (serde would otherwise read `[a, b]` as a struct's fields in order).
-#[derive(Debug, Clone)]
-pub struct ApiJson<T>(pub T);
-
-impl<T, S> FromRequest<S> for ApiJson<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let json_type = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<mime_type::Essence>().ok())
-            .is_some_and(|m| m.is_json());
-        if !json_type {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "expected Content-Type: application/json",
-            ));
-        }
-        let bytes = match axum::body::Bytes::from_request(req, state).await {
-            Ok(b) => b,
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(ApiError::payload_too_large(
-                    "request body exceeds max_body_bytes",
-                ));
-            }
-            Err(e) => return Err(ApiError::bad_request(e.body_text())),
-        };
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                "the body must be a JSON object",
-            ));
-        }
-        match Json::<T>::from_bytes(&bytes) {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                e.body_text(),
-            )),
-            Err(e) => Err(ApiError::bad_request(e.body_text())),
-        }
-    }
-}
-
-/// JSON numbers for integer fields. JSON has one number type: `300.0` is the integer 300 to
-/// JSON Schema (and to clients that only have doubles), but serde refuses it for a `u64`.
-pub mod int {
-    use serde::{Deserialize, Deserializer};
-
-    /// An optional non-negative integer that may be written with a zero fraction.
-    pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
-            return Ok(None);
-        };
-        if let Some(v) = n.as_u64() {
-            return Ok(Some(v));
-        }
-        match n.as_f64() {
-            Some(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => {
-                Ok(Some(f as u64))
-            }
-            _ => Err(serde::de::Error::custom(format!(
-                "{n} is not a non-negative integer"
-            ))),
-        }
-    }
-}
-
-/// `type/subtype` of a Content-Type, without parameters.
-mod mime_type {
-    pub struct Essence(String);
-    impl std::str::FromStr for Essence {
-        type Err = ();
-        fn from_str(s: &str) -> Result<Self, ()> {
-            let e = s
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            if e.contains('/') {
-                Ok(Essence(e))
-            } else {
-                Err(())
-            }
-        }
-    }
-    impl Essence {
-        /// `application/json` or any `…/…+json`, as axum's `Json` accepts.
-        pub fn is_json(&self) -> bool {
-            self.0 == "application/json"
-                || (self.0.starts_with("application/") && self.0.ends_with("+json"))
-        }
-    }
-}
-
-/// Query parameters with 400 JSON on failure.
-#[derive(Debug, Clone)]
-pub struct ApiQuery<T>(pub T);
-
-impl<T, S> FromRequestParts<S> for ApiQuery<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e: QueryRejection| ApiError::bad_request(e.body_text()))
-    }
-}
-
-/// Path parameters with 400 JSON on failure.
-#[derive(Debug, Clone)]
-pub struct ApiPath<T>(pub T);
-
-impl<T, S> FromRequestParts<S> for ApiPath<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|p| ApiPath(p.0))
-            .map_err(|e: PathRejection| ApiError::bad_request(e.body_text()))
-    }
-}
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
@@ -183,27 +38,52 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Builds the complete router of a process.
-pub fn router(state: AppState) -> Router {
-    let mut r = Router::new()
-        .merge(ops::router())
-        .route("/api/openapi.json", get(openapi::serve));
-    let me = state.service;
-    if me.runs(ServiceName::Gateway) {
-        r = r
-            .merge(auth::routes::router())
-            .merge(crate::bus_routes::router())
-            .route("/api/gateway/services", get(services_status));
+/// Every route of the API, each with its OpenAPI path: operations, auth,
+/// the gateway's own, and each service's of [`services::all`]. `/api/openapi.json` is built
+/// from this (see [`openapi::document`]); a process mounts the parts it serves.
+pub fn api() -> OpenApiRouter<AppState> {
+    let mut r = common_routes().merge(gateway_routes());
+    for svc in services::all() {
+        r = r.merge(services::routes_of(&*svc, None));
     }
-    for svc in ServiceName::BACKENDS {
-        if me.runs(svc) {
-            r = r.merge(services::router(svc));
-        } else if me == ServiceName::Gateway {
+    r
+}
+
+/// What every process serves: health, readiness, metrics and the API document (which is not a
+/// path of itself).
+fn common_routes() -> OpenApiRouter<AppState> {
+    ops::routes().route(openapi::PATH, get(openapi::serve))
+}
+
+/// What only the gateway serves: auth and the service overview.
+fn gateway_routes() -> OpenApiRouter<AppState> {
+    auth::routes::routes()
+        .merge(crate::bus_routes::routes())
+        .routes(routes!(services_status))
+}
+
+/// Builds the complete router of a process: every process serves the operations endpoints and
+/// the API document, the gateway (or the all-in-one process) auth and the service overview, and
+/// each service of `hosted` its routes. The gateway alone proxies every service it does not
+/// host to its upstream.
+pub fn router(state: AppState, hosted: Vec<Hosted>) -> Router {
+    let hosted: Arc<[Hosted]> = hosted.into();
+    let me = state.service;
+    let mut r = common_routes();
+    if me.runs(ServiceName::Gateway) {
+        r = r.merge(gateway_routes());
+    }
+    for h in hosted.iter() {
+        r = r.merge(services::routes_of(&*h.service, Some(h.stats.clone())));
+    }
+    if me == ServiceName::Gateway {
+        for svc in ServiceName::backends() {
             r = r
                 .route(&format!("/api/{svc}"), any(proxy::forward))
                 .route(&format!("/api/{svc}/{{*rest}}"), any(proxy::forward));
         }
     }
+    let (r, _) = r.layer(Extension(hosted)).split_for_parts();
     let r = r
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
@@ -234,18 +114,18 @@ pub struct ServiceView {
               (status = 403, body = ErrorBody)))]
 pub async fn services_status(
     State(state): State<AppState>,
+    Extension(hosted): Extension<Arc<[Hosted]>>,
     Caller(c): Caller,
 ) -> Result<Json<Vec<ServiceView>>, ApiError> {
     c.require(allow::ADMIN)?;
     let mut out = Vec::new();
-    for svc in ServiceName::BACKENDS {
-        if state.service.runs(svc) {
-            let snap: Option<StatsSnapshot> = state.stats.get(&svc).map(|s| s.snapshot());
+    for svc in ServiceName::backends() {
+        if let Some(h) = hosted.iter().find(|h| h.service.name() == svc.as_str()) {
             out.push(ServiceView {
                 service: svc.to_string(),
                 location: "in-process".into(),
                 reachable: true,
-                status: snap.and_then(|s| serde_json::to_value(s).ok()),
+                status: serde_json::to_value(h.stats.snapshot()).ok(),
                 error: None,
             });
             continue;
@@ -268,4 +148,32 @@ pub async fn services_status(
         });
     }
     Ok(Json(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document holds nothing the router does not mount: every path is an operations
+    /// endpoint, auth's, the bus's or the gateway's, or under the prefix of a service of the list; and
+    /// every service has its status endpoint. (The other direction, every documented operation
+    /// routed, is checked against a running router in `tests/api.rs`.)
+    #[test]
+    fn every_documented_path_has_an_owner_in_the_router() {
+        let doc = openapi::document();
+        let names: Vec<&str> = services::all().iter().map(|s| s.name()).collect();
+        for path in doc.paths.paths.keys() {
+            match path.strip_prefix("/api/").and_then(|r| r.split('/').next()) {
+                None => assert!(["/health", "/ready", "/metrics"].contains(&path.as_str())),
+                Some(owner) => assert!(
+                    ["auth", "bus", "gateway"].contains(&owner) || names.contains(&owner),
+                    "{path} belongs to no part of the router"
+                ),
+            }
+        }
+        for name in names {
+            let status = format!("/api/{name}/status");
+            assert!(doc.paths.paths.contains_key(&status), "{status}");
+        }
+    }
 }

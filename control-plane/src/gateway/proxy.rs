@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
-use crate::error::ApiError;
+use crate::http::ApiError;
 use crate::service::ServiceName;
 use crate::state::AppState;
 

@@ -8,7 +8,7 @@ use axum::http::uri::Authority;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
+use crate::http::ApiError;
 
 /// The redirecting router; `https_port` is the HTTPS listener's port.
 pub fn router(https_port: u16) -> Router {

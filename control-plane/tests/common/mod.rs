@@ -407,3 +407,54 @@ pub fn error_code(v: &Value) -> &str {
         .as_str()
         .unwrap_or_else(|| panic!("not an error body: {v}"))
 }
+
+/// The operations of `/api/openapi.json` as (method, path).
+pub async fn documented_operations(t: &TestApp) -> Vec<(String, String)> {
+    let (s, doc) = t.call("GET", "/api/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if METHODS.contains(&method.as_str()) {
+                ops.push((method.clone(), path.clone()));
+            }
+        }
+    }
+    ops
+}
+
+/// The methods the API uses.
+const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
+
+/// Checks the router against the OpenAPI document, paths taken from the document: every
+/// documented operation reaches a handler (unauthenticated, so nothing changes: a 401, 415 or
+/// 200, never the router's "no such route" 404 or its 405), and every other method on a
+/// documented path is the router's 405. Returns how many operations were checked.
+pub async fn assert_router_serves_document(t: &TestApp, prefix: &str) -> usize {
+    let ops = documented_operations(t).await;
+    let paths: std::collections::BTreeSet<&String> = ops
+        .iter()
+        .map(|(_, p)| p)
+        .filter(|p| p.starts_with(prefix))
+        .collect();
+    assert!(!paths.is_empty(), "no documented path starts with {prefix}");
+    for path in &paths {
+        // Any value does for a path parameter: authentication is checked first.
+        let uri = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "x1" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in METHODS {
+            let documented = ops.iter().any(|(m, p)| m == method && p == *path);
+            let (s, v) = t.call(&method.to_ascii_uppercase(), &uri, None, None).await;
+            let routed = !(s == StatusCode::METHOD_NOT_ALLOWED
+                || (s == StatusCode::NOT_FOUND && v["error"]["message"] == "no such route"));
+            assert_eq!(
+                routed, documented,
+                "{method} {path} (as {uri}): {s} {v}; documented: {documented}"
+            );
+        }
+    }
+    paths.len()
+}

@@ -24,25 +24,54 @@ pub mod routes;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use hais_shared::event::FingerprintEvent;
 use hais_shared::registration::{RegistrationEntry, best_match, selectors_for};
 use hais_shared::selector::Selector;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
+use utoipa_axum::router::OpenApiRouter;
 
+use super::{BoxFuture, Host, Service, ServiceError};
 use crate::bus::topics;
-use crate::service::ServiceName;
 use crate::state::AppState;
 use crate::store::identity::ConflictDeltas;
 use crate::store::rollup::Seen;
 use crate::store::{IngestOutcome, Store, StoreError, to_us};
 
-/// Shown by the status endpoint.
-pub const DESCRIPTION: &str = "Identity: registration entries (selectors → workload SPIFFE ID), \
-    resolution of every ingested event to a SPIFFE ID, and the identity inventory.";
+/// The service, as [`super::all`] lists it: the entries routes and, once started, the
+/// process's [`Identity`] handle they use.
+#[derive(Debug, Default)]
+pub struct IdentityService {
+    identity: OnceLock<Arc<Identity>>,
+}
+
+impl Service for IdentityService {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn seed_port(&self) -> u16 {
+        3004
+    }
+    fn description(&self) -> &'static str {
+        "Identity: registration entries (selectors → workload SPIFFE ID), resolution of every \
+         ingested event to a SPIFFE ID, and the identity inventory."
+    }
+    fn routes(&self) -> OpenApiRouter<AppState> {
+        super::with_handle(routes::routes(), self.identity.get())
+    }
+    fn start<'a>(&'a self, host: &'a mut Host) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let _ = self.identity.set(handle(host).await?);
+            Ok(())
+        })
+    }
+}
+
+/// The service's name (the ja4 service asks whether this process hosts it).
+pub const NAME: &str = "identity";
 
 /// How often the entries are reloaded even when no change was announced.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
@@ -203,9 +232,9 @@ impl Identity {
 }
 
 /// Reloads the process's entries, counting the outcome.
-pub async fn refresh(state: &AppState) {
+pub async fn refresh(state: &AppState, identity: &Identity) {
     let m = &state.metrics.identity;
-    match state.identity.refresh(&*state.store).await {
+    match identity.refresh(&*state.store).await {
         Ok(()) => m.refreshes.fetch_add(1, Ordering::Relaxed),
         Err(e) => {
             tracing::warn!(error = %e, "reloading registration entries failed");
@@ -250,16 +279,32 @@ pub async fn record(
     }
 }
 
-/// Keeps the entries of a process that runs ja4 or identity fresh: reloads on every
-/// `identity.entries` message (from any process), when the bus listener lagged, and every
-/// [`REFRESH_INTERVAL`].
-pub fn start(state: &AppState, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-    if !(state.service.runs(ServiceName::Ja4) || state.service.runs(ServiceName::Identity)) {
-        return Vec::new();
+/// The process's [`Identity`] handle, loaded by the first service that asks (the identity
+/// service, or the ja4 service, which resolves every ingested event with it). Loading it also
+/// starts keeping it fresh.
+pub async fn handle(host: &mut Host) -> Result<Arc<Identity>, StoreError> {
+    if let Some(id) = host.shared::<Identity>() {
+        return Ok(id);
     }
-    let (state, mut shutdown) = (state.clone(), shutdown);
+    let identity = Arc::new(Identity::load(&*host.app.store).await?);
+    host.tasks.push(spawn_refresher(
+        host.app.clone(),
+        identity.clone(),
+        host.shutdown.clone(),
+    ));
+    host.share(identity.clone());
+    Ok(identity)
+}
+
+/// Keeps `identity` fresh: reloads on every `identity.entries` message (from any process), when
+/// the bus listener lagged, and every [`REFRESH_INTERVAL`].
+fn spawn_refresher(
+    state: AppState,
+    identity: Arc<Identity>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> JoinHandle<()> {
     let mut rx = state.bus.subscribe();
-    vec![tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut tick = tokio::time::interval(REFRESH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the first tick is immediate; the entries were loaded at start
@@ -274,10 +319,10 @@ pub fn start(state: &AppState, shutdown: watch::Receiver<bool>) -> Vec<JoinHandl
                 },
             };
             if reload {
-                refresh(&state).await;
+                refresh(&state, &identity).await;
             }
         }
-    })]
+    })
 }
 
 #[cfg(test)]

@@ -1,22 +1,26 @@
 //! The identity service's HTTP API: registration entries (CRUD and SPIRE import) and the
 //! identity inventory.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hais_shared::registration::{RegistrationEntry, import_spire_json, validate};
 use serde::{Deserialize, Serialize};
 
+use super::Identity;
 use crate::auth::{Caller, allow};
 use crate::bus::{BusMessage, topics};
-use crate::error::{ApiError, ErrorBody};
-use crate::gateway::{ApiJson, ApiPath, ApiQuery};
+use crate::http::{ApiError, ErrorBody};
+use crate::http::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 use crate::store::identity::{EntryRecord, IdentityDetail, IdentitySummary};
 use crate::store::{Page, now_us};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Default and largest page of entries or identities.
 const DEFAULT_PAGE: u32 = 50;
@@ -24,19 +28,20 @@ const MAX_PAGE: u32 = 1000;
 /// Longest entry description, in bytes.
 const MAX_DESCRIPTION: usize = 256;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/identity/entries",
-            post(create_entry).get(list_entries),
-        )
-        .route("/api/identity/entries/import", post(import_entries))
-        .route(
-            "/api/identity/entries/{id}",
-            get(get_entry).put(update_entry).delete(delete_entry),
-        )
-        .route("/api/identity/identities", get(list_identities))
-        .route("/api/identity/identities/{*spiffe_id}", get(get_identity))
+/// The routes with their OpenAPI paths. Handlers that change entries need the process's
+/// [`Identity`] (an `Extension`, see [`super::IdentityService`]) to reload it at once.
+pub fn routes() -> OpenApiRouter<AppState> {
+    let r = OpenApiRouter::new()
+        .routes(routes!(create_entry, list_entries))
+        .routes(routes!(import_entries))
+        .routes(routes!(get_entry, update_entry, delete_entry))
+        .routes(routes!(list_identities));
+    // A SPIFFE ID spans path segments: axum's `{*spiffe_id}`, OpenAPI's `{spiffe_id}`.
+    crate::http::routes_at(
+        r,
+        "/api/identity/identities/{*spiffe_id}",
+        routes!(get_identity),
+    )
 }
 
 /// A new registration entry.
@@ -135,8 +140,8 @@ async fn insert(
 }
 
 /// Reloads this process's entries at once (so the next ingest uses them), and tells the others.
-async fn announce(state: &AppState, action: &str, ids: Vec<String>) {
-    super::refresh(state).await;
+async fn announce(state: &AppState, identity: &Identity, action: &str, ids: Vec<String>) {
+    super::refresh(state, identity).await;
     state
         .publish(BusMessage::new(
             topics::IDENTITY_ENTRIES,
@@ -155,6 +160,7 @@ async fn announce(state: &AppState, action: &str, ids: Vec<String>) {
               (status = 409, description = "an entry with this SPIFFE ID and these selectors exists", body = ErrorBody)))]
 pub async fn create_entry(
     State(state): State<AppState>,
+    Extension(identity): Extension<Arc<Identity>>,
     Caller(c): Caller,
     ApiJson(req): ApiJson<CreateEntryRequest>,
 ) -> Result<(StatusCode, Json<EntryRecord>), ApiError> {
@@ -166,7 +172,7 @@ pub async fn create_entry(
             entry.spiffe_id
         ))
     })?;
-    announce(&state, "created", vec![rec.id.clone()]).await;
+    announce(&state, &identity, "created", vec![rec.id.clone()]).await;
     Ok((StatusCode::CREATED, Json(rec)))
 }
 
@@ -179,6 +185,7 @@ pub async fn create_entry(
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn import_entries(
     State(state): State<AppState>,
+    Extension(identity): Extension<Arc<Identity>>,
     Caller(c): Caller,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<ImportResponse>, ApiError> {
@@ -210,7 +217,7 @@ pub async fn import_entries(
     }
     if !imported.is_empty() {
         let ids = imported.iter().map(|r| r.id.clone()).collect();
-        announce(&state, "imported", ids).await;
+        announce(&state, &identity, "imported", ids).await;
     }
     Ok(Json(ImportResponse { imported, skipped }))
 }
@@ -272,6 +279,7 @@ pub async fn get_entry(
               (status = 409, description = "another entry has this SPIFFE ID and these selectors", body = ErrorBody)))]
 pub async fn update_entry(
     State(state): State<AppState>,
+    Extension(identity): Extension<Arc<Identity>>,
     Caller(c): Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<CreateEntryRequest>,
@@ -296,7 +304,7 @@ pub async fn update_entry(
         }
     }
     tracing::info!(by = %c.sub, %id, spiffe_id = %rec.spiffe_id, "registration entry updated");
-    announce(&state, "updated", vec![id]).await;
+    announce(&state, &identity, "updated", vec![id]).await;
     Ok(Json(rec))
 }
 
@@ -307,6 +315,7 @@ pub async fn update_entry(
               (status = 404, body = ErrorBody)))]
 pub async fn delete_entry(
     State(state): State<AppState>,
+    Extension(identity): Extension<Arc<Identity>>,
     Caller(c): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -315,7 +324,7 @@ pub async fn delete_entry(
     if !state.store.delete_entry(&id).await? {
         return Err(ApiError::not_found(format!("no entry {id}")));
     }
-    announce(&state, "deleted", vec![id]).await;
+    announce(&state, &identity, "deleted", vec![id]).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -369,6 +378,7 @@ pub struct IdentityView {
               (status = 401, body = ErrorBody)))]
 pub async fn get_identity(
     State(state): State<AppState>,
+    Extension(identity): Extension<Arc<Identity>>,
     Caller(c): Caller,
     ApiPath(spiffe_id): ApiPath<String>,
 ) -> Result<Json<IdentityView>, ApiError> {
@@ -384,8 +394,7 @@ pub async fn get_identity(
         .identity_detail(&spiffe_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no events of identity {spiffe_id}")))?;
-    let entries = state
-        .identity
+    let entries = identity
         .snapshot()
         .entries()
         .iter()

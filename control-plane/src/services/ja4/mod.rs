@@ -5,33 +5,140 @@
 //! must be printable ASCII of bounded length (what stored values can be, see
 //! `FingerprintEvent::validate`), times are RFC 3339.
 
+use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json};
 use hais_shared::event::FingerprintEvent;
 use hais_shared::fingerprint::Method;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::identity::Identity;
+use super::spire::Spire;
+use super::{BoxFuture, Host, Service, ServiceError};
 use crate::auth::{Caller, allow};
 use crate::bus::{BusMessage, topics};
-use crate::error::{ApiError, ErrorBody};
-use crate::gateway::{ApiJson, ApiPath, ApiQuery};
+use crate::http::{ApiError, ErrorBody};
+use crate::http::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 use crate::store::labels::MAX_LABELS;
 use crate::store::{
     Cursor, FingerprintDetail, FingerprintQuery, FingerprintSummary, IngestOutcome, LabelOutcome,
     MAX_PAGE_SIZE, Page, RetentionOutcome, TopEntry, now_us, to_us, uuid_ms,
 };
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub mod uplink;
 
-pub const DESCRIPTION: &str =
-    "JA4+ fingerprint ingest (HTTP and the agents' QUIC uplink), storage, search and statistics.";
+/// The ja4 service's seed port: its HTTP API alone, and the agents' QUIC uplink (UDP) in every
+/// mode.
+pub const SEED_PORT: u16 = 3001;
+
+/// The service, as [`super::all`] lists it. Once started it holds the handles of the services
+/// it calls: identity (every ingested event is resolved) and spire (the uplink enrolls and
+/// authenticates agents).
+#[derive(Debug, Default)]
+pub struct Ja4 {
+    identity: OnceLock<Arc<Identity>>,
+    /// The spire handle, and whether this process's spire service reports its metrics already.
+    spire: OnceLock<(Arc<Spire>, bool)>,
+    uplink_addr: OnceLock<SocketAddr>,
+}
+
+impl Service for Ja4 {
+    fn name(&self) -> &'static str {
+        "ja4"
+    }
+    fn seed_port(&self) -> u16 {
+        SEED_PORT
+    }
+    fn description(&self) -> &'static str {
+        "JA4+ fingerprint ingest (HTTP and the agents' QUIC uplink), storage, search and statistics."
+    }
+    fn routes(&self) -> OpenApiRouter<AppState> {
+        let r = OpenApiRouter::new()
+            .routes(routes!(ingest))
+            .routes(routes!(search))
+            .routes(routes!(detail))
+            .routes(routes!(add_label))
+            .routes(routes!(remove_label))
+            .routes(routes!(top))
+            .routes(routes!(retention));
+        super::with_handle(r, self.identity.get())
+    }
+
+    /// Loads the identity and spire handles, and starts retention, the agents' uplink and the
+    /// uplink's revocation watch.
+    fn start<'a>(&'a self, host: &'a mut Host) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let identity = super::identity::handle(host).await?;
+            let spire = super::spire::handle(host).await?;
+            let app = host.app.clone();
+            if app.config.retention_days > 0 {
+                host.tasks
+                    .push(spawn_retention(app.clone(), host.shutdown.clone()));
+            }
+            host.tasks.push(super::spire::watch_revocations(
+                app.clone(),
+                spire.clone(),
+                host.shutdown.clone(),
+            ));
+            if let Some(bind) = app.config.ja4.uplink_bind {
+                let uplink = uplink::start(
+                    app,
+                    spire.clone(),
+                    identity.clone(),
+                    bind,
+                    host.shutdown.clone(),
+                )?;
+                let _ = self.uplink_addr.set(uplink.local_addr);
+                host.tasks.push(uplink.task);
+            }
+            let _ = self.identity.set(identity);
+            let _ = self.spire.set((spire, host.hosts(super::spire::NAME)));
+            Ok(())
+        })
+    }
+
+    /// The roll-up stage's backlog (see `store::fold`): at sustained high ingest the fold can
+    /// trail, and this is where an operator sees it. A store too slow to answer leaves the lines
+    /// out rather than delay the scrape. Also the external SPIRE's gauges, which the uplink
+    /// follows, where no spire service reports them.
+    fn metrics<'a>(&'a self, state: &'a AppState, out: &'a mut String) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Ok(Ok(b)) =
+                tokio::time::timeout(Duration::from_secs(1), state.store.pending_rollups()).await
+            {
+                let _ = writeln!(
+                    out,
+                    "# HELP hais_rollup_backlog_events Stored events whose roll-up deltas are not folded into the roll-up tables yet.
+             # TYPE hais_rollup_backlog_events gauge
+hais_rollup_backlog_events {}
+             # HELP hais_rollup_backlog_records Roll-up delta records (one per ingest transaction) waiting to be folded.
+             # TYPE hais_rollup_backlog_records gauge
+hais_rollup_backlog_records {}",
+                    b.events, b.groups
+                );
+            }
+            if let Some((spire, false)) = self.spire.get() {
+                spire.render_metrics(out);
+            }
+        })
+    }
+
+    fn udp_addr(&self) -> Option<SocketAddr> {
+        self.uplink_addr.get().copied()
+    }
+}
 
 /// Default page size of a search.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -45,23 +152,6 @@ const MIN_EVENT_MS: i64 = 1_577_836_800_000;
 const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
 /// Longest accepted text filter.
 const MAX_FILTER_LEN: usize = 512;
-
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/ja4/ingest", post(ingest))
-        .route("/api/ja4/fingerprints", get(search))
-        .route("/api/ja4/fingerprints/{method}/{value}", get(detail))
-        .route(
-            "/api/ja4/fingerprints/{method}/{value}/labels",
-            post(add_label),
-        )
-        .route(
-            "/api/ja4/fingerprints/{method}/{value}/labels/{label}",
-            axum::routing::delete(remove_label),
-        )
-        .route("/api/ja4/stats/top", get(top))
-        .route("/api/ja4/retention", post(retention))
-}
 
 /// A batch of events from an agent or service.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
@@ -148,6 +238,7 @@ fn check_event_times(e: &FingerprintEvent) -> Result<(), String> {
               (status = 413, body = ErrorBody)))]
 pub async fn ingest(
     State(state): State<AppState>,
+    Extension(identity): Extension<Arc<Identity>>,
     Caller(c): Caller,
     ApiJson(mut req): ApiJson<IngestRequest>,
 ) -> Result<Json<IngestResponse>, ApiError> {
@@ -197,7 +288,7 @@ pub async fn ingest(
             )));
         }
     }
-    let out = store_events(&state, &mut req.events).await?;
+    let out = store_events(&state, &identity, &mut req.events).await?;
     Ok(Json(IngestResponse {
         stored: out.stored.len(),
         duplicates: out.duplicates,
@@ -231,9 +322,10 @@ pub fn admit_event(e: &mut FingerprintEvent, agent: Option<&str>) -> Result<(), 
 /// acknowledge. Both ingest paths (HTTP and the QUIC uplink) come through here.
 pub async fn store_events(
     state: &AppState,
+    identity: &Identity,
     events: &mut [FingerprintEvent],
 ) -> Result<IngestOutcome, crate::store::StoreError> {
-    let identities = crate::services::identity::resolve(&state.identity.snapshot(), events);
+    let identities = crate::services::identity::resolve(&identity.snapshot(), events);
     let out = state.store.ingest(events).await?;
     crate::services::identity::record(state, events, &identities, &out).await;
     let m = &state.metrics;
@@ -582,7 +674,7 @@ pub async fn top(
 pub struct RetentionRequest {
     /// Delete events older than this many seconds (default: `retention_days`).
     #[schema(minimum = 1, maximum = 3153600000u64)]
-    #[serde(default, deserialize_with = "crate::gateway::int::opt_u64")]
+    #[serde(default, deserialize_with = "crate::http::int::opt_u64")]
     pub older_than_secs: Option<u64>,
 }
 
@@ -641,6 +733,26 @@ pub async fn run_retention(
         ))
         .await;
     Ok(out)
+}
+
+/// Runs retention every `retention_interval_secs` (first pass one minute after start, so a
+/// restart loop cannot turn into a deletion loop).
+fn spawn_retention(state: AppState, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = Duration::from_secs(state.config.retention_interval_secs.max(60));
+        let age = Duration::from_secs(u64::from(state.config.retention_days) * 86_400);
+        let mut wait = Duration::from_secs(60);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if let Err(e) = run_retention(&state, age).await {
+                tracing::error!(error = %e, "retention pass failed");
+            }
+            wait = every;
+        }
+    })
 }
 
 #[cfg(test)]

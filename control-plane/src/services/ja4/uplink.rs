@@ -56,6 +56,7 @@ use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::{admit_event, store_events};
+use crate::services::identity::Identity;
 use crate::services::spire::{self, Spire, SpireError};
 use crate::services::stopped;
 use crate::state::AppState;
@@ -96,8 +97,6 @@ pub enum UplinkError {
     },
     #[error("the uplink's TLS configuration: {0}")]
     Tls(String),
-    #[error("the uplink needs the spire CA, which this process did not load")]
-    NoCa,
     #[error(transparent)]
     Spire(#[from] SpireError),
 }
@@ -116,6 +115,8 @@ pub struct Uplink {
 struct Shared {
     state: AppState,
     spire: Arc<Spire>,
+    /// Resolves the workload identities of the events agents send (the identity service's handle).
+    identity: Arc<Identity>,
     in_flight: Semaphore,
     enroll_in_flight: Semaphore,
     /// Agent connections and handshakes in progress (`ja4.uplink_max_connections`).
@@ -142,16 +143,17 @@ struct Session {
     binding: Option<[u8; wire::RECOVER_BINDING_LEN]>,
 }
 
-/// Binds the endpoint and starts accepting. The server SVID is issued here.
+/// Binds the endpoint and starts accepting. The server SVID is issued here by `spire`.
 pub fn start(
     state: AppState,
+    spire: Arc<Spire>,
+    identity: Arc<Identity>,
     bind: SocketAddr,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Uplink, UplinkError> {
     // Belt and braces: every config here names ring explicitly, but a process-wide default
     // keeps any other rustls user from panicking on an ambiguous provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let spire = state.spire.clone().ok_or(UplinkError::NoCa)?;
     let (config, renew_at) = server_config(&state, &spire)?;
     let endpoint = Endpoint::server(config, bind)
         .map_err(|source| UplinkError::Bind { addr: bind, source })?;
@@ -162,6 +164,7 @@ pub fn start(
     let shared = Arc::new(Shared {
         state,
         spire,
+        identity,
         in_flight: Semaphore::new(MAX_IN_FLIGHT),
         enroll_in_flight: Semaphore::new(MAX_ENROLL_IN_FLIGHT),
         agent_slots: AtomicU64::new(0),
@@ -674,7 +677,7 @@ async fn respond(shared: &Shared, session: &Session, bytes: &[u8]) -> Response {
             Err(SpireError::Revoked(agent_id.clone()))
         }
         (Peer::Agent { agent_id, .. }, request::Body::Batch(b)) => {
-            return batch(state, agent_id, b).await;
+            return batch(state, &shared.identity, agent_id, b).await;
         }
         (Peer::Agent { agent_id, .. }, request::Body::Heartbeat(h)) => {
             spire::heartbeat(state, agent_id, h, session.remote)
@@ -713,7 +716,12 @@ async fn respond(shared: &Shared, session: &Session, bytes: &[u8]) -> Response {
 }
 
 /// Checks each event, stores the valid ones, and acknowledges after the commit.
-async fn batch(state: &AppState, agent_id: &str, b: wire::EventBatch) -> Response {
+async fn batch(
+    state: &AppState,
+    identity: &Identity,
+    agent_id: &str,
+    b: wire::EventBatch,
+) -> Response {
     let m = &state.metrics.uplink;
     let n = b.events.len();
     if n > wire::MAX_EVENTS_PER_BATCH {
@@ -745,7 +753,7 @@ async fn batch(state: &AppState, agent_id: &str, b: wire::EventBatch) -> Respons
     let (stored, duplicates) = if valid.is_empty() {
         (0, 0)
     } else {
-        match store_events(state, &mut valid).await {
+        match store_events(state, identity, &mut valid).await {
             Ok(out) => (out.stored.len(), out.duplicates),
             Err(e) => {
                 tracing::warn!(error = %e, agent_id, events = valid.len(), "storing an uplink batch failed");

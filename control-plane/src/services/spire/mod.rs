@@ -28,28 +28,68 @@ mod revocation;
 pub mod routes;
 mod tokens;
 
-use std::sync::Arc;
+use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use authority::{Authority, IssuedSvid, leaf_facts};
 pub use enroll::{enroll, recover, renew};
 pub use fleet::{AgentStatus, AgentView, heartbeat, status_of};
-pub use revocation::Revocations;
-pub use routes::router;
+/// Keeps a [`Spire`]'s revocation set current for an uplink (the ja4 service starts it).
+pub use revocation::{Revocations, spawn_refresher as watch_revocations};
 pub use tokens::{CreatedToken, issue_token};
 
+use super::{BoxFuture, Host, Service, ServiceError};
 use crate::config::SpireConfig;
-use crate::service::ServiceName;
 use crate::state::AppState;
 use crate::store::spire::TokenRefusal;
 use crate::store::{Store, StoreError};
 
-/// Shown by the status endpoint.
-pub const DESCRIPTION: &str = "Trust: built-in SPIFFE CA, one-time join tokens, agent enrollment \
-    and SVID renewal (over the ja4 service's QUIC port), revocation, fleet health.";
+/// The service's name (its handle starts the external SPIRE's health checks where it runs).
+pub const NAME: &str = "spire";
+
+/// The service, as [`super::all`] lists it: the HTTP API and the fleet sweeper, around the
+/// process's [`Spire`] handle.
+#[derive(Debug, Default)]
+pub struct SpireService {
+    spire: OnceLock<Arc<Spire>>,
+}
+
+impl Service for SpireService {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn seed_port(&self) -> u16 {
+        3002
+    }
+    fn description(&self) -> &'static str {
+        "Trust: built-in SPIFFE CA, one-time join tokens, agent enrollment and SVID renewal \
+         (over the ja4 service's QUIC port), revocation, fleet health."
+    }
+    fn routes(&self) -> OpenApiRouter<AppState> {
+        super::with_handle(routes::routes(), self.spire.get())
+    }
+    fn start<'a>(&'a self, host: &'a mut Host) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let spire = handle(host).await?;
+            host.tasks.push(fleet::spawn_sweeper(
+                host.app.clone(),
+                spire.clone(),
+                host.shutdown.clone(),
+            ));
+            let _ = self.spire.set(spire);
+            Ok(())
+        })
+    }
+    fn metrics<'a>(&'a self, _: &'a AppState, out: &'a mut String) -> BoxFuture<'a, ()> {
+        if let Some(spire) = self.spire.get() {
+            spire.render_metrics(out);
+        }
+        Box::pin(async {})
+    }
+}
 
 /// How often uplinks re-read the revoked agents from the store, in case a bus message was lost.
 pub const REVOCATION_REFRESH: Duration = Duration::from_secs(10);
@@ -133,39 +173,41 @@ impl Spire {
     }
 }
 
-/// Starts the spire background work this process needs: the fleet-status sweeper where the
-/// spire service runs, the revocation refresher where the uplink (ja4) runs.
-pub fn start(state: &AppState, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-    let Some(spire) = state.spire.clone() else {
-        return Vec::new();
-    };
-    let mut tasks = Vec::new();
-    if let Some(ext) = &spire.external {
-        // The uplink (ja4) needs the bundle; the spire service reports it and the health.
-        let health = state.service.runs(ServiceName::Spire);
-        tasks.push(external::spawn_refresher(
-            ext.clone(),
-            health,
-            shutdown.clone(),
-        ));
+impl Spire {
+    /// The external SPIRE's gauges for `/metrics`, when one is configured.
+    pub fn render_metrics(&self, out: &mut String) {
+        let Some(ext) = &self.external else {
+            return;
+        };
+        let st = ext.status();
+        let _ = writeln!(
+            out,
+            "# HELP hais_spire_external_healthy The external SPIRE server's health endpoint: 1 healthy, 0 not, -1 not checked.\n\
+             # TYPE hais_spire_external_healthy gauge\nhais_spire_external_healthy {}\n\
+             # HELP hais_spire_external_bundle_loaded_seconds When the external SPIRE bundle was last loaded (Unix time; 0 never).\n\
+             # TYPE hais_spire_external_bundle_loaded_seconds gauge\nhais_spire_external_bundle_loaded_seconds {}",
+            ext.health_gauge(),
+            st.bundle_loaded_us.unwrap_or(0) / 1_000_000
+        );
     }
-    if state.service.runs(ServiceName::Spire) {
-        tasks.push(fleet::spawn_sweeper(
-            state.clone(),
-            spire.clone(),
-            shutdown.clone(),
-        ));
-    }
-    if state.service.runs(ServiceName::Ja4) {
-        tasks.push(revocation::spawn_refresher(state.clone(), spire, shutdown));
-    }
-    tasks
 }
 
-/// The spire state of a process that hosts the service (always there when its routes are).
-fn spire_of(state: &AppState) -> Result<&Arc<Spire>, crate::error::ApiError> {
-    state
-        .spire
-        .as_ref()
-        .ok_or_else(|| crate::error::ApiError::unavailable("the spire service is not running here"))
+/// The process's [`Spire`] handle, loaded by the first service that asks (the spire service, or
+/// the ja4 service, whose uplink enrolls and authenticates agents with it). Loading it also
+/// starts following the external SPIRE's bundle (and, where the spire service runs, its health).
+pub async fn handle(host: &mut Host) -> Result<Arc<Spire>, SpireError> {
+    if let Some(spire) = host.shared::<Spire>() {
+        return Ok(spire);
+    }
+    let spire = Arc::new(Spire::load(&*host.app.store, &host.app.config.spire).await?);
+    if let Some(ext) = &spire.external {
+        // The uplink (ja4) needs the bundle; the spire service reports it and the health.
+        host.tasks.push(external::spawn_refresher(
+            ext.clone(),
+            host.hosts(NAME),
+            host.shutdown.clone(),
+        ));
+    }
+    host.share(spire.clone());
+    Ok(spire)
 }

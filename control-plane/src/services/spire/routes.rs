@@ -1,36 +1,40 @@
 //! The spire service's HTTP API: join tokens, the fleet view, revocation, the trust bundle.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{AgentView, SpireError, spire_of, tokens};
+use super::{AgentView, Spire, SpireError, tokens};
 use crate::auth::{Caller, allow};
 use crate::bus::{BusMessage, topics};
-use crate::error::{ApiError, ErrorBody};
-use crate::gateway::{ApiJson, ApiPath, ApiQuery};
+use crate::http::{ApiError, ErrorBody};
+use crate::http::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 use crate::store::{Page, now_us};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Default and largest fleet page.
 const DEFAULT_AGENT_PAGE: u32 = 100;
 const MAX_AGENT_PAGE: u32 = 1000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/spire/tokens", post(create_token))
-        .route("/api/spire/agents", get(list_agents))
-        .route("/api/spire/agents/{id}", get(get_agent))
-        .route("/api/spire/agents/{id}/revoke", post(revoke_agent))
-        .route("/api/spire/bundle", get(bundle))
-        .route("/api/spire/external", get(external_status))
+/// The routes with their OpenAPI paths. Handlers reach the process's [`Spire`] through an
+/// `Extension` (see [`super::SpireService`]).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_token))
+        .routes(routes!(list_agents))
+        .routes(routes!(get_agent))
+        .routes(routes!(revoke_agent))
+        .routes(routes!(bundle))
+        .routes(routes!(external_status))
 }
 
 impl From<SpireError> for ApiError {
@@ -48,7 +52,7 @@ impl From<SpireError> for ApiError {
 pub struct CreateTokenRequest {
     /// Lifetime, 60 s to 30 days (default `spire.token_ttl`, 1 h).
     #[schema(minimum = 60, maximum = 2592000)]
-    #[serde(default, deserialize_with = "crate::gateway::int::opt_u64")]
+    #[serde(default, deserialize_with = "crate::http::int::opt_u64")]
     pub ttl_seconds: Option<u64>,
     /// Free text kept with the token (at most 256 bytes, no control characters), e.g. the host
     /// it is meant for.
@@ -76,11 +80,11 @@ pub struct CreateTokenResponse {
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create_token(
     State(state): State<AppState>,
+    Extension(spire): Extension<Arc<Spire>>,
     Caller(c): Caller,
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreateTokenResponse>), ApiError> {
     c.require(allow::ADMIN)?;
-    let spire = spire_of(&state)?;
     let ttl = match req.ttl_seconds {
         None => spire.config.token_ttl.0,
         Some(s) => Duration::from_secs(s),
@@ -151,11 +155,11 @@ fn agent_id(s: &str, what: &str) -> Result<String, ApiError> {
               (status = 401, body = ErrorBody)))]
 pub async fn list_agents(
     State(state): State<AppState>,
+    Extension(spire): Extension<Arc<Spire>>,
     Caller(c): Caller,
     ApiQuery(p): ApiQuery<AgentListParams>,
 ) -> Result<Json<AgentPage>, ApiError> {
     c.require(allow::READ)?;
-    let spire = spire_of(&state)?;
     let limit = p.limit.unwrap_or(DEFAULT_AGENT_PAGE);
     if !(1..=MAX_AGENT_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -182,8 +186,7 @@ pub async fn list_agents(
     }))
 }
 
-async fn load_agent(state: &AppState, id: &str) -> Result<AgentView, ApiError> {
-    let spire = spire_of(state)?;
+async fn load_agent(state: &AppState, spire: &Spire, id: &str) -> Result<AgentView, ApiError> {
     let id = agent_id(id, "the agent id")?;
     let a = state
         .store
@@ -200,11 +203,12 @@ async fn load_agent(state: &AppState, id: &str) -> Result<AgentView, ApiError> {
               (status = 404, body = ErrorBody)))]
 pub async fn get_agent(
     State(state): State<AppState>,
+    Extension(spire): Extension<Arc<Spire>>,
     Caller(c): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<AgentView>, ApiError> {
     c.require(allow::READ)?;
-    Ok(Json(load_agent(&state, &id).await?))
+    Ok(Json(load_agent(&state, &spire, &id).await?))
 }
 
 /// Revoke an agent (admin): its SVID renewals, heartbeats, batches and connections are refused
@@ -217,11 +221,11 @@ pub async fn get_agent(
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn revoke_agent(
     State(state): State<AppState>,
+    Extension(spire): Extension<Arc<Spire>>,
     Caller(c): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<AgentView>, ApiError> {
     c.require(allow::ADMIN)?;
-    let spire = spire_of(&state)?;
     let id = agent_id(&id, "the agent id")?;
     let (revoked_us, newly) = state
         .store
@@ -229,7 +233,7 @@ pub async fn revoke_agent(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no agent {id}")))?;
     spire.revocations.insert(&id);
-    let view = load_agent(&state, &id).await?;
+    let view = load_agent(&state, &spire, &id).await?;
     if newly {
         tracing::warn!(agent_id = %id, by = %c.sub, "agent revoked");
         state
@@ -253,11 +257,10 @@ pub async fn revoke_agent(
     responses((status = 200, content_type = "application/x-pem-file", body = String),
               (status = 401, body = ErrorBody)))]
 pub async fn bundle(
-    State(state): State<AppState>,
+    Extension(spire): Extension<Arc<Spire>>,
     Caller(c): Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     c.require(allow::READ)?;
-    let spire = spire_of(&state)?;
     Ok((
         [(header::CONTENT_TYPE, "application/x-pem-file")],
         spire.authority.ca_pem(),
@@ -270,11 +273,10 @@ pub async fn bundle(
     responses((status = 200, body = super::external::ExternalStatus),
               (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn external_status(
-    State(state): State<AppState>,
+    Extension(spire): Extension<Arc<Spire>>,
     Caller(c): Caller,
 ) -> Result<Json<super::external::ExternalStatus>, ApiError> {
     c.require(allow::READ)?;
-    let spire = spire_of(&state)?;
     let ext = spire.external.as_ref().ok_or_else(|| {
         ApiError::not_found("no external SPIRE is configured ([spire.external] trust_domain)")
     })?;

@@ -1,7 +1,7 @@
 //! The API's one error shape: `{"error": {"code", "message"}}` with a matching HTTP status.
 //!
 //! Handlers return [`ApiError`]; body-parsing rejections from axum are mapped onto it as well
-//! (see [`crate::gateway::json`]), so a client never sees a plain-text error or a 500 for bad
+//! (see [`super::ApiJson`]), so a client never sees a plain-text error or a 500 for bad
 //! input. Internal failures are logged with their cause and reported without details.
 
 use axum::Json;

@@ -1,5 +1,0 @@
-//! The `alert` service — a **placeholder**. It has a status endpoint (`GET /api/alert/status`)
-//! and a live bus subscription that counts what it sees; its real work is not built yet.
-
-/// Shown by the status endpoint, so nobody mistakes the placeholder for the real thing.
-pub const DESCRIPTION: &str = "Alert: alert lifecycle, dedup and notification channels. Placeholder: status endpoint and bus listener only.";
