@@ -447,8 +447,19 @@ async fn split_spire_enrollment_and_revocation() {
     iso.cleanup().await;
 }
 
-/// A gauge or counter of `/metrics` for the correlation consumer, if the process reports it.
+/// A gauge or counter of `/metrics` for the correlation consumer, if the process reports it
+/// (a scrape that fails, e.g. times out on a loaded machine, is tried again up to 10 times).
 async fn consumer_metric(http: &Http, port: u16, name: &str) -> Option<f64> {
+    for _ in 0..10 {
+        if let Some(v) = scrape_consumer_metric(http, port, name).await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+async fn scrape_consumer_metric(http: &Http, port: u16, name: &str) -> Option<f64> {
     let req = axum::http::Request::get(format!("http://127.0.0.1:{port}/metrics"))
         .body(Full::new(Bytes::new()))
         .unwrap();
