@@ -784,20 +784,22 @@ macro_rules! impl_bus_store {
             {
                 let $r = self;
                 Box::pin(async move {
-                    let row: Option<$crate::store::bus::DeadLetterRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                        "SELECT {} FROM bus_dead_letters WHERE id = $1",
+                    // One read: the record and its payload together.
+                    type WithPayload =
+                        (String, String, String, i64, i64, i64, String, i64, i64, Option<i64>, Vec<u8>);
+                    let row: Option<WithPayload> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT {}, payload FROM bus_dead_letters WHERE id = $1",
                         DEAD_LETTER_COLUMNS
                     )))
                     .bind(id)
                     .fetch_optional($rexpr)
                     .await?;
-                    let Some(row) = row else { return Ok(None) };
-                    let payload: Vec<u8> =
-                        sqlx::query_scalar("SELECT payload FROM bus_dead_letters WHERE id = $1")
-                            .bind(id)
-                            .fetch_one($rexpr)
-                            .await?;
-                    Ok(Some(($crate::store::bus::dead_letter_of(row), payload)))
+                    Ok(row.map(|(a, b, c, d, e, f, g, h, i, j, payload)| {
+                        (
+                            $crate::store::bus::dead_letter_of((a, b, c, d, e, f, g, h, i, j)),
+                            payload,
+                        )
+                    }))
                 })
             }
 
