@@ -361,6 +361,9 @@ pub fn sanitize(mut w: Workload) -> Workload {
         (&mut w.exe_sha256, true),
         (&mut w.k8s_namespace, true),
         (&mut w.k8s_service_account, true),
+        (&mut w.k8s_pod_name, true),
+        (&mut w.container_image, true),
+        (&mut w.container_name, true),
         (&mut w.direction, true),
         (&mut w.unattributed, true),
     ] {

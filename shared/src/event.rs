@@ -99,8 +99,8 @@ impl Fingerprint {
 /// The workload a flow belongs to. Every field is optional: attribution fills in what it can.
 ///
 /// The agent reports what it observed about the local process (pid, executable, uid, cgroup,
-/// container, pod); the control plane adds `spiffe_id` and `selectors` on ingest by matching
-/// registration entries, so agents never hold or decide workload identities.
+/// container, pod); the control plane adds the workload `key`, and `spiffe_id` and `selectors`
+/// by matching registration entries, so agents never hold or decide workload identities.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,6 +138,16 @@ pub struct Workload {
     pub container_runtime: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub container_labels: BTreeMap<String, String>,
+    /// The container's image reference as the runtime started it (`registry/app:tag`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_image: Option<String>,
+    /// The container's name (Docker's `Name` without the leading `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// The Kubernetes pod's name; with the namespace it names the owning workload (see
+    /// [`crate::workload`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_pod_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k8s_namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +162,10 @@ pub struct Workload {
     /// Selectors of the registration entry that named `spiffe_id` (set by the control plane).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub selectors: Vec<String>,
+    /// The workload key ([`crate::workload`]), set by the control plane on ingest (whatever a
+    /// sender put here is replaced), so every consumer reads the same key without recomputing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl Workload {
@@ -234,8 +248,12 @@ impl FingerprintEvent {
             ("workload.exe_sha256", &w.exe_sha256, true),
             ("workload.k8s_namespace", &w.k8s_namespace, true),
             ("workload.k8s_service_account", &w.k8s_service_account, true),
+            ("workload.k8s_pod_name", &w.k8s_pod_name, true),
+            ("workload.container_image", &w.container_image, true),
+            ("workload.container_name", &w.container_name, true),
             ("workload.direction", &w.direction, true),
             ("workload.unattributed", &w.unattributed, true),
+            ("workload.key", &w.key, false),
         ] {
             if let Some(v) = v {
                 check_text(field, v, MAX_IDENTITY_LEN, ascii)?;

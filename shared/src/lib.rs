@@ -6,4 +6,6 @@ pub mod fingerprint;
 pub mod registration;
 pub mod selector;
 pub mod spiffe;
+pub mod template;
 pub mod wire;
+pub mod workload;

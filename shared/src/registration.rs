@@ -154,9 +154,18 @@ pub fn selectors_for(e: &crate::event::FingerprintEvent) -> BTreeSet<Selector> {
             add(kind, v.clone());
         }
     }
+    if let Some(pod) = &w.k8s_pod_name {
+        add(Kind::K8sPodName, pod.clone());
+    }
+    if let Some(key) = crate::workload::workload_key(e) {
+        add(Kind::HaisWorkload, key);
+    }
     if w.container_runtime.as_deref() == Some("docker") {
         if let Some(id) = &w.container {
             add(Kind::DockerId, id.clone());
+        }
+        if let Some(image) = &w.container_image {
+            add(Kind::DockerImageId, image.clone());
         }
         for (k, v) in &w.container_labels {
             add(Kind::DockerLabel, format!("{k}:{v}"));
@@ -370,8 +379,13 @@ mod tests {
         e.workload.k8s_service_account = Some("api".into());
         e.workload.pod = Some("8d3e5c2a-1b4f-4e6a-9c7d-0e1f2a3b4c5d".into());
         e.workload.cmdline = Some("curl x".into());
+        e.workload.k8s_pod_name = Some("api-7d4b9c8f6d-x2x9q".into());
+        e.workload.container_image = Some("shop/api:1.2".into());
         let got = names(&e);
         for want in [
+            "k8s:pod-name:api-7d4b9c8f6d-x2x9q",
+            "docker:image_id:shop/api:1.2",
+            "hais:workload:k8s:payments:deployment/api",
             "unix:uid:1000",
             "unix:user:svc",
             "unix:path:/usr/bin/curl",

@@ -37,10 +37,17 @@ pub enum Kind {
     HaisAgent,
     /// `hais:host:<host name>` — the host the agent runs on.
     HaisHost,
+    /// `docker:image_id:<image reference>` — the image a Docker container was started from.
+    DockerImageId,
+    /// `k8s:pod-name:<name>`.
+    K8sPodName,
+    /// `hais:workload:<workload key>` — the discovered workload ([`crate::workload`]); an
+    /// entry made from the inventory names a workload with this one selector.
+    HaisWorkload,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 14] = [
         Kind::UnixUid,
         Kind::UnixUser,
         Kind::UnixPath,
@@ -52,6 +59,9 @@ impl Kind {
         Kind::K8sPodUid,
         Kind::HaisAgent,
         Kind::HaisHost,
+        Kind::DockerImageId,
+        Kind::K8sPodName,
+        Kind::HaisWorkload,
     ];
 
     /// `(type, key)` as written in selectors.
@@ -68,6 +78,9 @@ impl Kind {
             Kind::K8sPodUid => ("k8s", "pod-uid"),
             Kind::HaisAgent => ("hais", "agent"),
             Kind::HaisHost => ("hais", "host"),
+            Kind::DockerImageId => ("docker", "image_id"),
+            Kind::K8sPodName => ("k8s", "pod-name"),
+            Kind::HaisWorkload => ("hais", "workload"),
         }
     }
 
@@ -187,6 +200,12 @@ impl Selector {
             Kind::K8sNs if !is_dns_label(&value) => Some("must be a DNS label (RFC 1123)"),
             Kind::K8sSa if !is_dns_subdomain(&value) => Some("must be a DNS subdomain (RFC 1123)"),
             Kind::K8sPodUid if !is_uuid(&value) => Some("must be a UUID"),
+            Kind::K8sPodName if !is_dns_subdomain(&value) => {
+                Some("must be a DNS subdomain (RFC 1123)")
+            }
+            Kind::HaisWorkload if crate::workload::WorkloadKind::of_key(&value).is_none() => {
+                Some("must be a workload key (k8s:…, container:… or host:…)")
+            }
             Kind::HaisAgent | Kind::HaisHost
                 if value.contains(char::is_whitespace) || value.contains('/') =>
             {
@@ -263,6 +282,9 @@ mod tests {
             format!("k8s:pod-uid:{pod}"),
             "hais:agent:0192f0c1-aa".into(),
             "hais:host:web-01".into(),
+            "docker:image_id:registry.local:5000/shop/web:1.2".into(),
+            "k8s:pod-name:web-7d4b9c8f6d-x2x9q".into(),
+            "hais:workload:host:web-01:/usr/bin/curl:root".into(),
         ];
         for (s, kind) in samples.iter().zip(Kind::ALL) {
             let sel = Selector::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));

@@ -41,28 +41,22 @@ impl DurableTopic for FingerprintEvents {
     }
 }
 
-/// The key naming the workload behind an event: its SPIFFE ID when the identity service
-/// resolved one, else the facts the agent attributed (Kubernetes namespace and service account,
-/// container, host executable and user), else the host and agent. Stable across restarts and
-/// replicas because it is built only from the event.
+/// The key whose events one consumer handles in order: the event's SPIFFE ID when the identity
+/// service resolved one, else its workload key (`hais_shared::workload`: set on ingest, computed
+/// here for events stored before), else the host and agent (flows no process was attributed
+/// to). Stable across restarts and replicas because it is built only from the event; the same
+/// identity the correlation baselines use.
 pub fn workload_key(e: &FingerprintEvent) -> Cow<'_, str> {
     let w = &e.workload;
     if let Some(id) = &w.spiffe_id {
         return Cow::Borrowed(id);
     }
-    if let (Some(ns), Some(sa)) = (&w.k8s_namespace, &w.k8s_service_account) {
-        return Cow::Owned(format!("k8s:{ns}:{sa}"));
+    if let Some(key) = &w.key {
+        return Cow::Borrowed(key);
     }
-    if let Some(c) = &w.container {
-        return Cow::Owned(format!("container:{}:{c}", e.host));
-    }
-    match (&w.exe, &w.user) {
-        (Some(exe), user) => Cow::Owned(format!(
-            "host:{}:{exe}:{}",
-            e.host,
-            user.as_deref().unwrap_or("")
-        )),
-        (None, _) => Cow::Owned(format!("agent:{}:{}", e.host, e.agent_id)),
+    match hais_shared::workload::workload_key(e) {
+        Some(key) => Cow::Owned(key),
+        None => Cow::Owned(format!("agent:{}:{}", e.host, e.agent_id)),
     }
 }
 
@@ -152,6 +146,9 @@ mod tests {
         assert_eq!(workload_key(&a), "spiffe://td/web");
         let b = event("h1", Some("/usr/bin/curl"), None);
         assert_eq!(workload_key(&b), "host:h1:/usr/bin/curl:");
+        let mut k = b.clone();
+        k.workload.key = Some("k8s:shop:deployment/web".into());
+        assert_eq!(workload_key(&k), "k8s:shop:deployment/web");
         let c = event("h1", None, None);
         assert_eq!(workload_key(&c), "agent:h1:a1");
     }

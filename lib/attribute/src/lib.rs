@@ -80,6 +80,9 @@ pub struct ProcessInfo {
     pub exe_sha256: Option<String>,
     /// Labels of the Docker container, when the process runs in one.
     pub container_labels: Vec<(String, String)>,
+    /// Image reference and name of the Docker container.
+    pub container_image: Option<String>,
+    pub container_name: Option<String>,
     /// Namespace and service account of the Kubernetes pod.
     pub pod: Option<metadata::PodInfo>,
 }
@@ -149,6 +152,9 @@ impl Attribution {
                 container: p.container.as_ref().map(|c| c.id.clone()),
                 container_runtime: p.container.as_ref().map(|c| c.runtime.to_owned()),
                 container_labels: p.container_labels.iter().cloned().collect(),
+                container_image: p.container_image.clone(),
+                container_name: p.container_name.clone(),
+                k8s_pod_name: p.pod.as_ref().and_then(|x| x.pod_name.clone()),
                 pod: p.pod_uid.clone(),
                 k8s_namespace: p.pod.as_ref().map(|x| x.namespace.clone()),
                 k8s_service_account: p.pod.as_ref().and_then(|x| x.service_account.clone()),

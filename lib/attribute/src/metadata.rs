@@ -22,6 +22,19 @@ pub const MAX_HASHED_EXE: u64 = 512 * 1024 * 1024;
 pub struct PodInfo {
     pub namespace: String,
     pub service_account: Option<String>,
+    /// The pod's name (the token's `kubernetes.io.pod.name` claim): it names the owning
+    /// workload (`hais_shared::workload::pod_owner`).
+    pub pod_name: Option<String>,
+}
+
+/// What a Docker container's `config.v2.json` says about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DockerConfig {
+    pub labels: Vec<(String, String)>,
+    /// `Config.Image`: the reference it was started from.
+    pub image: Option<String>,
+    /// `Name` without the leading `/`.
+    pub name: Option<String>,
 }
 
 /// Caches of per-file and per-container facts.
@@ -29,7 +42,7 @@ pub struct PodInfo {
 pub struct Metadata {
     /// (device, inode, size, mtime) → SHA-256 hex: a changed file gets a new key.
     hashes: HashMap<(u64, u64, u64, i64), Option<String>>,
-    labels: HashMap<String, Vec<(String, String)>>,
+    containers: HashMap<String, DockerConfig>,
     pods: HashMap<String, Option<PodInfo>>,
     docker_root: PathBuf,
     kubelet_root: PathBuf,
@@ -45,7 +58,7 @@ impl Metadata {
     pub fn new(docker_root: impl Into<PathBuf>, kubelet_root: impl Into<PathBuf>) -> Self {
         Metadata {
             hashes: HashMap::new(),
-            labels: HashMap::new(),
+            containers: HashMap::new(),
             pods: HashMap::new(),
             docker_root: docker_root.into(),
             kubelet_root: kubelet_root.into(),
@@ -58,7 +71,10 @@ impl Metadata {
         if let Some(c) = &p.container
             && c.runtime == "docker"
         {
-            p.container_labels = self.docker_labels(&c.id);
+            let cfg = self.docker_config(&c.id);
+            p.container_labels = cfg.labels;
+            p.container_image = cfg.image;
+            p.container_name = cfg.name;
         }
         if let Some(uid) = &p.pod_uid {
             p.pod = self.pod_info(uid);
@@ -92,30 +108,42 @@ impl Metadata {
         h
     }
 
-    /// A Docker container's labels, from `<docker root>/containers/<id>/config.v2.json`.
-    pub fn docker_labels(&mut self, container_id: &str) -> Vec<(String, String)> {
-        if let Some(l) = self.labels.get(container_id) {
-            return l.clone();
+    /// A Docker container's labels, image and name, from
+    /// `<docker root>/containers/<id>/config.v2.json`.
+    pub fn docker_config(&mut self, container_id: &str) -> DockerConfig {
+        if let Some(c) = self.containers.get(container_id) {
+            return c.clone();
         }
         let path = self
             .docker_root
             .join("containers")
             .join(container_id)
             .join("config.v2.json");
-        let labels = fs::read(&path)
+        let v = fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| {
-                let obj = v.get("Config")?.get("Labels")?.as_object()?.clone();
-                Some(
-                    obj.into_iter()
-                        .filter_map(|(k, v)| Some((k, v.as_str()?.to_owned())))
-                        .collect::<Vec<_>>(),
-                )
-            })
             .unwrap_or_default();
-        self.labels.insert(container_id.to_owned(), labels.clone());
-        labels
+        let text = |v: Option<&serde_json::Value>| {
+            v.and_then(|v| v.as_str())
+                .map(|s| s.trim_start_matches('/').to_owned())
+                .filter(|s| !s.is_empty())
+        };
+        let cfg = DockerConfig {
+            labels: v
+                .get("Config")
+                .and_then(|c| c.get("Labels"))
+                .and_then(|l| l.as_object())
+                .map(|obj| {
+                    obj.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            image: text(v.get("Config").and_then(|c| c.get("Image"))),
+            name: text(v.get("Name")),
+        };
+        self.containers.insert(container_id.to_owned(), cfg.clone());
+        cfg
     }
 
     /// A pod's namespace and service account, from the service-account token the kubelet
@@ -144,6 +172,7 @@ impl Metadata {
                 Some(PodInfo {
                     namespace: ns.trim().to_owned(),
                     service_account: None,
+                    pod_name: None,
                 })
             })
         });
@@ -164,9 +193,16 @@ pub fn pod_from_token(jwt: &str) -> Option<PodInfo> {
     let sub = v.get("sub")?.as_str()?;
     let rest = sub.strip_prefix("system:serviceaccount:")?;
     let (ns, sa) = rest.split_once(':')?;
+    let pod_name = v
+        .get("kubernetes.io")
+        .and_then(|k| k.get("pod"))
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_owned);
     Some(PodInfo {
         namespace: ns.to_owned(),
         service_account: Some(sa.to_owned()),
+        pod_name,
     })
 }
 
@@ -200,18 +236,21 @@ mod tests {
     }
 
     #[test]
-    fn docker_labels_from_config_v2() {
+    fn docker_labels_image_and_name_from_config_v2() {
         let d = tmp("docker");
         let id = "c".repeat(64);
         let cdir = d.join("containers").join(&id);
         fs::create_dir_all(&cdir).unwrap();
         fs::write(
             cdir.join("config.v2.json"),
-            r#"{"Config":{"Labels":{"app":"payments","tier":"api","n":1}}}"#,
+            r#"{"Name":"/shop-web-1","Config":{"Image":"shop/web:1.2","Labels":{"app":"payments","tier":"api","n":1}}}"#,
         )
         .unwrap();
         let mut m = Metadata::new(&d, &d);
-        let mut l = m.docker_labels(&id);
+        let cfg = m.docker_config(&id);
+        assert_eq!(cfg.image.as_deref(), Some("shop/web:1.2"));
+        assert_eq!(cfg.name.as_deref(), Some("shop-web-1"));
+        let mut l = cfg.labels;
         l.sort();
         assert_eq!(
             l,
@@ -220,7 +259,7 @@ mod tests {
                 ("tier".into(), "api".into())
             ]
         );
-        assert!(m.docker_labels(&"d".repeat(64)).is_empty());
+        assert_eq!(m.docker_config(&"d".repeat(64)), DockerConfig::default());
         fs::remove_dir_all(&d).unwrap();
     }
 
@@ -234,7 +273,7 @@ mod tests {
             .join("volumes/kubernetes.io~projected/kube-api-access-x1");
         fs::create_dir_all(&vol).unwrap();
         let claims =
-            URL_SAFE_NO_PAD.encode(br#"{"sub":"system:serviceaccount:payments:api","aud":["x"]}"#);
+            URL_SAFE_NO_PAD.encode(br#"{"sub":"system:serviceaccount:payments:api","aud":["x"],"kubernetes.io":{"namespace":"payments","pod":{"name":"api-7d4b9c8f6d-x2x9q","uid":"8d3e5c2a"}}}"#);
         fs::write(
             vol.join("token"),
             format!("eyJhbGciOiJSUzI1NiJ9.{claims}.sig"),
@@ -245,7 +284,8 @@ mod tests {
             m.pod_info(uid),
             Some(PodInfo {
                 namespace: "payments".into(),
-                service_account: Some("api".into())
+                service_account: Some("api".into()),
+                pod_name: Some("api-7d4b9c8f6d-x2x9q".into()),
             })
         );
         // Without a readable token, the namespace file still names the namespace.

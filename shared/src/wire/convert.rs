@@ -138,6 +138,9 @@ impl From<&FingerprintEvent> for w::Event {
                 k8s_service_account: wl.k8s_service_account.clone(),
                 direction: wl.direction.clone(),
                 unattributed: wl.unattributed.clone(),
+                container_image: wl.container_image.clone(),
+                container_name: wl.container_name.clone(),
+                k8s_pod_name: wl.k8s_pod_name.clone(),
             }),
         }
     }
@@ -203,7 +206,11 @@ impl TryFrom<w::Event> for FingerprintEvent {
                 k8s_service_account: wl.k8s_service_account,
                 direction: wl.direction,
                 unattributed: wl.unattributed,
+                container_image: wl.container_image,
+                container_name: wl.container_name,
+                k8s_pod_name: wl.k8s_pod_name,
                 selectors: Vec::new(),
+                key: None,
             })
             .unwrap_or_default();
         Ok(FingerprintEvent {

@@ -184,6 +184,12 @@ pub struct Workload {
     pub direction: Option<String>,
     #[prost(string, optional, tag = "17")]
     pub unattributed: Option<String>,
+    #[prost(string, optional, tag = "18")]
+    pub container_image: Option<String>,
+    #[prost(string, optional, tag = "19")]
+    pub container_name: Option<String>,
+    #[prost(string, optional, tag = "20")]
+    pub k8s_pod_name: Option<String>,
 }
 
 /// Sent once the batch is committed. `stored + duplicates + rejected.len()` equals the batch size.

@@ -51,6 +51,9 @@ fn events_round_trip_through_the_wire_form() {
                 container_labels: [("app".to_string(), "payments".to_string())].into(),
                 k8s_namespace: Some("payments".into()),
                 k8s_service_account: Some("api".into()),
+                k8s_pod_name: Some("api-7d4b9c8f6d-x2x9q".into()),
+                container_image: Some("registry.local/payments/api:1.2".into()),
+                container_name: Some("api".into()),
                 direction: Some("outbound".into()),
                 ..Workload::default()
             };

@@ -126,6 +126,11 @@ fn same_facts(a: &FingerprintEvent, b: &FingerprintEvent) -> bool {
         && x.container_runtime == y.container_runtime
         && x.container == y.container
         && x.container_labels == y.container_labels
+        && x.container_image == y.container_image
+        && x.container_name == y.container_name
+        && x.k8s_pod_name == y.k8s_pod_name
+        && x.process == y.process
+        && x.unattributed == y.unattributed
 }
 
 /// The match for one set of observed selectors: (SPIFFE ID, the entry's selectors, the other
@@ -164,6 +169,7 @@ fn match_one(snap: &Snapshot, observed: &BTreeSet<Selector>) -> Matched {
 /// event alone otherwise. Consecutive events with the same facts (one process's flows) are
 /// matched once.
 pub fn resolve(snap: &Snapshot, events: &mut [FingerprintEvent]) -> Resolution {
+    set_keys(events);
     let mut out = Resolution::default();
     if snap.entries.is_empty() {
         return out;
@@ -190,6 +196,18 @@ pub fn resolve(snap: &Snapshot, events: &mut [FingerprintEvent]) -> Resolution {
         prev = Some((i, matched));
     }
     out
+}
+
+/// Gives every event its workload key (`hais_shared::workload`), replacing whatever the sender
+/// put there. Consecutive events with the same facts share the computed key.
+pub fn set_keys(events: &mut [FingerprintEvent]) {
+    for i in 0..events.len() {
+        let key = match i.checked_sub(1) {
+            Some(p) if same_facts(&events[p], &events[i]) => events[p].workload.key.clone(),
+            _ => hais_shared::workload::workload_key(&events[i]),
+        };
+        events[i].workload.key = key;
+    }
 }
 
 /// The identity state of one process: the entries snapshot and how to refresh it.
