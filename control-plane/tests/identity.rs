@@ -734,12 +734,372 @@ async fn inventory(backend: Backend) {
     // The OpenAPI document describes the routes (paths taken from the document).
     assert_eq!(
         common::assert_router_serves_document(&t, "/api/identity/").await,
-        6
+        11
     );
     t.finish().await;
 }
 
+/// GET `path` until `done` holds for the answer (the inventory is written by a consumer of the
+/// durable bus, shortly after ingest); the last answer.
+async fn until(t: &TestApp, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, v) = t.call("GET", path, Some(&t.admin), None).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {v}");
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never satisfied: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Ingests `e` again (a new flow of the same workload) and checks that it is stored under
+/// `spiffe_id` (the identity's inventory counts exactly it).
+async fn assert_next_event_named(t: &TestApp, e: &FingerprintEvent, spiffe_id: &str) {
+    let mut again = e.clone();
+    again.id = uuid::Uuid::now_v7();
+    t.ingest(&[again]).await;
+    let (s, v) = t
+        .call(
+            "GET",
+            &format!("/api/identity/identities/{spiffe_id}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["count"], 1);
+}
+
+/// An admin's POST of `body` to `path`.
+async fn post(t: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
+    t.call("POST", path, Some(&t.admin), Some(body)).await
+}
+
+fn keys(page: &Value) -> Vec<&str> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["key"].as_str().unwrap())
+        .collect()
+}
+
+/// Discovered workloads with no registration entry: host processes and a Kubernetes deployment
+/// appear with their facts, selectors and fingerprints; filters and pagination; an entry made
+/// from a workload and a template name them at once and name their next events.
+async fn discovered_workloads(backend: Backend) {
+    let t = TestApp::start(backend, "idworkloads").await;
+    let curl = process_event("web-01", 0, "/usr/bin/curl", &[(Method::Ja4, JA4_A)]);
+    let nginx = process_event("web-01", 33, "/usr/sbin/nginx", &[(Method::Ja4, JA4_B)]);
+    let pod = |node: &str, name: &str| {
+        let mut e = process_event(node, 1000, "/app/server", &[(Method::Ja4h, JA4H_A)]);
+        e.workload.k8s_namespace = Some("shop".into());
+        e.workload.k8s_service_account = Some("api".into());
+        e.workload.k8s_pod_name = Some(name.into());
+        e
+    };
+    t.ingest(&[
+        curl.clone(),
+        nginx.clone(),
+        pod("node-1", "api-7d4b9c8f6d-x2x9q"),
+        pod("node-2", "api-7d4b9c8f6d-q8z4m"),
+    ])
+    .await;
+    const CURL: &str = "host:web-01:/usr/bin/curl:user0";
+    const NGINX: &str = "host:web-01:/usr/sbin/nginx:user33";
+    const API: &str = "k8s:shop:deployment/api";
+    let all = until(&t, "/api/identity/workloads", |v| {
+        v["items"].as_array().unwrap().len() == 3
+    })
+    .await;
+    let mut sorted = vec![CURL, NGINX, API];
+    sorted.sort();
+    assert_eq!(keys(&all), sorted);
+    let c = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["key"] == CURL)
+        .unwrap();
+    assert_eq!(c["kind"], "host");
+    assert_eq!(c["facts"]["host"], "web-01");
+    assert_eq!(c["facts"]["workload"]["exe"], "/usr/bin/curl");
+    assert_eq!(c["facts"]["workload"].get("pid"), None);
+    assert_eq!(c["count"], 1);
+    assert_eq!(
+        c["methods"],
+        json!({"ja4": {"fingerprints": 1, "events": 1}})
+    );
+    assert_eq!(c["hosts"]["top"][0]["value"], "web-01");
+    assert_eq!(c.get("spiffe_id"), None);
+    let sels: Vec<&str> = c["selectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    for want in [
+        "unix:path:/usr/bin/curl",
+        "unix:uid:0",
+        "hais:host:web-01",
+        "hais:workload:host:web-01:/usr/bin/curl:user0",
+    ] {
+        assert!(sels.contains(&want), "{want} not in {sels:?}");
+    }
+    let api = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["key"] == API)
+        .unwrap();
+    assert_eq!(api["namespace"], "shop");
+    assert_eq!(api["count"], 2);
+    assert_eq!(api["hosts"]["total"], 2);
+
+    // Filters, alone and combined; pagination.
+    for (query, want) in [
+        ("host=node-2", vec![API]),
+        ("agent=agent-1", vec![CURL, NGINX, API]),
+        ("namespace=shop", vec![API]),
+        ("kind=host", vec![CURL, NGINX]),
+        ("resolved=false", vec![CURL, NGINX, API]),
+        ("resolved=true", vec![]),
+        ("q=curl", vec![CURL]),
+        ("q=%25", vec![]),
+        ("kind=host&host=web-01&q=nginx", vec![NGINX]),
+    ] {
+        let (s, v) = t
+            .call(
+                "GET",
+                &format!("/api/identity/workloads?{query}"),
+                Some(&t.admin),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{query}: {v}");
+        let mut want = want;
+        want.sort();
+        assert_eq!(keys(&v), want, "{query}");
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/identity/workloads?limit=2&cursor={c}"),
+            None => "/api/identity/workloads?limit=2".into(),
+        };
+        let (_, v) = t.call("GET", &path, Some(&t.admin), None).await;
+        seen.extend(keys(&v).into_iter().map(str::to_owned));
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, keys(&all));
+    for bad in [
+        "kind=vm",
+        "limit=0",
+        "resolved=maybe",
+        "cursor=%25%25",
+        "nope=1",
+        "host=",
+    ] {
+        let (s, v) = t
+            .call(
+                "GET",
+                &format!("/api/identity/workloads?{bad}"),
+                Some(&t.admin),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert!(v["error"]["message"].is_string(), "{v}");
+    }
+
+    // Detail, the key raw or percent-encoded; a fingerprint lists its workloads.
+    let (s, d) = t
+        .call(
+            "GET",
+            &format!("/api/identity/workloads/{CURL}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["fingerprints"]["ja4"][0]["value"], JA4_A);
+    assert_eq!(d["fingerprints_total"], 1);
+    assert_eq!(d["destinations"]["top"][0]["value"], "api.example");
+    assert_eq!(d["agents"]["top"][0]["value"], "agent-1");
+    let (s, d2) = t
+        .call(
+            "GET",
+            &format!("/api/identity/workloads/{}", enc(CURL)),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!((s, &d2), (StatusCode::OK, &d));
+    let (s, _) = t
+        .call(
+            "GET",
+            "/api/identity/workloads/host:nowhere:/x:y",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, fp) = t
+        .call(
+            "GET",
+            &format!("/api/ja4/fingerprints/ja4/{JA4_A}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{fp}");
+    assert_eq!(fp["workloads"]["total"], 1);
+    assert_eq!(fp["workloads"]["top"][0]["value"], CURL);
+
+    // An entry from what was seen: selectors must be among the workload's.
+    let (s, v) = post(
+        &t,
+        "/api/identity/entries/from-workload",
+        json!({"workload": CURL, "spiffe_id": "spiffe://prod/curl",
+                              "selectors": ["unix:uid:1"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not present"),
+        "{v}"
+    );
+    let (s, _) = post(
+        &t,
+        "/api/identity/entries/from-workload",
+        json!({"workload": "host:x:/y:z", "spiffe_id": "spiffe://prod/x"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = post(
+        &t,
+        "/api/identity/entries/from-workload",
+        json!({"workload": CURL, "spiffe_id": "not-spiffe"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, entry) = post(
+        &t,
+        "/api/identity/entries/from-workload",
+        json!({"workload": CURL, "spiffe_id": "spiffe://prod/curl"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{entry}");
+    assert_eq!(entry["selectors"], json!([format!("hais:workload:{CURL}")]));
+    let (s, _) = post(
+        &t,
+        "/api/identity/entries/from-workload",
+        json!({"workload": CURL, "spiffe_id": "spiffe://prod/curl"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    // The inventory shows it at once (no new event needed) ...
+    let resolved = until(&t, "/api/identity/workloads?resolved=true", |v| {
+        keys(v) == [CURL]
+    })
+    .await;
+    assert_eq!(resolved["items"][0]["spiffe_id"], "spiffe://prod/curl");
+    assert_eq!(
+        resolved["items"][0]["resolved_by"],
+        format!("entry:{}", entry["id"].as_str().unwrap())
+    );
+    // ... and the workload's next events carry it.
+    assert_next_event_named(&t, &curl, "spiffe://prod/curl").await;
+
+    // A template names every host process without an entry; the entry still wins for curl.
+    for bad in [
+        json!({"pattern": "spiffe://{td}/{nope}"}),
+        json!({"pattern": "http://x"}),
+        json!({"pattern": "spiffe://{td}/h/{host}", "selectors": ["bad"]}),
+        json!({"pattern": "spiffe://{td}/h/{host}", "extra": 1}),
+    ] {
+        let (s, v) = post(&t, "/api/identity/templates", bad.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+    let body = json!({"pattern": "spiffe://{td}/host/{host}/{executable}",
+                      "selectors": ["hais:host:web-01"]});
+    let (s, template) = post(&t, "/api/identity/templates", body.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{template}");
+    let (s, _) = post(&t, "/api/identity/templates", body).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let tid = template["id"].as_str().unwrap().to_owned();
+    let resolved = until(&t, "/api/identity/workloads?resolved=true", |v| {
+        keys(v) == [CURL, NGINX]
+    })
+    .await;
+    assert_eq!(resolved["items"][0]["spiffe_id"], "spiffe://prod/curl");
+    assert_eq!(
+        resolved["items"][1]["spiffe_id"],
+        "spiffe://hais.local/host/web-01/usr/sbin/nginx"
+    );
+    assert_eq!(
+        resolved["items"][1]["resolved_by"],
+        format!("template:{tid}")
+    );
+    assert_next_event_named(&t, &nginx, "spiffe://hais.local/host/web-01/usr/sbin/nginx").await;
+    let (s, list) = t
+        .call("GET", "/api/identity/templates", Some(&t.admin), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["items"][0]["id"], tid.as_str());
+    let (s, one) = t
+        .call(
+            "GET",
+            &format!("/api/identity/templates/{tid}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!((s, &one), (StatusCode::OK, &template));
+    let (s, _) = t
+        .call("GET", "/api/identity/templates/nope", Some(&t.admin), None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Deleting it takes the ID away again.
+    let (s, _) = t
+        .call(
+            "DELETE",
+            &format!("/api/identity/templates/{tid}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = t
+        .call(
+            "DELETE",
+            &format!("/api/identity/templates/{tid}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    until(&t, "/api/identity/workloads?resolved=true", |v| {
+        keys(v) == [CURL]
+    })
+    .await;
+    t.finish().await;
+}
+
 crate::backend_tests!(
+    discovered_workloads,
     entries_crud_and_validation,
     spire_import,
     resolution_on_ingest,

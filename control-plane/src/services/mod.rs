@@ -377,16 +377,23 @@ impl Handler<FingerprintEvents> for CountEvents {
 /// split deployments, replicas and the bus's guarantees are exercised end to end before the
 /// service does real work.
 fn count_events_durably(host: &mut Host, name: &'static str) {
+    let handler = Arc::new(CountEvents(host.stats.clone()));
+    consume::<FingerprintEvents>(host, name, handler);
+}
+
+/// Joins consumer group `group` of durable topic `T` with `handler`, as a task of the service
+/// being started (its counters on `/metrics` and the service's status).
+pub fn consume<T: DurableTopic>(host: &mut Host, group: &str, handler: Arc<dyn Handler<T>>) {
     let app = &host.app;
-    let metrics = app.consumers.register(name, FingerprintEvents::NAME);
+    let metrics = app.consumers.register(group, T::NAME);
     host.tasks.push(
-        Consumer::<FingerprintEvents>::new(
+        Consumer::<T>::new(
             app.store.clone(),
             app.wakeups.clone(),
-            name,
+            group,
             &app.instance.to_string(),
             app.config.bus.consumer_options(),
-            Arc::new(CountEvents(host.stats.clone())),
+            handler,
             metrics,
         )
         .spawn(host.shutdown.clone()),

@@ -1,13 +1,13 @@
 //! The fingerprint roll-ups (the ja4 service's): `fingerprints` (first/last seen, count, JA4
-//! parts), `fingerprint_dims` (per fingerprint and host, agent, server name or workload
-//! identity) and `fingerprint_hourly` (counts per hour, for top-N over a window). One
+//! parts), `fingerprint_dims` (per fingerprint and host, agent, server name, workload
+//! identity or workload key) and `fingerprint_hourly` (counts per hour, for top-N over a window). One
 //! [`RollupContributor`] of the roll-up stage, like the identity service's.
 
 use hais_shared::event::FingerprintEvent;
 
 use super::rollup::{
-    DIM_AGENT, DIM_HOST, DIM_IDENTITY, DIM_SERVER_NAME, DeltaKind, Derived, Extract, HOUR_US,
-    KeyVal, Measure, Part, Retention, RollupContributor,
+    DIM_AGENT, DIM_HOST, DIM_IDENTITY, DIM_SERVER_NAME, DIM_WORKLOAD, DeltaKind, Derived, Extract,
+    HOUR_US, KeyVal, Measure, Part, Retention, RollupContributor,
 };
 use super::to_us;
 
@@ -91,8 +91,14 @@ impl RollupContributor for FingerprintRollups {
 
     /// A fingerprint repeated inside one event counts once.
     fn extract<'a>(&self, events: &[&'a FingerprintEvent], out: &mut Extract<'_, 'a>) {
-        let [host, agent, sni, identity] =
-            [DIM_HOST, DIM_AGENT, DIM_SERVER_NAME, DIM_IDENTITY].map(|d| out.intern(d));
+        let [host, agent, sni, identity, workload] = [
+            DIM_HOST,
+            DIM_AGENT,
+            DIM_SERVER_NAME,
+            DIM_IDENTITY,
+            DIM_WORKLOAD,
+        ]
+        .map(|d| out.intern(d));
         let mut fps: Vec<(i64, i64)> = Vec::new();
         let mut dims: Vec<(i64, i64)> = Vec::with_capacity(4);
         // Batches come from one agent, mostly one host: skip the lookups when they repeat.
@@ -125,6 +131,9 @@ impl RollupContributor for FingerprintRollups {
             }
             if let Some(v) = &e.workload.spiffe_id {
                 dims.push((identity, out.intern(v)));
+            }
+            if let Some(v) = &e.workload.key {
+                dims.push((workload, out.intern(v)));
             }
             for &(m, v) in &fps {
                 out.seen(FINGERPRINTS, [m, v, 0, 0], ts);

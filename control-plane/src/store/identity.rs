@@ -22,8 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::rollup::{
-    DIM_AGENT, DIM_DESTINATION, DIM_HOST, DIM_SELF, DeltaKind, Extract, Measure, Part, Retention,
-    RollupContributor, Seen,
+    DeltaKind, Extract, Measure, Part, Retention, RollupContributor, Seen, extract_subject,
 };
 use super::sql::{Dialect, upsert_seen};
 use super::{DimList, StoreError, StoreFuture};
@@ -226,29 +225,7 @@ impl RollupContributor for IdentityRollups {
     }
 
     fn extract<'a>(&self, events: &[&'a FingerprintEvent], out: &mut Extract<'_, 'a>) {
-        let [this, host, agent, dest_dim] =
-            [DIM_SELF, DIM_HOST, DIM_AGENT, DIM_DESTINATION].map(|d| out.intern(d));
-        for e in events {
-            let Some(id) = &e.workload.spiffe_id else {
-                continue;
-            };
-            let ts = super::to_us(e.timestamp);
-            let id = out.intern(id);
-            let dest = match &e.server_name {
-                Some(sni) => out.intern(sni),
-                None => out.intern_owned(
-                    std::net::SocketAddr::new(e.flow.dst_ip, e.flow.dst_port).to_string(),
-                ),
-            };
-            for key in [
-                [id, this, this, 0],
-                [id, host, out.intern(&e.host), 0],
-                [id, agent, out.intern(&e.agent_id), 0],
-                [id, dest_dim, dest, 0],
-            ] {
-                out.seen(0, key, ts);
-            }
-        }
+        extract_subject(events, out, 0, |e| e.workload.spiffe_id.as_deref());
     }
 }
 
@@ -317,30 +294,80 @@ pub(crate) fn dim_list(total: i64, rows: Vec<(String, i64, i64, i64)>) -> DimLis
 macro_rules! impl_identity_store {
     ($ty:ty, db = $db:ty, write = |$w:ident| $wexpr:expr, read = |$r:ident| $rexpr:expr) => {
         impl $ty {
-            /// One identity's dimension (`host`, `agent`, `destination`): most frequent first.
+            /// One dimension (`host`, `agent`, `destination`) of a subject of a roll-up table
+            /// keyed (subject, dim, dim value), `identity_rollups` or `workload_rollups`: most
+            /// frequent first.
+            pub(crate) async fn subject_dim(
+                pool: &sqlx::Pool<$db>,
+                table: &str,
+                column: &str,
+                subject: &str,
+                dim: &str,
+                limit: i64,
+            ) -> Result<$crate::store::DimList, $crate::store::StoreError> {
+                let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM {table} WHERE {column} = $1 AND dim = $2"
+                )))
+                .bind(subject)
+                .bind(dim)
+                .fetch_one(pool)
+                .await?;
+                let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT dim_value, first_seen_us, last_seen_us, count FROM {table} \
+                     WHERE {column} = $1 AND dim = $2 ORDER BY count DESC, dim_value LIMIT $3"
+                )))
+                .bind(subject)
+                .bind(dim)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+                Ok($crate::store::identity::dim_list(total, rows))
+            }
+
+            /// The fingerprints of a subject (`fingerprint_dims` rows of dimension `dim`), by
+            /// method, most frequent first, at most [`DETAIL_FINGERPRINT_LIMIT`] in all.
+            pub(crate) async fn subject_fingerprints(
+                pool: &sqlx::Pool<$db>,
+                dim: &str,
+                subject: &str,
+            ) -> Result<
+                std::collections::BTreeMap<String, Vec<$crate::store::identity::IdentityFingerprint>>,
+                $crate::store::StoreError,
+            > {
+                let fps: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+                    "SELECT method, value, first_seen_us, last_seen_us, count \
+                     FROM fingerprint_dims WHERE dim = $1 AND dim_value = $2 \
+                     ORDER BY count DESC, method, value LIMIT $3",
+                )
+                .bind(dim)
+                .bind(subject)
+                .bind($crate::store::identity::DETAIL_FINGERPRINT_LIMIT)
+                .fetch_all(pool)
+                .await?;
+                let mut out: std::collections::BTreeMap<
+                    String,
+                    Vec<$crate::store::identity::IdentityFingerprint>,
+                > = std::collections::BTreeMap::new();
+                for (method, value, first_seen_us, last_seen_us, count) in fps {
+                    out.entry(method)
+                        .or_default()
+                        .push($crate::store::identity::IdentityFingerprint {
+                            value,
+                            first_seen_us,
+                            last_seen_us,
+                            count,
+                        });
+                }
+                Ok(out)
+            }
+
             async fn identity_dim(
                 pool: &sqlx::Pool<$db>,
                 spiffe_id: &str,
                 dim: &str,
                 limit: i64,
             ) -> Result<$crate::store::DimList, $crate::store::StoreError> {
-                let total: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM identity_rollups WHERE spiffe_id = $1 AND dim = $2",
-                )
-                .bind(spiffe_id)
-                .bind(dim)
-                .fetch_one(pool)
-                .await?;
-                let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-                    "SELECT dim_value, first_seen_us, last_seen_us, count FROM identity_rollups \
-                     WHERE spiffe_id = $1 AND dim = $2 ORDER BY count DESC, dim_value LIMIT $3",
-                )
-                .bind(spiffe_id)
-                .bind(dim)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?;
-                Ok($crate::store::identity::dim_list(total, rows))
+                Self::subject_dim(pool, "identity_rollups", "spiffe_id", spiffe_id, dim, limit).await
             }
 
             /// The summary of one identity whose own roll-up row is `(first, last, count)`.
@@ -584,9 +611,7 @@ macro_rules! impl_identity_store {
                 spiffe_id: &'a str,
             ) -> $crate::store::StoreFuture<'a, Option<$crate::store::identity::IdentityDetail>>
             {
-                use $crate::store::identity::{
-                    DETAIL_DIM_LIMIT, DETAIL_FINGERPRINT_LIMIT, IdentityFingerprint,
-                };
+                use $crate::store::identity::DETAIL_DIM_LIMIT;
                 use $crate::store::rollup::{DIM_AGENT, DIM_IDENTITY};
                 Box::pin(async move {
                     // Folds what is pending first (read-your-writes); may answer a replica.
@@ -602,31 +627,8 @@ macro_rules! impl_identity_store {
                     let summary =
                         Self::identity_summary(pool, spiffe_id.to_owned(), row, DETAIL_DIM_LIMIT)
                         .await?;
-                    let fps: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
-                        "SELECT method, value, first_seen_us, last_seen_us, count \
-                         FROM fingerprint_dims WHERE dim = $1 AND dim_value = $2 \
-                         ORDER BY count DESC, method, value LIMIT $3",
-                    )
-                    .bind(DIM_IDENTITY)
-                    .bind(spiffe_id)
-                    .bind(DETAIL_FINGERPRINT_LIMIT)
-                    .fetch_all(pool)
-                    .await?;
-                    let mut fingerprints: std::collections::BTreeMap<
-                        String,
-                        Vec<IdentityFingerprint>,
-                    > = std::collections::BTreeMap::new();
-                    for (method, value, first_seen_us, last_seen_us, count) in fps {
-                        fingerprints
-                            .entry(method)
-                            .or_default()
-                            .push(IdentityFingerprint {
-                                value,
-                                first_seen_us,
-                                last_seen_us,
-                                count,
-                            });
-                    }
+                    let fingerprints =
+                        Self::subject_fingerprints(pool, DIM_IDENTITY, spiffe_id).await?;
                     let conflicts_total: i64 = sqlx::query_scalar(
                         "SELECT count(*) FROM identity_conflicts WHERE spiffe_id = $1",
                     )
@@ -713,8 +715,8 @@ mod tests {
         let mut r = Rollups::default();
         r.merge(&d1);
         r.merge(&d2);
-        // The identity kind is the last section (after the fingerprint kinds).
-        let ids = r.sections.last().unwrap();
+        // The identity kind is the section after the three fingerprint kinds.
+        let ids = &r.sections[3];
         let count = |dim: &str, v: &str| {
             ids.get(&[
                 KeyVal::Str("spiffe://t/a"),

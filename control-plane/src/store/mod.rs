@@ -38,6 +38,8 @@ mod shared;
 pub mod spire;
 mod sql;
 pub mod sqlite;
+pub mod templates;
+pub mod workloads;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -193,6 +195,8 @@ pub struct FingerprintDetail {
     pub agents: DimList,
     pub server_names: DimList,
     pub identities: DimList,
+    /// Workload keys (`hais_shared::workload`) of the events that carried it.
+    pub workloads: DimList,
     pub labels: Vec<String>,
 }
 
@@ -235,6 +239,8 @@ pub trait Store:
     spire::SpireStore
     + bus::BusStore
     + identity::IdentityStore
+    + workloads::WorkloadStore
+    + templates::TemplateStore
     + accounts::AccountStore
     + labels::LabelStore
     + Send

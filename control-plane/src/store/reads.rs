@@ -8,7 +8,7 @@ use sqlx::{
 };
 
 use super::query::{Cursor, FingerprintQuery, build_search};
-use super::rollup::{self, DIM_AGENT, DIM_HOST, DIM_IDENTITY, DIM_SERVER_NAME};
+use super::rollup::{self, DIM_AGENT, DIM_HOST, DIM_IDENTITY, DIM_SERVER_NAME, DIM_WORKLOAD};
 use super::{
     DETAIL_DIM_LIMIT, DimEntry, DimList, FingerprintDetail, FingerprintSummary, Page, StoreError,
     TopEntry, method_from_db,
@@ -109,6 +109,7 @@ where
             agents: self.dim_list(method, value, DIM_AGENT).await?,
             server_names: self.dim_list(method, value, DIM_SERVER_NAME).await?,
             identities: self.dim_list(method, value, DIM_IDENTITY).await?,
+            workloads: self.dim_list(method, value, DIM_WORKLOAD).await?,
             labels,
         }))
     }

@@ -30,6 +30,8 @@ pub const DIM_HOST: &str = "host";
 pub const DIM_AGENT: &str = "agent";
 pub const DIM_SERVER_NAME: &str = "server_name";
 pub const DIM_IDENTITY: &str = "identity";
+/// A fingerprint's workloads (`fingerprint_dims`): the workload key of the events carrying it.
+pub const DIM_WORKLOAD: &str = "workload";
 /// Identity roll-ups (`identity_rollups`, see `store::identity`): the identity itself (dim and
 /// value empty), and where it was seen: host, agent (the dims above) and destination.
 pub const DIM_SELF: &str = "";
@@ -128,11 +130,48 @@ pub trait RollupContributor: Sync + std::fmt::Debug {
     fn retention(&self) -> &'static [Retention];
 }
 
-/// Every contributor, in record section order: fingerprints (3 kinds), then identities (1).
+/// Every contributor, in record section order: fingerprints (3 kinds), identities (1), then
+/// workloads (1).
 pub static CONTRIBUTORS: &[&dyn RollupContributor] = &[
     &super::fingerprints::FingerprintRollups,
     &super::identity::IdentityRollups,
+    &super::workloads::WorkloadRollups,
 ];
+
+/// The roll-ups of a *subject* (an identity, a workload): for each event whose `subject` is
+/// known, the subject itself (dim and value empty) and where it was seen: host, agent and
+/// destination (the TLS server name, or `ip:port` when the client sent none). Into kind `kind`
+/// of `out`, keyed (subject, dim, dim value).
+pub fn extract_subject<'a>(
+    events: &[&'a FingerprintEvent],
+    out: &mut Extract<'_, 'a>,
+    kind: usize,
+    subject: impl Fn(&'a FingerprintEvent) -> Option<&'a str>,
+) {
+    let [this, host, agent, dest_dim] =
+        [DIM_SELF, DIM_HOST, DIM_AGENT, DIM_DESTINATION].map(|d| out.intern(d));
+    for &e in events {
+        let Some(id) = subject(e) else {
+            continue;
+        };
+        let ts = super::to_us(e.timestamp);
+        let id = out.intern(id);
+        let dest = match &e.server_name {
+            Some(sni) => out.intern(sni),
+            None => out.intern_owned(
+                std::net::SocketAddr::new(e.flow.dst_ip, e.flow.dst_port).to_string(),
+            ),
+        };
+        for key in [
+            [id, this, this, 0],
+            [id, host, out.intern(&e.host), 0],
+            [id, agent, out.intern(&e.agent_id), 0],
+            [id, dest_dim, dest, 0],
+        ] {
+            out.seen(kind, key, ts);
+        }
+    }
+}
 
 /// Every kind of every contributor, in section order.
 pub fn all_kinds() -> impl Iterator<Item = &'static DeltaKind> {
@@ -309,11 +348,12 @@ impl<'a> BatchDeltas<'a> {
 }
 
 /// The record format. Each version has a fixed number of sections ([`SECTIONS`]): version 1 had
-/// the three fingerprint kinds, version 2 appended the identity roll-ups. A new kind appends a
-/// section and bumps the version; older records decode with the later sections empty.
-const FORMAT_VERSION: u8 = 2;
+/// the three fingerprint kinds, version 2 appended the identity roll-ups, version 3 the workload
+/// roll-ups. A new kind appends a section and bumps the version; older records decode with the
+/// later sections empty.
+const FORMAT_VERSION: u8 = 3;
 /// Sections per format version (index = version).
-const SECTIONS: [usize; 3] = [0, 3, 4];
+const SECTIONS: [usize; 4] = [0, 3, 4, 5];
 
 /// One key column's value after decoding: a string of the record, or an integer. Unused
 /// trailing columns are `None`. Ordered so merged keys sort as their columns do.
@@ -551,6 +591,6 @@ mod tests {
         assert_eq!(r.sections[0].len(), 1);
         assert_eq!(r.sections[2].len(), 1);
         assert!(r.sections[3].is_empty());
-        assert!(Deltas::decode(&[3]).is_err(), "unknown version");
+        assert!(Deltas::decode(&[4]).is_err(), "unknown version");
     }
 }

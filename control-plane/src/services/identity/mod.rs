@@ -20,7 +20,9 @@
 //! (`identity_conflicts`), which the inventory shows; the tie rule is documented in
 //! `hais_shared::registration`.
 
+pub mod inventory;
 pub mod routes;
+pub mod workloads;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -30,7 +32,8 @@ use std::time::Duration;
 use hais_shared::event::FingerprintEvent;
 use hais_shared::registration::{RegistrationEntry, best_match, selectors_for};
 use hais_shared::selector::Selector;
-use tokio::sync::broadcast;
+use hais_shared::template::{RegistrationTemplate, best_template};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -39,6 +42,7 @@ use crate::bus::topics;
 use crate::state::AppState;
 use crate::store::identity::ConflictDeltas;
 use crate::store::rollup::Seen;
+use crate::store::workloads::Resolved;
 use crate::store::{IngestOutcome, Store, StoreError, to_us};
 
 /// The service, as [`super::all`] lists it: the entries routes and, once started, the
@@ -64,7 +68,23 @@ impl Service for IdentityService {
     }
     fn start<'a>(&'a self, host: &'a mut Host) -> BoxFuture<'a, Result<(), ServiceError>> {
         Box::pin(async move {
-            let _ = self.identity.set(handle(host).await?);
+            let identity = handle(host).await?;
+            let _ = self.identity.set(identity.clone());
+            // The discovered-workloads inventory (see `inventory`).
+            let store = host.app.store.clone();
+            super::consume::<crate::bus::log::FingerprintEvents>(
+                host,
+                NAME,
+                Arc::new(inventory::Inventory {
+                    store: store.clone(),
+                    identity: identity.clone(),
+                }),
+            );
+            host.tasks.push(inventory::spawn_reresolver(
+                store,
+                identity,
+                host.shutdown.clone(),
+            ));
             Ok(())
         })
     }
@@ -76,20 +96,81 @@ pub const NAME: &str = "identity";
 /// How often the entries are reloaded even when no change was announced.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The registration entries at one moment, in id order (oldest first).
+/// The registration entries and templates at one moment, in id order (oldest first), and the
+/// trust domain templates render into.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     entries: Vec<RegistrationEntry>,
+    templates: Vec<RegistrationTemplate>,
+    trust_domain: String,
 }
 
 impl Snapshot {
     pub fn new(mut entries: Vec<RegistrationEntry>) -> Snapshot {
         entries.sort_by(|a, b| a.id.cmp(&b.id));
-        Snapshot { entries }
+        Snapshot {
+            entries,
+            ..Snapshot::default()
+        }
+    }
+
+    /// This snapshot with `templates` rendering into trust domain `td`.
+    pub fn with_templates(
+        mut self,
+        td: &str,
+        mut templates: Vec<RegistrationTemplate>,
+    ) -> Snapshot {
+        templates.sort_by(|a, b| a.id.cmp(&b.id));
+        self.templates = templates;
+        self.trust_domain = td.to_owned();
+        self
     }
 
     pub fn entries(&self) -> &[RegistrationEntry] {
         &self.entries
+    }
+
+    pub fn templates(&self) -> &[RegistrationTemplate] {
+        &self.templates
+    }
+
+    /// Whether nothing can name a workload.
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.templates.is_empty()
+    }
+
+    /// A digest of what resolution depends on: when it changes, stored workloads are resolved
+    /// again.
+    fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for e in &self.entries {
+            (&e.id, e.spiffe_id.as_str(), &e.selectors).hash(&mut h);
+        }
+        for t in &self.templates {
+            (&t.id, &t.pattern, &t.selectors).hash(&mut h);
+        }
+        self.trust_domain.hash(&mut h);
+        h.finish()
+    }
+
+    /// What names the workload of `e` now: the best entry, else the best template (see
+    /// `hais_shared::template` for why an entry wins).
+    pub fn resolve_one(&self, e: &FingerprintEvent) -> Option<Resolved> {
+        if self.is_empty() {
+            return None;
+        }
+        let observed = selectors_for(e);
+        if let Some((spiffe_id, _, _, entry)) = match_one(self, &observed) {
+            return Some(Resolved {
+                spiffe_id,
+                by: format!("entry:{entry}"),
+            });
+        }
+        best_template(&self.templates, &self.trust_domain, e, &observed).map(|(t, id)| Resolved {
+            spiffe_id: id.to_string(),
+            by: format!("template:{}", t.id),
+        })
     }
 }
 
@@ -134,8 +215,8 @@ fn same_facts(a: &FingerprintEvent, b: &FingerprintEvent) -> bool {
 }
 
 /// The match for one set of observed selectors: (SPIFFE ID, the entry's selectors, the other
-/// SPIFFE IDs of a tie).
-type Matched = Option<(String, Vec<String>, Vec<String>)>;
+/// SPIFFE IDs of a tie, the entry's id).
+type Matched = Option<(String, Vec<String>, Vec<String>, String)>;
 
 fn match_one(snap: &Snapshot, observed: &BTreeSet<Selector>) -> Matched {
     let m = best_match(&snap.entries, observed)?;
@@ -161,26 +242,36 @@ fn match_one(snap: &Snapshot, observed: &BTreeSet<Selector>) -> Matched {
         m.entry.spiffe_id.to_string(),
         m.entry.selectors.iter().map(ToString::to_string).collect(),
         others,
+        m.entry.id.clone(),
     ))
 }
 
-/// Resolves each event's workload against the entries: sets `workload.spiffe_id` and
-/// `workload.selectors` (the matched entry's selectors) when an entry matches, and leaves the
-/// event alone otherwise. Consecutive events with the same facts (one process's flows) are
-/// matched once.
+/// A template's match, in [`Matched`]'s shape (no selectors of an entry, no tie).
+fn match_template(snap: &Snapshot, e: &FingerprintEvent, observed: &BTreeSet<Selector>) -> Matched {
+    best_template(&snap.templates, &snap.trust_domain, e, observed)
+        .map(|(t, id)| (id.to_string(), Vec::new(), Vec::new(), t.id.clone()))
+}
+
+/// Gives each event its workload key, then resolves its workload against the entries, else the
+/// templates: sets `workload.spiffe_id` and `workload.selectors` (the matched entry's selectors;
+/// none for a template) when one matches, and leaves the event alone otherwise. Consecutive
+/// events with the same facts (one process's flows) are matched once.
 pub fn resolve(snap: &Snapshot, events: &mut [FingerprintEvent]) -> Resolution {
     set_keys(events);
     let mut out = Resolution::default();
-    if snap.entries.is_empty() {
+    if snap.is_empty() {
         return out;
     }
     let mut prev: Option<(usize, Matched)> = None;
     for i in 0..events.len() {
         let matched = match &prev {
             Some((p, m)) if same_facts(&events[*p], &events[i]) => m.clone(),
-            _ => match_one(snap, &selectors_for(&events[i])),
+            _ => {
+                let observed = selectors_for(&events[i]);
+                match_one(snap, &observed).or_else(|| match_template(snap, &events[i], &observed))
+            }
         };
-        if let Some((id, selectors, others)) = &matched {
+        if let Some((id, selectors, others, _)) = &matched {
             let w = &mut events[i].workload;
             w.spiffe_id = Some(id.clone());
             w.selectors = selectors.clone();
@@ -211,19 +302,50 @@ pub fn set_keys(events: &mut [FingerprintEvent]) {
 }
 
 /// The identity state of one process: the entries snapshot and how to refresh it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Identity {
     snapshot: RwLock<Arc<Snapshot>>,
     /// Serialises reloads, so the last one to finish read the newest entries.
     reload: tokio::sync::Mutex<()>,
+    trust_domain: String,
+    /// The digest of the newest snapshot; receivers learn that resolution changed.
+    changes: watch::Sender<u64>,
+    /// Held shared while a batch is resolved and committed with one snapshot, exclusively by
+    /// the inventory's re-resolution (see [`inventory`]).
+    pub epoch: tokio::sync::RwLock<()>,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Identity {
+            snapshot: RwLock::default(),
+            reload: tokio::sync::Mutex::default(),
+            trust_domain: String::new(),
+            changes: watch::Sender::new(Snapshot::default().digest()),
+            epoch: tokio::sync::RwLock::default(),
+        }
+    }
 }
 
 impl Identity {
-    /// Loads the entries from the store.
-    pub async fn load(store: &dyn Store) -> Result<Identity, StoreError> {
-        let id = Identity::default();
+    /// Loads the entries and templates from the store; templates render into `trust_domain`.
+    pub async fn load(store: &dyn Store, trust_domain: &str) -> Result<Identity, StoreError> {
+        let id = Identity {
+            trust_domain: trust_domain.to_owned(),
+            ..Identity::default()
+        };
         id.refresh(store).await?;
         Ok(id)
+    }
+
+    /// The trust domain templates render into.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Tells when the entries or templates changed (a reload that found something new).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The entries now (cheap: one `Arc`).
@@ -243,8 +365,17 @@ impl Identity {
             .iter()
             .map(|r| r.to_entry())
             .collect::<Result<Vec<_>, _>>()?;
-        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Snapshot::new(entries));
+        let templates = store
+            .all_templates()
+            .await?
+            .iter()
+            .map(|r| r.to_template())
+            .collect::<Result<Vec<_>, _>>()?;
+        let snap = Snapshot::new(entries).with_templates(&self.trust_domain, templates);
+        let digest = snap.digest();
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
+        self.changes
+            .send_if_modified(|d| std::mem::replace(d, digest) != digest);
         Ok(())
     }
 }
@@ -304,7 +435,8 @@ pub async fn handle(host: &mut Host) -> Result<Arc<Identity>, StoreError> {
     if let Some(id) = host.shared::<Identity>() {
         return Ok(id);
     }
-    let identity = Arc::new(Identity::load(&*host.app.store).await?);
+    let identity =
+        Arc::new(Identity::load(&*host.app.store, &host.app.config.spire.trust_domain).await?);
     host.tasks.push(spawn_refresher(
         host.app.clone(),
         identity.clone(),

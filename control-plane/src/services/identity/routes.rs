@@ -1,5 +1,5 @@
 //! The identity service's HTTP API: registration entries (CRUD and SPIRE import) and the
-//! identity inventory.
+//! identity inventory; discovered workloads and templates are in [`super::workloads`].
 
 use std::sync::Arc;
 
@@ -35,7 +35,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_entry, list_entries))
         .routes(routes!(import_entries))
         .routes(routes!(get_entry, update_entry, delete_entry))
-        .routes(routes!(list_identities));
+        .routes(routes!(list_identities))
+        .merge(super::workloads::routes());
     // A SPIFFE ID spans path segments: axum's `{*spiffe_id}`, OpenAPI's `{spiffe_id}`.
     crate::http::routes_at(
         r,
@@ -56,8 +57,9 @@ pub struct CreateEntryRequest {
     )]
     pub spiffe_id: String,
     /// 1 to 32 selectors, all of which a workload must present: `unix:uid:`, `unix:user:`,
-    /// `unix:path:`, `unix:sha256:`, `docker:label:<k>:<v>`, `docker:id:`, `k8s:ns:`,
-    /// `k8s:sa:`, `k8s:pod-uid:`, `hais:agent:`, `hais:host:`.
+    /// `unix:path:`, `unix:sha256:`, `docker:label:<k>:<v>`, `docker:id:`, `docker:image_id:`,
+    /// `k8s:ns:`, `k8s:sa:`, `k8s:pod-uid:`, `k8s:pod-name:`, `hais:agent:`, `hais:host:`,
+    /// `hais:workload:<workload key>`.
     #[schema(min_items = 1, max_items = 32)]
     pub selectors: Vec<String>,
     /// Free text (at most 256 bytes).
@@ -77,8 +79,8 @@ pub struct PageParams {
     pub cursor: Option<String>,
 }
 
-fn page_limit(p: &PageParams) -> Result<u32, ApiError> {
-    let limit = p.limit.unwrap_or(DEFAULT_PAGE);
+pub(super) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!(
             "limit must be from 1 to {MAX_PAGE}"
@@ -88,7 +90,7 @@ fn page_limit(p: &PageParams) -> Result<u32, ApiError> {
 }
 
 /// Checks an entry id from a path or cursor: a UUID in its canonical text form.
-fn entry_id(s: &str, what: &str) -> Result<String, ApiError> {
+pub(super) fn entry_id(s: &str, what: &str) -> Result<String, ApiError> {
     uuid::Uuid::parse_str(s)
         .ok()
         .filter(|u| u.to_string() == s)
@@ -114,13 +116,7 @@ pub struct ImportResponse {
 fn validated(id: String, req: CreateEntryRequest) -> Result<RegistrationEntry, ApiError> {
     let (spiffe_id, selectors) = validate(&req.spiffe_id, &req.selectors)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if let Some(d) = &req.description
-        && (d.len() > MAX_DESCRIPTION || d.chars().any(char::is_control))
-    {
-        return Err(ApiError::bad_request(format!(
-            "description: at most {MAX_DESCRIPTION} bytes, no control characters"
-        )));
-    }
+    check_description(&req.description)?;
     Ok(RegistrationEntry {
         id,
         spiffe_id,
@@ -129,8 +125,21 @@ fn validated(id: String, req: CreateEntryRequest) -> Result<RegistrationEntry, A
     })
 }
 
+/// An entry's or template's description: at most [`MAX_DESCRIPTION`] bytes, no control
+/// characters.
+pub(super) fn check_description(d: &Option<String>) -> Result<(), ApiError> {
+    match d {
+        Some(d) if d.len() > MAX_DESCRIPTION || d.chars().any(char::is_control) => {
+            Err(ApiError::bad_request(format!(
+                "description: at most {MAX_DESCRIPTION} bytes, no control characters"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Stores a validated entry; `Err` names the entry with the same SPIFFE ID and selectors.
-async fn insert(
+pub(super) async fn insert(
     state: &AppState,
     e: &RegistrationEntry,
     by: &str,
@@ -139,8 +148,14 @@ async fn insert(
     Ok(state.store.insert_entry(&rec).await?.map(|()| rec))
 }
 
-/// Reloads this process's entries at once (so the next ingest uses them), and tells the others.
-async fn announce(state: &AppState, identity: &Identity, action: &str, ids: Vec<String>) {
+/// Reloads this process's entries and templates at once (so the next ingest uses them, and the
+/// inventory is resolved again), and tells the others.
+pub(super) async fn announce(
+    state: &AppState,
+    identity: &Identity,
+    action: &str,
+    ids: Vec<String>,
+) {
     super::refresh(state, identity).await;
     state
         .publish(BusMessage::new(
@@ -233,7 +248,7 @@ pub async fn list_entries(
     ApiQuery(p): ApiQuery<PageParams>,
 ) -> Result<Json<Page<EntryRecord>>, ApiError> {
     c.require(allow::READ)?;
-    let limit = page_limit(&p)?;
+    let limit = page_limit(p.limit)?;
     let after = p
         .cursor
         .as_deref()
@@ -340,7 +355,7 @@ pub async fn list_identities(
     ApiQuery(p): ApiQuery<PageParams>,
 ) -> Result<Json<Page<IdentitySummary>>, ApiError> {
     c.require(allow::READ)?;
-    let limit = page_limit(&p)?;
+    let limit = page_limit(p.limit)?;
     let after = p
         .cursor
         .as_deref()
