@@ -150,7 +150,9 @@ impl App {
             trusted_proxies,
             http,
         });
-        let wake = state.wakeups.listen(&state.bus, shutdown_rx.clone());
+        let wake = state
+            .listener("durable wake-ups", shutdown_rx.clone())
+            .spawn(state.wakeups.clone());
         let (hosted, mut tasks) = services::start(&state, shutdown_rx.clone()).await?;
         tasks.push(wake);
         let uplink_addr = hosted.iter().find_map(|h| h.service.udp_addr());

@@ -9,8 +9,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, allow};
-use crate::bus::BusMessage;
-use crate::bus::durable::{Appended, replay_topic};
+use crate::bus::durable::replay_topic;
+use crate::bus::topics::{Appended, BusAppended};
 use crate::http::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use crate::state::AppState;
 use crate::store::bus::{DeadLetter, GroupPosition};
@@ -165,14 +165,10 @@ pub async fn replay_dead_letter(
     }
     tracing::info!(by = %c.sub, id = %d.id, group = %d.group, "dead letter replay requested");
     state
-        .publish(BusMessage::new(
-            crate::bus::durable::APPENDED,
-            &state.origin(),
-            &Appended {
-                topic: replay_topic(&d.group),
-                items: d.items.max(0) as u64,
-            },
-        ))
+        .publish::<BusAppended>(&Appended {
+            topic: replay_topic(&d.group),
+            items: d.items.max(0) as u64,
+        })
         .await;
     let (d, _) = find(&state, &d.id).await?;
     Ok((StatusCode::ACCEPTED, Json(d)))

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub bus_published: AtomicU64,
     pub bus_failures: AtomicU64,
     pub bus_received: AtomicU64,
+    /// What the process's live listeners skipped: lag, payloads of the wrong shape.
+    pub bus_live: std::sync::Arc<crate::bus::listen::LiveCounters>,
     pub retention_events_deleted: AtomicU64,
     /// The agents' QUIC uplink (`services::ja4::uplink`).
     pub uplink: UplinkMetrics,
@@ -190,6 +192,16 @@ impl Metrics {
                 "hais_bus_received_total",
                 "Messages received from the bus.",
                 &self.bus_received,
+            ),
+            (
+                "hais_bus_lagged_total",
+                "Live messages skipped by listeners that fell behind.",
+                &self.bus_live.lagged,
+            ),
+            (
+                "hais_bus_undecodable_total",
+                "Live messages skipped because their payload did not match their topic.",
+                &self.bus_live.undecodable,
             ),
             (
                 "hais_retention_events_deleted_total",

@@ -9,9 +9,12 @@ use std::sync::atomic::Ordering;
 use axum::body::Body;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::watch;
 
 use crate::auth::AuthKeys;
-use crate::bus::{Bus, BusMessage};
+use crate::bus::listen::Listener;
+use crate::bus::topics::{Encodes, LiveTopic};
+use crate::bus::{self, Bus};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::service::ServiceName;
@@ -68,20 +71,36 @@ impl AppState {
         format!("{}/{}", self.service, self.instance)
     }
 
-    /// Publishes, counting and logging failures instead of failing the caller: by the time
-    /// anything is published, the state change it reports is already committed.
-    pub async fn publish(&self, msg: BusMessage) -> bool {
-        let msg = Arc::new(msg);
-        match self.bus.publish(&msg).await {
+    /// Publishes `payload` on topic `T` from this process ([`AppState::origin`]); see
+    /// [`AppState::publish_from`].
+    pub async fn publish<T: LiveTopic>(&self, payload: &impl Encodes<T>) -> bool {
+        self.publish_from::<T>(&self.origin(), payload).await
+    }
+
+    /// Publishes `payload` on topic `T`, counting and logging failures instead of failing the
+    /// caller: by the time anything is published, the state change it reports is already
+    /// committed. Returns whether it went out.
+    pub async fn publish_from<T: LiveTopic>(
+        &self,
+        origin: &str,
+        payload: &impl Encodes<T>,
+    ) -> bool {
+        match bus::publish::<T>(&*self.bus, origin, payload).await {
             Ok(()) => {
                 self.metrics.bus_published.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Err(e) => {
                 self.metrics.bus_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(topic = %msg.topic, error = %e, "bus publish failed");
+                tracing::error!(topic = T::NAME, error = %e, "bus publish failed");
                 false
             }
         }
+    }
+
+    /// A listener of this process's live bus (subscribed now), counting into its metrics; see
+    /// [`bus::listen`]. `name` says what it is for, in logs.
+    pub fn listener(&self, name: &'static str, shutdown: watch::Receiver<bool>) -> Listener {
+        Listener::new(name, &*self.bus, self.metrics.bus_live.clone(), shutdown)
     }
 }

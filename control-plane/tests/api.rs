@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::{Backend, JWT_SECRET, TestApp, error_code, event};
+use hais_control_plane::bus::topics::FingerprintEvents;
 use hais_control_plane::store::{self, RollupBacklog, Store, StoreOptions};
 use hais_shared::event::FingerprintEvent;
 use hais_shared::fingerprint::Method;
@@ -93,8 +94,8 @@ async fn ingest_dedup_and_rollups(backend: Backend) {
             .await
             .expect("bus message")
             .unwrap();
-        if m.topic == "fingerprint.events" {
-            published += m.json()["events"].as_array().unwrap().len();
+        if let Some(batch) = m.decode::<FingerprintEvents>() {
+            published += batch.unwrap().events.len();
         }
     }
     assert_eq!(published, 41, "only newly stored events are published");

@@ -10,7 +10,10 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use common::quic::{ack, batch_req, call, enroll, uplink};
 use common::{Backend, TestApp, error_code, event};
-use hais_control_plane::bus::{BusMessage, topics};
+use hais_control_plane::bus::BusMessage;
+use hais_control_plane::bus::topics::{
+    EntriesAction, EntriesChange, FingerprintEvents, IdentityEntries, LiveTopic,
+};
 use hais_shared::event::FingerprintEvent;
 use hais_shared::fingerprint::Method;
 use hais_shared::wire;
@@ -36,9 +39,9 @@ async fn stored_workloads(rx: &mut BusRx, n: usize) -> Vec<Value> {
             .await
             .expect("fingerprint.events in time")
             .unwrap();
-        if m.topic == topics::FINGERPRINT_EVENTS {
-            for e in m.json()["events"].as_array().unwrap() {
-                out.push(e.get("workload").cloned().unwrap_or(Value::Null));
+        if let Some(batch) = m.decode::<FingerprintEvents>() {
+            for e in batch.unwrap().events {
+                out.push(serde_json::to_value(&e.workload).unwrap());
             }
         }
     }
@@ -132,8 +135,14 @@ async fn entries_crud_and_validation(backend: Backend) {
             .await
             .unwrap()
             .unwrap();
-        if m.topic == topics::IDENTITY_ENTRIES {
-            assert_eq!(m.json(), json!({"action": "created", "ids": [id]}));
+        if let Some(change) = m.decode::<IdentityEntries>() {
+            assert_eq!(
+                change.unwrap(),
+                EntriesChange {
+                    action: EntriesAction::Created,
+                    ids: vec![id.to_owned()],
+                }
+            );
             break;
         }
     }
@@ -1106,3 +1115,61 @@ crate::backend_tests!(
     uplink_events_are_resolved,
     inventory,
 );
+
+/// Two processes on one PostgreSQL and one Redis: an entry created through one resolves the
+/// events the other ingests at once, because `identity.entries` reaches the other's resolver
+/// over Redis (its periodic reload is 30 s away). A message of that topic with a payload of
+/// another shape (a process of another version) is counted and skipped on the way, and the
+/// listener goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_reach_other_processes_through_the_bus() {
+    let iso = common::Isolation::new(Backend::Postgres, "idsplit").await;
+    let a = TestApp::start_with(iso.clone(), iso.config()).await;
+    let mut b = TestApp::start_with(iso.clone(), iso.config()).await;
+    let started = tokio::time::Instant::now();
+    let mut rx_b = bus(&b);
+
+    let bad = Arc::new(BusMessage {
+        id: uuid::Uuid::now_v7(),
+        topic: IdentityEntries::NAME.into(),
+        origin: "identity/older-version".into(),
+        payload: serde_json::value::RawValue::from_string(
+            r#"{"action": "renamed", "ids": "e1"}"#.into(),
+        )
+        .unwrap(),
+    });
+    a.app
+        .as_ref()
+        .unwrap()
+        .state
+        .bus
+        .publish(&bad)
+        .await
+        .unwrap();
+    create(&a, "spiffe://prod/split", &["unix:uid:4242"]).await;
+
+    // B resolves with the new entry as soon as the announcement reached it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = process_event("web-09", 4242, "/usr/bin/svc", &[(Method::Ja4, JA4_A)]);
+        assert_eq!(b.ingest(&[e]).await["stored"], 1);
+        let w = stored_workloads(&mut rx_b, 1).await;
+        if w[0]["spiffe_id"] == "spiffe://prod/split" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "process B never resolved with the entry created in A"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        started.elapsed() < hais_control_plane::services::identity::REFRESH_INTERVAL,
+        "too slow to tell the bus from the periodic reload"
+    );
+    // The malformed message was skipped by B's resolver listener, not fatal to it.
+    assert_eq!(metric(&b, "hais_bus_undecodable_total").await, 1);
+
+    b.app.take().unwrap().shutdown().await;
+    a.finish().await;
+}

@@ -14,7 +14,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use common::quic::*;
 use common::{Backend, TestApp, error_code};
-use hais_control_plane::bus::topics;
+use hais_control_plane::bus::topics::{
+    AgentEnrolled, AgentRevoked, AgentStatus, AgentStatusChanged, LiveTopic,
+};
 use hais_control_plane::services::ja4::uplink::close;
 use hais_control_plane::store::spire::JoinTokenRecord;
 use hais_control_plane::store::{Store, now_us};
@@ -47,20 +49,22 @@ fn store(t: &TestApp) -> &dyn Store {
     &*t.app.as_ref().unwrap().state.store
 }
 
-/// Waits for a bus message on `topic` whose payload satisfies `pred`.
-async fn wait_bus(
+/// Waits for a bus message of topic `T` whose payload satisfies `pred`.
+async fn wait_bus<T: LiveTopic>(
     rx: &mut tokio::sync::broadcast::Receiver<Arc<hais_control_plane::bus::BusMessage>>,
-    topic: &str,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
+    pred: impl Fn(&T::Payload) -> bool,
+) -> T::Payload {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let m = tokio::time::timeout_at(deadline, rx.recv())
             .await
-            .unwrap_or_else(|_| panic!("no {topic} message"))
+            .unwrap_or_else(|_| panic!("no {} message", T::NAME))
             .unwrap();
-        if m.topic == topic && pred(&m.json()) {
-            return m.json();
+        if let Some(p) = m.decode::<T>() {
+            let p = p.unwrap_or_else(|e| panic!("{}: {e}: {}", T::NAME, m.json()));
+            if pred(&p) {
+                return p;
+            }
         }
     }
 }
@@ -98,11 +102,9 @@ async fn enroll_and_stream(backend: Backend) {
     let token = t.join_token().await;
     let a = enroll(addr, &token).await;
     assert_eq!(Bundle::from_pem(&bundle_pem).unwrap().certs, a.bundle.certs);
-    let enrolled = wait_bus(&mut bus, topics::AGENT_ENROLLED, |p| {
-        p["agent_id"] == a.agent_id.as_str()
-    })
-    .await;
-    assert_eq!(enrolled["hostname"], "test-host");
+    let enrolled = wait_bus::<AgentEnrolled>(&mut bus, |p| p.agent_id == a.agent_id).await;
+    assert_eq!(enrolled.hostname, "test-host");
+    assert_eq!(enrolled.spiffe_id, a.svid.spiffe_id.as_str());
 
     let conn = uplink(addr, &a).await.expect("uplink handshake");
 
@@ -189,8 +191,8 @@ async fn enroll_and_stream(backend: Backend) {
     assert_eq!(v["heartbeat"]["spool_depth"], 7);
     assert!(v["svid_expires_us"].as_i64().unwrap() > now_us());
     let serial = v["svid_serial"].as_str().unwrap().to_owned();
-    wait_bus(&mut bus, topics::AGENT_STATUS, |p| {
-        p["agent_id"] == a.agent_id.as_str() && p["status"] == "stale"
+    wait_bus::<AgentStatusChanged>(&mut bus, |p| {
+        p.agent_id == a.agent_id && p.status == AgentStatus::Stale
     })
     .await;
     let (_, list) = t
@@ -461,10 +463,8 @@ async fn revocation(backend: Backend) {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["status"], "revoked");
     assert!(v["revoked_us"].as_i64().is_some());
-    wait_bus(&mut bus, topics::AGENT_REVOKED, |p| {
-        p["agent_id"] == a.agent_id.as_str()
-    })
-    .await;
+    let revoked = wait_bus::<AgentRevoked>(&mut bus, |p| p.agent_id == a.agent_id).await;
+    assert_eq!(revoked.by, "admin");
     // Revoking again is harmless.
     let (s, _) = t.call("POST", &path, Some(&t.admin), None).await;
     assert_eq!(s, StatusCode::OK);

@@ -22,7 +22,7 @@ use super::{
     Caller, Claims, MAX_PASSWORD_LEN, Role, allow, canonical_username, check_new_password,
     random_token, token_hash,
 };
-use crate::bus::{BusMessage, topics};
+use crate::bus::topics::{UserChangeKind, UserChanged, UserCreated, UserEvent};
 use crate::http::{ApiError, ErrorBody};
 use crate::http::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
@@ -577,32 +577,32 @@ pub async fn create_user(
         Err(StoreError::Conflict(m)) => return Err(ApiError::conflict(m)),
         Err(e) => return Err(e.into()),
     }
-    publish_change(&state, &c, &username, "created", Some(role)).await;
+    publish_change(&state, &c, &username, UserChangeKind::Created, Some(role)).await;
     Ok((
         StatusCode::CREATED,
         Json(CreateUserResponse { username, role }),
     ))
 }
 
+/// Announces an account change: `user.created` for a creation, `user.changed` otherwise.
 async fn publish_change(
     state: &AppState,
     by: &Claims,
     username: &str,
-    change: &str,
+    change: UserChangeKind,
     role: Option<Role>,
 ) {
-    let topic = if change == "created" {
-        topics::USER_CREATED
-    } else {
-        topics::USER_CHANGED
+    let event = UserEvent {
+        username: username.to_owned(),
+        role,
+        change,
+        by: by.sub.clone(),
     };
-    state
-        .publish(BusMessage::new(
-            topic,
-            &state.origin(),
-            &serde_json::json!({"username": username, "role": role, "change": change, "by": by.sub}),
-        ))
-        .await;
+    if change == UserChangeKind::Created {
+        state.publish::<UserCreated>(&event).await;
+    } else {
+        state.publish::<UserChanged>(&event).await;
+    }
 }
 
 /// Users in name order (admin only).
@@ -684,11 +684,11 @@ pub async fn update_user(
     )?;
     state.liveness.invalidate();
     let what = match (req.role, req.disabled) {
-        (_, Some(true)) => "disabled",
-        (_, Some(false)) => "enabled",
-        _ => "role",
+        (_, Some(true)) => UserChangeKind::Disabled,
+        (_, Some(false)) => UserChangeKind::Enabled,
+        _ => UserChangeKind::Role,
     };
-    tracing::info!(by = %c.sub, user = %name, what, "user changed");
+    tracing::info!(by = %c.sub, user = %name, ?what, "user changed");
     publish_change(&state, &c, &name, what, req.role.map(Role::from)).await;
     state
         .store
@@ -716,7 +716,7 @@ pub async fn delete_user(
     state.liveness.invalidate();
     state.throttle.forget_user(&name);
     tracing::info!(by = %c.sub, user = %name, "user deleted");
-    publish_change(&state, &c, &name, "deleted", None).await;
+    publish_change(&state, &c, &name, UserChangeKind::Deleted, None).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -746,7 +746,7 @@ pub async fn set_password(
     state.liveness.invalidate();
     state.throttle.forget_user(&name);
     tracing::info!(by = %c.sub, user = %name, "password set by an admin; sessions ended");
-    publish_change(&state, &c, &name, "password", None).await;
+    publish_change(&state, &c, &name, UserChangeKind::Password, None).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

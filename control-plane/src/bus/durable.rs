@@ -33,20 +33,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::listen::{OnLive, Received};
 use super::log::{DurableTopic, PARTITIONS, decode};
-use super::{Bus, BusMessage};
+use super::topics::BusAppended;
 use crate::store::bus::{Checkpoint, GroupPosition, LogRow};
 use crate::store::{Store, StoreError};
-
-/// Live topic announcing appended rows: payload [`Appended`]. Consumers wake up on it.
-pub const APPENDED: &str = "bus.appended";
-
-/// Payload of [`APPENDED`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Appended {
-    pub topic: String,
-    pub items: u64,
-}
 
 /// One stored row's items, as a handler sees them.
 #[derive(Debug)]
@@ -390,68 +381,46 @@ impl Wakeups {
         self.sender(topic).send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Pokes topics as [`APPENDED`] messages arrive on the live bus, until shutdown.
-    pub fn listen(
-        self: &Arc<Self>,
-        bus: &Arc<dyn Bus>,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> JoinHandle<()> {
-        let mut rx = bus.subscribe();
-        let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let m = tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => return,
-                    m = rx.recv() => m,
-                };
-                match m {
-                    Ok(m) if m.topic == APPENDED => {
-                        if let Ok(a) = m.payload_as::<Appended>() {
-                            me.poke(&a.topic);
-                        }
-                    }
-                    // A live message of a durable topic (ingest publishes its events live too)
-                    // means rows were appended: wake that topic's workers, if any.
-                    Ok(m) => {
-                        let known = me
-                            .topics
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .contains_key(&m.topic);
-                        if known {
-                            me.poke(&m.topic);
-                        }
-                    }
-                    // Missed wake-ups: wake everyone, they will find what is there.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        let topics: Vec<String> = me
-                            .topics
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .keys()
-                            .cloned()
-                            .collect();
-                        for t in topics {
-                            me.poke(&t);
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        })
+    /// Whether a worker of `topic` ever waited in this process.
+    fn knows(&self, topic: &str) -> bool {
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(topic)
+    }
+
+    /// Wakes the workers of every topic.
+    fn poke_all(&self) {
+        let topics: Vec<String> = self
+            .topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for t in topics {
+            self.poke(&t);
+        }
     }
 }
 
-/// The message announcing an append to `topic` (published after the commit).
-pub fn appended_message(topic: &str, items: u64, origin: &str) -> BusMessage {
-    BusMessage::new(
-        APPENDED,
-        origin,
-        &Appended {
-            topic: topic.to_owned(),
-            items,
-        },
-    )
+/// The process's wake-up listener (`app.rs` spawns it): pokes topics as `bus.appended` messages
+/// arrive on the live bus ([`BusAppended`]).
+impl OnLive for Arc<Wakeups> {
+    async fn message(&mut self, m: Received<'_>) {
+        if let Some(a) = m.payload::<BusAppended>() {
+            self.poke(&a.topic);
+        } else if self.knows(&m.topic) {
+            // A live message under a durable topic's name (ingest publishes its events live too)
+            // means rows were appended: wake that topic's workers. Only the name matters here.
+            self.poke(&m.topic);
+        }
+    }
+
+    /// Missed wake-ups: wake everyone, they will find what is there.
+    async fn lagged(&mut self, _skipped: u64) {
+        self.poke_all();
+    }
 }
 
 /// One member of a consumer group.

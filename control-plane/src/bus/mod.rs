@@ -4,7 +4,8 @@
 //! * **live fan-out** ([`Bus::subscribe`]): every subscriber in every process sees every message,
 //!   best effort (a slow subscriber may lag and skip). For dashboards, caches and wake-ups.
 //!   [`memory::MemoryBus`] inside one process (the embedded default), [`redis::RedisBus`]
-//!   (pub/sub) between processes.
+//!   (pub/sub) between processes. Each topic is a type ([`topics`]: its name and payload);
+//!   messages are put on the bus with [`publish`] and followed by a [`listen::Listener`] task.
 //! * **durable topics** ([`log`], [`durable`]): the database is the log. Publishers append in
 //!   their own transaction; consumer groups share a topic's partitions, commit their progress
 //!   with their effects, retry, and dead-letter what keeps failing. The same code serves SQLite
@@ -12,9 +13,11 @@
 //!   not Redis streams: see docs/ARCHITECTURE.md ("The durable bus").
 
 pub mod durable;
+pub mod listen;
 pub mod log;
 pub mod memory;
 pub mod redis;
+pub mod topics;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,40 +26,14 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
-/// Topic names. Payloads are JSON; see each constant.
-pub mod topics {
-    /// A batch of newly stored fingerprint events: payload `{"events": [FingerprintEvent…]}`.
-    pub const FINGERPRINT_EVENTS: &str = "fingerprint.events";
-    /// A label was attached: payload `{"method", "value", "label"}`.
-    pub const FINGERPRINT_LABELED: &str = "fingerprint.labeled";
-    /// A service process started: payload `{"service", "instance"}`.
-    pub const SERVICE_STARTED: &str = "service.started";
-    /// A user was created: payload `{"username", "role"}`.
-    pub const USER_CREATED: &str = "user.created";
-    /// A user was changed: payload `{"username", "change" (disabled, enabled, role, password,
-    /// deleted), "role", "by"}`.
-    pub const USER_CHANGED: &str = "user.changed";
-    /// Retention ran: payload is a `RetentionOutcome`.
-    pub const RETENTION_RAN: &str = "retention.ran";
-    /// An agent enrolled: payload `{"agent_id", "spiffe_id", "hostname", "svid_expires_us"}`.
-    pub const AGENT_ENROLLED: &str = "agent.enrolled";
-    /// An agent was revoked: payload `{"agent_id", "spiffe_id", "revoked_us", "by"}`. Uplinks
-    /// close the agent's live connections when they see it.
-    pub const AGENT_REVOKED: &str = "agent.revoked";
-    /// An agent's fleet status changed: payload `{"agent_id", "status", "previous"}` (status
-    /// `online`, `stale` or `revoked`).
-    pub const AGENT_STATUS: &str = "agent.status";
-    /// Registration entries changed: payload `{"action": "created"|"updated"|"deleted"|"imported",
-    /// "ids": [entry id…]}`. Every process resolving identities (ja4, identity) reloads them.
-    pub const IDENTITY_ENTRIES: &str = "identity.entries";
-}
+use topics::{Encodes, LiveTopic};
 
 /// One message on the bus.
 ///
 /// The payload is kept as the JSON text it was serialized to once, at publication: an event
 /// batch is large, every service in the process sees it, and a tree of `serde_json::Value`s
-/// would cost an allocation per field for each copy. Consumers parse what they need with
-/// [`BusMessage::payload_as`].
+/// would cost an allocation per field for each copy. Consumers parse it with
+/// [`BusMessage::decode`], typed by the topic ([`topics`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BusMessage {
     /// Unique id (UUIDv7), so consumers can drop redeliveries.
@@ -68,31 +45,41 @@ pub struct BusMessage {
 }
 
 impl BusMessage {
-    /// A message whose payload is `payload` serialized as JSON.
-    pub fn new(topic: &str, origin: &str, payload: &impl Serialize) -> Self {
-        // Our payload types have string keys and no failing `Serialize`; `null` is the
-        // harmless answer should one ever fail.
-        let payload = serde_json::value::to_raw_value(payload).unwrap_or_else(|e| {
-            tracing::error!(topic, error = %e, "bus payload not serializable");
-            serde_json::value::RawValue::from_string("null".into()).expect("valid JSON")
-        });
-        BusMessage {
+    /// A message of topic `T` from `origin` (`service/instance`), its payload serialized once.
+    pub fn encode<T: LiveTopic>(
+        origin: &str,
+        payload: &impl Encodes<T>,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(BusMessage {
             id: uuid::Uuid::now_v7(),
-            topic: topic.to_owned(),
+            topic: T::NAME.to_owned(),
             origin: origin.to_owned(),
-            payload,
-        }
+            payload: serde_json::value::to_raw_value(payload)?,
+        })
     }
 
-    /// The payload parsed as `T` (borrowing from the message where `T` allows it).
-    pub fn payload_as<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.payload.get())
+    /// The payload as `T`'s, when the message is of topic `T` (`None` for another topic). An
+    /// `Err` is a message of that name whose payload does not have `T`'s shape (a process of
+    /// another version, a bug): skip it, log it, count it; [`listen::Received::payload`] does.
+    pub fn decode<T: LiveTopic>(&self) -> Option<Result<T::Payload, serde_json::Error>> {
+        (self.topic == T::NAME).then(|| serde_json::from_str(self.payload.get()))
     }
 
     /// The payload as a JSON tree, for ad-hoc inspection (tests, logs).
     pub fn json(&self) -> serde_json::Value {
-        self.payload_as().unwrap_or(serde_json::Value::Null)
+        serde_json::from_str(self.payload.get()).unwrap_or(serde_json::Value::Null)
     }
+}
+
+/// Publishes `payload` on topic `T` (see [`Bus::publish`]). The one way to put a message on the
+/// bus: name and payload type come from the same [`LiveTopic`], so they cannot disagree.
+pub async fn publish<T: LiveTopic>(
+    bus: &dyn Bus,
+    origin: &str,
+    payload: &impl Encodes<T>,
+) -> Result<(), BusError> {
+    let msg = Arc::new(BusMessage::encode::<T>(origin, payload)?);
+    bus.publish(&msg).await
 }
 
 /// Why the bus failed.

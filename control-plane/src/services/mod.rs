@@ -31,15 +31,17 @@ use std::sync::{Arc, Mutex};
 use axum::extract::State;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, allow};
+use crate::bus::BusMessage;
 use crate::bus::durable::{Ack, Batch, Consumer, Handler, HandlerFuture};
+use crate::bus::listen::{OnLive, Received};
 use crate::bus::log::{DurableTopic, FingerprintEvents};
-use crate::bus::{BusMessage, topics};
+use crate::bus::topics::{ServiceStart, ServiceStarted};
 use crate::http::{ApiError, ErrorBody};
 use crate::state::AppState;
 
@@ -256,12 +258,13 @@ pub async fn start(
             continue;
         }
         let stats = Arc::new(ServiceStats::default());
-        host.tasks.push(spawn_listener(
-            app.bus.subscribe(),
-            stats.clone(),
-            app.clone(),
-            host.shutdown.clone(),
-        ));
+        host.tasks.push(
+            app.listener("service status", host.shutdown.clone())
+                .spawn(CountLive {
+                    stats: stats.clone(),
+                    state: app.clone(),
+                }),
+        );
         host.stats = stats.clone();
         service
             .start(&mut host)
@@ -270,11 +273,13 @@ pub async fn start(
                 service: name,
                 source,
             })?;
-        app.publish(BusMessage::new(
-            topics::SERVICE_STARTED,
+        app.publish_from::<ServiceStarted>(
             &format!("{name}/{}", app.instance),
-            &serde_json::json!({"service": name, "instance": app.instance}),
-        ))
+            &ServiceStart {
+                service: name.to_owned(),
+                instance: app.instance,
+            },
+        )
         .await;
         hosted.push(Hosted { service, stats });
     }
@@ -400,36 +405,23 @@ pub fn consume<T: DurableTopic>(host: &mut Host, group: &str, handler: Arc<dyn H
     );
 }
 
-/// Resolves once shutdown is requested. Its output is a plain `()`, so a `select!` using it holds
-/// no watch guard (which is not `Send`) while other branches await.
-pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
-}
+/// Resolves once shutdown is requested (see [`crate::bus::listen::stopped`]).
+pub(crate) use crate::bus::listen::stopped;
 
-fn spawn_listener(
-    mut rx: broadcast::Receiver<Arc<BusMessage>>,
+/// A service's live listener: counts what it sees for its status endpoint.
+struct CountLive {
     stats: Arc<ServiceStats>,
     state: AppState,
-    mut shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let m = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
-                m = rx.recv() => m,
-            };
-            match m {
-                Ok(m) => {
-                    state.metrics.bus_received.fetch_add(1, Ordering::Relaxed);
-                    stats.record(&m);
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(skipped = n, "bus listener lagged");
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    })
+}
+
+impl OnLive for CountLive {
+    async fn message(&mut self, m: Received<'_>) {
+        self.state
+            .metrics
+            .bus_received
+            .fetch_add(1, Ordering::Relaxed);
+        self.stats.record(&m);
+    }
 }
 
 /// Bus activity seen by one service: for its status endpoint, and proof that split processes

@@ -210,8 +210,9 @@ pub struct TopEntry {
     pub count: i64,
 }
 
-/// What one retention pass deleted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+/// What one retention pass deleted; also the payload of the live topic `retention.ran`
+/// (`bus::topics::RetentionRan`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RetentionOutcome {
     pub events_deleted: u64,
     pub fingerprints_deleted: u64,

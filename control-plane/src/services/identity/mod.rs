@@ -33,12 +33,12 @@ use hais_shared::event::FingerprintEvent;
 use hais_shared::registration::{RegistrationEntry, best_match, selectors_for};
 use hais_shared::selector::Selector;
 use hais_shared::template::{RegistrationTemplate, best_template};
-use tokio::sync::{broadcast, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 use utoipa_axum::router::OpenApiRouter;
 
 use super::{BoxFuture, Host, Service, ServiceError};
-use crate::bus::topics;
+use crate::bus::listen::{OnLive, Received};
+use crate::bus::topics::IdentityEntries;
 use crate::state::AppState;
 use crate::store::identity::ConflictDeltas;
 use crate::store::rollup::Seen;
@@ -437,42 +437,38 @@ pub async fn handle(host: &mut Host) -> Result<Arc<Identity>, StoreError> {
     }
     let identity =
         Arc::new(Identity::load(&*host.app.store, &host.app.config.spire.trust_domain).await?);
-    host.tasks.push(spawn_refresher(
-        host.app.clone(),
-        identity.clone(),
-        host.shutdown.clone(),
-    ));
+    host.tasks.push(
+        host.app
+            .listener("identity entries", host.shutdown.clone())
+            .every(REFRESH_INTERVAL)
+            .spawn(Refresher {
+                state: host.app.clone(),
+                identity: identity.clone(),
+            }),
+    );
     host.share(identity.clone());
     Ok(identity)
 }
 
-/// Keeps `identity` fresh: reloads on every `identity.entries` message (from any process), when
-/// the bus listener lagged, and every [`REFRESH_INTERVAL`].
-fn spawn_refresher(
+/// Keeps an [`Identity`] fresh: reloads on every `identity.entries` message (from any process),
+/// when the bus listener lagged, and every [`REFRESH_INTERVAL`].
+struct Refresher {
     state: AppState,
     identity: Arc<Identity>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    let mut rx = state.bus.subscribe();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(REFRESH_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await; // the first tick is immediate; the entries were loaded at start
-        loop {
-            let reload = tokio::select! {
-                _ = super::stopped(&mut shutdown) => return,
-                _ = tick.tick() => true,
-                m = rx.recv() => match m {
-                    Ok(m) => m.topic == topics::IDENTITY_ENTRIES,
-                    Err(broadcast::error::RecvError::Lagged(_)) => true,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-            };
-            if reload {
-                refresh(&state, &identity).await;
-            }
+}
+
+impl OnLive for Refresher {
+    async fn message(&mut self, m: Received<'_>) {
+        if m.payload::<IdentityEntries>().is_some() {
+            refresh(&self.state, &self.identity).await;
         }
-    })
+    }
+    async fn lagged(&mut self, _skipped: u64) {
+        refresh(&self.state, &self.identity).await;
+    }
+    async fn tick(&mut self) {
+        refresh(&self.state, &self.identity).await;
+    }
 }
 
 #[cfg(test)]

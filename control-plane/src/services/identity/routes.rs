@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Identity;
 use crate::auth::{Caller, allow};
-use crate::bus::{BusMessage, topics};
+use crate::bus::topics::{EntriesAction, EntriesChange, IdentityEntries};
 use crate::http::{ApiError, ErrorBody};
 use crate::http::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
@@ -153,16 +153,12 @@ pub(super) async fn insert(
 pub(super) async fn announce(
     state: &AppState,
     identity: &Identity,
-    action: &str,
+    action: EntriesAction,
     ids: Vec<String>,
 ) {
     super::refresh(state, identity).await;
     state
-        .publish(BusMessage::new(
-            topics::IDENTITY_ENTRIES,
-            &state.origin(),
-            &serde_json::json!({ "action": action, "ids": ids }),
-        ))
+        .publish::<IdentityEntries>(&EntriesChange { action, ids })
         .await;
 }
 
@@ -187,7 +183,13 @@ pub async fn create_entry(
             entry.spiffe_id
         ))
     })?;
-    announce(&state, &identity, "created", vec![rec.id.clone()]).await;
+    announce(
+        &state,
+        &identity,
+        EntriesAction::Created,
+        vec![rec.id.clone()],
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(rec)))
 }
 
@@ -232,7 +234,7 @@ pub async fn import_entries(
     }
     if !imported.is_empty() {
         let ids = imported.iter().map(|r| r.id.clone()).collect();
-        announce(&state, &identity, "imported", ids).await;
+        announce(&state, &identity, EntriesAction::Imported, ids).await;
     }
     Ok(Json(ImportResponse { imported, skipped }))
 }
@@ -319,7 +321,7 @@ pub async fn update_entry(
         }
     }
     tracing::info!(by = %c.sub, %id, spiffe_id = %rec.spiffe_id, "registration entry updated");
-    announce(&state, &identity, "updated", vec![id]).await;
+    announce(&state, &identity, EntriesAction::Updated, vec![id]).await;
     Ok(Json(rec))
 }
 
@@ -339,7 +341,7 @@ pub async fn delete_entry(
     if !state.store.delete_entry(&id).await? {
         return Err(ApiError::not_found(format!("no entry {id}")));
     }
-    announce(&state, &identity, "deleted", vec![id]).await;
+    announce(&state, &identity, EntriesAction::Deleted, vec![id]).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

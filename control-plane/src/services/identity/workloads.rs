@@ -19,6 +19,7 @@ use utoipa_axum::routes;
 use super::Identity;
 use super::routes::{announce, check_description, entry_id, insert, page_limit};
 use crate::auth::{Caller, allow};
+use crate::bus::topics::EntriesAction;
 use crate::http::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::state::AppState;
 use crate::store::identity::EntryRecord;
@@ -226,7 +227,13 @@ pub async fn entry_from_workload(
             entry.spiffe_id
         ))
     })?;
-    announce(&state, &identity, "created", vec![rec.id.clone()]).await;
+    announce(
+        &state,
+        &identity,
+        EntriesAction::Created,
+        vec![rec.id.clone()],
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(rec)))
 }
 
@@ -277,7 +284,13 @@ pub async fn create_template(
     state.store.insert_template(&rec).await?.map_err(|twin| {
         ApiError::conflict(format!("template {twin} has this pattern and scope"))
     })?;
-    announce(&state, &identity, "template-created", vec![rec.id.clone()]).await;
+    announce(
+        &state,
+        &identity,
+        EntriesAction::TemplateCreated,
+        vec![rec.id.clone()],
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(rec)))
 }
 
@@ -332,6 +345,6 @@ pub async fn delete_template(
     if !state.store.delete_template(&id).await? {
         return Err(ApiError::not_found(format!("no template {id}")));
     }
-    announce(&state, &identity, "template-deleted", vec![id]).await;
+    announce(&state, &identity, EntriesAction::TemplateDeleted, vec![id]).await;
     Ok(StatusCode::NO_CONTENT)
 }

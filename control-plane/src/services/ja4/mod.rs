@@ -23,7 +23,9 @@ use super::identity::Identity;
 use super::spire::Spire;
 use super::{BoxFuture, Host, Service, ServiceError};
 use crate::auth::{Caller, allow};
-use crate::bus::{BusMessage, topics};
+use crate::bus::topics::{
+    FingerprintBatchRef, FingerprintEvents, FingerprintLabeled, LabelChange, RetentionRan,
+};
 use crate::http::{ApiError, ErrorBody};
 use crate::http::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
@@ -335,18 +337,9 @@ pub async fn store_events(
     m.ingest_duplicates
         .fetch_add(out.duplicates as u64, Ordering::Relaxed);
     if !out.stored.is_empty() {
-        /// Serialized straight from the events: no intermediate JSON tree.
-        #[derive(serde::Serialize)]
-        struct Batch<'a> {
-            events: Vec<&'a FingerprintEvent>,
-        }
         let events = out.stored.iter().map(|&i| &events[i]).collect();
         state
-            .publish(BusMessage::new(
-                topics::FINGERPRINT_EVENTS,
-                &state.origin(),
-                &Batch { events },
-            ))
+            .publish::<FingerprintEvents>(&FingerprintBatchRef { events })
             .await;
     }
     Ok(out)
@@ -533,11 +526,13 @@ pub async fn add_label(
         }
     }
     state
-        .publish(BusMessage::new(
-            topics::FINGERPRINT_LABELED,
-            &state.origin(),
-            &serde_json::json!({"method": m, "value": v, "label": l, "by": c.sub}),
-        ))
+        .publish::<FingerprintLabeled>(&LabelChange {
+            method: m,
+            value: v.clone(),
+            label: l.to_owned(),
+            by: c.sub.clone(),
+            removed: false,
+        })
         .await;
     Ok(Json(LabelResponse {
         labels: labels_of(&state, m, &v).await?,
@@ -592,11 +587,13 @@ pub async fn remove_label(
         )));
     }
     state
-        .publish(BusMessage::new(
-            topics::FINGERPRINT_LABELED,
-            &state.origin(),
-            &serde_json::json!({"method": m, "value": v, "label": l, "by": c.sub, "removed": true}),
-        ))
+        .publish::<FingerprintLabeled>(&LabelChange {
+            method: m,
+            value: v.clone(),
+            label: l.to_owned(),
+            by: c.sub.clone(),
+            removed: true,
+        })
         .await;
     Ok(Json(LabelResponse {
         labels: labels_of(&state, m, &v).await?,
@@ -725,13 +722,7 @@ pub async fn run_retention(
         partitions = out.partitions_dropped,
         "retention pass"
     );
-    state
-        .publish(BusMessage::new(
-            topics::RETENTION_RAN,
-            &state.origin(),
-            &out,
-        ))
-        .await;
+    state.publish::<RetentionRan>(&out).await;
     Ok(out)
 }
 

@@ -12,7 +12,7 @@ use hais_svid::{CertificateDer, UnixTime, split_credential};
 
 use super::{Spire, SpireError};
 use crate::auth::token_hash;
-use crate::bus::{BusMessage, topics};
+use crate::bus::topics::{AgentEnrolled, AgentEnrollment};
 use crate::state::AppState;
 use crate::store::now_us;
 use crate::store::spire::{NewAgent, TokenRefusal};
@@ -62,16 +62,12 @@ pub async fn enroll(
     }
     tracing::info!(%agent_id, spiffe_id = %id, hostname = %req.hostname, token_id, "agent enrolled");
     state
-        .publish(BusMessage::new(
-            topics::AGENT_ENROLLED,
-            &state.origin(),
-            &serde_json::json!({
-                "agent_id": agent_id,
-                "spiffe_id": id.as_str(),
-                "hostname": req.hostname,
-                "svid_expires_us": issued.not_after_us,
-            }),
-        ))
+        .publish::<AgentEnrolled>(&AgentEnrollment {
+            agent_id: agent_id.clone(),
+            spiffe_id: id.to_string(),
+            hostname: req.hostname.clone(),
+            svid_expires_us: issued.not_after_us,
+        })
         .await;
     Ok(spire.authority.svid_response(&issued, &agent_id))
 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{Spire, SpireError};
-use crate::bus::{BusMessage, topics};
+use crate::bus::topics::{AgentStatusChange, AgentStatusChanged};
 use crate::state::AppState;
 use crate::store::now_us;
 use crate::store::spire::{AgentRecord, HeartbeatRecord};
@@ -23,27 +23,9 @@ const SWEEP_PAGE: u32 = 1000;
 const MAX_FIELD_LEN: usize = 256;
 const MAX_INTERFACES: usize = 256;
 
-/// An agent's status in the fleet view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum AgentStatus {
-    /// A heartbeat arrived within `spire.stale_after`.
-    Online,
-    /// No heartbeat for `spire.stale_after` (or none ever).
-    Stale,
-    /// Revoked: its connections are refused.
-    Revoked,
-}
-
-impl AgentStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AgentStatus::Online => "online",
-            AgentStatus::Stale => "stale",
-            AgentStatus::Revoked => "revoked",
-        }
-    }
-}
+/// An agent's status in the fleet view (declared with the `agent.status` payload that carries
+/// it, since the bus imports no service).
+pub use crate::bus::topics::AgentStatus;
 
 /// An agent's status at `now_us`.
 pub fn status_of(a: &AgentRecord, now_us: i64, stale_after: Duration) -> AgentStatus {
@@ -191,15 +173,11 @@ async fn sweep(
                 };
                 if changed {
                     state
-                        .publish(BusMessage::new(
-                            topics::AGENT_STATUS,
-                            &state.origin(),
-                            &serde_json::json!({
-                                "agent_id": a.id,
-                                "status": status,
-                                "previous": previous,
-                            }),
-                        ))
+                        .publish::<AgentStatusChanged>(&AgentStatusChange {
+                            agent_id: a.id.clone(),
+                            status,
+                            previous,
+                        })
                         .await;
                 }
             }

@@ -12,7 +12,8 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::{REVOCATION_REFRESH, Spire};
-use crate::bus::topics;
+use crate::bus::listen::{OnLive, Received};
+use crate::bus::topics::AgentRevoked;
 use crate::state::AppState;
 
 /// Capacity of the broadcast of newly revoked ids; a lagging receiver re-checks the set.
@@ -73,39 +74,43 @@ impl Revocations {
 pub fn spawn_refresher(
     state: AppState,
     spire: Arc<Spire>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let mut bus = Some(state.bus.subscribe());
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(REVOCATION_REFRESH);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = crate::services::stopped(&mut shutdown) => return,
-                m = async {
-                    match bus.as_mut() {
-                        Some(b) => b.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => match m {
-                    Ok(m) if m.topic == topics::AGENT_REVOKED => {
-                        if let Some(id) = m.json().get("agent_id").and_then(|v| v.as_str())
-                            && spire.revocations.insert(id)
-                        {
-                            tracing::info!(agent_id = id, origin = %m.origin, "revocation received");
-                        }
-                    }
-                    Ok(_) => {}
-                    // Missed messages: the store has them.
-                    Err(broadcast::error::RecvError::Lagged(_)) => tick.reset_immediately(),
-                    // The bus is gone (shutting down); the store still answers.
-                    Err(broadcast::error::RecvError::Closed) => bus = None,
-                },
-                _ = tick.tick() => match state.store.revoked_agents().await {
-                    Ok(ids) => spire.revocations.extend(ids),
-                    Err(e) => tracing::warn!(error = %e, "reading revoked agents failed"),
-                },
-            }
+    state
+        .listener("revocations", shutdown)
+        .every(REVOCATION_REFRESH)
+        .spawn(Refresher { state, spire })
+}
+
+/// Adds the agents of `agent.revoked` messages (from any process) to the set, and re-reads the
+/// store every [`REVOCATION_REFRESH`] and whenever messages were missed.
+struct Refresher {
+    state: AppState,
+    spire: Arc<Spire>,
+}
+
+impl Refresher {
+    async fn reread(&self) {
+        match self.state.store.revoked_agents().await {
+            Ok(ids) => self.spire.revocations.extend(ids),
+            Err(e) => tracing::warn!(error = %e, "reading revoked agents failed"),
         }
-    })
+    }
+}
+
+impl OnLive for Refresher {
+    async fn message(&mut self, m: Received<'_>) {
+        if let Some(r) = m.payload::<AgentRevoked>()
+            && self.spire.revocations.insert(&r.agent_id)
+        {
+            tracing::info!(agent_id = %r.agent_id, origin = %m.origin, "revocation received");
+        }
+    }
+    /// Missed messages: the store has them.
+    async fn lagged(&mut self, _skipped: u64) {
+        self.reread().await;
+    }
+    async fn tick(&mut self) {
+        self.reread().await;
+    }
 }

@@ -13,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{AgentView, Spire, SpireError, tokens};
 use crate::auth::{Caller, allow};
-use crate::bus::{BusMessage, topics};
+use crate::bus::topics::{AgentRevocation, AgentRevoked};
 use crate::http::{ApiError, ErrorBody};
 use crate::http::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
@@ -237,16 +237,12 @@ pub async fn revoke_agent(
     if newly {
         tracing::warn!(agent_id = %id, by = %c.sub, "agent revoked");
         state
-            .publish(BusMessage::new(
-                topics::AGENT_REVOKED,
-                &state.origin(),
-                &serde_json::json!({
-                    "agent_id": id,
-                    "spiffe_id": view.agent.spiffe_id,
-                    "revoked_us": revoked_us,
-                    "by": c.sub,
-                }),
-            ))
+            .publish::<AgentRevoked>(&AgentRevocation {
+                agent_id: id.clone(),
+                spiffe_id: view.agent.spiffe_id.clone(),
+                revoked_us,
+                by: c.sub.clone(),
+            })
             .await;
     }
     Ok(Json(view))
