@@ -819,8 +819,8 @@ async fn discovered_workloads(backend: Backend) {
         pod("node-2", "api-7d4b9c8f6d-q8z4m"),
     ])
     .await;
-    const CURL: &str = "host:web-01:/usr/bin/curl:user0";
-    const NGINX: &str = "host:web-01:/usr/sbin/nginx:user33";
+    const CURL: &str = "host:web-01:curl:user0";
+    const NGINX: &str = "host:web-01:nginx:user33";
     const API: &str = "k8s:shop:deployment/api";
     let all = until(&t, "/api/identity/workloads", |v| {
         v["items"].as_array().unwrap().len() == 3
@@ -856,7 +856,7 @@ async fn discovered_workloads(backend: Backend) {
         "unix:path:/usr/bin/curl",
         "unix:uid:0",
         "hais:host:web-01",
-        "hais:workload:host:web-01:/usr/bin/curl:user0",
+        "hais:workload:host:web-01:curl:user0",
     ] {
         assert!(sels.contains(&want), "{want} not in {sels:?}");
     }

@@ -113,6 +113,11 @@ impl ControlPlane {
         call(self.api, "GET", path, Some(token), None)
     }
 
+    /// POST a JSON body with a token.
+    pub fn post(&self, token: &str, path: &str, body: &Value) -> (u16, Value) {
+        call(self.api, "POST", path, Some(token), Some(body))
+    }
+
     /// The built-in CA's bundle (PEM), which agents check the control plane by.
     pub fn bundle_pem(&self, token: &str) -> String {
         let (st, pem) =

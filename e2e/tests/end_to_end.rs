@@ -111,6 +111,19 @@ fn clients(dir: &Path, [tls, http, ssh]: [u16; 3]) {
     };
     assert!(curl(format!("https://127.0.0.1:{tls}/")).success());
     assert!(curl(format!("http://127.0.0.1:{http}/")).success());
+    s_client(dir, tls);
+    // No credentials: the key exchange happens, authentication fails.
+    let _ = Command::new("ssh")
+        .args(["-F", "/dev/null", "-p", &ssh.to_string()])
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .args(["nobody@127.0.0.1", "true"])
+        .output()
+        .unwrap();
+}
+
+/// One TLS handshake by `openssl s_client` (it exits when its input ends).
+fn s_client(dir: &Path, tls: u16) {
     let out = Command::new("openssl")
         .args([
             "s_client",
@@ -128,14 +141,6 @@ fn clients(dir: &Path, [tls, http, ssh]: [u16; 3]) {
         "s_client: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // No credentials: the key exchange happens, authentication fails.
-    let _ = Command::new("ssh")
-        .args(["-F", "/dev/null", "-p", &ssh.to_string()])
-        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
-        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
-        .args(["nobody@127.0.0.1", "true"])
-        .output()
-        .unwrap();
 }
 
 /// `(method, value)` of every fingerprint in the agent's printed records for streams to `ports`.
@@ -271,6 +276,152 @@ fn real_clients_fingerprints_reach_the_control_plane() {
     let st = agent.status().unwrap();
     assert_eq!(st["uplink"]["events_rejected"], 0, "{st}");
     assert!(st["uplink"]["events_stored"].as_u64().unwrap() >= 4, "{st}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every workload of the inventory (all pages are one: the test host runs a handful).
+fn workloads(cp: &ControlPlane, token: &str, query: &str) -> Vec<Value> {
+    let (st, v) = cp.get(
+        token,
+        &format!("/api/identity/workloads?limit=1000&{query}"),
+    );
+    assert_eq!(st, 200, "{v}");
+    v["items"].as_array().unwrap().clone()
+}
+
+/// With no registration entry, curl's workload is discovered with its executable and JA4, and
+/// its events are found by that JA4; an entry made from the workload names it and its next
+/// events; a template names every other host process without any entry.
+#[test]
+fn workloads_are_discovered_then_named_by_an_entry_and_a_template() {
+    if !can_capture() {
+        eprintln!("skipped: capturing on lo needs root or CAP_NET_RAW");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("hais-e2e-wl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cp = ControlPlane::start(&dir.join("cp"), &[]);
+    let mut agent = Agent::new(&dir.join("agent"));
+    let (ok, out) = agent.enroll(cp.uplink, &cp.token());
+    assert!(ok, "enroll: {out}");
+    let ([tls, http, _], _servers) = servers(&dir);
+    let bpf = format!("tcp port {tls} or tcp port {http}");
+    agent.run(
+        cp.uplink,
+        &["-i", "lo", "--bpf", &bpf, "--idle-timeout", "1"],
+    );
+    wait_for("the agent's uplink", Duration::from_secs(30), || {
+        (agent.status()?["uplink"]["state"] == "connected").then_some(())
+    });
+    let curl = |url: String| {
+        let ok = Command::new("curl")
+            .args(["-s", "-k", "-o", "/dev/null", "--max-time", "8", &url])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "curl {url}");
+    };
+    curl(format!("https://127.0.0.1:{tls}/"));
+    let token = cp.login();
+
+    // Discovered: the executable path and the JA4, before any entry exists.
+    let w = wait_for("curl's workload", Duration::from_secs(30), || {
+        workloads(&cp, &token, "q=curl").into_iter().find(|w| {
+            w["facts"]["workload"]["exe"]
+                .as_str()
+                .is_some_and(|e| e.ends_with("/curl"))
+                && w["methods"].get("ja4").is_some()
+        })
+    });
+    let key = w["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(&format!("host:{}:", agent_host())), "{key}");
+    assert_eq!(w.get("spiffe_id"), None, "{w}");
+    let (st, detail) = cp.get(&token, &format!("/api/identity/workloads/{key}"));
+    assert_eq!(st, 200, "{detail}");
+    let ja4 = detail["fingerprints"]["ja4"][0]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(ja4.starts_with("t13"), "{ja4}");
+    let (st, fp) = cp.get(&token, &format!("/api/ja4/fingerprints/ja4/{ja4}"));
+    assert_eq!(st, 200, "{fp}");
+    assert!(fp["workloads"].to_string().contains(&key), "{fp}");
+
+    // An entry from the workload: the inventory shows it, and curl's next events carry it.
+    let spiffe = "spiffe://hais.local/e2e/curl";
+    let (st, entry) = cp.post(
+        &token,
+        "/api/identity/entries/from-workload",
+        &serde_json::json!({"workload": key, "spiffe_id": spiffe}),
+    );
+    assert_eq!(st, 201, "{entry}");
+    wait_for(
+        "the entry in the inventory",
+        Duration::from_secs(20),
+        || {
+            workloads(&cp, &token, "resolved=true")
+                .iter()
+                .any(|w| w["key"] == key.as_str() && w["spiffe_id"] == spiffe)
+                .then_some(())
+        },
+    );
+    curl(format!("https://127.0.0.1:{tls}/"));
+    wait_for("curl's next event named", Duration::from_secs(30), || {
+        let (st, v) = cp.get(&token, &format!("/api/identity/identities/{spiffe}"));
+        (st == 200 && v["count"].as_i64() >= Some(1)).then_some(())
+    });
+
+    // A template names every other host process (openssl's s_client here) without any entry,
+    // at once in the inventory and on its next events; the entry still names curl.
+    s_client(&dir, tls);
+    wait_for("openssl's workload", Duration::from_secs(30), || {
+        workloads(&cp, &token, "q=openssl")
+            .into_iter()
+            .next()
+            .map(|_| ())
+    });
+    let (st, t) = cp.post(
+        &token,
+        "/api/identity/templates",
+        &serde_json::json!({"pattern": "spiffe://{td}/host/{host}/{process}"}),
+    );
+    assert_eq!(st, 201, "{t}");
+    let all = wait_for("every workload named", Duration::from_secs(30), || {
+        let all = workloads(&cp, &token, "");
+        all.iter()
+            .all(|w| w.get("spiffe_id").is_some())
+            .then_some(all)
+    });
+    let prefix = format!("spiffe://hais.local/host/{}/", agent_host());
+    for w in &all {
+        let id = w["spiffe_id"].as_str().unwrap();
+        if w["key"] == key.as_str() {
+            assert_eq!(id, spiffe, "the entry wins over the template");
+        } else {
+            assert!(id.starts_with(&prefix), "{w}");
+            assert!(
+                w["resolved_by"].as_str().unwrap().starts_with("template:"),
+                "{w}"
+            );
+        }
+    }
+    let openssl = all
+        .iter()
+        .find(|w| w["key"].as_str().unwrap().contains("openssl"))
+        .unwrap()["spiffe_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s_client(&dir, tls);
+    wait_for(
+        "openssl's next event named",
+        Duration::from_secs(30),
+        || {
+            let (st, v) = cp.get(&token, &format!("/api/identity/identities/{openssl}"));
+            (st == 200 && v["count"].as_i64() >= Some(1)).then_some(())
+        },
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

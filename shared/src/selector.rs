@@ -284,7 +284,7 @@ mod tests {
             "hais:host:web-01".into(),
             "docker:image_id:registry.local:5000/shop/web:1.2".into(),
             "k8s:pod-name:web-7d4b9c8f6d-x2x9q".into(),
-            "hais:workload:host:web-01:/usr/bin/curl:root".into(),
+            "hais:workload:host:web-01:curl:root".into(),
         ];
         for (s, kind) in samples.iter().zip(Kind::ALL) {
             let sel = Selector::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));

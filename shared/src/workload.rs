@@ -14,7 +14,7 @@
 //! | `k8s`       | `k8s:<namespace>:<owner kind>/<name>` | namespace, and the pod's owning workload      |
 //! | `k8s`       | `k8s:<namespace>:sa/<service account>`| when the pod name is unknown                  |
 //! | `container` | `container:<image>:<name>`            | image without tag/digest, compose service or container name |
-//! | `host`      | `host:<host>:<executable>:<user>`     | host name, executable path, user (else uid)   |
+//! | `host`      | `host:<host>:<program>:<user>`        | host name, process name, user (else uid)      |
 //!
 //! The owning workload is derived from the pod name the way Kubernetes generates it: a
 //! Deployment's pods are `<deployment>-<pod-template-hash>-<5 chars>`, a StatefulSet's
@@ -23,6 +23,12 @@
 //! shapes is its own workload (`pod/<name>`). Container names get a compose service
 //! (`<project>/<service>` from the compose labels) or their name without a trailing replica
 //! number (`web-1`, `web_2` → `web`), so scaled replicas share a key.
+//!
+//! A host process is named by its process name (`comm`, else the executable's file name), not by
+//! its executable path: the agent learns the path from `/proc`, which a short-lived process (a
+//! `curl` run) may have left before the lookup, while its kernel tracer still names the process.
+//! A key that changed with the attribution path would split one program in two. The path stays
+//! a fact and a selector (`unix:path:`) of the workload.
 //!
 //! Flows with no attributed process (`unattributed`) have no workload key.
 
@@ -105,13 +111,17 @@ pub fn key_of(host: &str, w: &Workload) -> Option<String> {
     if w.pid.is_none() && w.exe.is_none() {
         return None;
     }
-    let exe = w.exe.as_deref().or(w.process.as_deref()).unwrap_or("");
+    let program = w
+        .process
+        .as_deref()
+        .or_else(|| w.exe.as_deref().map(|x| x.rsplit('/').next().unwrap_or(x)))
+        .unwrap_or("");
     let user = match (&w.user, w.uid) {
         (Some(u), _) => Cow::Borrowed(u.as_str()),
         (None, Some(uid)) => Cow::Owned(uid.to_string()),
         (None, None) => Cow::Borrowed(""),
     };
-    Some(format!("host:{host}:{exe}:{user}"))
+    Some(format!("host:{host}:{program}:{user}"))
 }
 
 /// Kubernetes' alphabet for generated name suffixes (no vowels, no look-alikes).
@@ -185,25 +195,21 @@ mod tests {
     }
 
     #[test]
-    fn host_processes_are_host_executable_and_user() {
+    fn host_processes_are_host_program_and_user() {
         let mut w = proc_facts();
         w.exe = Some("/usr/bin/curl".into());
         w.user = Some("alice".into());
-        assert_eq!(
-            key_of("web-1", &w).unwrap(),
-            "host:web-1:/usr/bin/curl:alice"
-        );
+        assert_eq!(key_of("web-1", &w).unwrap(), "host:web-1:curl:alice");
         w.user = None;
-        assert_eq!(
-            key_of("web-1", &w).unwrap(),
-            "host:web-1:/usr/bin/curl:1000"
-        );
-        // Another pid of the same program: same key.
+        assert_eq!(key_of("web-1", &w).unwrap(), "host:web-1:curl:1000");
+        // Another pid of the same program, known only to the kernel tracer (no path): same key.
         w.pid = Some(43);
-        assert_eq!(
-            key_of("web-1", &w).unwrap(),
-            "host:web-1:/usr/bin/curl:1000"
-        );
+        w.exe = None;
+        assert_eq!(key_of("web-1", &w).unwrap(), "host:web-1:curl:1000");
+        // No process name: the executable's file name.
+        w.process = None;
+        w.exe = Some("/opt/bin/agentd".into());
+        assert_eq!(key_of("web-1", &w).unwrap(), "host:web-1:agentd:1000");
     }
 
     #[test]

@@ -145,7 +145,7 @@ mod tests {
         let a = event("h1", Some("/usr/bin/curl"), Some("spiffe://td/web"));
         assert_eq!(workload_key(&a), "spiffe://td/web");
         let b = event("h1", Some("/usr/bin/curl"), None);
-        assert_eq!(workload_key(&b), "host:h1:/usr/bin/curl:");
+        assert_eq!(workload_key(&b), "host:h1:curl:");
         let mut k = b.clone();
         k.workload.key = Some("k8s:shop:deployment/web".into());
         assert_eq!(workload_key(&k), "k8s:shop:deployment/web");

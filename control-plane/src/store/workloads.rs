@@ -94,6 +94,43 @@ impl WorkloadFacts {
         }
     }
 
+    /// Fills what these (newer) facts lack from `older` ones: the agent knows more of a process
+    /// on some flows than on others (a process that exited before `/proc` was read is named by
+    /// the kernel tracer without its executable), and the inventory should keep what it learnt.
+    pub fn fill_from(&mut self, older: &WorkloadFacts) {
+        let (w, o) = (&mut self.workload, &older.workload);
+        for (new, old) in [
+            (&mut w.process, &o.process),
+            (&mut w.exe, &o.exe),
+            (&mut w.exe_sha256, &o.exe_sha256),
+            (&mut w.cmdline, &o.cmdline),
+            (&mut w.user, &o.user),
+            (&mut w.cgroup, &o.cgroup),
+            (&mut w.container, &o.container),
+            (&mut w.container_runtime, &o.container_runtime),
+            (&mut w.container_image, &o.container_image),
+            (&mut w.container_name, &o.container_name),
+            (&mut w.pod, &o.pod),
+            (&mut w.k8s_namespace, &o.k8s_namespace),
+            (&mut w.k8s_service_account, &o.k8s_service_account),
+            (&mut w.k8s_pod_name, &o.k8s_pod_name),
+        ] {
+            if new.is_none() {
+                new.clone_from(old);
+            }
+        }
+        if w.uid.is_none() {
+            w.uid = o.uid;
+        }
+        if w.container_labels.is_empty() {
+            w.container_labels.clone_from(&o.container_labels);
+        }
+        // The kernel tracer's cgroup is `/` when it could not tell; a known one is better.
+        if w.cgroup.as_deref() == Some("/") && o.cgroup.as_deref().is_some_and(|c| c != "/") {
+            w.cgroup.clone_from(&o.cgroup);
+        }
+    }
+
     /// An event with these facts (and no flow worth reading), for the resolver: selectors and
     /// templates are functions of an event. `pid` is set back because the facts are those of an
     /// attributed process.
@@ -220,6 +257,12 @@ pub trait WorkloadStore: Send + Sync {
     fn list_workloads<'a>(&'a self, q: &'a WorkloadQuery) -> StoreFuture<'a, Vec<WorkloadSummary>>;
 
     fn workload_detail<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<WorkloadDetail>>;
+
+    /// The stored facts of those of `keys` that are stored.
+    fn workload_facts<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> StoreFuture<'a, std::collections::HashMap<String, WorkloadFacts>>;
 
     /// Facts and resolutions in key order after `after`, at most `limit`.
     fn workload_resolutions<'a>(
@@ -521,6 +564,39 @@ macro_rules! impl_workload_store {
                 })
             }
 
+            fn workload_facts<'a>(
+                &'a self,
+                keys: &'a [String],
+            ) -> $crate::store::StoreFuture<
+                'a,
+                std::collections::HashMap<String, $crate::store::workloads::WorkloadFacts>,
+            > {
+                Box::pin(async move {
+                    let mut out = std::collections::HashMap::new();
+                    for chunk in keys.chunks(500) {
+                        let mut qb = sqlx::QueryBuilder::<$db>::new(
+                            "SELECT key, facts FROM workloads WHERE key IN (",
+                        );
+                        let mut sep = qb.separated(", ");
+                        for k in chunk {
+                            sep.push_bind(k.clone());
+                        }
+                        qb.push(")");
+                        let rows: Vec<(String, String)> =
+                            qb.build_query_as().fetch_all(self.writer()).await?;
+                        for (key, facts) in rows {
+                            let facts = serde_json::from_str(&facts).map_err(|e| {
+                                $crate::store::StoreError::Corrupt(format!(
+                                    "workload {key} facts: {e}"
+                                ))
+                            })?;
+                            out.insert(key, facts);
+                        }
+                    }
+                    Ok(out)
+                })
+            }
+
             fn workload_resolutions<'a>(
                 &'a self,
                 after: &'a str,
@@ -594,6 +670,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn newer_facts_keep_what_only_older_ones_knew() {
+        let mut older = WorkloadFacts::default();
+        older.workload.exe = Some("/usr/bin/curl".into());
+        older.workload.process = Some("curl".into());
+        older.workload.cgroup = Some("/user.slice".into());
+        older.workload.uid = Some(0);
+        let mut newer = WorkloadFacts::default();
+        newer.workload.process = Some("curl2".into());
+        newer.workload.cgroup = Some("/".into());
+        newer.fill_from(&older);
+        assert_eq!(newer.workload.exe.as_deref(), Some("/usr/bin/curl"));
+        assert_eq!(newer.workload.process.as_deref(), Some("curl2"));
+        assert_eq!(newer.workload.cgroup.as_deref(), Some("/user.slice"));
+        assert_eq!(newer.workload.uid, Some(0));
+    }
+
+    #[test]
     fn like_patterns_escape_wildcards() {
         assert_eq!(contains_pattern("a_b%c\\d"), "%a\\_b\\%c\\\\d%");
         assert_eq!(contains_pattern(""), "%%");
@@ -616,7 +709,7 @@ mod tests {
         e.workload.exe = Some("/usr/bin/curl".into());
         e.workload.direction = Some("outbound".into());
         e.workload.spiffe_id = Some("spiffe://t/x".into());
-        e.workload.key = Some("host:h1:/usr/bin/curl:".into());
+        e.workload.key = Some("host:h1:curl:".into());
         let f = WorkloadFacts::of(&e);
         assert_eq!(f.workload.pid, None);
         assert_eq!(f.workload.direction, None);

@@ -40,13 +40,12 @@ pub struct Inventory {
     pub identity: Arc<Identity>,
 }
 
-/// The records of a batch: per workload key, the facts of its newest event (the later one in
-/// log order on a tie), resolved with `resolve`.
-pub fn records<'a>(
+/// The facts of each workload key in a batch, newest first filled from older ones (see
+/// [`WorkloadFacts::fill_from`]), with the newest event's time.
+pub fn newest_facts<'a>(
     events: impl Iterator<Item = &'a FingerprintEvent>,
-    resolve: impl Fn(&FingerprintEvent) -> Option<crate::store::workloads::Resolved>,
-) -> Vec<WorkloadRecord> {
-    let mut newest: BTreeMap<String, &FingerprintEvent> = BTreeMap::new();
+) -> BTreeMap<String, (WorkloadFacts, i64)> {
+    let mut by_key: BTreeMap<String, Vec<&FingerprintEvent>> = BTreeMap::new();
     for e in events {
         let key = match &e.workload.key {
             Some(k) => k.clone(),
@@ -56,42 +55,70 @@ pub fn records<'a>(
                 None => continue,
             },
         };
-        let slot = newest.entry(key).or_insert(e);
-        if e.timestamp >= slot.timestamp {
-            *slot = e;
-        }
+        by_key.entry(key).or_default().push(e);
     }
-    newest
+    by_key
         .into_iter()
-        .filter_map(|(key, e)| {
-            let kind = WorkloadKind::of_key(&key)?.as_str();
-            let facts = WorkloadFacts::of(e);
-            let namespace = facts.workload.k8s_namespace.clone().or_else(|| {
-                facts
-                    .workload
-                    .container_labels
-                    .get("io.kubernetes.pod.namespace")
-                    .cloned()
-            });
-            Some(WorkloadRecord {
-                kind,
-                namespace: namespace.filter(|_| kind == "k8s"),
-                selectors: selectors_for(e).iter().map(ToString::to_string).collect(),
-                facts_us: to_us(e.timestamp),
-                resolution: resolve(e),
-                facts,
-                key,
-            })
+        .map(|(key, mut events)| {
+            // Oldest first; a tie keeps log order (the later one is newer).
+            events.sort_by_key(|e| e.timestamp);
+            let mut facts = WorkloadFacts::default();
+            for e in &events {
+                let mut newer = WorkloadFacts::of(e);
+                newer.fill_from(&facts);
+                facts = newer;
+            }
+            let ts = to_us(events.last().expect("one event per key").timestamp);
+            (key, (facts, ts))
         })
         .collect()
+}
+
+/// The record of workload `key` whose (merged) facts are `facts`, seen last at `facts_us`,
+/// resolved with `resolve`.
+pub fn record(
+    key: String,
+    facts: WorkloadFacts,
+    facts_us: i64,
+    resolve: impl Fn(&FingerprintEvent) -> Option<crate::store::workloads::Resolved>,
+) -> Option<WorkloadRecord> {
+    let kind = WorkloadKind::of_key(&key)?.as_str();
+    let e = facts.as_event();
+    let namespace = facts.workload.k8s_namespace.clone().or_else(|| {
+        facts
+            .workload
+            .container_labels
+            .get("io.kubernetes.pod.namespace")
+            .cloned()
+    });
+    Some(WorkloadRecord {
+        kind,
+        namespace: namespace.filter(|_| kind == "k8s"),
+        selectors: selectors_for(&e).iter().map(ToString::to_string).collect(),
+        facts_us,
+        resolution: resolve(&e),
+        facts,
+        key,
+    })
 }
 
 impl Handler<FingerprintEvents> for Inventory {
     fn handle<'a>(&'a self, batch: &'a Batch<FingerprintEvents>) -> HandlerFuture<'a> {
         Box::pin(async move {
+            let newest = newest_facts(batch.items());
+            let keys: Vec<String> = newest.keys().cloned().collect();
+            let stored = self.store.workload_facts(&keys).await?;
             let _epoch = self.identity.epoch.read().await;
             let snap = self.identity.snapshot();
-            let rows = records(batch.items(), |e| snap.resolve_one(e));
+            let rows: Vec<WorkloadRecord> = newest
+                .into_iter()
+                .filter_map(|(key, (mut facts, ts))| {
+                    if let Some(old) = stored.get(&key) {
+                        facts.fill_from(old);
+                    }
+                    record(key, facts, ts, |e| snap.resolve_one(e))
+                })
+                .collect();
             self.store
                 .record_workloads(&rows, &batch.checkpoint)
                 .await?;
@@ -190,9 +217,12 @@ mod tests {
             ev("h1", "/usr/bin/curl", 1),
             ev("h1", "/usr/bin/wget", 2),
         ];
-        let rows = records(events.iter(), |_| None);
+        let rows: Vec<WorkloadRecord> = newest_facts(events.iter())
+            .into_iter()
+            .filter_map(|(k, (f, ts))| record(k, f, ts, |_| None))
+            .collect();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].key, "host:h1:/usr/bin/curl:0");
+        assert_eq!(rows[0].key, "host:h1:curl:0");
         assert_eq!(rows[0].kind, "host");
         assert_eq!(rows[0].facts_us, to_us(a_new.timestamp));
         assert_eq!(rows[0].facts.workload.exe_sha256, a_new.workload.exe_sha256);
@@ -206,15 +236,25 @@ mod tests {
             rows[0]
                 .selectors
                 .iter()
-                .any(|s| s == "hais:workload:host:h1:/usr/bin/curl:0")
+                .any(|s| s == "hais:workload:host:h1:curl:0")
         );
-        assert_eq!(rows[1].key, "host:h1:/usr/bin/wget:0");
+        assert_eq!(rows[1].key, "host:h1:wget:0");
         // Unattributed flows are no workload.
         let mut u = ev("h1", "/x", 3);
         u.workload = hais_shared::event::Workload {
             unattributed: Some("not-local".into()),
             ..Default::default()
         };
-        assert!(records([u].iter(), |_| None).is_empty());
+        assert!(newest_facts([u].iter()).is_empty());
+        // A newer event without the executable keeps the one an older event gave.
+        let mut bare = ev("h1", "/usr/bin/curl", 9);
+        bare.workload.exe = None;
+        bare.workload.process = Some("curl".into());
+        let mut full = ev("h1", "/usr/bin/curl", 8);
+        full.workload.process = Some("curl".into());
+        let m = newest_facts([bare.clone(), full].iter());
+        let (f, ts) = &m["host:h1:curl:0"];
+        assert_eq!(f.workload.exe.as_deref(), Some("/usr/bin/curl"));
+        assert_eq!(*ts, to_us(bare.timestamp));
     }
 }

@@ -133,7 +133,7 @@ pub async fn list_workloads(
 
 /// One discovered workload: its facts and selectors, SPIFFE ID, all its fingerprints by method,
 /// hosts, agents and destinations. The key goes in the path as is or percent-encoded
-/// (`/api/identity/workloads/host:web-01:/usr/bin/curl:root`).
+/// (`/api/identity/workloads/host:web-01:curl:root`).
 #[utoipa::path(get, path = "/api/identity/workloads/{key}", tag = "identity", security(("bearer" = [])),
     params(("key" = String, Path, description = "the workload key")),
     responses((status = 200, body = WorkloadDetail), (status = 404, body = ErrorBody),
