@@ -279,8 +279,9 @@ pub trait WorkloadStore: Send + Sync {
     ) -> StoreFuture<'a, ()>;
 }
 
-/// One `workloads` row as listed, with its own roll-up: (key, kind, namespace, facts, selectors,
-/// spiffe_id, resolved_by, first, last, count).
+/// One `workloads` row as listed: (key, kind, namespace, facts, selectors, spiffe_id,
+/// resolved_by). Its roll-ups come from a second query for the whole page: a join would let the
+/// planner merge-join both tables from their start, which costs a scan once filters skip far.
 pub(crate) type ListRow = (
     String,
     String,
@@ -289,18 +290,13 @@ pub(crate) type ListRow = (
     String,
     Option<String>,
     Option<String>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
 );
 
-pub(crate) const LIST_COLUMNS: &str = "w.key, w.kind, w.namespace, w.facts, w.selectors, \
-     w.spiffe_id, w.resolved_by, r.first_seen_us, r.last_seen_us, r.count \
-     FROM workloads w LEFT JOIN workload_rollups r \
-     ON r.key = w.key AND r.dim = '' AND r.dim_value = ''";
+pub(crate) const LIST_COLUMNS: &str =
+    "key, kind, namespace, facts, selectors, spiffe_id, resolved_by FROM workloads";
 
 pub(crate) fn summary_of(row: ListRow) -> Result<WorkloadSummary, super::StoreError> {
-    let (key, kind, namespace, facts, selectors, spiffe_id, resolved_by, first, last, count) = row;
+    let (key, kind, namespace, facts, selectors, spiffe_id, resolved_by) = row;
     let facts: WorkloadFacts = serde_json::from_str(&facts)
         .map_err(|e| super::StoreError::Corrupt(format!("workload {key} facts: {e}")))?;
     Ok(WorkloadSummary {
@@ -311,12 +307,17 @@ pub(crate) fn summary_of(row: ListRow) -> Result<WorkloadSummary, super::StoreEr
         resolved_by,
         facts,
         selectors: selectors.lines().map(str::to_owned).collect(),
-        first_seen_us: first.unwrap_or(0),
-        last_seen_us: last.unwrap_or(0),
-        count: count.unwrap_or(0),
+        first_seen_us: 0,
+        last_seen_us: 0,
+        count: 0,
         methods: BTreeMap::new(),
         hosts: DimList::default(),
     })
+}
+
+/// The key range of a kind: keys start with `<kind>:`, and `;` follows `:` in byte order.
+pub(crate) fn kind_range(kind: &str) -> (String, String) {
+    (format!("{kind}:"), format!("{kind};"))
 }
 
 /// `s` as a LIKE pattern matching it anywhere, with `\` escaping LIKE's wildcards.
@@ -337,8 +338,8 @@ pub(crate) fn contains_pattern(s: &str) -> String {
 macro_rules! impl_workload_store {
     ($ty:ty, db = $db:ty) => {
         impl $ty {
-            /// Per-method fingerprint counts and the top hosts of each listed workload, two
-            /// queries for the whole page.
+            /// Per-method fingerprint counts, first/last seen, flows and the top hosts of each
+            /// listed workload: two queries for the whole page.
             async fn workload_page_dims(
                 pool: &sqlx::Pool<$db>,
                 items: &mut [$crate::store::workloads::WorkloadSummary],
@@ -377,19 +378,25 @@ macro_rules! impl_workload_store {
                     }
                 }
                 let mut qb = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT key, dim_value, first_seen_us, last_seen_us, count \
-                     FROM workload_rollups WHERE dim = ",
+                    "SELECT key, dim, dim_value, first_seen_us, last_seen_us, count \
+                     FROM workload_rollups WHERE dim IN ('', ",
                 );
-                qb.push_bind(DIM_HOST).push(" AND key IN (");
+                qb.push_bind(DIM_HOST).push(") AND key IN (");
                 let mut sep = qb.separated(", ");
                 for w in items.iter() {
                     sep.push_bind(w.key.clone());
                 }
                 qb.push(") ORDER BY key, count DESC, dim_value");
-                let rows: Vec<(String, String, i64, i64, i64)> =
+                let rows: Vec<(String, String, String, i64, i64, i64)> =
                     qb.build_query_as().fetch_all(pool).await?;
-                for (key, value, first_seen_us, last_seen_us, count) in rows {
+                for (key, dim, value, first_seen_us, last_seen_us, count) in rows {
                     if let Some(&i) = index.get(&key) {
+                        if dim.is_empty() {
+                            let w = &mut items[i];
+                            (w.first_seen_us, w.last_seen_us, w.count) =
+                                (first_seen_us, last_seen_us, count);
+                            continue;
+                        }
                         let hosts = &mut items[i].hosts;
                         hosts.total += 1;
                         if hosts.top.len() < hosts_limit {
@@ -471,13 +478,18 @@ macro_rules! impl_workload_store {
                     let pool = self.settled_reader().await?;
                     let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT ");
                     qb.push($crate::store::workloads::LIST_COLUMNS);
-                    qb.push(" WHERE w.key > ")
+                    qb.push(" w WHERE w.key > ")
                         .push_bind(q.after.clone().unwrap_or_default());
                     if let Some(ns) = &q.namespace {
                         qb.push(" AND w.namespace = ").push_bind(ns.clone());
                     }
                     if let Some(kind) = &q.kind {
-                        qb.push(" AND w.kind = ").push_bind(kind.clone());
+                        // A key range (the primary key's order), not a scan for the column.
+                        let (from, to) = $crate::store::workloads::kind_range(kind);
+                        qb.push(" AND w.key >= ")
+                            .push_bind(from)
+                            .push(" AND w.key < ")
+                            .push_bind(to);
                     }
                     match q.resolved {
                         Some(true) => {
@@ -533,7 +545,7 @@ macro_rules! impl_workload_store {
                 Box::pin(async move {
                     let pool = self.settled_reader().await?;
                     let sql = format!(
-                        "SELECT {} WHERE w.key = $1",
+                        "SELECT {} WHERE key = $1",
                         $crate::store::workloads::LIST_COLUMNS
                     );
                     let row: Option<$crate::store::workloads::ListRow> =
