@@ -424,16 +424,17 @@ async fn postgres_a_late_commit_with_an_older_xid_is_not_skipped() {
     let all: Vec<FingerprintEvent> = older.iter().chain(&newer).cloned().collect();
     exactly_once(&r, &all);
     // Within each partition, A's rows (older xid) came before B's.
-    let order = r.order.lock().unwrap();
-    let at = |id: &uuid::Uuid| order.iter().position(|x| x == id).unwrap();
-    for part in 0..16 {
-        let in_part = |e: &&FingerprintEvent| partition_of(&workload_key(e)) == part;
-        let last_a = older.iter().filter(in_part).map(|e| at(&e.id)).max();
-        let first_b = newer.iter().filter(in_part).map(|e| at(&e.id)).min();
-        if let (Some(x), Some(y)) = (last_a, first_b) {
-            assert!(x < y, "partition {part}: B's rows before A's");
+    {
+        let order = r.order.lock().unwrap();
+        let at = |id: &uuid::Uuid| order.iter().position(|x| x == id).unwrap();
+        for part in 0..16 {
+            let in_part = |e: &&FingerprintEvent| partition_of(&workload_key(e)) == part;
+            let last_a = older.iter().filter(in_part).map(|e| at(&e.id)).max();
+            let first_b = newer.iter().filter(in_part).map(|e| at(&e.id)).min();
+            if let (Some(x), Some(y)) = (last_a, first_b) {
+                assert!(x < y, "partition {part}: B's rows before A's");
+            }
         }
     }
-    drop(order);
     f.finish(vec![task]).await;
 }
