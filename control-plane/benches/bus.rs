@@ -4,14 +4,22 @@
 //! * `HAIS_BENCH_EVENTS` (default 1000000): events ingested per backend, in batches of 1,000.
 //! * `HAIS_BENCH_BACKENDS` (default `sqlite,postgres`).
 //! * `HAIS_BENCH_REPLICAS` (default 2): members of each consumer group.
+//! * `HAIS_BENCH_CONCURRENCY` (default 4): concurrent ingest calls for PostgreSQL, which its
+//!   group-commit writers merge (SQLite has one writer, so it always uses 1).
 //! * `HAIS_TEST_DATABASE_URL`: PostgreSQL server (default the local one); a fresh schema is
 //!   created and dropped.
 //!
 //! Per backend, in one run:
-//! 1. group `live` (replicas members) runs while the events are ingested (4 concurrent ingest
-//!    calls for PostgreSQL, 1 for SQLite): the ingest rate (acknowledged, with the outbox rows
-//!    in the same transactions), the group's lag when ingest ends, and when it caught up;
-//! 2. group `drain` then starts on the full log: its rate through the whole backlog.
+//! 1. group `live` (replicas members) runs while the events are ingested: the ingest rate
+//!    (acknowledged, with the outbox rows in the same transactions), the group's lag when ingest
+//!    ends, and when it caught up;
+//! 2. group `drain` then starts on the full log: its rate through the whole backlog. It is
+//!    registered before ingest (as a deployed group is), so the log keeps every row for it:
+//!    trimming deletes only what every registered group has passed.
+//!
+//! The events are `store.rs`'s (the `fleet` profile, `common/mod.rs`), so its ingest figures
+//! (the same ingest without consumers) are the reference. Progress is polled every 50 ms from
+//! `bus_positions`, which reads counters, not the log, so polling costs the same at any lag.
 //!
 //! The handler counts items and acknowledges (the consumer commits the checkpoint and the
 //! handled count in one transaction per batch), so this measures the bus, not a service.
@@ -27,11 +35,9 @@ use hais_control_plane::bus::durable::{
 };
 use hais_control_plane::bus::log::FingerprintEvents;
 use hais_control_plane::store::{self, Store};
-use hais_shared::event::{Fingerprint, FingerprintEvent, Flow, Transport};
-use hais_shared::fingerprint::Method;
 use tokio::sync::watch;
 
-const BATCH: usize = 1000;
+mod common;
 
 struct Count(AtomicU64);
 
@@ -43,46 +49,6 @@ impl Handler<FingerprintEvents> for Count {
             Ok(Ack::Done)
         })
     }
-}
-
-/// Batches shaped like a fleet: 200 agents, 20 workloads each, two fingerprints per event.
-fn batches(total: usize) -> Vec<Vec<FingerprintEvent>> {
-    let now = time::OffsetDateTime::now_utc();
-    (0..total.div_ceil(BATCH))
-        .map(|b| {
-            let agent = b % 200;
-            (0..BATCH.min(total - b * BATCH))
-                .map(|k| {
-                    let mut e = FingerprintEvent::new(
-                        format!("agent-{agent:03}"),
-                        format!("host-{agent:03}.prod"),
-                        Flow {
-                            src_ip: "10.0.0.1".parse().unwrap(),
-                            src_port: 40000 + (k as u16 % 20000),
-                            dst_ip: "192.0.2.1".parse().unwrap(),
-                            dst_port: 443,
-                            transport: Transport::Tcp,
-                        },
-                    );
-                    e.timestamp = now;
-                    e.server_name = Some(format!("svc-{}.example.com", k % 50));
-                    e.workload.exe = Some(format!("/usr/bin/app{}", k % 20));
-                    e.workload.user = Some("svc".into());
-                    e.fingerprints = vec![
-                        Fingerprint {
-                            method: Method::Ja4,
-                            value: format!("t13d1516h2_8daaf6152771_{:012x}", k % 97),
-                        },
-                        Fingerprint {
-                            method: Method::Ja4s,
-                            value: format!("t130200_1301_{:012x}", k % 13),
-                        },
-                    ];
-                    e
-                })
-                .collect()
-        })
-        .collect()
 }
 
 fn group(
@@ -133,7 +99,7 @@ async fn until(store: &Arc<dyn Store>, name: &str, n: i64) -> Instant {
     }
 }
 
-async fn run(backend: &str, total: usize, replicas: usize) {
+async fn run(backend: &str, total: usize, replicas: usize, concurrency: usize) {
     let dir = std::env::temp_dir().join(format!("hais-bench-bus-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir).unwrap();
     let schema = format!(
@@ -149,10 +115,16 @@ async fn run(backend: &str, total: usize, replicas: usize) {
     let store = store::open(&url, None, schema_opt, 8).await.expect("store");
     let wake = Arc::new(Wakeups::default());
     let (shutdown, _) = watch::channel(false);
-    let data = batches(total);
+    let data = common::make_batches(total, 0x5eed, common::Profile::Fleet);
 
+    // Registered now, started after ingest: until then the log keeps every row for it. (A group
+    // registered only after ingest would start with what `live` had not trimmed yet.)
+    store
+        .bus_register("drain", "fingerprint.events")
+        .await
+        .expect("register");
     let live = group(&store, &wake, "live", replicas, &shutdown);
-    let concurrency = if backend == "sqlite" { 1 } else { 4 };
+    let concurrency = if backend == "sqlite" { 1 } else { concurrency };
     let queue = Arc::new(tokio::sync::Mutex::new(data.into_iter()));
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency)
@@ -177,9 +149,10 @@ async fn run(backend: &str, total: usize, replicas: usize) {
     let caught_up = until(&store, "live", total as i64).await - start;
     let ingest_rate = total as f64 / ingested.as_secs_f64();
     println!(
-        "{backend}: ingest {total} events in {:.1} s = {:.0} events/s (outbox included); \
-         group `live` ({replicas} replicas) had handled {done_at_end} with {lag_at_end} behind when \
-         ingest ended, all after {:.1} s ({:.0} events/s over the run)",
+        "{backend}: ingest {total} events ({concurrency} concurrent calls) in {:.1} s = {:.0} \
+         events/s (outbox included); group `live` ({replicas} replicas) had handled \
+         {done_at_end} with {lag_at_end} behind when ingest ended, all after {:.1} s ({:.0} \
+         events/s over the run)",
         ingested.as_secs_f64(),
         ingest_rate,
         caught_up.as_secs_f64(),
@@ -223,6 +196,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
+    let concurrency: usize = std::env::var("HAIS_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     let backends =
         std::env::var("HAIS_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -230,6 +207,6 @@ fn main() {
         .build()
         .unwrap();
     for b in backends.split(',').map(str::trim).filter(|b| !b.is_empty()) {
-        rt.block_on(run(b, total, replicas));
+        rt.block_on(run(b, total, replicas, concurrency));
     }
 }

@@ -20,30 +20,17 @@
 use std::time::Instant;
 
 use hais_control_plane::store::{self, StoreOptions};
-use hais_shared::event::{Fingerprint, FingerprintEvent, Flow, Transport};
+use hais_shared::event::{Fingerprint, FingerprintEvent};
 use hais_shared::fingerprint::Method;
 use sqlx::Connection;
 
 const DAY_MS: i64 = 86_400_000;
 
+mod common;
+
+/// One event at `ts` through the store's ingest (the rows measured are generated in SQL).
 fn event(ts: time::OffsetDateTime) -> FingerprintEvent {
-    let mut e = FingerprintEvent::new(
-        "agent-0",
-        "host-0",
-        Flow {
-            src_ip: "10.0.0.1".parse().unwrap(),
-            src_port: 50_000,
-            dst_ip: "192.0.2.1".parse().unwrap(),
-            dst_port: 443,
-            transport: Transport::Tcp,
-        },
-    );
-    e.timestamp = ts;
-    e.id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
-        uuid::NoContext,
-        ts.unix_timestamp() as u64,
-        ts.nanosecond(),
-    ));
+    let mut e = common::event(0, 50_000, ts);
     e.fingerprints.push(Fingerprint {
         method: Method::Ja4,
         value: "t13d1516h2_8daaf6152771_b0da82dd1658".into(),

@@ -134,10 +134,9 @@ pub async fn get_dead_letter(
 ) -> Result<Json<DeadLetterView>, ApiError> {
     c.require(allow::ADMIN)?;
     let (dead_letter, payload) = find(&state, &id).await?;
-    // Undecodable rows are dead letters too: show their bytes as text.
-    let payload = serde_json::from_slice(&payload).unwrap_or_else(|_| {
-        serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned())
-    });
+    // Undecodable rows are dead letters too: show their bytes in hex.
+    let payload = crate::bus::log::payload_json(&dead_letter.topic, &payload)
+        .unwrap_or_else(|| serde_json::Value::String(hex::encode(&payload)));
     Ok(Json(DeadLetterView {
         dead_letter,
         payload,

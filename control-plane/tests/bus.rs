@@ -1,7 +1,8 @@
 //! The durable bus on both backends (SQLite + in-process wake-ups, PostgreSQL + Redis-fed
 //! wake-ups): retries, dead letters and their replay, and trimming that never discards what a
 //! group has not committed. Events are appended by the real ingest path (`Store::ingest`), and
-//! consumed by real consumers of `bus::durable`. Replicas in separate processes: `split.rs`.
+//! consumed by real consumers of `bus::durable`; on PostgreSQL, a transaction committing after a
+//! younger one is not skipped. Replicas in separate processes: `split.rs`.
 
 mod common;
 
@@ -16,7 +17,7 @@ use hais_control_plane::bus::durable::{
     Wakeups,
 };
 use hais_control_plane::bus::log::FingerprintEvents;
-use hais_control_plane::store::bus::GroupPosition;
+use hais_control_plane::store::bus::{GroupPosition, Position};
 use hais_control_plane::store::{self, Store};
 use hais_shared::event::FingerprintEvent;
 use hais_shared::fingerprint::Method;
@@ -33,6 +34,8 @@ backend_tests!(
 struct Recorder {
     /// Deliveries of each event id that were acknowledged.
     seen: Mutex<HashMap<uuid::Uuid, u32>>,
+    /// Event ids in the order they were acknowledged.
+    order: Mutex<Vec<uuid::Uuid>>,
     /// Fail this many deliveries first (transiently).
     fail_first: AtomicU32,
     /// Batches holding an event of this host fail permanently (the poison), until cleared.
@@ -60,6 +63,10 @@ impl Handler<FingerprintEvents> for Recorder {
             for e in batch.items() {
                 *seen.entry(e.id).or_default() += 1;
             }
+            self.order
+                .lock()
+                .unwrap()
+                .extend(batch.items().map(|e| e.id));
             Ok(Ack::Done)
         })
     }
@@ -323,7 +330,7 @@ async fn a_consumer_far_behind_loses_nothing_to_trimming(backend: Backend) {
     for part in 0..16 {
         let rows = f
             .store
-            .bus_read("fingerprint.events", part, 0, 10)
+            .bus_read("fingerprint.events", part, Position::START, 10)
             .await
             .unwrap();
         assert!(
@@ -333,4 +340,101 @@ async fn a_consumer_far_behind_loses_nothing_to_trimming(backend: Backend) {
         );
     }
     f.finish(vec![t1, t2]).await;
+}
+
+/// PostgreSQL numbers rows without a lock, so a transaction that appended first (the older xid)
+/// can commit after one that appended later. Its rows must not be skipped by a cursor that went
+/// past the later transaction's: the consumer may not read the later rows while the older
+/// transaction is open, and then handles every row once, the older transaction's first in each
+/// partition. (SQLite has one writer: its transactions cannot overlap.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_late_commit_with_an_older_xid_is_not_skipped() {
+    use hais_control_plane::bus::log::{outbox, partition_of, workload_key};
+    use sqlx::Connection as _;
+
+    let f = Fixture::new(Backend::Postgres).await;
+    let r = Arc::new(Recorder::default());
+    let (task, _) = f.consumer("late", "m1", r.clone());
+    let events = |n: usize, tag: &str| -> Vec<FingerprintEvent> {
+        (0..n)
+            .map(|i| {
+                let mut e = event(
+                    "agent-1",
+                    &format!("host-{}", i % 7),
+                    None,
+                    &[(Method::Ja4, "t13d1516h2_8daaf6152771_b186095e22b6")],
+                    0,
+                );
+                e.workload.exe = Some(format!("/usr/bin/{tag}"));
+                e.workload.user = Some("svc".into());
+                e
+            })
+            .collect()
+    };
+    // The same hosts and executables in both, so their rows share partitions.
+    let (older, newer) = (events(120, "curl"), events(80, "curl"));
+    let schema = f.iso.schema.clone().unwrap();
+    let connect = || async {
+        let mut c = sqlx::PgConnection::connect(&common::pg_url())
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path TO {schema}")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c
+    };
+    let (mut a, mut b) = (connect().await, connect().await);
+    // Appends `events` in a transaction left open; returns it and its id.
+    async fn append_open<'c>(
+        conn: &'c mut sqlx::PgConnection,
+        events: &[FingerprintEvent],
+    ) -> (sqlx::Transaction<'c, sqlx::Postgres>, i64) {
+        let mut tx = conn.begin().await.unwrap();
+        let rows = outbox::<FingerprintEvents>(events);
+        store::bus::append::<sqlx::Postgres>(&mut *tx, &rows, store::now_us())
+            .await
+            .unwrap();
+        let xid = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        (tx, xid)
+    }
+    // A appends first (its transaction gets the older id) and stays open; B appends later and
+    // commits first.
+    let (ta, xid_a) = append_open(&mut a, &older).await;
+    let (tb, xid_b) = append_open(&mut b, &newer).await;
+    assert!(xid_a < xid_b, "{xid_a} < {xid_b}");
+    tb.commit().await.unwrap();
+
+    // The consumer polls (and is woken) meanwhile: B's rows are committed but wait for A.
+    for _ in 0..10 {
+        f.wake.poke("fingerprint.events");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = f.position("late").await;
+    assert_eq!(p.handled, 0, "read past an open older transaction: {p:?}");
+    assert_eq!(p.lag_items, 80, "B is committed, A is not: {p:?}");
+    assert!(r.seen.lock().unwrap().is_empty());
+
+    ta.commit().await.unwrap();
+    f.wake.poke("fingerprint.events");
+    f.until_handled("late", 200).await;
+    let all: Vec<FingerprintEvent> = older.iter().chain(&newer).cloned().collect();
+    exactly_once(&r, &all);
+    // Within each partition, A's rows (older xid) came before B's.
+    {
+        let order = r.order.lock().unwrap();
+        let at = |id: &uuid::Uuid| order.iter().position(|x| x == id).unwrap();
+        for part in 0..16 {
+            let in_part = |e: &&FingerprintEvent| partition_of(&workload_key(e)) == part;
+            let last_a = older.iter().filter(in_part).map(|e| at(&e.id)).max();
+            let first_b = newer.iter().filter(in_part).map(|e| at(&e.id)).min();
+            if let (Some(x), Some(y)) = (last_a, first_b) {
+                assert!(x < y, "partition {part}: B's rows before A's");
+            }
+        }
+    }
+    f.finish(vec![task]).await;
 }

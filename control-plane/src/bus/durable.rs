@@ -6,7 +6,8 @@
 //!    heartbeat → live members n → my share ⌈16/n⌉ → renew my leases, take free or expired
 //!    partitions up to my share, give back the excess; trim what every group committed
 //! worker (one per owned partition):
-//!    read ≤ max_rows rows after the cursor → decode → handler(batch)
+//!    read ≤ max_rows readable rows after the cursor, in (xid, seq) order → decode →
+//!    handler(batch)
 //!      Ok        → commit checkpoint (cursor moves iff still mine and still where I read)
 //!      transient → back off, try again (≤ max_attempts)
 //!      else      → split the batch into single rows; a row that still fails is moved to the
@@ -36,7 +37,7 @@ use tokio::task::JoinHandle;
 use super::listen::{OnLive, Received};
 use super::log::{DurableTopic, PARTITIONS, decode};
 use super::topics::BusAppended;
-use crate::store::bus::{Checkpoint, GroupPosition, LogRow};
+use crate::store::bus::{Checkpoint, GroupPosition, LogRow, Position};
 use crate::store::{Store, StoreError};
 
 /// One stored row's items, as a handler sees them.
@@ -578,12 +579,12 @@ impl<T: DurableTopic> Consumer<T> {
         // taken again to learn the cursor.
         for &part in &held {
             if !workers.contains_key(&part)
-                && let Some(seq) = self
+                && let Some(at) = self
                     .store
                     .bus_acquire(&self.group, topic, part, &self.member, now, until)
                     .await?
             {
-                workers.insert(part, self.start_worker(part, seq));
+                workers.insert(part, self.start_worker(part, at));
             }
         }
         if (mine.len() as i64) < share {
@@ -597,13 +598,13 @@ impl<T: DurableTopic> Consumer<T> {
                 if mine.contains(&part) {
                     continue;
                 }
-                if let Some(seq) = self
+                if let Some(at) = self
                     .store
                     .bus_acquire(&self.group, topic, part, &self.member, now, until)
                     .await?
                 {
                     mine.push(part);
-                    workers.insert(part, self.start_worker(part, seq));
+                    workers.insert(part, self.start_worker(part, at));
                 }
             }
         } else if (mine.len() as i64) > share {
@@ -625,11 +626,11 @@ impl<T: DurableTopic> Consumer<T> {
         Ok(())
     }
 
-    fn start_worker(self: &Arc<Self>, part: i64, seq: i64) -> Worker {
+    fn start_worker(self: &Arc<Self>, part: i64, at: Position) -> Worker {
         let (stop, stop_rx) = watch::channel(false);
         let me = self.clone();
         let task = tokio::spawn(async move {
-            match me.work(part, seq, stop_rx).await {
+            match me.work(part, at, stop_rx).await {
                 Stop::Asked => {}
                 Stop::Fenced => {
                     me.metrics.fenced.fetch_add(1, Ordering::Relaxed);
@@ -641,7 +642,7 @@ impl<T: DurableTopic> Consumer<T> {
     }
 
     /// Handles one partition from `cursor` until stopped or fenced.
-    async fn work(&self, part: i64, mut cursor: i64, mut stop: watch::Receiver<bool>) -> Stop {
+    async fn work(&self, part: i64, mut cursor: Position, mut stop: watch::Receiver<bool>) -> Stop {
         let mut wake = self.wake.receiver(T::NAME);
         loop {
             if *stop.borrow() {
@@ -681,10 +682,10 @@ impl<T: DurableTopic> Consumer<T> {
     async fn handle_rows(
         &self,
         part: i64,
-        cursor: i64,
+        cursor: Position,
         rows: Vec<LogRow>,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<i64, Stop> {
+    ) -> Result<Position, Stop> {
         let mut cursor = cursor;
         // Undecodable rows can never be handled: they split the rows into runs around them.
         let mut run: Vec<(LogRow, Vec<T::Item>)> = Vec::new();
@@ -695,10 +696,10 @@ impl<T: DurableTopic> Consumer<T> {
                     cursor = self
                         .handle_run(part, cursor, std::mem::take(&mut run), stop)
                         .await?;
-                    let cp = self.cursor_checkpoint(part, cursor, row.seq, 0);
+                    let cp = self.cursor_checkpoint(part, cursor, std::slice::from_ref(&row), 0);
                     self.dead_letter(&cp, &row, &format!("undecodable: {e}"), 0)
                         .await?;
-                    cursor = row.seq;
+                    cursor = row.position();
                 }
             }
         }
@@ -710,11 +711,11 @@ impl<T: DurableTopic> Consumer<T> {
     async fn handle_run(
         &self,
         part: i64,
-        cursor: i64,
+        cursor: Position,
         run: Vec<(LogRow, Vec<T::Item>)>,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<i64, Stop> {
-        let Some(last) = run.last().map(|(r, _)| r.seq) else {
+    ) -> Result<Position, Stop> {
+        let Some(last) = run.last().map(|(r, _)| r.position()) else {
             return Ok(cursor);
         };
         let single = run.len() == 1;
@@ -731,7 +732,7 @@ impl<T: DurableTopic> Consumer<T> {
                     items,
                 })
                 .collect(),
-            checkpoint: self.cursor_checkpoint(part, cursor, last, n),
+            checkpoint: self.cursor_checkpoint(part, cursor, &rows, n),
             replay: false,
         };
         let failure = match self.attempt(&batch, stop).await? {
@@ -836,15 +837,25 @@ impl<T: DurableTopic> Consumer<T> {
         }
     }
 
-    fn cursor_checkpoint(&self, part: i64, from: i64, to: i64, items: i64) -> Checkpoint {
+    /// The checkpoint passing `rows` (non-empty, in log order, right after `from`), `items` of
+    /// whose items were handled.
+    fn cursor_checkpoint(
+        &self,
+        part: i64,
+        from: Position,
+        rows: &[LogRow],
+        items: i64,
+    ) -> Checkpoint {
         Checkpoint::Cursor {
             grp: self.group.clone(),
             topic: T::NAME.to_owned(),
             part,
-            from_seq: from,
-            to_seq: to,
+            from,
+            to: rows.last().map_or(from, LogRow::position),
             owner: self.member.clone(),
             items,
+            passed_rows: rows.len() as i64,
+            passed_items: rows.iter().map(|r| r.items).sum(),
         }
     }
 

@@ -4,15 +4,16 @@
 //! that partitions them. Items of one key always land in the same partition, and a partition is
 //! handled by one member of a consumer group at a time, in log order, so per-identity state
 //! needs no locks. Publishing turns items into [`OutboxRow`]s (one per partition touched, items
-//! encoded together) that the store appends in the publisher's own transaction
-//! ([`crate::store::bus`]).
+//! encoded together by the topic, [`DurableTopic::encode`]) that the store appends in the
+//! publisher's own transaction ([`crate::store::bus`]).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use hais_shared::event::FingerprintEvent;
+use hais_shared::wire;
+use prost::Message as _;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 /// Partitions per topic. Fixed: a partition's rows, cursors and leases are keyed by its number,
 /// so changing it needs a migration. 16 bounds a group at 16 useful members.
@@ -22,10 +23,26 @@ pub const PARTITIONS: i64 = 16;
 pub trait DurableTopic: Send + Sync + 'static {
     /// The topic's name in the log (`bus_log.topic`).
     const NAME: &'static str;
-    /// What one item is.
-    type Item: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// What one item is (serialized as JSON only to show a dead letter).
+    type Item: Serialize + Send + Sync + 'static;
     /// The key whose items must be handled in order by one consumer (an identity).
     fn key(item: &Self::Item) -> Cow<'_, str>;
+    /// The payload of one row holding `items`.
+    fn encode(items: &[&Self::Item]) -> Vec<u8>;
+    /// The items of one row's payload.
+    fn decode(payload: &[u8]) -> Result<Vec<Self::Item>, DecodeError>;
+}
+
+/// Why a stored payload could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error("protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("invalid item: {0}")]
+    Item(#[from] wire::WireError),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// Fingerprint events newly stored by ingest (replays never appear), partitioned by the
@@ -39,6 +56,62 @@ impl DurableTopic for FingerprintEvents {
     fn key(e: &FingerprintEvent) -> Cow<'_, str> {
         workload_key(e)
     }
+
+    /// Protobuf: the agents' wire message for each event ([`wire::Event`]) plus what only the
+    /// control plane adds (the selectors of the entry that named the workload, the workload
+    /// key). A third of the
+    /// bytes of JSON, and decoded without parsing text (UUIDs, timestamps, addresses).
+    fn encode(items: &[&FingerprintEvent]) -> Vec<u8> {
+        StoredEvents {
+            events: items
+                .iter()
+                .map(|e| StoredEvent {
+                    event: Some(wire::Event::from(*e)),
+                    selectors: e.workload.selectors.clone(),
+                    key: e.workload.key.clone(),
+                })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Rows written before the protobuf payloads (migration `0007_bus_order`) hold a JSON array:
+    /// they start with `[`, which no protobuf payload of this message does (its first byte is
+    /// field 1's tag, `0x0a`).
+    fn decode(payload: &[u8]) -> Result<Vec<FingerprintEvent>, DecodeError> {
+        if payload.first() == Some(&b'[') {
+            return Ok(serde_json::from_slice(payload)?);
+        }
+        StoredEvents::decode(payload)?
+            .events
+            .into_iter()
+            .map(|s| {
+                let mut e = FingerprintEvent::try_from(s.event.unwrap_or_default())?;
+                e.workload.selectors = s.selectors;
+                e.workload.key = s.key;
+                Ok(e)
+            })
+            .collect()
+    }
+}
+
+/// A `fingerprint.events` row's payload.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredEvents {
+    #[prost(message, repeated, tag = "1")]
+    events: Vec<StoredEvent>,
+}
+
+/// One stored event: the wire message and what the control plane added.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredEvent {
+    #[prost(message, optional, tag = "1")]
+    event: Option<wire::Event>,
+    #[prost(string, repeated, tag = "2")]
+    selectors: Vec<String>,
+    /// The workload key set on ingest (`hais_shared::workload`).
+    #[prost(string, optional, tag = "3")]
+    key: Option<String>,
 }
 
 /// The key whose events one consumer handles in order: the event's SPIFFE ID when the identity
@@ -81,9 +154,7 @@ pub struct OutboxRow {
 }
 
 /// Groups `items` by partition and encodes each group as one row.
-pub fn outbox<'a, T: DurableTopic>(
-    items: impl IntoIterator<Item = &'a T::Item>,
-) -> Result<Vec<OutboxRow>, serde_json::Error> {
+pub fn outbox<'a, T: DurableTopic>(items: impl IntoIterator<Item = &'a T::Item>) -> Vec<OutboxRow> {
     let mut parts: BTreeMap<i64, Vec<&T::Item>> = BTreeMap::new();
     for item in items {
         parts
@@ -93,20 +164,30 @@ pub fn outbox<'a, T: DurableTopic>(
     }
     parts
         .into_iter()
-        .map(|(part, items)| {
-            Ok(OutboxRow {
-                topic: T::NAME,
-                part,
-                items: items.len() as i64,
-                payload: serde_json::to_vec(&items)?,
-            })
+        .map(|(part, items)| OutboxRow {
+            topic: T::NAME,
+            part,
+            items: items.len() as i64,
+            payload: T::encode(&items),
         })
         .collect()
 }
 
 /// The items of one stored row.
-pub fn decode<T: DurableTopic>(payload: &[u8]) -> Result<Vec<T::Item>, serde_json::Error> {
-    serde_json::from_slice(payload)
+pub fn decode<T: DurableTopic>(payload: &[u8]) -> Result<Vec<T::Item>, DecodeError> {
+    T::decode(payload)
+}
+
+/// A stored payload of a known topic as JSON (to show a dead letter); `None` when the topic is
+/// unknown or the payload does not decode.
+pub fn payload_json(topic: &str, payload: &[u8]) -> Option<serde_json::Value> {
+    fn json<T: DurableTopic>(payload: &[u8]) -> Option<serde_json::Value> {
+        serde_json::to_value(decode::<T>(payload).ok()?).ok()
+    }
+    match topic {
+        FingerprintEvents::NAME => json::<FingerprintEvents>(payload),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -158,7 +239,7 @@ mod tests {
         let events: Vec<_> = (0..50)
             .map(|i| event(&format!("h{i}"), Some("/bin/x"), None))
             .collect();
-        let rows = outbox::<FingerprintEvents>(&events).unwrap();
+        let rows = outbox::<FingerprintEvents>(&events);
         assert_eq!(rows.iter().map(|r| r.items).sum::<i64>(), 50);
         let mut back = Vec::new();
         for r in &rows {
@@ -175,5 +256,26 @@ mod tests {
         let mut want = events.clone();
         want.sort_by_key(|e| e.id);
         assert_eq!(back, want);
+    }
+
+    #[test]
+    fn payloads_keep_every_field_and_old_json_rows_still_decode() {
+        let mut e = event("h1", Some("/usr/bin/curl"), Some("spiffe://td/web"));
+        e.server_name = Some("api.example.com".into());
+        e.workload.selectors = vec!["unix:uid:0".into(), "unix:user:root".into()];
+        e.workload.key = Some("host:h1:curl:".into());
+        e.workload.container_labels = vec![("app".into(), "web".into())].into_iter().collect();
+        let bin = FingerprintEvents::encode(&[&e]);
+        assert_eq!(bin.first(), Some(&0x0a));
+        assert_eq!(decode::<FingerprintEvents>(&bin).unwrap(), vec![e.clone()]);
+        let json = serde_json::to_vec(&[&e]).unwrap();
+        assert!(bin.len() < json.len());
+        assert_eq!(decode::<FingerprintEvents>(&json).unwrap(), vec![e.clone()]);
+        assert!(decode::<FingerprintEvents>(b"\xff\x00garbage").is_err());
+        assert_eq!(
+            payload_json(FingerprintEvents::NAME, &bin).unwrap()[0]["id"],
+            e.id.to_string()
+        );
+        assert_eq!(payload_json("unknown.topic", &bin), None);
     }
 }

@@ -1,11 +1,13 @@
-//! Storage of the durable bus (migration `0006_bus`): the log, consumer groups' cursors and
-//! leases, members, and dead letters. See [`crate::bus::durable`] for how they are used and
-//! docs/ARCHITECTURE.md for why the database is the log.
+//! Storage of the durable bus (migrations `0006_bus`, `0007_bus_order`): the log, consumer
+//! groups' cursors and leases, members, dead letters, and the counters lag is computed from. See
+//! [`crate::bus::durable`] for how they are used and docs/ARCHITECTURE.md ("The durable bus")
+//! for why the database is the log and why rows are read in `(xid, seq)` order.
 //!
-//! One SQL text for both backends, like [`super::spire`]. Appending ([`append`]) and committing a
-//! consumer's progress ([`commit_checkpoint`]) are generic over the backend so that they run
-//! inside someone else's transaction: ingest appends its new events in its own transaction,
-//! and a service commits its effects and its cursor together.
+//! One SQL text for both backends, like [`super::spire`], except the few statements
+//! [`BusDialect`] holds. Appending ([`append`]) and committing a consumer's progress
+//! ([`commit_checkpoint`]) are generic over the backend so that they run inside someone else's
+//! transaction: ingest appends its new events in its own transaction, and a service commits its
+//! effects and its cursor together.
 
 use serde::{Deserialize, Serialize};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, QueryBuilder, Type};
@@ -13,9 +15,25 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Query
 use super::{StoreError, StoreFuture};
 use crate::bus::log::OutboxRow;
 
+/// A place in a topic's log. Rows are consumed in `(xid, seq)` order: `xid` is the writing
+/// transaction's id on PostgreSQL (0 on SQLite, whose single writer makes `seq` order the commit
+/// order), `seq` the row's number. A cursor is the position of the last row passed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub xid: i64,
+    pub seq: i64,
+}
+
+impl Position {
+    /// Before every row.
+    pub const START: Position = Position { xid: 0, seq: 0 };
+}
+
 /// One stored row of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRow {
+    /// The transaction that appended it (PostgreSQL; 0 on SQLite and for a replayed dead letter).
+    pub xid: i64,
     pub seq: i64,
     pub part: i64,
     pub items: i64,
@@ -23,20 +41,33 @@ pub struct LogRow {
     pub payload: Vec<u8>,
 }
 
+impl LogRow {
+    pub fn position(&self) -> Position {
+        Position {
+            xid: self.xid,
+            seq: self.seq,
+        }
+    }
+}
+
 /// What a consumer has done and must record, atomically with the effects of doing it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Checkpoint {
-    /// Rows `(from_seq, to_seq]` of one partition, handled by `owner`: moves the cursor, only if
-    /// it is still at `from_seq` and `owner` still holds the partition (fencing: a member whose
-    /// lease was taken over cannot commit twice what its successor also handles).
+    /// Rows `(from, to]` of one partition, passed by `owner`: moves the cursor, only if it is
+    /// still at `from` and `owner` still holds the partition (fencing: a member whose lease was
+    /// taken over cannot commit twice what its successor also handles).
     Cursor {
         grp: String,
         topic: String,
         part: i64,
-        from_seq: i64,
-        to_seq: i64,
+        from: Position,
+        to: Position,
         owner: String,
+        /// Items whose effects are committed (0 when the rows go to the dead letters).
         items: i64,
+        /// Rows and items in `(from, to]`, handled or not: what the group's lag loses.
+        passed_rows: i64,
+        passed_items: i64,
     },
     /// A dead letter replayed by `owner`, who claimed it: deletes it, only if still claimed by
     /// `owner`.
@@ -67,7 +98,7 @@ pub struct DeadLetter {
     pub group: String,
     pub topic: String,
     pub partition: i64,
-    /// Position in the topic's log.
+    /// The row's number in the topic's log.
     pub seq: i64,
     /// Items (e.g. events) the row holds.
     pub items: i64,
@@ -82,13 +113,20 @@ pub struct DeadLetter {
 }
 
 /// A consumer group's position on its topic, as the store knows it.
+///
+/// The lag is counted, not read from the log: rows and items appended to the topic by committed
+/// transactions (counters the appends keep, `bus_counts`) minus those the group's cursors moved
+/// past (handled or dead-lettered) and those trimmed before the group existed. It includes rows
+/// committed but not yet readable (on PostgreSQL a row becomes readable once every transaction
+/// older than its own has ended) and no row of a transaction still open. Reading it costs a
+/// few index lookups however far behind the group is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GroupPosition {
     pub group: String,
     pub topic: String,
     /// Items whose effects the group committed, since it was created.
     pub handled: i64,
-    /// Log rows not yet committed by the group.
+    /// Log rows committed to the topic that the group's cursors have not passed yet.
     pub lag_rows: i64,
     /// Items in those rows.
     pub lag_items: i64,
@@ -135,15 +173,64 @@ pub fn dead_letter_of(r: DeadLetterRow) -> DeadLetter {
     }
 }
 
-/// Appends `rows` to the log inside the caller's transaction. Topics are taken in name order so
-/// two transactions appending to the same topics cannot deadlock on their heads.
-pub(crate) async fn append<DB>(
+/// What the backends do differently on the bus: how rows are numbered and when they may be read.
+pub trait BusDialect: Database {
+    /// Whether rows are numbered from `bus_heads` in the appending transaction (SQLite: its one
+    /// writer makes that order the commit order) rather than by the columns' defaults
+    /// (PostgreSQL: `seq` from a sequence, `xid` the transaction's id; no lock).
+    const NUMBERS_FROM_HEADS: bool;
+    /// Adds `$2` rows and `$3` items to topic `$1`'s appended counters, in a counter row of this
+    /// connection's own (PostgreSQL: its backend's pid), so concurrent appenders never wait on
+    /// one another.
+    const COUNT: &'static str;
+    /// Up to `$5` rows of topic `$1`, partition `$2` after position (`$3`, `$4`), in order, that
+    /// no transaction still open can precede.
+    const READ: &'static str;
+}
+
+/// The part of [`BusDialect::READ`] the backends share.
+macro_rules! read_head {
+    () => {
+        "SELECT xid, seq, part, items, created_us, payload FROM bus_log \
+         WHERE topic = $1 AND part = $2 AND (xid, seq) > ($3, $4) "
+    };
+}
+
+impl BusDialect for sqlx::Sqlite {
+    const NUMBERS_FROM_HEADS: bool = true;
+    const COUNT: &'static str = "INSERT INTO bus_counts (topic, shard, log_rows, log_items) \
+        VALUES ($1, 0, $2, $3) ON CONFLICT (topic, shard) DO UPDATE SET \
+        log_rows = bus_counts.log_rows + excluded.log_rows, \
+        log_items = bus_counts.log_items + excluded.log_items";
+    const READ: &'static str = concat!(read_head!(), "ORDER BY xid, seq LIMIT $5");
+}
+
+impl BusDialect for sqlx::Postgres {
+    const NUMBERS_FROM_HEADS: bool = false;
+    const COUNT: &'static str = "INSERT INTO bus_counts (topic, shard, log_rows, log_items) \
+        VALUES ($1, pg_backend_pid(), $2, $3) ON CONFLICT (topic, shard) DO UPDATE SET \
+        log_rows = bus_counts.log_rows + excluded.log_rows, \
+        log_items = bus_counts.log_items + excluded.log_items";
+    // The horizon: every transaction whose id is below the snapshot's xmin has ended, and no
+    // transaction can be given such an id any more. A row above it may still be preceded by a
+    // row an open transaction will commit, so it waits (see docs/ARCHITECTURE.md).
+    const READ: &'static str = concat!(
+        read_head!(),
+        "AND xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+         ORDER BY xid, seq LIMIT $5"
+    );
+}
+
+/// Appends `rows` to the log inside the caller's transaction, and counts them. On SQLite, topics
+/// are numbered in name order (two transactions never wait on each other there, but the order
+/// costs nothing).
+pub async fn append<DB>(
     conn: &mut DB::Connection,
     rows: &[OutboxRow],
     now_us: i64,
 ) -> Result<(), StoreError>
 where
-    DB: Database,
+    DB: BusDialect,
     <DB as Database>::Arguments: Default + IntoArguments<DB>,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'t> &'t str: Encode<'t, DB> + Type<DB>,
@@ -157,31 +244,44 @@ where
     for topic in topics {
         let mine: Vec<&OutboxRow> = rows.iter().filter(|r| r.topic == topic).collect();
         let n = mine.len() as i64;
-        // The head row's lock, held until commit, orders appends of a topic by commit.
-        let end: i64 = sqlx::query_scalar(
-            "INSERT INTO bus_heads (topic, next_seq) VALUES ($1, $2) ON CONFLICT (topic) \
-             DO UPDATE SET next_seq = bus_heads.next_seq + excluded.next_seq RETURNING next_seq",
-        )
-        .bind(topic)
-        .bind(n)
-        .fetch_one(&mut *conn)
-        .await?;
-        let first = end - n + 1;
+        let first = if DB::NUMBERS_FROM_HEADS {
+            let end: i64 = sqlx::query_scalar(
+                "INSERT INTO bus_heads (topic, next_seq) VALUES ($1, $2) ON CONFLICT (topic) \
+                 DO UPDATE SET next_seq = bus_heads.next_seq + excluded.next_seq \
+                 RETURNING next_seq",
+            )
+            .bind(topic)
+            .bind(n)
+            .fetch_one(&mut *conn)
+            .await?;
+            Some(end - n + 1)
+        } else {
+            None
+        };
         for (c, chunk) in mine.chunks(200).enumerate() {
-            let base = first + (c * 200) as i64;
-            let mut qb = QueryBuilder::<DB>::new(
-                "INSERT INTO bus_log (topic, seq, part, items, created_us, payload) ",
-            );
+            let mut qb = QueryBuilder::<DB>::new(if first.is_some() {
+                "INSERT INTO bus_log (topic, part, items, created_us, payload, seq) "
+            } else {
+                "INSERT INTO bus_log (topic, part, items, created_us, payload) "
+            });
             qb.push_values(chunk.iter().enumerate(), |mut b, (i, r)| {
                 b.push_bind(topic)
-                    .push_bind(base + i as i64)
                     .push_bind(r.part)
                     .push_bind(r.items)
                     .push_bind(now_us)
                     .push_bind(r.payload.as_slice());
+                if let Some(first) = first {
+                    b.push_bind(first + (c * 200 + i) as i64);
+                }
             });
             qb.build().execute(&mut *conn).await?;
         }
+        sqlx::query(DB::COUNT)
+            .bind(topic)
+            .bind(n)
+            .bind(mine.iter().map(|r| r.items).sum::<i64>())
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -206,28 +306,35 @@ where
             grp,
             topic,
             part,
-            from_seq,
-            to_seq,
+            from,
+            to,
             owner,
             items,
+            passed_rows,
+            passed_items,
         } => {
             let moved: Option<i64> = sqlx::query_scalar(
-                "UPDATE bus_partitions SET seq = $1, handled = handled + $2 \
-                 WHERE grp = $3 AND topic = $4 AND part = $5 AND seq = $6 AND owner = $7 \
-                 RETURNING seq",
+                "UPDATE bus_partitions SET xid = $1, seq = $2, handled = handled + $3, \
+                 passed_rows = passed_rows + $4, passed_items = passed_items + $5 \
+                 WHERE grp = $6 AND topic = $7 AND part = $8 AND xid = $9 AND seq = $10 \
+                 AND owner = $11 RETURNING seq",
             )
-            .bind(*to_seq)
+            .bind(to.xid)
+            .bind(to.seq)
             .bind(*items)
+            .bind(*passed_rows)
+            .bind(*passed_items)
             .bind(grp.as_str())
             .bind(topic.as_str())
             .bind(*part)
-            .bind(*from_seq)
+            .bind(from.xid)
+            .bind(from.seq)
             .bind(owner.as_str())
             .fetch_optional(&mut *conn)
             .await?;
             if moved.is_none() {
                 return Err(StoreError::Fenced(format!(
-                    "{grp}/{topic} partition {part} is no longer at {from_seq} for {owner}"
+                    "{grp}/{topic} partition {part} is no longer at {from:?} for {owner}"
                 )));
             }
         }
@@ -268,7 +375,8 @@ where
 
 /// The bus's storage, implemented for both backends by [`impl_bus_store!`].
 pub trait BusStore {
-    /// Creates a group's partitions (cursor at the start of what the log holds) if new.
+    /// Creates a group's partitions (cursor at the start of what the log holds, lag counted
+    /// from what was trimmed before) if new.
     fn bus_register<'a>(&'a self, grp: &'a str, topic: &'a str) -> StoreFuture<'a, ()>;
     /// Records that `member` is alive; returns how many members were seen within `ttl_us`.
     fn bus_heartbeat<'a>(
@@ -303,7 +411,7 @@ pub trait BusStore {
         member: &'a str,
         now_us: i64,
         until_us: i64,
-    ) -> StoreFuture<'a, Option<i64>>;
+    ) -> StoreFuture<'a, Option<Position>>;
     /// Gives a partition back.
     fn bus_release<'a>(
         &'a self,
@@ -312,12 +420,13 @@ pub trait BusStore {
         part: i64,
         member: &'a str,
     ) -> StoreFuture<'a, ()>;
-    /// Up to `max_rows` rows of a partition after `after_seq`, in order.
+    /// Up to `max_rows` rows of a partition after `after`, in log order, among those that can
+    /// no longer be preceded by a row committed later ([`BusDialect::READ`]).
     fn bus_read<'a>(
         &'a self,
         topic: &'a str,
         part: i64,
-        after_seq: i64,
+        after: Position,
         max_rows: i64,
     ) -> StoreFuture<'a, Vec<LogRow>>;
     /// Commits a checkpoint on its own (work whose effects are not in the database).
@@ -334,10 +443,11 @@ pub trait BusStore {
     ) -> StoreFuture<'a, ()>;
     /// Appends rows in a transaction of their own.
     fn bus_publish<'a>(&'a self, rows: &'a [OutboxRow], now_us: i64) -> StoreFuture<'a, ()>;
-    /// Every group's position (for status and metrics).
+    /// Every group's position (for status and metrics), from counters: see [`GroupPosition`].
     fn bus_positions(&self, now_us: i64, member_ttl_us: i64)
     -> StoreFuture<'_, Vec<GroupPosition>>;
-    /// Deletes rows of `topic` that every group has committed; returns how many.
+    /// Deletes rows of `topic` that every group has committed; returns how many. Also folds the
+    /// appended counters' shards into one.
     fn bus_trim<'a>(&'a self, topic: &'a str) -> StoreFuture<'a, u64>;
     /// Dead letters, oldest first, after `after` (an id), optionally of one group.
     fn bus_dead_letters<'a>(
@@ -377,14 +487,31 @@ macro_rules! impl_bus_store {
             ) -> $crate::store::StoreFuture<'a, ()> {
                 let $w = self;
                 Box::pin(async move {
+                    let mut tx = $wexpr.begin().await?;
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO bus_partitions (grp, topic, part) ",
+                        "INSERT INTO bus_trimmed (topic, part) ",
                     );
                     qb.push_values(0..$crate::bus::log::PARTITIONS, |mut b, p| {
-                        b.push_bind(grp).push_bind(topic).push_bind(p);
+                        b.push_bind(topic).push_bind(p);
                     });
-                    qb.push(" ON CONFLICT (grp, topic, part) DO NOTHING");
-                    qb.build().execute($wexpr).await?;
+                    qb.push(" ON CONFLICT (topic, part) DO NOTHING");
+                    qb.build().execute(&mut *tx).await?;
+                    // Locks the trimmed counts (as trimming does) so that none is trimmed between
+                    // reading them and the new cursors being visible to trimming.
+                    sqlx::query("UPDATE bus_trimmed SET log_rows = log_rows WHERE topic = $1")
+                        .bind(topic)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO bus_partitions (grp, topic, part, passed_rows, passed_items) \
+                         SELECT $1, topic, part, log_rows, log_items FROM bus_trimmed \
+                         WHERE topic = $2 ON CONFLICT (grp, topic, part) DO NOTHING",
+                    )
+                    .bind(grp)
+                    .bind(topic)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
                     Ok(())
                 })
             }
@@ -490,13 +617,14 @@ macro_rules! impl_bus_store {
                 member: &'a str,
                 now_us: i64,
                 until_us: i64,
-            ) -> $crate::store::StoreFuture<'a, Option<i64>> {
+            ) -> $crate::store::StoreFuture<'a, Option<$crate::store::bus::Position>> {
                 let $w = self;
                 Box::pin(async move {
-                    Ok(sqlx::query_scalar(
+                    let at: Option<(i64, i64)> = sqlx::query_as(
                         "UPDATE bus_partitions SET owner = $1, lease_until_us = $2 \
                          WHERE grp = $3 AND topic = $4 AND part = $5 \
-                         AND (owner IS NULL OR owner = $1 OR lease_until_us < $6) RETURNING seq",
+                         AND (owner IS NULL OR owner = $1 OR lease_until_us < $6) \
+                         RETURNING xid, seq",
                     )
                     .bind(member)
                     .bind(until_us)
@@ -505,7 +633,8 @@ macro_rules! impl_bus_store {
                     .bind(part)
                     .bind(now_us)
                     .fetch_optional($wexpr)
-                    .await?)
+                    .await?;
+                    Ok(at.map(|(xid, seq)| $crate::store::bus::Position { xid, seq }))
                 })
             }
 
@@ -536,25 +665,26 @@ macro_rules! impl_bus_store {
                 &'a self,
                 topic: &'a str,
                 part: i64,
-                after_seq: i64,
+                after: $crate::store::bus::Position,
                 max_rows: i64,
             ) -> $crate::store::StoreFuture<'a, Vec<$crate::store::bus::LogRow>> {
                 let $r = self;
                 Box::pin(async move {
-                    let rows: Vec<(i64, i64, i64, i64, Vec<u8>)> = sqlx::query_as(
-                        "SELECT seq, part, items, created_us, payload FROM bus_log \
-                         WHERE topic = $1 AND part = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+                    let rows: Vec<(i64, i64, i64, i64, i64, Vec<u8>)> = sqlx::query_as(
+                        <$db as $crate::store::bus::BusDialect>::READ,
                     )
                     .bind(topic)
                     .bind(part)
-                    .bind(after_seq)
+                    .bind(after.xid)
+                    .bind(after.seq)
                     .bind(max_rows)
                     .fetch_all($rexpr)
                     .await?;
                     Ok(rows
                         .into_iter()
-                        .map(|(seq, part, items, created_us, payload)| {
+                        .map(|(xid, seq, part, items, created_us, payload)| {
                             $crate::store::bus::LogRow {
+                                xid,
                                 seq,
                                 part,
                                 items,
@@ -667,16 +797,27 @@ macro_rules! impl_bus_store {
                     use std::collections::BTreeMap;
                     let mut out: BTreeMap<(String, String), $crate::store::bus::GroupPosition> =
                         BTreeMap::new();
-                    let groups: Vec<(String, String, i64, i64)> = sqlx::query_as(
-                        "SELECT grp, topic, CAST(coalesce(sum(handled), 0) AS BIGINT), \
-                         CAST(coalesce(sum(CASE WHEN owner IS NOT NULL AND lease_until_us > $1 \
-                         THEN 1 ELSE 0 END), 0) AS BIGINT) \
-                         FROM bus_partitions GROUP BY grp, topic",
+                    // One statement, so the group's counters and the topic's are of one
+                    // snapshot.
+                    type Row = (String, String, i64, i64, i64, i64, i64, i64);
+                    let groups: Vec<Row> = sqlx::query_as(
+                        "SELECT p.grp, p.topic, CAST(coalesce(sum(p.handled), 0) AS BIGINT), \
+                         CAST(coalesce(sum(CASE WHEN p.owner IS NOT NULL \
+                         AND p.lease_until_us > $1 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+                         CAST(coalesce(sum(p.passed_rows), 0) AS BIGINT), \
+                         CAST(coalesce(sum(p.passed_items), 0) AS BIGINT), \
+                         CAST((SELECT coalesce(sum(c.log_rows), 0) FROM bus_counts c \
+                               WHERE c.topic = p.topic) AS BIGINT), \
+                         CAST((SELECT coalesce(sum(c.log_items), 0) FROM bus_counts c \
+                               WHERE c.topic = p.topic) AS BIGINT) \
+                         FROM bus_partitions p GROUP BY p.grp, p.topic",
                     )
                     .bind(now_us)
                     .fetch_all($rexpr)
                     .await?;
-                    for (grp, topic, handled, owned) in groups {
+                    for (grp, topic, handled, owned, passed_rows, passed_items, rows, items) in
+                        groups
+                    {
                         out.insert(
                             (grp.clone(), topic.clone()),
                             $crate::store::bus::GroupPosition {
@@ -684,24 +825,11 @@ macro_rules! impl_bus_store {
                                 topic,
                                 handled,
                                 owned_partitions: owned,
+                                lag_rows: (rows - passed_rows).max(0),
+                                lag_items: (items - passed_items).max(0),
                                 ..Default::default()
                             },
                         );
-                    }
-                    let lags: Vec<(String, String, i64, i64)> = sqlx::query_as(
-                        "SELECT c.grp, c.topic, count(l.seq), \
-                         CAST(coalesce(sum(l.items), 0) AS BIGINT) \
-                         FROM bus_partitions c JOIN bus_log l \
-                         ON l.topic = c.topic AND l.part = c.part AND l.seq > c.seq \
-                         GROUP BY c.grp, c.topic",
-                    )
-                    .fetch_all($rexpr)
-                    .await?;
-                    for (grp, topic, rows, items) in lags {
-                        if let Some(p) = out.get_mut(&(grp, topic)) {
-                            p.lag_rows = rows;
-                            p.lag_items = items;
-                        }
                     }
                     let members: Vec<(String, String, i64)> = sqlx::query_as(
                         "SELECT grp, topic, count(*) FROM bus_members WHERE seen_us > $1 \
@@ -734,20 +862,73 @@ macro_rules! impl_bus_store {
                 Box::pin(async move {
                     let mut deleted = 0u64;
                     for part in 0..$crate::bus::log::PARTITIONS {
-                        // No group on the topic: min() is NULL and nothing is deleted.
-                        let n: Vec<i64> = sqlx::query_scalar(
-                            "DELETE FROM bus_log WHERE topic = $1 AND part = $2 AND seq <= \
-                             (SELECT min(seq) FROM bus_partitions WHERE topic = $3 AND part = $4) \
-                             RETURNING seq",
+                        let mut tx = $wexpr.begin().await?;
+                        // Registering a group locks these counts too: a group registered meanwhile
+                        // either sees this trim's count or has its cursor seen by it.
+                        sqlx::query(
+                            "UPDATE bus_trimmed SET log_rows = log_rows \
+                             WHERE topic = $1 AND part = $2",
+                        )
+                        .bind(topic)
+                        .bind(part)
+                        .execute(&mut *tx)
+                        .await?;
+                        // Rows at or before every group's cursor: all committed (a cursor is
+                        // below the horizon it was read under) and passed by every group. No
+                        // group on the topic: the subquery is empty and nothing is deleted.
+                        let items: Vec<i64> = sqlx::query_scalar(
+                            "DELETE FROM bus_log WHERE topic = $1 AND part = $2 AND (xid, seq) <= \
+                             (SELECT xid, seq FROM bus_partitions WHERE topic = $3 AND part = $4 \
+                              ORDER BY xid, seq LIMIT 1) \
+                             RETURNING items",
                         )
                         .bind(topic)
                         .bind(part)
                         .bind(topic)
                         .bind(part)
-                        .fetch_all($wexpr)
+                        .fetch_all(&mut *tx)
                         .await?;
-                        deleted += n.len() as u64;
+                        if !items.is_empty() {
+                            sqlx::query(
+                                "UPDATE bus_trimmed SET log_rows = log_rows + $1, \
+                                 log_items = log_items + $2 WHERE topic = $3 AND part = $4",
+                            )
+                            .bind(items.len() as i64)
+                            .bind(items.iter().sum::<i64>())
+                            .bind(topic)
+                            .bind(part)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        tx.commit().await?;
+                        deleted += items.len() as u64;
                     }
+                    // The appended counters' shards (one per connection that appended) are
+                    // folded into shard 0, so that counting them stays cheap. A shard whose
+                    // connection is appending right now is waited for and folded whole; its next
+                    // append starts a new one.
+                    let mut tx = $wexpr.begin().await?;
+                    let shards: Vec<(i64, i64)> = sqlx::query_as(
+                        "DELETE FROM bus_counts WHERE topic = $1 AND shard <> 0 \
+                         RETURNING log_rows, log_items",
+                    )
+                    .bind(topic)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    if !shards.is_empty() {
+                        sqlx::query(
+                            "INSERT INTO bus_counts (topic, shard, log_rows, log_items) \
+                             VALUES ($1, 0, $2, $3) ON CONFLICT (topic, shard) DO UPDATE SET \
+                             log_rows = bus_counts.log_rows + excluded.log_rows, \
+                             log_items = bus_counts.log_items + excluded.log_items",
+                        )
+                        .bind(topic)
+                        .bind(shards.iter().map(|s| s.0).sum::<i64>())
+                        .bind(shards.iter().map(|s| s.1).sum::<i64>())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
                     Ok(deleted)
                 })
             }
@@ -866,6 +1047,7 @@ macro_rules! impl_bus_store {
                     for id in ids {
                         if let Some((d, payload)) = self.bus_dead_letter_get(&id).await? {
                             let row = $crate::store::bus::LogRow {
+                                xid: 0,
                                 seq: d.seq,
                                 part: d.partition,
                                 items: d.items,

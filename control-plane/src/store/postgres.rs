@@ -538,10 +538,9 @@ async fn write_group_tx(
         .filter(|(_, new)| **new)
         .map(|(e, _)| *e);
     let r = BatchDeltas::from_events(new.clone());
-    // The new events go on the durable bus in this transaction (the outbox). Last before the
-    // roll-up record and the commit: appending locks the topic's head row until commit.
-    let outbox = crate::bus::log::outbox::<crate::bus::log::FingerprintEvents>(new)
-        .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+    // The new events go on the durable bus in this transaction (the outbox). Appending takes no
+    // lock: transactions order their rows by their own id (see `store::bus::BusDialect::READ`).
+    let outbox = crate::bus::log::outbox::<crate::bus::log::FingerprintEvents>(new);
     super::bus::append::<sqlx::Postgres>(&mut *tx, &outbox, received).await?;
     let n = flags.iter().filter(|f| **f).count();
     PgStore::append_rollup_pending(&mut tx, n, received, &r).await?;

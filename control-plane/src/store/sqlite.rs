@@ -141,8 +141,7 @@ impl SqliteStore {
         // published together, or neither.
         let outbox = crate::bus::log::outbox::<crate::bus::log::FingerprintEvents>(
             out.stored.iter().map(|&i| &events[i]),
-        )
-        .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        );
         super::bus::append::<Sqlite>(&mut *tx, &outbox, received).await?;
         Self::append_rollup_pending(&mut tx, out.stored.len(), received, &r).await?;
         tx.commit().await?;
