@@ -476,10 +476,27 @@ macro_rules! impl_workload_store {
                 Box::pin(async move {
                     // Folds what is pending first (read-your-writes); may answer a replica.
                     let pool = self.settled_reader().await?;
-                    let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT ");
-                    qb.push($crate::store::workloads::LIST_COLUMNS);
-                    qb.push(" w WHERE w.key > ")
-                        .push_bind(q.after.clone().unwrap_or_default());
+                    // Phase 1, the page's keys: from the host or agent dimension's index when
+                    // one is given (a few workloads of many), else in key order; only narrow
+                    // columns, so a substring filter reads the key index, not the rows.
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT w.key FROM ");
+                    let driver = [(DIM_HOST, &q.host), (DIM_AGENT, &q.agent)]
+                        .into_iter()
+                        .find_map(|(d, v)| v.as_ref().map(|v| (d, v)));
+                    match driver {
+                        Some((dim, v)) => {
+                            qb.push("workload_rollups d JOIN workloads w ON w.key = d.key WHERE d.dim = ")
+                                .push_bind(dim)
+                                .push(" AND d.dim_value = ")
+                                .push_bind(v.clone())
+                                .push(" AND d.key > ")
+                                .push_bind(q.after.clone().unwrap_or_default());
+                        }
+                        None => {
+                            qb.push("workloads w WHERE w.key > ")
+                                .push_bind(q.after.clone().unwrap_or_default());
+                        }
+                    }
                     if let Some(ns) = &q.namespace {
                         qb.push(" AND w.namespace = ").push_bind(ns.clone());
                     }
@@ -501,15 +518,18 @@ macro_rules! impl_workload_store {
                         None => {}
                     }
                     for (dim, v) in [(DIM_HOST, &q.host), (DIM_AGENT, &q.agent)] {
-                        if let Some(v) = v {
-                            qb.push(
-                                " AND EXISTS (SELECT 1 FROM workload_rollups d \
-                                 WHERE d.key = w.key AND d.dim = ",
-                            )
-                            .push_bind(dim)
-                            .push(" AND d.dim_value = ")
-                            .push_bind(v.clone())
-                            .push(")");
+                        match v {
+                            Some(v) if driver.map(|(d, _)| d) != Some(dim) => {
+                                qb.push(
+                                    " AND EXISTS (SELECT 1 FROM workload_rollups x \
+                                     WHERE x.key = w.key AND x.dim = ",
+                                )
+                                .push_bind(dim)
+                                .push(" AND x.dim_value = ")
+                                .push_bind(v.clone())
+                                .push(")");
+                            }
+                            _ => {}
                         }
                     }
                     if let Some(s) = &q.q {
@@ -517,8 +537,24 @@ macro_rules! impl_workload_store {
                             .push_bind($crate::store::workloads::contains_pattern(s))
                             .push(" ESCAPE '\\'");
                     }
-                    qb.push(" ORDER BY w.key LIMIT ")
-                        .push_bind(i64::from(q.limit));
+                    qb.push(match driver {
+                        Some(_) => " ORDER BY d.key LIMIT ",
+                        None => " ORDER BY w.key LIMIT ",
+                    })
+                    .push_bind(i64::from(q.limit));
+                    let keys: Vec<String> = qb.build_query_scalar().fetch_all(pool).await?;
+                    if keys.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    // Phase 2, the page's rows.
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT ");
+                    qb.push($crate::store::workloads::LIST_COLUMNS)
+                        .push(" WHERE key IN (");
+                    let mut sep = qb.separated(", ");
+                    for k in &keys {
+                        sep.push_bind(k.clone());
+                    }
+                    qb.push(") ORDER BY key");
                     let rows: Vec<$crate::store::workloads::ListRow> =
                         qb.build_query_as().fetch_all(pool).await?;
                     let mut items = rows
