@@ -64,7 +64,7 @@ fn event(i: usize, copy: usize) -> FingerprintEvent {
     e.workload.user = Some("svc".into());
     e.workload.process = Some(format!("app{}", i / 100));
     e.workload.exe = Some(format!("/opt/app{}/bin/server", i / 100));
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         e.workload.k8s_namespace = Some(format!("ns-{}", i % 50));
         e.workload.k8s_service_account = Some("default".into());
         e.workload.k8s_pod_name = Some(format!("deploy{i}-7d4b9c8f6d-x2x{}", ["9q", "4m"][copy]));
