@@ -314,9 +314,12 @@ fn workloads_are_discovered_then_named_by_an_entry_and_a_template() {
     wait_for("the agent's uplink", Duration::from_secs(30), || {
         (agent.status()?["uplink"]["state"] == "connected").then_some(())
     });
+    // Two transfers half a second apart: curl lives long enough for the agent to read its
+    // executable from /proc (a process gone by then is named by the kernel tracer alone).
     let curl = |url: String| {
         let ok = Command::new("curl")
-            .args(["-s", "-k", "-o", "/dev/null", "--max-time", "8", &url])
+            .args(["-s", "-k", "--max-time", "8", "--rate", "2/s"])
+            .args(["-o", "/dev/null", &url, "-o", "/dev/null", &url])
             .status()
             .unwrap()
             .success();
