@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use hais_shared::detection::Detection;
 use hais_shared::event::FingerprintEvent;
 use hais_shared::wire;
 use prost::Message as _;
@@ -92,6 +93,28 @@ impl DurableTopic for FingerprintEvents {
                 Ok(e)
             })
             .collect()
+    }
+}
+
+/// What the judging services (correlation, policy, threat) concluded, for the alert service;
+/// partitioned by identity so one consumer sees an identity's detections in order. JSON payloads:
+/// detections are few next to events, and readable as they are stored.
+#[derive(Debug)]
+pub struct Detections;
+
+impl DurableTopic for Detections {
+    const NAME: &'static str = "detections";
+    type Item = Detection;
+    fn key(d: &Detection) -> Cow<'_, str> {
+        Cow::Borrowed(&d.identity)
+    }
+
+    fn encode(items: &[&Detection]) -> Vec<u8> {
+        serde_json::to_vec(items).unwrap_or_default()
+    }
+
+    fn decode(payload: &[u8]) -> Result<Vec<Detection>, DecodeError> {
+        Ok(serde_json::from_slice(payload)?)
     }
 }
 
@@ -186,6 +209,7 @@ pub fn payload_json(topic: &str, payload: &[u8]) -> Option<serde_json::Value> {
     }
     match topic {
         FingerprintEvents::NAME => json::<FingerprintEvents>(payload),
+        Detections::NAME => json::<Detections>(payload),
         _ => None,
     }
 }
@@ -277,5 +301,26 @@ mod tests {
             e.id.to_string()
         );
         assert_eq!(payload_json("unknown.topic", &bin), None);
+    }
+
+    #[test]
+    fn detections_partition_by_identity_and_round_trip() {
+        let d: Detection = serde_json::from_value(serde_json::json!({
+            "id": uuid::Uuid::now_v7(), "source": "policy", "rule": "no-egress",
+            "severity": "high", "identity": "spiffe://td/web", "method": null,
+            "fingerprint": null, "destination": "10.0.0.9:443", "summary": "denied",
+            "event_ids": [], "first_seen": "2026-12-07T10:00:00Z",
+            "last_seen": "2026-12-07T10:00:00Z", "count": 1,
+        }))
+        .unwrap();
+        let rows = outbox::<Detections>([&d]);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].part, partition_of("spiffe://td/web"));
+        assert_eq!(decode::<Detections>(&rows[0].payload).unwrap(), vec![d]);
+        assert_eq!(
+            payload_json(Detections::NAME, &rows[0].payload).unwrap()[0]["rule"],
+            "no-egress"
+        );
+        assert!(decode::<Detections>(b"not json").is_err());
     }
 }
