@@ -100,19 +100,8 @@ async fn until(store: &Arc<dyn Store>, name: &str, n: i64) -> Instant {
 }
 
 async fn run(backend: &str, total: usize, replicas: usize, concurrency: usize) {
-    let dir = std::env::temp_dir().join(format!("hais-bench-bus-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let schema = format!(
-        "hais_bench_bus_{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    );
-    let pg = std::env::var("HAIS_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let (url, schema_opt) = match backend {
-        "sqlite" => (format!("sqlite://{}", dir.join("hais.db").display()), None),
-        _ => (pg.clone(), Some(schema.as_str())),
-    };
-    let store = store::open(&url, None, schema_opt, 8).await.expect("store");
+    let db = common::BenchDb::new(backend, "bus");
+    let store = db.open().await;
     let wake = Arc::new(Wakeups::default());
     let (shutdown, _) = watch::channel(false);
     let data = common::make_batches(total, 0x5eed, common::Profile::Fleet);
@@ -175,16 +164,7 @@ async fn run(backend: &str, total: usize, replicas: usize, concurrency: usize) {
         let _ = t.await;
     }
     let _ = store.close().await;
-    if backend != "sqlite" {
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&pg).await.unwrap();
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE"
-        )))
-        .execute(&mut c)
-        .await;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    db.remove().await;
 }
 
 fn main() {

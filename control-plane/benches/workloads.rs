@@ -13,6 +13,8 @@
 //! list query (limit 50, as the API's default) runs `HAIS_BENCH_RUNS` times through the store,
 //! with each filter alone and combined, and a detail; p50/p99/max are printed.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,7 +25,6 @@ use hais_control_plane::bus::durable::{
 use hais_control_plane::bus::log::FingerprintEvents;
 use hais_control_plane::services::identity::Identity;
 use hais_control_plane::services::identity::inventory::Inventory;
-use hais_control_plane::store;
 use hais_control_plane::store::workloads::WorkloadQuery;
 use hais_shared::event::{Fingerprint, FingerprintEvent, Flow, Transport};
 use hais_shared::fingerprint::Method;
@@ -84,24 +85,9 @@ fn event(i: usize, copy: usize) -> FingerprintEvent {
     e
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 async fn run(backend: &str, n: usize, runs: usize) {
-    let dir = std::env::temp_dir().join(format!("hais-bench-wl-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let schema = format!(
-        "hais_bench_wl_{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    );
-    let pg = std::env::var("HAIS_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let (url, schema_opt) = match backend {
-        "sqlite" => (format!("sqlite://{}", dir.join("hais.db").display()), None),
-        _ => (pg.clone(), Some(schema.as_str())),
-    };
-    let store = store::open(&url, None, schema_opt, 8).await.expect("store");
+    let db = common::BenchDb::new(backend, "wl");
+    let store = db.open().await;
     let identity = Arc::new(
         Identity::load(&*store, "hais.local")
             .await
@@ -157,20 +143,10 @@ async fn run(backend: &str, n: usize, runs: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     store.settle_rollups().await.expect("settle");
-    if backend != "sqlite" {
+    if !db.is_sqlite() {
         // What autovacuum does within a minute of such an insert-heavy load: statistics for the
         // planner, and the visibility map that lets key scans skip the rows.
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&pg).await.unwrap();
-        for sql in [
-            format!("SET search_path = {schema}"),
-            "VACUUM ANALYZE".to_owned(),
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&mut c)
-                .await
-                .unwrap();
-        }
+        db.pg_execute(&["VACUUM ANALYZE"]).await;
     }
     println!(
         "{backend}: {n} workloads ({total} events) ingested and recorded in {:.1} s",
@@ -219,8 +195,8 @@ async fn run(backend: &str, n: usize, runs: usize) {
         times.sort();
         println!(
             "{backend}: list {name:<22} {items:>3} items  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
-            percentile(&times, 0.5).as_secs_f64() * 1e3,
-            percentile(&times, 0.99).as_secs_f64() * 1e3,
+            common::percentile(&times, 0.5).as_secs_f64() * 1e3,
+            common::percentile(&times, 0.99).as_secs_f64() * 1e3,
             times.last().unwrap().as_secs_f64() * 1e3
         );
     }
@@ -234,8 +210,8 @@ async fn run(backend: &str, n: usize, runs: usize) {
     times.sort();
     println!(
         "{backend}: detail                           p50 {:>7.2} ms  p99 {:>7.2} ms",
-        percentile(&times, 0.5).as_secs_f64() * 1e3,
-        percentile(&times, 0.99).as_secs_f64() * 1e3
+        common::percentile(&times, 0.5).as_secs_f64() * 1e3,
+        common::percentile(&times, 0.99).as_secs_f64() * 1e3
     );
 
     let _ = shutdown.send(true);
@@ -243,47 +219,11 @@ async fn run(backend: &str, n: usize, runs: usize) {
         let _ = m.await;
     }
     let _ = store.close().await;
-    if std::env::var_os("HAIS_BENCH_KEEP").is_some() {
-        println!(
-            "{backend}: kept {}",
-            if backend == "sqlite" {
-                url.clone()
-            } else {
-                schema.clone()
-            }
-        );
-        return;
-    }
-    if backend != "sqlite" {
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&pg).await.unwrap();
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE"
-        )))
-        .execute(&mut c)
-        .await;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    db.remove().await;
 }
 
 fn main() {
-    let env = |k: &str, d: usize| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let (n, runs) = (
-        env("HAIS_BENCH_WORKLOADS", 100_000),
-        env("HAIS_BENCH_RUNS", 200),
-    );
-    let backends =
-        std::env::var("HAIS_BENCH_BACKENDS").unwrap_or_else(|_| "postgres,sqlite".into());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for b in backends.split(',').map(str::trim).filter(|b| !b.is_empty()) {
-        rt.block_on(run(b, n, runs));
-    }
+    let n = common::env_usize("HAIS_BENCH_WORKLOADS", 100_000);
+    let runs = common::env_usize("HAIS_BENCH_RUNS", 200);
+    common::for_each_backend("postgres,sqlite", |b| async move { run(&b, n, runs).await });
 }

@@ -350,6 +350,23 @@ fn workloads_are_discovered_then_named_by_an_entry_and_a_template() {
     let (st, fp) = cp.get(&token, &format!("/api/ja4/fingerprints/ja4/{ja4}"));
     assert_eq!(st, 200, "{fp}");
     assert!(fp["workloads"].to_string().contains(&key), "{fp}");
+    // The events API finds curl's events by that JA4, with their workload and no identity.
+    let (st, found) = cp.get(&token, &format!("/api/ja4/events?method=ja4&value={ja4}"));
+    assert_eq!(st, 200, "{found}");
+    let first = found["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["workload_key"] == key.as_str())
+        .unwrap_or_else(|| panic!("no event of {key} with {ja4}: {found}"))
+        .clone();
+    assert!(first["identity"].is_null(), "{first}");
+    assert_eq!(first["flow"]["dst_port"], tls, "{first}");
+    let (st, one) = cp.get(
+        &token,
+        &format!("/api/ja4/events/{}", first["id"].as_str().unwrap()),
+    );
+    assert_eq!((st, &one), (200, &first));
 
     // An entry from the workload: the inventory shows it, and curl's next events carry it.
     let spiffe = "spiffe://hais.local/e2e/curl";
@@ -374,6 +391,19 @@ fn workloads_are_discovered_then_named_by_an_entry_and_a_template() {
         let (st, v) = cp.get(&token, &format!("/api/identity/identities/{spiffe}"));
         (st == 200 && v["count"].as_i64() >= Some(1)).then_some(())
     });
+    // …and the events API finds them by that identity, with the same workload key.
+    let (st, named) = cp.get(
+        &token,
+        &format!("/api/ja4/events?identity={spiffe}&limit=5"),
+    );
+    assert_eq!(st, 200, "{named}");
+    let named = named["items"].as_array().unwrap();
+    assert!(!named.is_empty());
+    assert!(
+        named
+            .iter()
+            .all(|e| e["workload_key"] == key.as_str() && e["identity"] == spiffe)
+    );
 
     // A template names every other host process (openssl's s_client here) without any entry,
     // at once in the inventory and on its next events; the entry still names curl.

@@ -78,6 +78,13 @@ impl Transport {
             Transport::Udp => "udp",
         }
     }
+
+    /// The transport [`Transport::as_str`] names; `None` for anything else.
+    pub fn from_name(s: &str) -> Option<Transport> {
+        [Transport::Tcp, Transport::Udp]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
 }
 
 /// One fingerprint: which method produced it, and its value (e.g. `t13d1516h2_8daaf6152771_e5627efa2ab1`).

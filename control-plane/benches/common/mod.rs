@@ -152,3 +152,121 @@ pub fn make_batches(total: usize, seed: u64, profile: Profile) -> Vec<Vec<Finger
     }
     out
 }
+
+/// A fresh database for one benchmark run: a SQLite file in a temporary directory, or a schema
+/// of its own on the PostgreSQL server of `HAIS_TEST_DATABASE_URL` (default the local one).
+pub struct BenchDb {
+    pub backend: String,
+    /// What `store::open` takes.
+    pub url: String,
+    /// The PostgreSQL schema (unused on SQLite).
+    pub schema: String,
+    /// The PostgreSQL server, for statements outside the store (ANALYZE, DROP SCHEMA).
+    pub server: String,
+    dir: std::path::PathBuf,
+}
+
+impl BenchDb {
+    /// `tag` names the run in the directory and schema names (`hais_bench_<tag>_…`).
+    pub fn new(backend: &str, tag: &str) -> BenchDb {
+        let dir = std::env::temp_dir().join(format!("hais-bench-{tag}-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let server = std::env::var("HAIS_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!(
+            "hais_bench_{tag}_{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        );
+        let url = match backend {
+            "sqlite" => format!("sqlite://{}", dir.join("hais.db").display()),
+            _ => server.clone(),
+        };
+        BenchDb {
+            backend: backend.to_owned(),
+            url,
+            schema,
+            server,
+            dir,
+        }
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.backend == "sqlite"
+    }
+
+    /// Opens the store (applying migrations) with a pool of 8.
+    pub async fn open(&self) -> std::sync::Arc<dyn hais_control_plane::store::Store> {
+        let schema = (!self.is_sqlite()).then_some(self.schema.as_str());
+        hais_control_plane::store::open(&self.url, None, schema, 8)
+            .await
+            .expect("store")
+    }
+
+    /// Runs each statement on the PostgreSQL server, on its own (so `VACUUM` may be one), with
+    /// the run's schema first in the search path.
+    pub async fn pg_execute(&self, statements: &[&str]) {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&self.server).await.unwrap();
+        let set = format!("SET search_path TO {}", self.schema);
+        for sql in std::iter::once(set.as_str()).chain(statements.iter().copied()) {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Removes the database, unless `HAIS_BENCH_KEEP` is set (then says where it is, e.g. to
+    /// `EXPLAIN` by hand).
+    pub async fn remove(self) {
+        if std::env::var_os("HAIS_BENCH_KEEP").is_some() {
+            let kept = if self.is_sqlite() {
+                &self.url
+            } else {
+                &self.schema
+            };
+            println!("{}: kept {kept}", self.backend);
+            return;
+        }
+        if !self.is_sqlite() {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&self.server).await.unwrap();
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                self.schema
+            )))
+            .execute(&mut c)
+            .await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A numeric knob from the environment, or its default.
+pub fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The `p` quantile (0..=1) of sorted durations.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs `run` once per backend of `HAIS_BENCH_BACKENDS` (comma separated; `default` without
+/// it), one after the other, on a multi-threaded runtime.
+pub fn for_each_backend<F: std::future::Future<Output = ()>>(
+    default: &str,
+    run: impl Fn(String) -> F,
+) {
+    let backends = std::env::var("HAIS_BENCH_BACKENDS").unwrap_or_else(|_| default.into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for b in backends.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+        rt.block_on(run(b.to_owned()));
+    }
+}

@@ -4,7 +4,9 @@
 //! What is stored:
 //! * `events`: one row per fingerprint event, keyed by its UUIDv7 id, so a replayed event is
 //!   ignored (at-least-once delivery stores each event once). In PostgreSQL the table is range
-//!   partitioned by that id, one partition per UTC day (`partitions.rs`).
+//!   partitioned by that id, one partition per UTC day (`partitions.rs`). With it, the search
+//!   indexes: one per filter, and `event_fingerprints` (method, value, id), partitioned alike
+//!   ([`events`]).
 //! * roll-ups, counting only newly stored events, contributed by the services through one
 //!   interface ([`rollup::RollupContributor`]): the fingerprint roll-ups ([`fingerprints`]) and
 //!   the per-identity ones ([`identity`]). Ingest does not touch them: it commits, with the
@@ -24,6 +26,7 @@
 
 pub mod accounts;
 pub mod bus;
+pub mod events;
 pub mod fingerprints;
 pub mod fold;
 pub mod identity;
@@ -239,6 +242,7 @@ pub struct Page<T> {
 pub trait Store:
     spire::SpireStore
     + bus::BusStore
+    + events::EventStore
     + identity::IdentityStore
     + workloads::WorkloadStore
     + templates::TemplateStore

@@ -101,6 +101,23 @@ impl Span {
         }
     }
 
+    /// The name of the `event_fingerprints` partition with the same bounds (migration
+    /// `0008_events_search`: the side table is partitioned exactly like `events`).
+    pub(crate) fn side_name(self) -> String {
+        format!("event_fingerprints{}", &self.name()["events".len()..])
+    }
+
+    /// `FOR VALUES FROM (…) TO (…)` of this span.
+    fn bounds(self) -> String {
+        let (lo, hi) = self.range_ms();
+        // Only computed UUIDs are spliced in: nothing from a client.
+        format!(
+            "FOR VALUES FROM ('{}') TO ('{}')",
+            uuid_floor_ms(lo),
+            uuid_floor_ms(hi)
+        )
+    }
+
     /// Parses a partition name back; `None` for a table that is not one of ours.
     pub(crate) fn parse(name: &str) -> Option<Span> {
         let digits = name.strip_prefix("events_p")?;
@@ -170,16 +187,24 @@ pub(crate) async fn ensure(
         .await?;
     let existing: Vec<Span> = list(&mut tx).await?.into_iter().map(|p| p.0).collect();
     for &day in &missing {
-        if existing.iter().any(|s| s.covers_day(day)) {
-            continue;
-        }
-        let span = Span::Day(day);
-        let (lo, hi) = span.range_ms();
-        let (lo, hi) = (uuid_floor_ms(lo), uuid_floor_ms(hi));
-        // Only computed numbers and UUIDs are spliced in: nothing from the client.
+        let span = match existing.iter().find(|s| s.covers_day(day)) {
+            Some(s) => *s,
+            None => {
+                let span = Span::Day(day);
+                let ddl = format!(
+                    "CREATE TABLE IF NOT EXISTS {} PARTITION OF events {}",
+                    span.name(),
+                    span.bounds()
+                );
+                sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
+                span
+            }
+        };
+        // The side table's twin; already there for partitions the migration mirrored.
         let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS {} PARTITION OF events FOR VALUES FROM ('{lo}') TO ('{hi}')",
-            span.name()
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF event_fingerprints {}",
+            span.side_name(),
+            span.bounds()
         );
         sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
     }
@@ -200,8 +225,9 @@ pub(crate) struct Dropped {
     pub(crate) estimated: bool,
 }
 
-/// Prefix of partitions detached by retention and not dropped yet.
-const RETIRED_PREFIX: &str = "events_retired_";
+/// Prefixes of partitions (of `events`, of `event_fingerprints`) detached by retention and not
+/// dropped yet.
+const RETIRED_PREFIXES: [&str; 2] = ["events_retired_", "event_fingerprints_retired_"];
 
 /// Detaches every partition (daily or monthly) wholly older than `cutoff_ms` and renames it
 /// `events_retired_…`; [`drop_retired`] then drops it.
@@ -236,11 +262,29 @@ pub(crate) async fn retire_older(
             .bind(PARTITION_LOCK)
             .execute(&mut *tx)
             .await?;
-        let retired = format!("{RETIRED_PREFIX}{}", &name["events_".len()..]);
-        for ddl in [
+        let suffix = &name["events_".len()..];
+        let side = span.side_name();
+        let has_side: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&side)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut ddl = vec![
             format!("ALTER TABLE events DETACH PARTITION {name}"),
-            format!("ALTER TABLE {name} RENAME TO {retired}"),
-        ] {
+            format!(
+                "ALTER TABLE {name} RENAME TO {}{suffix}",
+                RETIRED_PREFIXES[0]
+            ),
+        ];
+        if has_side {
+            ddl.push(format!(
+                "ALTER TABLE event_fingerprints DETACH PARTITION {side}"
+            ));
+            ddl.push(format!(
+                "ALTER TABLE {side} RENAME TO {}{suffix}",
+                RETIRED_PREFIXES[1]
+            ));
+        }
+        for ddl in ddl {
             sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -257,11 +301,15 @@ pub(crate) async fn retire_older(
 
 /// Drops the partitions retention detached, including any a stopped process left behind.
 pub(crate) async fn drop_retired(pool: &PgPool) -> Result<u64, StoreError> {
+    let patterns: Vec<String> = RETIRED_PREFIXES
+        .iter()
+        .map(|p| format!("{}%", p.replace('_', "\\_")))
+        .collect();
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname LIKE $1",
+         WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname LIKE ANY ($1)",
     )
-    .bind(format!("{}%", RETIRED_PREFIX.replace('_', "\\_")))
+    .bind(&patterns)
     .fetch_all(pool)
     .await?;
     for name in &names {

@@ -295,6 +295,10 @@ impl PgStore {
             retiring.retain(|t| !t.is_finished());
             retiring.push(task);
         }
+        sqlx::query("DELETE FROM event_fingerprints WHERE id < $1")
+            .bind(uuid_floor_ms(cutoff_ms))
+            .execute(&self.pool)
+            .await?;
         let deleted = sqlx::query("DELETE FROM events WHERE id < $1")
             .bind(uuid_floor_ms(cutoff_ms))
             .execute(&self.pool)
@@ -463,7 +467,7 @@ fn copy_row(out: &mut Vec<u8>, e: &FingerprintEvent, received: i64) -> Result<()
     let text = |out: &mut Vec<u8>, v: &dyn std::fmt::Display| {
         write!(out, "{v}").map_err(|x| StoreError::Corrupt(x.to_string()))
     };
-    out.extend_from_slice(&13i16.to_be_bytes());
+    out.extend_from_slice(&(EVENT_COLUMNS.len() as i16).to_be_bytes());
     put_field(out, e.id.as_bytes());
     put_field(out, &to_us(e.timestamp).to_be_bytes());
     put_field(out, e.agent_id.as_bytes());
@@ -485,7 +489,52 @@ fn copy_row(out: &mut Vec<u8>, e: &FingerprintEvent, received: i64) -> Result<()
         put_with(out, |o| json_into(o, &e.workload))?;
     }
     put_field(out, &received.to_be_bytes());
+    put_opt(out, e.workload.spiffe_id.as_deref());
+    put_opt(out, e.workload.key.as_deref());
     Ok(())
+}
+
+fn put_opt(out: &mut Vec<u8>, v: Option<&str>) {
+    match v {
+        Some(v) => put_field(out, v.as_bytes()),
+        None => put_null(out),
+    }
+}
+
+/// The `event_fingerprints` rows of new events as one binary COPY stream.
+fn fingerprint_copy<'a>(events: impl IntoIterator<Item = &'a FingerprintEvent>) -> Vec<u8> {
+    let rows = super::sql::event_fingerprint_rows(events);
+    let mut out = Vec::with_capacity(COPY_HEADER.len() + rows.len() * 96 + 2);
+    out.extend_from_slice(COPY_HEADER);
+    for (method, value, id) in rows {
+        out.extend_from_slice(&3i16.to_be_bytes());
+        put_field(&mut out, method.as_bytes());
+        put_field(&mut out, value.as_bytes());
+        put_field(&mut out, id.as_bytes());
+    }
+    out.extend_from_slice(COPY_TRAILER);
+    out
+}
+
+/// Runs one binary `COPY table (columns) FROM STDIN` of `data` in the transaction.
+async fn copy_in(
+    tx: &mut sqlx::PgConnection,
+    table: &str,
+    columns: &[&str],
+    data: Vec<u8>,
+) -> Result<(), sqlx::Error> {
+    let stmt = format!(
+        "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+        columns.join(", ")
+    );
+    let mut copy = tx.copy_in_raw(&stmt).await?;
+    match copy.send(data).await {
+        Ok(_) => copy.finish().await.map(drop),
+        Err(e) => {
+            let _ = copy.abort("send failed").await;
+            Err(e)
+        }
+    }
 }
 
 /// The group's transaction. Events go in with COPY (the fast path) inside a savepoint; if any
@@ -506,24 +555,9 @@ async fn write_group_tx(
     sqlx::query("SAVEPOINT copy_events")
         .execute(&mut *tx)
         .await?;
-    let copied = {
-        let stmt = format!(
-            "COPY events ({}) FROM STDIN (FORMAT binary)",
-            EVENT_COLUMNS.join(", ")
-        );
-        match tx.copy_in_raw(&stmt).await {
-            Ok(mut copy) => match copy.send(data).await {
-                Ok(_) => copy.finish().await,
-                Err(e) => {
-                    let _ = copy.abort("send failed").await;
-                    Err(e)
-                }
-            },
-            Err(e) => Err(e),
-        }
-    };
+    let copied = copy_in(&mut tx, "events", &EVENT_COLUMNS, data).await;
     let flags = match copied {
-        Ok(_) => vec![true; events.len()],
+        Ok(()) => vec![true; events.len()],
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
             sqlx::query("ROLLBACK TO SAVEPOINT copy_events")
                 .execute(&mut *tx)
@@ -537,6 +571,14 @@ async fn write_group_tx(
         .zip(&flags)
         .filter(|(_, new)| **new)
         .map(|(e, _)| *e);
+    // Only new events get here, and their rows are distinct: COPY cannot conflict.
+    copy_in(
+        &mut tx,
+        "event_fingerprints",
+        &["method", "value", "id"],
+        fingerprint_copy(new.clone()),
+    )
+    .await?;
     let r = BatchDeltas::from_events(new.clone());
     // The new events go on the durable bus in this transaction (the outbox). Appending takes no
     // lock: transactions order their rows by their own id (see `store::bus::BusDialect::READ`).

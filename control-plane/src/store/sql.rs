@@ -75,7 +75,7 @@ macro_rules! same_in_both {
 }
 
 impl Dialect for Sqlite {
-    /// 13 columns × 500 rows stays far below SQLite's 32,766 bound parameters per statement.
+    /// 15 columns × 500 rows stays far below SQLite's 32,766 bound parameters per statement.
     const ROWS_PER_STATEMENT: usize = 500;
 
     fn push_rows(qb: &mut QueryBuilder<Self>, cols: &[Column<'_>], rows: Range<usize>) {
@@ -256,7 +256,7 @@ pub(crate) async fn upsert_seen<DB: Dialect, const K: usize>(
 }
 
 /// Columns of `events`, in the order [`event_columns`] and the PostgreSQL COPY write them.
-pub(crate) const EVENT_COLUMNS: [&str; 13] = [
+pub(crate) const EVENT_COLUMNS: [&str; 15] = [
     "id",
     "ts_us",
     "agent_id",
@@ -270,6 +270,8 @@ pub(crate) const EVENT_COLUMNS: [&str; 13] = [
     "fingerprints",
     "workload",
     "received_us",
+    "spiffe_id",
+    "workload_key",
 ];
 
 fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
@@ -316,7 +318,52 @@ fn event_columns<'a>(
                 .collect::<Result<_, _>>()?,
         ),
         Column::Int(vec![received; events.len()]),
+        text(|e| e.workload.spiffe_id.as_deref()),
+        text(|e| e.workload.key.as_deref()),
     ])
+}
+
+/// The `event_fingerprints` rows of `events` (method, value, id): one per distinct fingerprint
+/// of each event, so the side table's key never repeats within a write.
+pub(crate) fn event_fingerprint_rows<'a>(
+    events: impl IntoIterator<Item = &'a FingerprintEvent>,
+) -> Vec<(&'a str, &'a str, Uuid)> {
+    let mut rows = Vec::new();
+    for e in events {
+        let at = rows.len();
+        for f in &e.fingerprints {
+            let row = (f.method.as_str(), f.value.as_str(), e.id);
+            if !rows[at..].contains(&row) {
+                rows.push(row);
+            }
+        }
+    }
+    rows
+}
+
+/// Indexes the fingerprints of newly stored events for search (`event_fingerprints`).
+pub(crate) async fn insert_event_fingerprints<'a, DB: Dialect>(
+    conn: &mut DB::Connection,
+    events: impl IntoIterator<Item = &'a FingerprintEvent>,
+) -> Result<(), StoreError> {
+    let rows = event_fingerprint_rows(events);
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let cols = [
+        Column::Text(rows.iter().map(|r| Some(r.0)).collect()),
+        Column::Text(rows.iter().map(|r| Some(r.1)).collect()),
+        Column::Uuid(rows.iter().map(|r| r.2).collect()),
+    ];
+    insert_rows::<DB>(
+        conn,
+        "event_fingerprints",
+        &["method", "value", "id"],
+        &cols,
+        " ON CONFLICT DO NOTHING",
+    )
+    .await?;
+    Ok(())
 }
 
 /// Inserts the events whose id is not stored yet; says, per event, whether it was new. An id

@@ -1,4 +1,5 @@
-//! The JA4 service: fingerprint ingest, search, detail, labels, top-N statistics, retention.
+//! The JA4 service: fingerprint ingest, search, detail, labels, top-N statistics, retention,
+//! and the events API ([`events`]).
 //!
 //! Every input is checked here before it reaches the store, and every refusal says which field
 //! was wrong and what is accepted: page sizes, windows and batch sizes are bounded, text filters
@@ -39,6 +40,7 @@ use tokio::task::JoinHandle;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub mod events;
 pub mod uplink;
 
 /// The ja4 service's seed port: its HTTP API alone, and the agents' QUIC uplink (UDP) in every
@@ -74,6 +76,8 @@ impl Service for Ja4 {
             .routes(routes!(add_label))
             .routes(routes!(remove_label))
             .routes(routes!(top))
+            .routes(routes!(events::list))
+            .routes(routes!(events::one))
             .routes(routes!(retention));
         super::with_handle(r, self.identity.get())
     }
@@ -153,7 +157,7 @@ const MIN_EVENT_MS: i64 = 1_577_836_800_000;
 /// How far in the future an event may be stamped (clock skew allowance).
 const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
 /// Longest accepted text filter.
-const MAX_FILTER_LEN: usize = 512;
+pub(crate) const MAX_FILTER_LEN: usize = 512;
 
 /// A batch of events from an agent or service.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
@@ -174,7 +178,7 @@ pub struct IngestResponse {
     pub duplicates: usize,
 }
 
-fn parse_method(s: &str) -> Result<Method, ApiError> {
+pub(crate) fn parse_method(s: &str) -> Result<Method, ApiError> {
     Method::ALL
         .into_iter()
         .find(|m| m.as_str() == s)
@@ -193,7 +197,11 @@ fn truncate(s: &str) -> String {
 }
 
 /// A text filter: printable ASCII without spaces, bounded.
-fn text_filter(name: &str, v: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
+pub(crate) fn text_filter(
+    name: &str,
+    v: Option<String>,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
     match v {
         None => Ok(None),
         Some(v)
@@ -207,7 +215,7 @@ fn text_filter(name: &str, v: Option<String>, max: usize) -> Result<Option<Strin
     }
 }
 
-fn parse_time(name: &str, v: Option<String>) -> Result<Option<i64>, ApiError> {
+pub(crate) fn parse_time(name: &str, v: Option<String>) -> Result<Option<i64>, ApiError> {
     v.map(|s| {
         OffsetDateTime::parse(&s, &Rfc3339).map(to_us).map_err(|_| {
             ApiError::bad_request(format!(
@@ -392,7 +400,7 @@ pub struct SearchParams {
     pub limit: Option<String>,
 }
 
-fn parse_limit(v: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
+pub(crate) fn parse_limit(v: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
     match v {
         None => Ok(default),
         Some(s) => match s.parse::<u32>() {
