@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use common::quic::{ack, batch_req, call, enroll, uplink};
-use common::{Backend, TestApp, error_code, event};
+use common::{Backend, TestApp, enc, error_code, event};
 use hais_control_plane::bus::BusMessage;
 use hais_control_plane::bus::topics::{
     EntriesAction, EntriesChange, FingerprintEvents, IdentityEntries, LiveTopic,
@@ -70,17 +70,6 @@ fn process_event(host: &str, uid: u32, exe: &str, fps: &[(Method, &str)]) -> Fin
     e.workload.exe = Some(exe.into());
     e.workload.process = exe.rsplit('/').next().map(str::to_owned);
     e
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 async fn metric(t: &TestApp, name: &str) -> u64 {

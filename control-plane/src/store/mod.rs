@@ -24,6 +24,7 @@
 
 pub mod accounts;
 pub mod bus;
+pub mod correlation;
 pub mod fingerprints;
 pub mod fold;
 pub mod identity;
@@ -241,6 +242,7 @@ pub trait Store:
     + bus::BusStore
     + identity::IdentityStore
     + workloads::WorkloadStore
+    + correlation::CorrelationStore
     + templates::TemplateStore
     + accounts::AccountStore
     + labels::LabelStore

@@ -402,6 +402,18 @@ pub fn event(
     e
 }
 
+/// `s` percent-encoded as one path segment (SPIFFE IDs and workload keys contain `/`).
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub fn error_code(v: &Value) -> &str {
     v["error"]["code"]
         .as_str()
