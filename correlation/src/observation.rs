@@ -118,9 +118,10 @@ pub fn ja4h_key(value: &str) -> String {
 }
 
 impl Observation {
-    /// The observation of `e`. `ja4_stable`: the resumption-stable JA4 the agent sent with the
-    /// flow's JA4, if any (normalisation 2).
-    pub fn from_event(e: &FingerprintEvent, ja4_stable: Option<&str>) -> Observation {
+    /// The observation of `e`, whose `ja4_stable` is the resumption-stable JA4 when its agent
+    /// sent one (normalisation 2).
+    pub fn from_event(e: &FingerprintEvent) -> Observation {
+        let ja4_stable = e.ja4_stable.as_deref();
         let inbound = e.workload.direction.as_deref() == Some("inbound");
         let mut presented = Vec::new();
         let mut ssh = Vec::new();
@@ -216,10 +217,9 @@ mod tests {
 
     #[test]
     fn outbound_flows_split_own_and_destination_fingerprints() {
-        let o = Observation::from_event(
-            &event(Some("outbound")),
-            Some("t13d1314h2_8daaf6152771_02713d6af862"),
-        );
+        let mut e = event(Some("outbound"));
+        e.ja4_stable = Some("t13d1314h2_8daaf6152771_02713d6af862".into());
+        let o = Observation::from_event(&e);
         assert_eq!(o.identity, "spiffe://td/web");
         assert_eq!(o.destination, "10.0.0.2:443");
         let by: Vec<(Method, &str, Side)> = o
@@ -246,7 +246,7 @@ mod tests {
 
     #[test]
     fn inbound_flows_keep_only_the_identitys_server_side() {
-        let o = Observation::from_event(&event(Some("inbound")), None);
+        let o = Observation::from_event(&event(Some("inbound")));
         let by: Vec<(Method, Side)> = o.presented.iter().map(|p| (p.method, p.side)).collect();
         assert_eq!(by, [(Method::Ja4s, Side::Own)]);
         assert_eq!(o.ja4ls, None);

@@ -164,11 +164,8 @@ impl Correlator {
 impl Handler<FingerprintEvents> for Correlator {
     fn handle<'a>(&'a self, batch: &'a Batch<FingerprintEvents>) -> HandlerFuture<'a> {
         Box::pin(async move {
-            // The resumption-stable JA4 is not on the wire yet: plain JA4s are compared.
-            let observations: Vec<Observation> = batch
-                .items()
-                .map(|e| Observation::from_event(e, None))
-                .collect();
+            let observations: Vec<Observation> =
+                batch.items().map(Observation::from_event).collect();
             for _ in 0..COMMIT_ATTEMPTS {
                 if self.judge(&observations, batch).await? {
                     self.stats
