@@ -15,16 +15,21 @@
 //!    extensions (`ja4_stable`); baselines compare that key and keep the plain JA4 too
 //!    ([`crate::baseline::Entry::values`]). Events from agents that do not send it compare the
 //!    plain JA4.
-//! 3. **JA4H cookies.** Sections c and d hash the cookie names and values, which differ per user
+//! 3. **JA4S under resumption.** A server resuming a session answers with `pre_shared_key`
+//!    (41), which changes JA4S's extension count (section a) and extension hash (section c);
+//!    the server's answer also echoes what each client offered. Destinations' JA4S are compared
+//!    on the protocol, TLS version, ALPN (section a without the extension count) and the chosen
+//!    cipher (section b): `t130200_1302_a56c5b993250` → `t1300_1302`. The plain value is kept.
+//! 4. **JA4H cookies.** Sections c and d hash the cookie names and values, which differ per user
 //!    and session: baselines compare sections a and b (method, version, cookie/referer flags,
 //!    header count, language, header names).
-//! 4. **JA4SSH** describes one window of packets (modes and counts vary with what is typed or
+//! 5. **JA4SSH** describes one window of packets (modes and counts vary with what is typed or
 //!    copied): baselines keep its session type ([`crate::detect::SshSession`]), not the value.
-//! 5. **JA4L / JA4LS** are measurements (latency, TTL), not fingerprints: they feed the
+//! 6. **JA4L / JA4LS** are measurements (latency, TTL), not fingerprints: they feed the
 //!    path-change detector, never a baseline.
-//! 6. **Server-side methods** (JA4S, JA4X, JA4TS) of an outbound flow describe the destination,
+//! 7. **Server-side methods** (JA4S, JA4X, JA4TS) of an outbound flow describe the destination,
 //!    not the identity: they are kept per destination.
-//! 7. **Inbound flows**: the client-side methods (JA4, JA4H, JA4T) are the peer's, so they are
+//! 8. **Inbound flows**: the client-side methods (JA4, JA4H, JA4T) are the peer's, so they are
 //!    not the identity's; the server-side ones are the identity's own (kept without a
 //!    destination).
 
@@ -108,7 +113,17 @@ pub fn is_server_method(m: Method) -> bool {
     matches!(m, Method::Ja4s | Method::Ja4x | Method::Ja4ts)
 }
 
-/// JA4H without its cookie sections (normalisation 3).
+/// JA4S without what resumption changes (normalisation 3): section a without the extension
+/// count, and section b.
+pub fn ja4s_key(value: &str) -> String {
+    let mut parts = value.split('_');
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) if a.len() == 7 && a.is_ascii() => format!("{}{}_{b}", &a[..3], &a[5..]),
+        _ => value.to_owned(),
+    }
+}
+
+/// JA4H without its cookie sections (normalisation 4).
 pub fn ja4h_key(value: &str) -> String {
     let mut parts = value.splitn(3, '_');
     match (parts.next(), parts.next()) {
@@ -144,6 +159,7 @@ impl Observation {
             let key = match f.method {
                 Method::Ja4 => ja4_stable.unwrap_or(&f.value).to_owned(),
                 Method::Ja4h => ja4h_key(&f.value),
+                Method::Ja4s => ja4s_key(&f.value),
                 _ => f.value.clone(),
             };
             presented.push(Presented {
@@ -236,12 +252,21 @@ mod tests {
                     Side::Own
                 ),
                 (Method::Ja4h, "ge11cn060000_4e59edc1297a", Side::Own),
-                (Method::Ja4s, "t130200_1301_234ea6891581", Side::Destination),
+                (Method::Ja4s, "t1300_1301", Side::Destination),
             ]
         );
         assert_eq!(o.presented[0].value, "t13d1516h2_8daaf6152771_e5627efa2ab1");
         assert_eq!(o.ja4ls.as_deref(), Some("5191_42"));
         assert_eq!(o.ssh, ["c36s36_c51s80_c69s0"]);
+    }
+
+    #[test]
+    fn ja4s_keys_ignore_the_extensions_resumption_changes() {
+        // s_server's answers to curl, fresh and resumed (captured in the end-to-end test).
+        assert_eq!(ja4s_key("t130200_1302_a56c5b993250"), "t1300_1302");
+        assert_eq!(ja4s_key("t130300_1302_0ee26285a86f"), "t1300_1302");
+        assert_eq!(ja4s_key("t1203h2_c02f_aaaaaaaaaaaa"), "t12h2_c02f");
+        assert_eq!(ja4s_key("odd"), "odd");
     }
 
     #[test]
