@@ -388,6 +388,34 @@ pub const KEYS: &[KeyDoc] = &[
         help: "bus log rows (each one ingest batch's events of one partition) handed to a consumer at once",
     },
     KeyDoc {
+        key: "correlation.learning_period",
+        env: "HAIS_CORRELATION_LEARNING_PERIOD",
+        kind: KeyKind::Str,
+        default: "7d",
+        help: "an identity's baseline is learnt for at least this long after its first event (and learning_min_flows flows) before new fingerprints are findings",
+    },
+    KeyDoc {
+        key: "correlation.learning_min_flows",
+        env: "HAIS_CORRELATION_LEARNING_MIN_FLOWS",
+        kind: KeyKind::Int,
+        default: "100",
+        help: "flows an identity's baseline is learnt from at least (with learning_period)",
+    },
+    KeyDoc {
+        key: "correlation.shared_threshold",
+        env: "HAIS_CORRELATION_SHARED_THRESHOLD",
+        kind: KeyKind::Int,
+        default: "5",
+        help: "shared-fingerprint: established identities that must start presenting one fingerprint within an hour, after at most one before",
+    },
+    KeyDoc {
+        key: "correlation.ssh_session",
+        env: "HAIS_CORRELATION_SSH_SESSION",
+        kind: KeyKind::Str,
+        default: "off",
+        help: "ssh-session detector (on/off); off by default because of US patent US10135847B2, see NOTICE",
+    },
+    KeyDoc {
         key: "http.max_connections",
         env: "HAIS_HTTP_MAX_CONNECTIONS",
         kind: KeyKind::Int,
@@ -498,6 +526,7 @@ pub struct Config {
     pub ja4: Ja4Config,
     pub auth: AuthConfig,
     pub bus: BusConfig,
+    pub correlation: CorrelationConfig,
     pub http: HttpConfig,
     pub tls: TlsConfig,
 }
@@ -531,6 +560,69 @@ impl BusConfig {
             renew_every: self.lease_ttl.0 / 5,
             max_rows: self.batch_rows,
             ..Default::default()
+        }
+    }
+}
+
+/// `[correlation]`: how baselines learn and when the detectors speak (see
+/// `hais_correlation::Config`, whose other settings keep their defaults).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorrelationConfig {
+    pub learning_period: HumanDuration,
+    pub learning_min_flows: u64,
+    pub shared_threshold: u32,
+    pub ssh_session: OnOff,
+}
+
+impl Default for CorrelationConfig {
+    fn default() -> Self {
+        let d = hais_correlation::Config::default();
+        CorrelationConfig {
+            learning_period: HumanDuration::from_secs((d.learning_period_us / 1_000_000) as u64),
+            learning_min_flows: d.learning_min_flows,
+            shared_threshold: d.shared_threshold,
+            ssh_session: OnOff(d.ssh_session),
+        }
+    }
+}
+
+impl CorrelationConfig {
+    /// The detectors' settings these keys give.
+    pub fn detectors(&self) -> hais_correlation::Config {
+        hais_correlation::Config {
+            learning_period_us: i64::try_from(self.learning_period.0.as_micros())
+                .unwrap_or(i64::MAX),
+            learning_min_flows: self.learning_min_flows,
+            shared_threshold: self.shared_threshold,
+            ssh_session: self.ssh_session.0,
+            ..hais_correlation::Config::default()
+        }
+    }
+}
+
+/// A switch: `on`/`off` (or `true`/`false`) in the environment, a string or a boolean in the
+/// file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnOff(pub bool);
+
+impl<'de> Deserialize<'de> for OnOff {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(b) => Ok(OnOff(b)),
+            Raw::Text(t) => match t.trim() {
+                "on" | "true" => Ok(OnOff(true)),
+                "off" | "false" => Ok(OnOff(false)),
+                other => Err(serde::de::Error::custom(format!(
+                    "{other:?} is neither on nor off"
+                ))),
+            },
         }
     }
 }
@@ -894,6 +986,7 @@ impl Default for Config {
             ja4: Ja4Config::default(),
             auth: AuthConfig::default(),
             bus: BusConfig::default(),
+            correlation: CorrelationConfig::default(),
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
         }
@@ -1085,6 +1178,12 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "bus.max_attempts must be 1 to 100, bus.batch_rows 1 to 10000, bus.lease_ttl 2s to 10m".into(),
+            ));
+        }
+        let c = &self.correlation;
+        if !(1..=1_000_000).contains(&c.shared_threshold) {
+            return Err(ConfigError::Invalid(
+                "correlation.shared_threshold must be 1 to 1000000".into(),
             ));
         }
         for name in self.upstreams.keys() {

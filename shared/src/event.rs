@@ -47,6 +47,11 @@ pub struct FingerprintEvent {
     pub server_name: Option<String>,
     /// Every fingerprint computed for this flow so far.
     pub fingerprints: Vec<Fingerprint>,
+    /// The resumption-stable JA4 of the flow's ClientHello (its JA4 without the extensions TLS
+    /// session resumption adds or drops: `hais_ja4::ja4::RESUMPTION_EXTENSIONS`), what
+    /// correlation baselines compare; absent from agents that do not compute it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ja4_stable: Option<String>,
     /// The local workload behind the flow, once attribution is available.
     #[serde(default, skip_serializing_if = "Workload::is_empty")]
     pub workload: Workload,
@@ -216,6 +221,7 @@ impl FingerprintEvent {
             flow,
             server_name: None,
             fingerprints: Vec::new(),
+            ja4_stable: None,
             workload: Workload::default(),
         }
     }
@@ -230,6 +236,9 @@ impl FingerprintEvent {
         check_text("host", &self.host, MAX_NAME_LEN, true)?;
         if let Some(sni) = &self.server_name {
             check_text("server_name", sni, MAX_SERVER_NAME_LEN, true)?;
+        }
+        if let Some(k) = &self.ja4_stable {
+            check_text("ja4_stable", k, MAX_FINGERPRINT_LEN, true)?;
         }
         let n = self.fingerprints.len();
         if n == 0 || n > MAX_FINGERPRINTS_PER_EVENT {

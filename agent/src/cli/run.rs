@@ -1069,6 +1069,7 @@ mod tests {
             proto: Proto::Tcp,
             stream: 0,
             record,
+            ja4_stable: None,
         };
         let text = format_batch(vec![(r.clone(), None)], "eth0", true, false, 0);
         assert_eq!(

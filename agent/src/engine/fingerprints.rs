@@ -38,6 +38,9 @@ pub struct Fingerprints {
     pub ja4ts: Option<Print>,
     pub tls_server_name: Option<String>,
     pub ja4: Option<Print>,
+    /// The resumption-stable JA4 of the same ClientHello (reported on the uplink, not in the
+    /// record).
+    pub ja4_stable: Option<String>,
     pub ja4s: Option<Print>,
     /// One entry per Certificate message: packet number and the certificates in it.
     pub certs: Vec<(u64, Vec<CertPrint>)>,

@@ -147,6 +147,10 @@ pub struct StreamReport {
     pub proto: Proto,
     pub stream: u64,
     pub record: Map,
+    /// The resumption-stable JA4 of the stream's ClientHello (`hais_ja4::ja4::ja4_stable_string`),
+    /// for the uplink's events only: not part of the record, whose layout is the reference
+    /// tools'.
+    pub ja4_stable: Option<String>,
 }
 
 /// The engine. Feed it with [`Engine::on_frame`], collect with [`Engine::take_finished`]
@@ -466,5 +470,6 @@ fn finish_flow(
         proto: meta.key.proto,
         stream: meta.stream,
         record: state.fp.to_record(meta, cfg),
+        ja4_stable: state.fp.ja4_stable.take(),
     })
 }

@@ -51,6 +51,9 @@ pub(crate) fn record_client_hello(
         raw,
         pkt: ctx.pkt,
     });
+    if !ctx.cfg.original_order {
+        ctx.fp.ja4_stable = Some(hais_ja4::ja4::ja4_stable_string(ch, transport, alpn));
+    }
     if ctx.fp.tls_server_name.is_none() {
         ctx.fp.tls_server_name = ch.server_name_lossy().map(Cow::into_owned);
     }

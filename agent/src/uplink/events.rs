@@ -221,6 +221,7 @@ pub fn to_event_with(
         })
         .map(str::to_string);
     ev.fingerprints = fingerprints;
+    ev.ja4_stable = report.ja4_stable.clone();
     ev.validate().map_err(|e| Skip::Invalid(e.to_string()))?;
     if let Some(w) = workload {
         ev.workload = w;
@@ -276,6 +277,7 @@ mod tests {
             proto: Proto::Tcp,
             stream: 3,
             record,
+            ja4_stable: None,
         }
     }
 
@@ -313,7 +315,14 @@ mod tests {
         );
         m.push("http", Value::List(vec![Value::Map(h)]));
 
-        let ev = to_event(&report(m), &src()).unwrap();
+        let mut r = report(m);
+        r.ja4_stable = Some("t13d1514h2_8daaf6152771_0f2d6ba15cd1".into());
+        let ev = to_event(&r, &src()).unwrap();
+        assert_eq!(
+            ev.ja4_stable.as_deref(),
+            Some("t13d1514h2_8daaf6152771_0f2d6ba15cd1"),
+            "the resumption-stable JA4 travels with the event"
+        );
         assert_eq!(ev.agent_id, "a1b2c3");
         assert_eq!(ev.host, "web-01");
         assert_eq!(ev.server_name.as_deref(), Some("example.com"));

@@ -137,23 +137,11 @@ struct StoredEvent {
     key: Option<String>,
 }
 
-/// The key whose events one consumer handles in order: the event's SPIFFE ID when the identity
-/// service resolved one, else its workload key (`hais_shared::workload`: set on ingest, computed
-/// here for events stored before), else the host and agent (flows no process was attributed
-/// to). Stable across restarts and replicas because it is built only from the event; the same
-/// identity the correlation baselines use.
+/// The key whose events one consumer handles in order: the identity correlation baselines are
+/// kept for ([`hais_correlation::identity_of`]: the SPIFFE ID when one was resolved, else the
+/// workload key, else the host and agent), so one consumer sees all of an identity's events.
 pub fn workload_key(e: &FingerprintEvent) -> Cow<'_, str> {
-    let w = &e.workload;
-    if let Some(id) = &w.spiffe_id {
-        return Cow::Borrowed(id);
-    }
-    if let Some(key) = &w.key {
-        return Cow::Borrowed(key);
-    }
-    match hais_shared::workload::workload_key(e) {
-        Some(key) => Cow::Owned(key),
-        None => Cow::Owned(format!("agent:{}:{}", e.host, e.agent_id)),
-    }
+    hais_correlation::identity_of(e)
 }
 
 /// The partition of a key: FNV-1a, which is stable across processes, versions and platforms

@@ -151,6 +151,9 @@ where
             .transpose()
             .map_err(|e| corrupt("workload", e))?
             .unwrap_or_default(),
+        // Not stored: the correlation service reads it from the durable bus, where events keep
+        // it (see `FingerprintEvent::ja4_stable`).
+        ja4_stable: None,
     };
     Ok(EventRecord {
         event,

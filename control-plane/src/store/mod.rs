@@ -26,6 +26,7 @@
 
 pub mod accounts;
 pub mod bus;
+pub mod correlation;
 pub mod events;
 pub mod fingerprints;
 pub mod fold;
@@ -245,6 +246,7 @@ pub trait Store:
     + events::EventStore
     + identity::IdentityStore
     + workloads::WorkloadStore
+    + correlation::CorrelationStore
     + templates::TemplateStore
     + accounts::AccountStore
     + labels::LabelStore

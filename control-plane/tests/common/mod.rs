@@ -402,7 +402,8 @@ pub fn event(
     e
 }
 
-/// Percent-encodes `s` for a query string or path segment (everything but unreserved bytes).
+/// Percent-encodes `s` for a query string or path segment (everything but unreserved bytes:
+/// SPIFFE IDs and workload keys contain `/` and `:`).
 pub fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {

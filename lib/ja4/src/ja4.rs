@@ -412,6 +412,25 @@ pub fn ja4_string(ch: &ClientHello<'_>, transport: Ja4Transport, alpn: AlpnRule)
     l.sections(ch).hashed()
 }
 
+/// Extensions one client adds or drops between connections of one TLS session: `padding` (21,
+/// present or not with the hello's size), `session_ticket` (35, empty or carrying a ticket, and
+/// sent by some clients only when they hold one), `pre_shared_key` (41) and `early_data` (42),
+/// sent only when resuming. Each changes JA4's extension count and hash.
+pub const RESUMPTION_EXTENSIONS: [u16; 4] = [0x0015, 0x0023, 0x0029, 0x002a];
+
+/// The resumption-stable JA4: JA4 of the hello as if it carried none of
+/// [`RESUMPTION_EXTENSIONS`] (left out of section a's count and section c's list), so a fresh
+/// and a resumed connection of the same client give the same value. Not a FoxIO method: a key
+/// for comparing, reported next to the JA4, which stays as the specification defines it.
+pub fn ja4_stable_string(ch: &ClientHello<'_>, transport: Ja4Transport, alpn: AlpnRule) -> String {
+    let mut l = lists(ch, transport, alpn);
+    l.exts.retain(|e| !RESUMPTION_EXTENSIONS.contains(&e));
+    let e = l.exts.len.min(99) as u8;
+    l.a[6..8].copy_from_slice(&[b'0' + e / 10, b'0' + e % 10]);
+    l.sort();
+    l.sections(ch).hashed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,6 +540,44 @@ mod tests {
         let fp = ja4(&no_sigs, Ja4Transport::Tcp, AlpnRule::Spec);
         assert_eq!(fp.ja4, "t13d1516h2_8daaf6152771_6d807ffa2a79");
         assert!(fp.ja4_r.ends_with("4469,ff01"), "no trailing underscore");
+    }
+
+    #[test]
+    fn resumption_stable_ja4_ignores_what_resumption_changes() {
+        let fresh = chrome_body();
+        let fresh = ClientHello::parse(&fresh).unwrap();
+        let stable = ja4_stable_string(&fresh, Ja4Transport::Tcp, AlpnRule::Spec);
+        // Padding and the session ticket are out: two extensions fewer, another c hash.
+        assert!(stable.starts_with("t13d1514h2_8daaf6152771_"), "{stable}");
+        assert_ne!(
+            stable,
+            ja4_string(&fresh, Ja4Transport::Tcp, AlpnRule::Spec)
+        );
+        // The same client resuming: early_data and pre_shared_key (last), no padding.
+        let resumed = hello_body(
+            0x0303,
+            &[
+                0x3a3a, 0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8,
+                0xc013, 0xc014, 0x009c, 0x009d, 0x002f, 0x0035,
+            ],
+            &[
+                0x8a8a, 0x001b, 0x0000, 0x0033, 0x0010, 0x4469, 0x0017, 0x002d, 0x000d, 0x0005,
+                0x0023, 0x0012, 0x002b, 0xff01, 0x000b, 0x000a, 0x002a, 0x1a1a, 0x0029,
+            ],
+            Some("example.com"),
+            &[b"h2", b"http/1.1"],
+            &[
+                0x0a0a, 0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601,
+            ],
+            &[0xbaba, 0x0304, 0x0303],
+        );
+        let resumed = ClientHello::parse(&resumed).unwrap();
+        let plain = ja4_string(&resumed, Ja4Transport::Tcp, AlpnRule::Spec);
+        assert_ne!(plain, ja4_string(&fresh, Ja4Transport::Tcp, AlpnRule::Spec));
+        assert_eq!(
+            ja4_stable_string(&resumed, Ja4Transport::Tcp, AlpnRule::Spec),
+            stable
+        );
     }
 
     #[test]

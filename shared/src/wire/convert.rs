@@ -119,6 +119,7 @@ impl From<&FingerprintEvent> for w::Event {
                     value: f.value.clone(),
                 })
                 .collect(),
+            ja4_stable: e.ja4_stable.clone(),
             // `selectors` is the control plane's, never sent by an agent.
             workload: (!wl.is_empty()).then(|| w::Workload {
                 pid: wl.pid,
@@ -221,6 +222,7 @@ impl TryFrom<w::Event> for FingerprintEvent {
             flow,
             server_name: e.server_name,
             fingerprints,
+            ja4_stable: e.ja4_stable,
             workload,
         })
     }

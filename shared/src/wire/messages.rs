@@ -95,6 +95,10 @@ pub struct Event {
     pub fingerprints: Vec<Fingerprint>,
     #[prost(message, optional, tag = "8")]
     pub workload: Option<Workload>,
+    /// The resumption-stable JA4 ([`crate::event::FingerprintEvent::ja4_stable`]). Optional and
+    /// new in tag 9: older receivers skip it, older senders leave it out.
+    #[prost(string, optional, tag = "9")]
+    pub ja4_stable: Option<String>,
 }
 
 /// A flow's endpoints. Addresses are 4 or 16 bytes.

@@ -22,6 +22,7 @@ fn sample(v6: bool) -> FingerprintEvent {
         },
     );
     e.server_name = Some("example.com".into());
+    e.ja4_stable = Some("t13d1514h2_8daaf6152771_0f2d6ba15cd1".into());
     for m in DomainMethod::ALL {
         e.fingerprints.push(event::Fingerprint {
             method: m,
