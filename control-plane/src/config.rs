@@ -367,6 +367,20 @@ pub const KEYS: &[KeyDoc] = &[
         help: "addresses or CIDRs of reverse proxies whose X-Forwarded-For names the client (for login throttling)",
     },
     KeyDoc {
+        key: "alert.max_backoff",
+        env: "HAIS_ALERT_MAX_BACKOFF",
+        kind: KeyKind::Str,
+        default: "5m",
+        help: "longest wait between two delivery attempts to a failing notification channel (the wait doubles from 1s; 1s to 1h)",
+    },
+    KeyDoc {
+        key: "alert.resend_interval",
+        env: "HAIS_ALERT_RESEND_INTERVAL",
+        kind: KeyKind::Str,
+        default: "1m",
+        help: "how often active alerts are sent again to Alertmanager channels, so that they stay firing there (10s to 1h; Alertmanager's resolve_timeout must be longer)",
+    },
+    KeyDoc {
         key: "bus.max_attempts",
         env: "HAIS_BUS_MAX_ATTEMPTS",
         kind: KeyKind::Int,
@@ -498,6 +512,7 @@ pub struct Config {
     pub ja4: Ja4Config,
     pub auth: AuthConfig,
     pub bus: BusConfig,
+    pub alert: AlertConfig,
     pub http: HttpConfig,
     pub tls: TlsConfig,
 }
@@ -531,6 +546,23 @@ impl BusConfig {
             renew_every: self.lease_ttl.0 / 5,
             max_rows: self.batch_rows,
             ..Default::default()
+        }
+    }
+}
+
+/// `[alert]`: notification delivery (see `services::alert`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertConfig {
+    pub max_backoff: HumanDuration,
+    pub resend_interval: HumanDuration,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            max_backoff: HumanDuration::from_secs(300),
+            resend_interval: HumanDuration::from_secs(60),
         }
     }
 }
@@ -894,6 +926,7 @@ impl Default for Config {
             ja4: Ja4Config::default(),
             auth: AuthConfig::default(),
             bus: BusConfig::default(),
+            alert: AlertConfig::default(),
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
         }
@@ -1085,6 +1118,14 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "bus.max_attempts must be 1 to 100, bus.batch_rows 1 to 10000, bus.lease_ttl 2s to 10m".into(),
+            ));
+        }
+        let a = &self.alert;
+        if !(1..=3600).contains(&a.max_backoff.0.as_secs())
+            || !(10..=3600).contains(&a.resend_interval.0.as_secs())
+        {
+            return Err(ConfigError::Invalid(
+                "alert.max_backoff must be 1s to 1h, alert.resend_interval 10s to 1h".into(),
             ));
         }
         for name in self.upstreams.keys() {

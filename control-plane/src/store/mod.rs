@@ -23,6 +23,7 @@
 //! between SQLite and PostgreSQL.
 
 pub mod accounts;
+pub mod alert;
 pub mod bus;
 pub mod fingerprints;
 pub mod fold;
@@ -239,6 +240,7 @@ pub struct Page<T> {
 pub trait Store:
     spire::SpireStore
     + bus::BusStore
+    + alert::AlertStore
     + identity::IdentityStore
     + workloads::WorkloadStore
     + templates::TemplateStore

@@ -79,7 +79,7 @@ pub struct PageParams {
     pub cursor: Option<String>,
 }
 
-pub(super) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!(

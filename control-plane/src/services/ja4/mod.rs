@@ -207,7 +207,7 @@ fn text_filter(name: &str, v: Option<String>, max: usize) -> Result<Option<Strin
     }
 }
 
-fn parse_time(name: &str, v: Option<String>) -> Result<Option<i64>, ApiError> {
+pub(crate) fn parse_time(name: &str, v: Option<String>) -> Result<Option<i64>, ApiError> {
     v.map(|s| {
         OffsetDateTime::parse(&s, &Rfc3339).map(to_us).map_err(|_| {
             ApiError::bad_request(format!(
