@@ -81,6 +81,9 @@ async fn publish(t: &TestApp, ds: &[Detection]) {
 #[derive(Debug, Default)]
 struct Received {
     up: AtomicBool,
+    /// Requests are held unanswered (a receiver that never replies) while set.
+    hang: AtomicBool,
+    held: std::sync::atomic::AtomicU64,
     accepted: Mutex<Vec<(HeaderMap, Value)>>,
     refused: std::sync::atomic::AtomicU64,
 }
@@ -96,6 +99,10 @@ async fn receiver() -> (SocketAddr, Arc<Received>) {
         axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
             let got = state.clone();
             async move {
+                if got.hang.load(Ordering::SeqCst) {
+                    got.held.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                }
                 if !got.up.load(Ordering::SeqCst) {
                     got.refused.fetch_add(1, Ordering::SeqCst);
                     return StatusCode::SERVICE_UNAVAILABLE;
@@ -882,6 +889,123 @@ async fn syslog_delivery(backend: Backend) {
             .unwrap();
     }
     t.finish().await;
+}
+
+/// The real binary, killed with SIGKILL while a delivery is in flight, then started again on the
+/// same database: every notification is delivered after the restart (PostgreSQL: two processes
+/// share the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_delivery_then_restart() {
+    use hais_control_plane::http::client::{Outgoing, send};
+    let iso = common::Isolation::new(Backend::Postgres, "alert_kill").await;
+    let (addr, got) = receiver().await;
+    got.hang.store(true, Ordering::SeqCst);
+    let port = common::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let spawn = |n: u32| {
+        let log = std::fs::File::create(iso.dir.join(format!("cp{n}.log"))).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_hais-control-plane"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--database-url", &common::pg_url()])
+            .env("HAIS_DATABASE_SCHEMA", iso.schema.as_ref().unwrap())
+            .env("HAIS_DATA_DIR", &iso.dir)
+            .env("HAIS_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
+            .env("HAIS_JWT_SECRET", common::JWT_SECRET)
+            .env("HAIS_JA4_UPLINK_BIND", "off")
+            .env("HAIS_ALERT_MAX_BACKOFF", "1s")
+            .env_remove("HAIS_REDIS_URL")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let call = |method: hyper::Method, path: String, token: Option<String>, body: Option<Value>| {
+        let base = base.clone();
+        async move {
+            let url = format!("{base}{path}");
+            let mut req = Outgoing::post(
+                &url,
+                "application/json",
+                body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            );
+            req.method = method;
+            if let Some(t) = token {
+                req.headers.push(("authorization", format!("Bearer {t}")));
+            }
+            send(req).await.ok().map(|(s, b)| {
+                (
+                    s,
+                    serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null),
+                )
+            })
+        }
+    };
+    let mut first = spawn(1);
+    until("the control plane up", || {
+        call(hyper::Method::GET, "/health".into(), None, None)
+    })
+    .await;
+    let (_, v) = call(
+        hyper::Method::POST,
+        "/api/auth/login".into(),
+        None,
+        Some(json!({"username": "admin", "password": common::ADMIN_PASSWORD})),
+    )
+    .await
+    .unwrap();
+    let token = v["access_token"].as_str().unwrap().to_owned();
+    let (s, v) = call(hyper::Method::POST, "/api/alert/channels".into(), Some(token.clone()),
+        Some(json!({"name": "hook", "kind": "webhook", "settings": {"url": format!("http://{addr}/hook")}, "secret": SECRET}))).await.unwrap();
+    assert_eq!(s, 201, "{v}");
+    // Detections published by another process (as the correlation service would).
+    let store = hais_control_plane::store::open(&common::pg_url(), None, iso.schema.as_deref(), 2)
+        .await
+        .unwrap();
+    let ds: Vec<Detection> = (0..5)
+        .map(|i| detection(&format!("spiffe://td/k{i}"), "new-fingerprint", 1))
+        .collect();
+    store
+        .bus_publish(
+            &outbox::<Detections>(&ds),
+            hais_control_plane::store::now_us(),
+        )
+        .await
+        .unwrap();
+    until("a delivery in flight", || async {
+        (got.held.load(Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    got.hang.store(false, Ordering::SeqCst);
+    assert!(got.accepted.lock().unwrap().is_empty());
+    let mut second = spawn(2);
+    // The dead process's claims expire (60 s), then the rows are delivered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let mut ids: Vec<String> = got
+            .accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, v)| v["alert"]["identity"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() == 5 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivered after the restart: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+    store.close().await.unwrap();
+    iso.cleanup().await;
 }
 
 crate::backend_tests!(
