@@ -1008,6 +1008,107 @@ async fn kill_9_mid_delivery_then_restart() {
     iso.cleanup().await;
 }
 
+/// Mails an SMTP sink received: the envelope's commands (MAIL, RCPT) and the data.
+type Mails = Arc<Mutex<Vec<(Vec<String>, String)>>>;
+
+/// A tiny SMTP sink on loopback (no TLS, no auth): records each message's envelope and data.
+async fn smtp_sink() -> (SocketAddr, Mails) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mails: Mails = Arc::default();
+    let out = mails.clone();
+    tokio::spawn(async move {
+        loop {
+            let (conn, _) = listener.accept().await.unwrap();
+            let mails = mails.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = conn.into_split();
+                let mut lines = BufReader::new(r).lines();
+                w.write_all(b"220 sink ESMTP\r\n").await.unwrap();
+                let mut envelope = Vec::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
+                        "MAIL" | "RCPT" => {
+                            envelope.push(line.clone());
+                            b"250 OK\r\n"
+                        }
+                        "DATA" => {
+                            w.write_all(b"354 go on\r\n").await.unwrap();
+                            let mut data = String::new();
+                            while let Ok(Some(l)) = lines.next_line().await {
+                                if l == "." {
+                                    break;
+                                }
+                                data.push_str(&l);
+                                data.push('\n');
+                            }
+                            mails
+                                .lock()
+                                .unwrap()
+                                .push((std::mem::take(&mut envelope), data));
+                            b"250 queued\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            return;
+                        }
+                        _ => b"250 OK\r\n",
+                    };
+                    w.write_all(reply).await.unwrap();
+                }
+            });
+        }
+    });
+    (addr, out)
+}
+
+/// E-mail over SMTP to a sink in the test: one mail per notification, to every recipient.
+async fn email_delivery(backend: Backend) {
+    let t = start(backend, "alert_mail").await;
+    let (addr, mails) = smtp_sink().await;
+    channel(
+        &t,
+        json!({"name": "mail", "kind": "email", "settings": {
+        "host": "127.0.0.1", "port": addr.port(), "tls": "none",
+        "from": "HaIS <hais@example.org>", "to": ["oncall@example.org", "soc@example.org"]}}),
+    )
+    .await;
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/alert/channels",
+            Some(&t.admin),
+            Some(json!({"name": "bad", "kind": "email",
+            "settings": {"host": "h", "from": "not an address", "to": ["a@b.c"]}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    publish(
+        &t,
+        &[detection("spiffe://td/ns/a/sa/mail", "new-fingerprint", 1)],
+    )
+    .await;
+    let (envelope, data) = until("the mail", || async {
+        mails.lock().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(envelope.len(), 3, "{envelope:?}");
+    assert!(envelope[0].contains("hais@example.org"));
+    assert!(envelope.iter().any(|l| l.contains("soc@example.org")));
+    assert!(
+        data.contains("Subject: [HaIS HIGH] spiffe://td/ns/a/sa/mail presents"),
+        "{data}"
+    );
+    assert!(
+        data.contains("identity: spiffe://td/ns/a/sa/mail"),
+        "{data}"
+    );
+    t.finish().await;
+}
+
 crate::backend_tests!(
     dedup_and_lifecycle,
     suppressions,
@@ -1015,4 +1116,5 @@ crate::backend_tests!(
     channel_down_then_back,
     alertmanager_delivery,
     syslog_delivery,
+    email_delivery,
 );

@@ -253,14 +253,17 @@ pub enum ChannelKind {
     Alertmanager,
     /// RFC 5424 syslog carrying OCSF Detection Finding JSON.
     Syslog,
+    /// E-mail over SMTP (STARTTLS).
+    Email,
 }
 
 impl ChannelKind {
-    pub const ALL: [ChannelKind; 4] = [
+    pub const ALL: [ChannelKind; 5] = [
         ChannelKind::Webhook,
         ChannelKind::Slack,
         ChannelKind::Alertmanager,
         ChannelKind::Syslog,
+        ChannelKind::Email,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -269,6 +272,7 @@ impl ChannelKind {
             ChannelKind::Slack => "slack",
             ChannelKind::Alertmanager => "alertmanager",
             ChannelKind::Syslog => "syslog",
+            ChannelKind::Email => "email",
         }
     }
 
@@ -308,7 +312,7 @@ pub struct ChannelRecord {
     /// Kind-specific settings (URL, address, …); see the API documentation.
     #[schema(value_type = Object)]
     pub settings: serde_json::Value,
-    /// Whether a secret (HMAC key) is stored; the secret itself is never returned.
+    /// Whether a secret (HMAC key, SMTP password) is stored; the secret itself is never returned.
     pub has_secret: bool,
     pub created_by: String,
     pub created_us: i64,

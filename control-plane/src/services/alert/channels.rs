@@ -12,6 +12,8 @@
 //!   are re-sent periodically ([`super::deliver::spawn_resender`]).
 //! * `syslog`: RFC 5424 messages over UDP or TCP (octet counting, RFC 6587) whose message is an
 //!   OCSF Detection Finding (class 2004) as JSON ([`ocsf`]), for SIEMs.
+//! * `email`: one plain-text mail per notification over SMTP (`lettre`), STARTTLS required
+//!   unless the settings say `"tls": "none"` (a local relay), with the secret as password.
 
 use std::time::Duration;
 
@@ -65,6 +67,40 @@ fn default_facility() -> u8 {
     10
 }
 
+/// Whether SMTP must be encrypted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// STARTTLS (web PKI), refused if the server does not offer it.
+    #[default]
+    Starttls,
+    /// Plain text: only for a relay on the same host or network.
+    None,
+}
+
+/// Settings of an `email` channel.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    /// The SMTP server.
+    pub host: String,
+    /// Default 587 (submission).
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// The sender, `hais@example.org` or `HaIS <hais@example.org>`.
+    pub from: String,
+    /// 1 to 50 recipients.
+    pub to: Vec<String>,
+    /// Logs in with this user and the channel's secret as password.
+    pub username: Option<String>,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
 /// Checks a channel's settings (and secret) for its kind; returns them normalized.
 pub fn check_settings(
     kind: ChannelKind,
@@ -98,12 +134,32 @@ pub fn check_settings(
             }
             serde_json::to_value(s).map_err(bad)?
         }
+        ChannelKind::Email => {
+            let s: EmailSettings = serde_json::from_value(settings.clone()).map_err(bad)?;
+            if s.host.is_empty() || s.host.len() > 255 || s.port == 0 {
+                return Err("settings.host and settings.port must name an SMTP server".into());
+            }
+            s.from
+                .parse::<lettre::message::Mailbox>()
+                .map_err(|e| format!("settings.from: {e}"))?;
+            if s.to.is_empty() || s.to.len() > 50 {
+                return Err("settings.to: 1 to 50 recipients".into());
+            }
+            for to in &s.to {
+                to.parse::<lettre::message::Mailbox>()
+                    .map_err(|e| format!("settings.to {to:?}: {e}"))?;
+            }
+            if secret.is_some() && s.username.is_none() {
+                return Err("a secret (the SMTP password) needs settings.username".into());
+            }
+            serde_json::to_value(s).map_err(bad)?
+        }
     };
     match (kind, secret) {
         (ChannelKind::Webhook, Some(s)) if s.len() < 16 || s.len() > 1024 => {
             Err("secret: 16 to 1024 bytes".into())
         }
-        (ChannelKind::Webhook, _) => Ok(normalized),
+        (ChannelKind::Webhook | ChannelKind::Email, _) => Ok(normalized),
         (_, Some(_)) => Err(format!("a {} channel takes no secret", kind.as_str())),
         (_, None) => Ok(normalized),
     }
@@ -167,6 +223,12 @@ pub async fn deliver(
                 Ok(Err(e)) => failed(0, &format!("syslog {}: {e}", s.address)),
                 Err(_) => failed(0, &format!("syslog {}: timed out", s.address)),
             }
+        }
+        ChannelKind::Email => {
+            let Ok(s) = serde_json::from_value::<EmailSettings>(settings.clone()) else {
+                return failed(0, "stored settings do not decode");
+            };
+            send_mails(&s, secret, batch).await
         }
         ChannelKind::Webhook | ChannelKind::Slack => {
             let Ok(s) = serde_json::from_value::<HttpSettings>(settings.clone()) else {
@@ -424,6 +486,80 @@ fn hostname() -> String {
         .to_owned();
     let ok = !h.is_empty() && h.len() <= 255 && h.bytes().all(|b| (33..=126).contains(&b));
     if ok { h } else { "-".into() }
+}
+
+/// Sends one mail per notification, in order, over one SMTP transport.
+async fn send_mails(
+    s: &EmailSettings,
+    password: Option<&str>,
+    batch: &[Notification],
+) -> Delivered {
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let builder = match s.tls {
+        SmtpTls::Starttls => match AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.host) {
+            Ok(b) => b,
+            Err(e) => return failed(0, &format!("smtp {}: {e}", s.host)),
+        },
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host),
+    };
+    let mut builder = builder.port(s.port).timeout(Some(DELIVERY_TIMEOUT));
+    if let (Some(user), Some(password)) = (&s.username, password) {
+        builder = builder.credentials(lettre::transport::smtp::authentication::Credentials::new(
+            user.clone(),
+            password.to_owned(),
+        ));
+    }
+    let transport = builder.build();
+    for (i, n) in batch.iter().enumerate() {
+        let a = &n.alert;
+        let subject = match n.kind {
+            NotificationKind::Firing => {
+                format!(
+                    "[HaIS {}] {}",
+                    a.severity.as_str().to_uppercase(),
+                    a.summary
+                )
+            }
+            NotificationKind::Resolved => format!("[HaIS RESOLVED] {}", a.summary),
+        };
+        let text = format!(
+            "{subject}\n\nidentity: {}\ndetector: {} ({})\nfingerprint: {}\ndestination: {}\n\
+             seen {} times, first {}, last {}\nstatus: {}\nalert: {}\nnotification: {}\n",
+            a.identity,
+            a.rule,
+            a.source,
+            a.fingerprint.as_deref().unwrap_or("-"),
+            a.destination.as_deref().unwrap_or("-"),
+            a.count,
+            rfc3339_us(a.first_seen_us),
+            rfc3339_us(a.last_seen_us),
+            a.status.as_str(),
+            a.id,
+            n.id,
+        );
+        let mut m = Message::builder().subject(subject.chars().take(200).collect::<String>());
+        match s.from.parse() {
+            Ok(from) => m = m.from(from),
+            Err(e) => return failed(i, &format!("settings.from: {e}")),
+        }
+        for to in &s.to {
+            match to.parse() {
+                Ok(to) => m = m.to(to),
+                Err(e) => return failed(i, &format!("settings.to: {e}")),
+            }
+        }
+        let message = match m.body(text) {
+            Ok(m) => m,
+            Err(e) => return failed(i, &format!("mail: {e}")),
+        };
+        if let Err(e) = transport.send(message).await {
+            return failed(i, &format!("smtp {}:{}: {e}", s.host, s.port));
+        }
+    }
+    Delivered {
+        delivered: batch.len(),
+        error: None,
+    }
 }
 
 async fn send_syslog(s: &SyslogSettings, messages: &[String]) -> std::io::Result<()> {

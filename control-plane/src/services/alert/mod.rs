@@ -13,7 +13,7 @@
 //!   exponential back-off per channel; a failing channel holds only its own rows.
 //! * **Channels** ([`channels`]): signed JSON webhook, Slack-compatible webhook, Prometheus
 //!   Alertmanager API v2 (active alerts re-sent every `alert.resend_interval`), syslog RFC 5424
-//!   carrying OCSF Detection Finding JSON.
+//!   carrying OCSF Detection Finding JSON, e-mail over SMTP.
 
 pub mod channels;
 pub mod deliver;
@@ -87,7 +87,7 @@ impl Service for AlertService {
     fn description(&self) -> &'static str {
         "Alert: detections (correlation, policy, threat) deduplicated into alerts with a \
          lifecycle and history, suppressions, and notifications through an outbox to webhook, \
-         Slack, Alertmanager and syslog channels."
+         Slack, Alertmanager, syslog and e-mail channels."
     }
     fn routes(&self) -> OpenApiRouter<AppState> {
         super::with_handle(routes::routes(), self.alert.get())

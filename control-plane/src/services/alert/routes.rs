@@ -399,11 +399,13 @@ pub struct ChannelRequest {
     /// Glob over identities (`*` any run of characters); none: every identity.
     pub identity_pattern: Option<String>,
     /// `webhook`, `slack`: `{"url"}`; `alertmanager`: `{"url"}` (base URL);
-    /// `syslog`: `{"address": "host:port", "transport": "udp"|"tcp", "facility": 0-23}`.
+    /// `syslog`: `{"address": "host:port", "transport": "udp"|"tcp", "facility": 0-23}`;
+    /// `email`: `{"host", "port"?: 587, "tls"?: "starttls"|"none", "from", "to": [...],
+    /// "username"?}`.
     #[schema(value_type = Object)]
     pub settings: serde_json::Value,
-    /// `webhook` only: the HMAC-SHA256 key (16 to 1024 bytes). Never returned; on replace,
-    /// leaving it out keeps the stored one.
+    /// `webhook`: the HMAC-SHA256 key (16 to 1024 bytes); `email`: the SMTP password. Never
+    /// returned; on replace, leaving it out keeps the stored one.
     pub secret: Option<String>,
 }
 
