@@ -367,6 +367,20 @@ pub const KEYS: &[KeyDoc] = &[
         help: "addresses or CIDRs of reverse proxies whose X-Forwarded-For names the client (for login throttling)",
     },
     KeyDoc {
+        key: "alert.max_backoff",
+        env: "HAIS_ALERT_MAX_BACKOFF",
+        kind: KeyKind::Str,
+        default: "5m",
+        help: "longest wait between two delivery attempts to a failing notification channel (the wait doubles from 1s; 1s to 1h)",
+    },
+    KeyDoc {
+        key: "alert.resend_interval",
+        env: "HAIS_ALERT_RESEND_INTERVAL",
+        kind: KeyKind::Str,
+        default: "1m",
+        help: "how often active alerts are sent again to Alertmanager channels, so that they stay firing there (10s to 1h; Alertmanager's resolve_timeout must be longer)",
+    },
+    KeyDoc {
         key: "bus.max_attempts",
         env: "HAIS_BUS_MAX_ATTEMPTS",
         kind: KeyKind::Int,
@@ -527,6 +541,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub bus: BusConfig,
     pub correlation: CorrelationConfig,
+    pub alert: AlertConfig,
     pub http: HttpConfig,
     pub tls: TlsConfig,
 }
@@ -623,6 +638,23 @@ impl<'de> Deserialize<'de> for OnOff {
                     "{other:?} is neither on nor off"
                 ))),
             },
+        }
+    }
+}
+
+/// `[alert]`: notification delivery (see `services::alert`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertConfig {
+    pub max_backoff: HumanDuration,
+    pub resend_interval: HumanDuration,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            max_backoff: HumanDuration::from_secs(300),
+            resend_interval: HumanDuration::from_secs(60),
         }
     }
 }
@@ -987,6 +1019,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             bus: BusConfig::default(),
             correlation: CorrelationConfig::default(),
+            alert: AlertConfig::default(),
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
         }
@@ -1184,6 +1217,14 @@ impl Config {
         if !(1..=1_000_000).contains(&c.shared_threshold) {
             return Err(ConfigError::Invalid(
                 "correlation.shared_threshold must be 1 to 1000000".into(),
+            ));
+        }
+        let a = &self.alert;
+        if !(1..=3600).contains(&a.max_backoff.0.as_secs())
+            || !(10..=3600).contains(&a.resend_interval.0.as_secs())
+        {
+            return Err(ConfigError::Invalid(
+                "alert.max_backoff must be 1s to 1h, alert.resend_interval 10s to 1h".into(),
             ));
         }
         for name in self.upstreams.keys() {

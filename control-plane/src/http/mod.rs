@@ -5,6 +5,7 @@
 //! It sits below the services and the gateway and imports neither, so a service can depend on
 //! it without depending on the router that mounts the service (which depends on every service).
 
+pub mod client;
 mod error;
 mod extract;
 

@@ -286,6 +286,29 @@ where
     Ok(())
 }
 
+/// Publishes `detections` on the durable topic `detections` ([`crate::bus::log::Detections`])
+/// inside the caller's transaction: a judging service (correlation, policy, threat) calls it in
+/// the transaction that stores its finding, violation or match, so the alert service hears of
+/// each exactly when it is committed. A recurrence is published again with the same id and a
+/// higher count.
+pub async fn append_detections<DB>(
+    conn: &mut DB::Connection,
+    detections: &[hais_shared::detection::Detection],
+    now_us: i64,
+) -> Result<(), StoreError>
+where
+    DB: BusDialect,
+    <DB as Database>::Arguments: Default + IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Decode<'t, DB> + Type<DB>,
+    for<'t> &'t [u8]: Encode<'t, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let rows = crate::bus::log::outbox::<crate::bus::log::Detections>(detections);
+    append::<DB>(conn, &rows, now_us).await
+}
+
 /// Records a consumer's progress inside the caller's transaction; [`StoreError::Fenced`] when the
 /// caller no longer owns the work (the transaction must then be rolled back).
 pub async fn commit_checkpoint<DB>(

@@ -25,6 +25,7 @@
 //! between SQLite and PostgreSQL.
 
 pub mod accounts;
+pub mod alert;
 pub mod bus;
 pub mod correlation;
 pub mod events;
@@ -244,6 +245,7 @@ pub trait Store:
     spire::SpireStore
     + bus::BusStore
     + events::EventStore
+    + alert::AlertStore
     + identity::IdentityStore
     + workloads::WorkloadStore
     + correlation::CorrelationStore

@@ -13,9 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hais_svid::Bundle;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -295,92 +292,17 @@ pub fn spawn_refresher(
 }
 
 /// A GET over HTTP/1.1, plain or TLS (`roots`, else the web PKI), with a timeout and a body
-/// limit. Returns the status and the body. Small on purpose: a bundle and a health answer are
-/// all this control plane ever fetches.
+/// limit. Returns the status and the body. A bundle and a health answer are all this service
+/// fetches ([`crate::http::client`]).
 pub async fn http_get(
     url: &str,
     roots: Option<rustls::RootCertStore>,
 ) -> Result<(u16, Vec<u8>), String> {
-    tokio::time::timeout(HTTP_TIMEOUT, http_get_inner(url, roots))
-        .await
-        .map_err(|_| format!("{url}: no answer within {} s", HTTP_TIMEOUT.as_secs()))?
-}
-
-async fn http_get_inner(
-    url: &str,
-    roots: Option<rustls::RootCertStore>,
-) -> Result<(u16, Vec<u8>), String> {
-    let err = |e: &dyn std::fmt::Display| format!("{url}: {e}");
-    let uri: hyper::Uri = url.parse().map_err(|e| err(&e))?;
-    let tls = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(err(&"only http:// and https:// URLs")),
-    };
-    let host = uri.host().ok_or_else(|| err(&"no host"))?.to_owned();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let connect_host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let tcp = tokio::net::TcpStream::connect((connect_host.as_str(), port))
-        .await
-        .map_err(|e| err(&e))?;
-    let _ = tcp.set_nodelay(true);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let req = hyper::Request::get(path)
-        .header(
-            hyper::header::HOST,
-            uri.authority().map_or(host.as_str(), |a| a.as_str()),
-        )
-        .header(
-            hyper::header::USER_AGENT,
-            concat!("hais-control-plane/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| err(&e))?;
-    if tls {
-        let roots = roots.unwrap_or_else(|| {
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned())
-        });
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(&e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from(connect_host).map_err(|e| err(&e))?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| err(&e))?;
-        send(TokioIo::new(stream), req).await.map_err(|e| err(&e))
-    } else {
-        send(TokioIo::new(tcp), req).await.map_err(|e| err(&e))
-    }
-}
-
-async fn send<T>(io: T, req: hyper::Request<Empty<Bytes>>) -> Result<(u16, Vec<u8>), String>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string());
-    let out = match resp {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            Limited::new(resp.into_body(), MAX_BUNDLE_BYTES)
-                .collect()
-                .await
-                .map(|b| (status, b.to_bytes().to_vec()))
-                .map_err(|e| e.to_string())
-        }
-        Err(e) => Err(e),
-    };
-    driver.abort();
-    out
+    crate::http::client::send(crate::http::client::Outgoing {
+        roots,
+        timeout: HTTP_TIMEOUT,
+        max_response: MAX_BUNDLE_BYTES,
+        ..crate::http::client::Outgoing::get(url)
+    })
+    .await
 }
