@@ -29,7 +29,8 @@ use utoipa_axum::router::OpenApiRouter;
 
 use super::{BoxFuture, Host, Service, ServiceError, ServiceStats};
 use crate::bus::durable::{Ack, Batch, Handler, HandlerError, HandlerFuture};
-use crate::bus::log::FingerprintEvents;
+use crate::bus::log::{Detections, DurableTopic, FingerprintEvents};
+use crate::bus::topics::{Appended, BusAppended};
 use crate::state::AppState;
 use crate::store::correlation::Commit;
 use crate::store::{Store, now_us};
@@ -75,6 +76,7 @@ impl Service for CorrelationService {
             }));
             let handler = Arc::new(Correlator {
                 store: host.app.store.clone(),
+                app: host.app.clone(),
                 config,
                 stats: host.stats.clone(),
             });
@@ -88,6 +90,8 @@ impl Service for CorrelationService {
 #[derive(Debug)]
 pub struct Correlator {
     pub store: Arc<dyn Store>,
+    /// To wake the `detections` consumers of every process once findings are committed.
+    pub app: AppState,
     pub config: hais_correlation::Config,
     pub stats: Arc<ServiceStats>,
 }
@@ -156,6 +160,14 @@ impl Correlator {
                 findings = changes.findings.len(),
                 "correlation findings raised or updated"
             );
+            // The alert group's replicas in other processes would otherwise find the rows at
+            // their next poll.
+            self.app
+                .publish::<BusAppended>(&Appended {
+                    topic: Detections::NAME.to_owned(),
+                    items: changes.findings.len() as u64,
+                })
+                .await;
         }
         Ok(done)
     }
