@@ -207,14 +207,18 @@ where
             qb.push(")");
         }
     };
-    let others = q.identity.is_some()
-        || q.workload.is_some()
-        || q.host.is_some()
-        || q.agent.is_some()
-        || q.src_ip.is_some()
-        || q.dst_ip.is_some()
-        || q.dst_port.is_some()
-        || q.server_name.is_some();
+    let text = [
+        ("e.spiffe_id", &q.identity),
+        ("e.workload_key", &q.workload),
+        ("e.host", &q.host),
+        ("e.agent_id", &q.agent),
+        ("e.server_name", &q.server_name),
+    ];
+    let ips = [("e.src_ip", &q.src_ip), ("e.dst_ip", &q.dst_ip)];
+    // Any filter on `events` itself besides the id bounds.
+    let others = text.iter().any(|(_, v)| v.is_some())
+        || ips.iter().any(|(_, v)| v.is_some())
+        || q.dst_port.is_some();
     let page = i64::from(q.limit.clamp(1, MAX_PAGE_SIZE)) + 1;
     // The column the page is ordered by: the driving table's, so both engines walk its index
     // in order instead of sorting what matched.
@@ -254,20 +258,13 @@ where
         }
     }
     bounds(&mut qb, "e");
-    let text = [
-        ("e.spiffe_id", &q.identity),
-        ("e.workload_key", &q.workload),
-        ("e.host", &q.host),
-        ("e.agent_id", &q.agent),
-        ("e.server_name", &q.server_name),
-    ];
     for (col, v) in text {
         if let Some(v) = v {
             qb.push(format!(" AND {col} = "));
             qb.push_bind(v.clone());
         }
     }
-    for (col, ip) in [("e.src_ip", &q.src_ip), ("e.dst_ip", &q.dst_ip)] {
+    for (col, ip) in ips {
         if let Some(ip) = ip {
             // Stored as `IpAddr`'s display form, which is canonical (compressed IPv6, no zone).
             qb.push(format!(" AND {col} = "));
