@@ -124,6 +124,7 @@ async fn event_search(backend: Backend) {
         events.push(e);
     }
     t.ingest(&events).await;
+    t.search_indexed().await;
 
     // No filter: everything, newest first, across pages.
     let everything = expected(&events, |_| true);
@@ -249,6 +250,7 @@ async fn event_search(backend: Backend) {
         0,
     );
     t.ingest(std::slice::from_ref(&later)).await;
+    t.search_indexed().await;
     let (ids, _) = page(
         &t,
         &format!("identity={}", enc("spiffe://example.org/curl")),
@@ -340,6 +342,7 @@ async fn event_search(backend: Backend) {
 
     // Replays are stored once, and so listed once.
     t.ingest(&events[..3]).await;
+    t.search_indexed().await;
     let hosts: BTreeSet<_> = all_ids(&t, "", 1000).await.into_iter().collect();
     assert_eq!(hosts.len(), events.len() + 1);
     t.finish().await;

@@ -350,16 +350,18 @@ fn workloads_are_discovered_then_named_by_an_entry_and_a_template() {
     let (st, fp) = cp.get(&token, &format!("/api/ja4/fingerprints/ja4/{ja4}"));
     assert_eq!(st, 200, "{fp}");
     assert!(fp["workloads"].to_string().contains(&key), "{fp}");
-    // The events API finds curl's events by that JA4, with their workload and no identity.
-    let (st, found) = cp.get(&token, &format!("/api/ja4/events?method=ja4&value={ja4}"));
-    assert_eq!(st, 200, "{found}");
-    let first = found["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["workload_key"] == key.as_str())
-        .unwrap_or_else(|| panic!("no event of {key} with {ja4}: {found}"))
-        .clone();
+    // The events API finds curl's events by that JA4, with their workload and no identity
+    // (once the `search` group has indexed them: filtered search trails ingest a little).
+    let first = wait_for("curl's events by its JA4", Duration::from_secs(30), || {
+        let (st, found) = cp.get(&token, &format!("/api/ja4/events?method=ja4&value={ja4}"));
+        assert_eq!(st, 200, "{found}");
+        found["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["workload_key"] == key.as_str())
+            .cloned()
+    });
     assert!(first["identity"].is_null(), "{first}");
     assert_eq!(first["flow"]["dst_port"], tls, "{first}");
     let (st, one) = cp.get(
@@ -392,13 +394,15 @@ fn workloads_are_discovered_then_named_by_an_entry_and_a_template() {
         (st == 200 && v["count"].as_i64() >= Some(1)).then_some(())
     });
     // …and the events API finds them by that identity, with the same workload key.
-    let (st, named) = cp.get(
-        &token,
-        &format!("/api/ja4/events?identity={spiffe}&limit=5"),
-    );
-    assert_eq!(st, 200, "{named}");
-    let named = named["items"].as_array().unwrap();
-    assert!(!named.is_empty());
+    let named = wait_for("curl's events by identity", Duration::from_secs(30), || {
+        let (st, named) = cp.get(
+            &token,
+            &format!("/api/ja4/events?identity={spiffe}&limit=5"),
+        );
+        assert_eq!(st, 200, "{named}");
+        let named = named["items"].as_array().unwrap().clone();
+        (!named.is_empty()).then_some(named)
+    });
     assert!(
         named
             .iter()

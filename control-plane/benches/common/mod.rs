@@ -270,3 +270,75 @@ pub fn for_each_backend<F: std::future::Future<Output = ()>>(
         rt.block_on(run(b.to_owned()));
     }
 }
+
+/// The ja4 service's `search` consumer group (`services::ja4::search`), run over a bench's
+/// store as the service runs it, so that filtered event search sees what the bench ingests.
+pub struct SearchIndexer {
+    store: std::sync::Arc<dyn hais_control_plane::store::Store>,
+    wake: std::sync::Arc<hais_control_plane::bus::durable::Wakeups>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SearchIndexer {
+    pub async fn start(store: std::sync::Arc<dyn hais_control_plane::store::Store>) -> Self {
+        use hais_control_plane::bus::durable::{
+            Consumer, ConsumerMetrics, ConsumerOptions, Wakeups,
+        };
+        use hais_control_plane::bus::log::FingerprintEvents;
+        use hais_control_plane::services::ja4::search;
+        let wake = std::sync::Arc::new(Wakeups::default());
+        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        let task = Consumer::<FingerprintEvents>::new(
+            store.clone(),
+            wake.clone(),
+            search::GROUP,
+            "bench",
+            ConsumerOptions {
+                poll_interval: std::time::Duration::from_millis(50),
+                ..Default::default()
+            },
+            std::sync::Arc::new(search::SearchIndexer {
+                store: store.clone(),
+            }),
+            std::sync::Arc::new(ConsumerMetrics::default()),
+        )
+        .spawn(rx);
+        SearchIndexer {
+            store,
+            wake,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Tells the indexer that events were stored (the live bus does this in the service).
+    pub fn poke(&self) {
+        self.wake.poke("fingerprint.events");
+    }
+
+    /// Items stored but not indexed yet.
+    pub async fn lag(&self) -> i64 {
+        let positions = self
+            .store
+            .bus_positions(hais_control_plane::store::now_us(), 60_000_000)
+            .await
+            .expect("bus positions");
+        positions
+            .iter()
+            .find(|p| p.group == hais_control_plane::services::ja4::search::GROUP)
+            .map_or(i64::MAX, |p| p.lag_items)
+    }
+
+    /// Waits until every stored event is indexed.
+    pub async fn caught_up(&self) {
+        while self.lag().await > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}

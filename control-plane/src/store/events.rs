@@ -1,12 +1,20 @@
 //! Event search: stored events, newest first, filtered by any flow field, identity, workload or
-//! fingerprint, one keyset page at a time (migration `0008_events_search`).
+//! fingerprint, one keyset page at a time.
 //!
-//! Every filter has an index ending in the event id (`(host, id)`, `(spiffe_id, id)`, …; the
-//! fingerprints through the side table `event_fingerprints (method, value, id)`), and the id is a
-//! UUIDv7, i.e. the event's time. So "this value, newest first, before this cursor, within this
-//! time range" is one backward range scan per index (per daily partition on PostgreSQL, where the
-//! time range also prunes partitions), whatever the table holds. The time range is the event
-//! time carried by the id (the agent stamps id and `timestamp` together).
+//! Search has tables of its own (migrations `0008_events_search`, `0013_event_search_async`):
+//! `event_search`, one row per event with every filtered column, each with an index ending in
+//! the event id (`(host, id)`, `(spiffe_id, id)`, …), and `event_fingerprints (method, value,
+//! id)`. The id is a UUIDv7, i.e. the event's time, so "this value, newest first, before this
+//! cursor, within this time range" is one backward range scan per index (per daily partition on
+//! PostgreSQL, where the time range also prunes partitions), whatever the tables hold. The time
+//! range is the event time carried by the id (the agent stamps id and `timestamp` together).
+//!
+//! Ingest does not write them: maintaining ten btrees in the ingest transaction cut PostgreSQL
+//! ingest by 60%. The ja4 service's durable consumer group `search` of `fingerprint.events`
+//! writes them ([`EventStore::index_events`]) in a transaction with its checkpoint, so each
+//! event is indexed exactly once, shortly after it is stored, and filtered search lags ingest
+//! by that group's lag (`hais_bus_group_lag_items{group="search"}`). A search with no filter
+//! reads `events` itself and is never behind.
 //!
 //! A filter on a fingerprint value without its method looks the methods up in the fingerprint
 //! roll-up first (a value nearly always belongs to one method; the read folds pending roll-up
@@ -28,8 +36,14 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::bus::Checkpoint;
 use super::query::MAX_PAGE_SIZE;
 use super::{Page, StoreError, StoreFuture, uuid_floor_ms};
+
+/// The tables search reads besides `events`, written by [`EventStore::index_events`]. On
+/// PostgreSQL they are partitioned exactly like `events` and retired with it
+/// (`store::partitions`).
+pub(crate) const SEARCH_TABLES: [&str; 2] = ["event_fingerprints", "event_search"];
 
 /// Filters of an event search. All given filters must match (AND).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,6 +113,14 @@ pub trait EventStore: Send + Sync {
     /// Events matching `q`, newest first, one page.
     fn events<'a>(&'a self, q: &'a EventQuery) -> StoreFuture<'a, Page<EventRecord>>;
     fn event(&self, id: Uuid) -> StoreFuture<'_, Option<EventRecord>>;
+    /// Writes the search rows of stored `events` and commits `checkpoint` (the `search` consumer
+    /// group's progress) in the same transaction: indexed once, or not at all.
+    /// [`StoreError::Fenced`] when the group's partition moved to another member meanwhile.
+    fn index_events<'a>(
+        &'a self,
+        events: &'a [&'a FingerprintEvent],
+        checkpoint: &'a Checkpoint,
+    ) -> StoreFuture<'a, ()>;
 }
 
 /// The columns [`record`] decodes, in order.
@@ -166,6 +188,10 @@ where
 /// Builds the search statement, `limit + 1` rows so the caller can tell whether another page
 /// follows. `methods`: the methods the fingerprint filter covers (the query's own, or those the
 /// roll-up knows for a bare value); empty for no fingerprint filter.
+///
+/// With no filter but the id bounds, `events` is read directly (newest first along its primary
+/// key). Otherwise the page's ids come from the search tables, walked newest first along the
+/// driving filter's index, and only those events are read.
 pub(crate) fn build<DB>(q: &EventQuery, methods: &[Method]) -> QueryBuilder<DB>
 where
     DB: Database,
@@ -175,9 +201,8 @@ where
     for<'t> i64: Encode<'t, DB> + Type<DB>,
     for<'t> Uuid: Encode<'t, DB> + Type<DB>,
 {
-    let mut qb = QueryBuilder::<DB>::new(format!("SELECT {COLUMNS} FROM events e"));
-    // The id bounds (cursor, time range), on every table scanned: on PostgreSQL they prune the
-    // partitions of each.
+    // The id bounds (cursor, time range), on the table that drives: on PostgreSQL they prune
+    // its partitions.
     let lower = q.from_us.map(|us| uuid_floor_ms(us.div_euclid(1000)));
     let upper = q.to_us.map(|us| uuid_floor_ms(us.div_euclid(1000) + 1));
     let bounds = |qb: &mut QueryBuilder<DB>, alias: &str| {
@@ -207,76 +232,97 @@ where
             qb.push(")");
         }
     };
+    // The filters on `event_search` (alias `s`), each a column with an index ending in the id.
     let text = [
-        ("e.spiffe_id", &q.identity),
-        ("e.workload_key", &q.workload),
-        ("e.host", &q.host),
-        ("e.agent_id", &q.agent),
-        ("e.server_name", &q.server_name),
+        ("s.spiffe_id", &q.identity),
+        ("s.workload_key", &q.workload),
+        ("s.host", &q.host),
+        ("s.agent_id", &q.agent),
+        ("s.server_name", &q.server_name),
     ];
-    let ips = [("e.src_ip", &q.src_ip), ("e.dst_ip", &q.dst_ip)];
-    // Any filter on `events` itself besides the id bounds.
+    let ips = [("s.src_ip", &q.src_ip), ("s.dst_ip", &q.dst_ip)];
     let others = text.iter().any(|(_, v)| v.is_some())
         || ips.iter().any(|(_, v)| v.is_some())
         || q.dst_port.is_some();
+    let search_filters = |qb: &mut QueryBuilder<DB>| {
+        for (col, v) in text {
+            if let Some(v) = v {
+                qb.push(format!(" AND {col} = "));
+                qb.push_bind(v.clone());
+            }
+        }
+        for (col, ip) in ips {
+            if let Some(ip) = ip {
+                // Stored as `IpAddr`'s display form, which is canonical (compressed IPv6, no
+                // zone).
+                qb.push(format!(" AND {col} = "));
+                qb.push_bind(ip.to_string());
+            }
+        }
+        if let Some(p) = q.dst_port {
+            qb.push(" AND s.dst_port = ");
+            qb.push_bind(i64::from(p));
+        }
+    };
     let page = i64::from(q.limit.clamp(1, MAX_PAGE_SIZE)) + 1;
-    // The column the page is ordered by: the driving table's, so both engines walk its index
+    let mut qb = QueryBuilder::<DB>::new(format!("SELECT {COLUMNS} FROM events e WHERE "));
+    if methods.is_empty() && !others {
+        qb.push("1 = 1");
+        bounds(&mut qb, "e");
+        qb.push(" ORDER BY e.id DESC LIMIT ");
+        qb.push_bind(page);
+        return qb;
+    }
+    qb.push("e.id IN (");
+    // The column the page is ordered by is the driving table's, so both engines walk its index
     // in order instead of sorting what matched.
-    let mut order = "e.id";
-    match (&q.value, methods.is_empty()) {
+    let order = match (&q.value, methods.is_empty()) {
         // (method, value, id) is the side table's key: at most one row per event. CROSS JOIN
         // makes SQLite drive from it (its planner may not reorder a CROSS JOIN; PostgreSQL's
         // does, with the statistics of the actual value).
         (Some(v), false) => {
-            qb = QueryBuilder::new(format!(
-                "SELECT {COLUMNS} FROM event_fingerprints f CROSS JOIN events e \
-                 WHERE e.id = f.id AND f.value = "
-            ));
+            qb.push("SELECT f.id FROM event_fingerprints f");
+            if others {
+                qb.push(" CROSS JOIN event_search s WHERE s.id = f.id AND f.value = ");
+            } else {
+                qb.push(" WHERE f.value = ");
+            }
             qb.push_bind(v.clone());
             method_filter(&mut qb);
             bounds(&mut qb, "f");
-            order = "f.id";
+            "f.id"
         }
         // An event may carry several fingerprints of one method (certificates, SSH windows):
         // the newest distinct ids of the method, straight from its (method, id) index.
         (None, false) if !others => {
-            qb.push(" WHERE e.id IN (SELECT DISTINCT f.id FROM event_fingerprints f WHERE 1 = 1");
+            qb.push("SELECT DISTINCT f.id FROM event_fingerprints f WHERE 1 = 1");
             method_filter(&mut qb);
             bounds(&mut qb, "f");
-            qb.push(" ORDER BY f.id DESC LIMIT ");
-            qb.push_bind(page);
-            qb.push(")");
+            "f.id"
         }
         // With other filters, whichever side is more selective drives (the planner's choice).
         (None, false) => {
-            qb.push(" WHERE EXISTS (SELECT 1 FROM event_fingerprints f WHERE f.id = e.id");
+            qb.push(
+                "SELECT s.id FROM event_search s WHERE EXISTS \
+                 (SELECT 1 FROM event_fingerprints f WHERE f.id = s.id",
+            );
             method_filter(&mut qb);
             qb.push(")");
+            bounds(&mut qb, "s");
+            "s.id"
         }
         _ => {
-            qb.push(" WHERE 1 = 1");
+            qb.push("SELECT s.id FROM event_search s WHERE 1 = 1");
+            bounds(&mut qb, "s");
+            "s.id"
         }
-    }
-    bounds(&mut qb, "e");
-    for (col, v) in text {
-        if let Some(v) = v {
-            qb.push(format!(" AND {col} = "));
-            qb.push_bind(v.clone());
-        }
-    }
-    for (col, ip) in ips {
-        if let Some(ip) = ip {
-            // Stored as `IpAddr`'s display form, which is canonical (compressed IPv6, no zone).
-            qb.push(format!(" AND {col} = "));
-            qb.push_bind(ip.to_string());
-        }
-    }
-    if let Some(p) = q.dst_port {
-        qb.push(" AND e.dst_port = ");
-        qb.push_bind(i64::from(p));
+    };
+    if others {
+        search_filters(&mut qb);
     }
     qb.push(format!(" ORDER BY {order} DESC LIMIT "));
     qb.push_bind(page);
+    qb.push(") ORDER BY e.id DESC");
     qb
 }
 
@@ -331,6 +377,36 @@ macro_rules! impl_event_store {
                         .await?;
                     let items = rows.iter().map(record).collect::<Result<Vec<_>, _>>()?;
                     Ok(paginate(items, q.limit))
+                })
+            }
+
+            fn index_events<'a>(
+                &'a self,
+                events: &'a [&'a FingerprintEvent],
+                checkpoint: &'a Checkpoint,
+            ) -> StoreFuture<'a, ()> {
+                Box::pin(async move {
+                    self.prepare_search(events, false).await?;
+                    let mut again = false;
+                    loop {
+                        let mut tx = self.writer().begin().await?;
+                        let written = super::sql::insert_search_rows::<$db>(&mut *tx, events).await;
+                        match written {
+                            // A partition retired since `prepare_search` (PostgreSQL).
+                            Err(StoreError::Database(e))
+                                if !again && super::partitions::is_missing_partition(&e) =>
+                            {
+                                drop(tx);
+                                again = true;
+                                self.prepare_search(events, true).await?;
+                                continue;
+                            }
+                            other => other?,
+                        }
+                        super::bus::commit_checkpoint::<$db>(&mut *tx, checkpoint).await?;
+                        tx.commit().await?;
+                        return Ok(());
+                    }
                 })
             }
 

@@ -23,6 +23,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, PgConnection};
 use time::{Date, Month, Time};
 
+use super::events::SEARCH_TABLES as SIDE_TABLES;
 use super::{StoreError, uuid_floor_ms};
 
 /// Advisory lock key serialising partition DDL across processes ("HAISPART").
@@ -101,10 +102,11 @@ impl Span {
         }
     }
 
-    /// The name of the `event_fingerprints` partition with the same bounds (migration
-    /// `0008_events_search`: the side table is partitioned exactly like `events`).
-    pub(crate) fn side_name(self) -> String {
-        format!("event_fingerprints{}", &self.name()["events".len()..])
+    /// The name of side table `table`'s partition with the same bounds (the side tables are
+    /// partitioned exactly like `events`: migrations `0008_events_search`,
+    /// `0013_event_search_async`).
+    pub(crate) fn side_name(self, table: &str) -> String {
+        format!("{table}{}", &self.name()["events".len()..])
     }
 
     /// `FOR VALUES FROM (…) TO (…)` of this span.
@@ -200,13 +202,15 @@ pub(crate) async fn ensure(
                 span
             }
         };
-        // The side table's twin; already there for partitions the migration mirrored.
-        let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS {} PARTITION OF event_fingerprints {}",
-            span.side_name(),
-            span.bounds()
-        );
-        sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
+        // The side tables' twins; already there for partitions the migrations mirrored.
+        for table in SIDE_TABLES {
+            let ddl = format!(
+                "CREATE TABLE IF NOT EXISTS {} PARTITION OF {table} {}",
+                span.side_name(table),
+                span.bounds()
+            );
+            sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
+        }
     }
     tx.commit().await?;
     known
@@ -225,12 +229,14 @@ pub(crate) struct Dropped {
     pub(crate) estimated: bool,
 }
 
-/// Prefixes of partitions (of `events`, of `event_fingerprints`) detached by retention and not
-/// dropped yet.
-const RETIRED_PREFIXES: [&str; 2] = ["events_retired_", "event_fingerprints_retired_"];
+/// The name a partition of `table` (`events` or a side table) gets once retention detached it,
+/// until [`drop_retired`] drops it.
+fn retired_prefix(table: &str) -> String {
+    format!("{table}_retired_")
+}
 
 /// Detaches every partition (daily or monthly) wholly older than `cutoff_ms` and renames it
-/// `events_retired_…`; [`drop_retired`] then drops it.
+/// `events_retired_…` (its side tables' twins alike); [`drop_retired`] then drops them.
 ///
 /// Why not `DROP TABLE` here: dropping a partition deletes its files at commit, while it still
 /// holds the lock on `events` that it took to detach it, and deleting gigabytes of files is not
@@ -263,26 +269,27 @@ pub(crate) async fn retire_older(
             .execute(&mut *tx)
             .await?;
         let suffix = &name["events_".len()..];
-        let side = span.side_name();
-        let has_side: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(&side)
-            .fetch_one(&mut *tx)
-            .await?;
         let mut ddl = vec![
             format!("ALTER TABLE events DETACH PARTITION {name}"),
             format!(
                 "ALTER TABLE {name} RENAME TO {}{suffix}",
-                RETIRED_PREFIXES[0]
+                retired_prefix("events")
             ),
         ];
-        if has_side {
-            ddl.push(format!(
-                "ALTER TABLE event_fingerprints DETACH PARTITION {side}"
-            ));
-            ddl.push(format!(
-                "ALTER TABLE {side} RENAME TO {}{suffix}",
-                RETIRED_PREFIXES[1]
-            ));
+        for table in SIDE_TABLES {
+            let side = span.side_name(table);
+            // Monthly partitions from before a side table existed may have no twin.
+            let has_side: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(&side)
+                .fetch_one(&mut *tx)
+                .await?;
+            if has_side {
+                ddl.push(format!("ALTER TABLE {table} DETACH PARTITION {side}"));
+                ddl.push(format!(
+                    "ALTER TABLE {side} RENAME TO {}{suffix}",
+                    retired_prefix(table)
+                ));
+            }
         }
         for ddl in ddl {
             sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
@@ -301,9 +308,9 @@ pub(crate) async fn retire_older(
 
 /// Drops the partitions retention detached, including any a stopped process left behind.
 pub(crate) async fn drop_retired(pool: &PgPool) -> Result<u64, StoreError> {
-    let patterns: Vec<String> = RETIRED_PREFIXES
-        .iter()
-        .map(|p| format!("{}%", p.replace('_', "\\_")))
+    let patterns: Vec<String> = std::iter::once("events")
+        .chain(SIDE_TABLES)
+        .map(|t| format!("{}%", retired_prefix(t).replace('_', "\\_")))
         .collect();
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \

@@ -295,10 +295,12 @@ impl PgStore {
             retiring.retain(|t| !t.is_finished());
             retiring.push(task);
         }
-        sqlx::query("DELETE FROM event_fingerprints WHERE id < $1")
-            .bind(uuid_floor_ms(cutoff_ms))
-            .execute(&self.pool)
-            .await?;
+        for table in super::events::SEARCH_TABLES {
+            sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE id < $1")))
+                .bind(uuid_floor_ms(cutoff_ms))
+                .execute(&self.pool)
+                .await?;
+        }
         let deleted = sqlx::query("DELETE FROM events WHERE id < $1")
             .bind(uuid_floor_ms(cutoff_ms))
             .execute(&self.pool)
@@ -310,6 +312,28 @@ impl PgStore {
             partitions_dropped: dropped.partitions,
             ..RetentionOutcome::default()
         })
+    }
+
+    /// Makes sure the search tables have a partition for every event's day. They do unless
+    /// retention retired the day meanwhile (the `search` group lagged past the cutoff): the
+    /// partition is then made again, and the next retention retires it again.
+    pub(super) async fn prepare_search(
+        &self,
+        events: &[&FingerprintEvent],
+        again: bool,
+    ) -> Result<(), StoreError> {
+        if again {
+            self.partitions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
+        partitions::ensure(
+            &self.pool,
+            &self.partitions,
+            events.iter().map(|e| uuid_ms(&e.id)),
+        )
+        .await
     }
 
     /// Lets the writers finish the queued jobs and end.
@@ -501,21 +525,6 @@ fn put_opt(out: &mut Vec<u8>, v: Option<&str>) {
     }
 }
 
-/// The `event_fingerprints` rows of new events as one binary COPY stream.
-fn fingerprint_copy<'a>(events: impl IntoIterator<Item = &'a FingerprintEvent>) -> Vec<u8> {
-    let rows = super::sql::event_fingerprint_rows(events);
-    let mut out = Vec::with_capacity(COPY_HEADER.len() + rows.len() * 96 + 2);
-    out.extend_from_slice(COPY_HEADER);
-    for (method, value, id) in rows {
-        out.extend_from_slice(&3i16.to_be_bytes());
-        put_field(&mut out, method.as_bytes());
-        put_field(&mut out, value.as_bytes());
-        put_field(&mut out, id.as_bytes());
-    }
-    out.extend_from_slice(COPY_TRAILER);
-    out
-}
-
 /// Runs one binary `COPY table (columns) FROM STDIN` of `data` in the transaction.
 async fn copy_in(
     tx: &mut sqlx::PgConnection,
@@ -571,14 +580,6 @@ async fn write_group_tx(
         .zip(&flags)
         .filter(|(_, new)| **new)
         .map(|(e, _)| *e);
-    // Only new events get here, and their rows are distinct: COPY cannot conflict.
-    copy_in(
-        &mut tx,
-        "event_fingerprints",
-        &["method", "value", "id"],
-        fingerprint_copy(new.clone()),
-    )
-    .await?;
     let r = BatchDeltas::from_events(new.clone());
     // The new events go on the durable bus in this transaction (the outbox). Appending takes no
     // lock: transactions order their rows by their own id (see `store::bus::BusDialect::READ`).

@@ -255,7 +255,7 @@ pub(crate) async fn upsert_seen<DB: Dialect, const K: usize>(
     Ok(())
 }
 
-/// Columns of `events`, in the order [`event_columns`] and the PostgreSQL COPY write them.
+/// Columns of `events`, in the order the PostgreSQL COPY writes them.
 pub(crate) const EVENT_COLUMNS: [&str; 15] = [
     "id",
     "ts_us",
@@ -278,11 +278,27 @@ fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-/// The events as [`EVENT_COLUMNS`] columns.
-fn event_columns<'a>(
+/// Columns of `event_search` (migration `0013_event_search_async`): the id and every column an
+/// events filter matches.
+pub(crate) const SEARCH_COLUMNS: [&str; 9] = [
+    "id",
+    "host",
+    "agent_id",
+    "src_ip",
+    "dst_ip",
+    "dst_port",
+    "server_name",
+    "spiffe_id",
+    "workload_key",
+];
+
+/// Column `name` (of [`EVENT_COLUMNS`] or [`SEARCH_COLUMNS`]) of the events: one definition of
+/// what each column holds, for both tables.
+fn event_column<'a>(
+    name: &str,
     events: &[&'a FingerprintEvent],
     received: i64,
-) -> Result<Vec<Column<'a>>, StoreError> {
+) -> Result<Column<'a>, StoreError> {
     let text = |f: fn(&'a FingerprintEvent) -> Option<&'a str>| {
         Column::Text(events.iter().map(|e| f(e)).collect())
     };
@@ -290,24 +306,24 @@ fn event_columns<'a>(
     let shown = |f: fn(&FingerprintEvent) -> String| {
         Column::Owned(events.iter().map(|e| Some(f(e))).collect())
     };
-    Ok(vec![
-        Column::Uuid(events.iter().map(|e| e.id).collect()),
-        int(|e| to_us(e.timestamp)),
-        text(|e| Some(&e.agent_id)),
-        text(|e| Some(&e.host)),
-        shown(|e| e.flow.src_ip.to_string()),
-        int(|e| i64::from(e.flow.src_port)),
-        shown(|e| e.flow.dst_ip.to_string()),
-        int(|e| i64::from(e.flow.dst_port)),
-        text(|e| Some(e.flow.transport.as_str())),
-        text(|e| e.server_name.as_deref()),
-        Column::Owned(
+    Ok(match name {
+        "id" => Column::Uuid(events.iter().map(|e| e.id).collect()),
+        "ts_us" => int(|e| to_us(e.timestamp)),
+        "agent_id" => text(|e| Some(&e.agent_id)),
+        "host" => text(|e| Some(&e.host)),
+        "src_ip" => shown(|e| e.flow.src_ip.to_string()),
+        "src_port" => int(|e| i64::from(e.flow.src_port)),
+        "dst_ip" => shown(|e| e.flow.dst_ip.to_string()),
+        "dst_port" => int(|e| i64::from(e.flow.dst_port)),
+        "transport" => text(|e| Some(e.flow.transport.as_str())),
+        "server_name" => text(|e| e.server_name.as_deref()),
+        "fingerprints" => Column::Owned(
             events
                 .iter()
                 .map(|e| json(&e.fingerprints).map(Some))
                 .collect::<Result<_, _>>()?,
         ),
-        Column::Owned(
+        "workload" => Column::Owned(
             events
                 .iter()
                 .map(|e| {
@@ -317,10 +333,23 @@ fn event_columns<'a>(
                 })
                 .collect::<Result<_, _>>()?,
         ),
-        Column::Int(vec![received; events.len()]),
-        text(|e| e.workload.spiffe_id.as_deref()),
-        text(|e| e.workload.key.as_deref()),
-    ])
+        "received_us" => Column::Int(vec![received; events.len()]),
+        "spiffe_id" => text(|e| e.workload.spiffe_id.as_deref()),
+        "workload_key" => text(|e| e.workload.key.as_deref()),
+        other => return Err(StoreError::Corrupt(format!("no event column {other}"))),
+    })
+}
+
+/// The events as the columns `names`.
+fn event_columns<'a>(
+    names: &[&str],
+    events: &[&'a FingerprintEvent],
+    received: i64,
+) -> Result<Vec<Column<'a>>, StoreError> {
+    names
+        .iter()
+        .map(|n| event_column(n, events, received))
+        .collect()
 }
 
 /// The `event_fingerprints` rows of `events` (method, value, id): one per distinct fingerprint
@@ -341,12 +370,26 @@ pub(crate) fn event_fingerprint_rows<'a>(
     rows
 }
 
-/// Indexes the fingerprints of newly stored events for search (`event_fingerprints`).
-pub(crate) async fn insert_event_fingerprints<'a, DB: Dialect>(
+/// Indexes stored events for search: their `event_search` rows and their fingerprints'
+/// `event_fingerprints` rows. Rows already there are left alone, so indexing an event twice (a
+/// replayed bus row, the overlap after an upgrade) is harmless.
+pub(crate) async fn insert_search_rows<DB: Dialect>(
     conn: &mut DB::Connection,
-    events: impl IntoIterator<Item = &'a FingerprintEvent>,
+    events: &[&FingerprintEvent],
 ) -> Result<(), StoreError> {
-    let rows = event_fingerprint_rows(events);
+    if events.is_empty() {
+        return Ok(());
+    }
+    let cols = event_columns(&SEARCH_COLUMNS, events, 0)?;
+    insert_rows::<DB>(
+        conn,
+        "event_search",
+        &SEARCH_COLUMNS,
+        &cols,
+        " ON CONFLICT DO NOTHING",
+    )
+    .await?;
+    let rows = event_fingerprint_rows(events.iter().copied());
     if rows.is_empty() {
         return Ok(());
     }
@@ -373,7 +416,7 @@ pub(crate) async fn insert_events<DB: Dialect>(
     events: &[&FingerprintEvent],
     received: i64,
 ) -> Result<Vec<bool>, StoreError> {
-    let cols = event_columns(events, received)?;
+    let cols = event_columns(&EVENT_COLUMNS, events, received)?;
     let rows = insert_rows::<DB>(
         conn,
         "events",

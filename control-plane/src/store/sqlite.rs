@@ -136,11 +136,6 @@ impl SqliteStore {
                 out.duplicates += 1;
             }
         }
-        super::sql::insert_event_fingerprints::<Sqlite>(
-            &mut *tx,
-            out.stored.iter().map(|&i| &events[i]),
-        )
-        .await?;
         let r = BatchDeltas::from_events(out.stored.iter().map(|&i| &events[i]));
         // The new events go on the durable bus in this transaction (the outbox): stored and
         // published together, or neither.
@@ -158,10 +153,14 @@ impl SqliteStore {
     async fn retain_events(&self, cutoff_us: i64) -> Result<RetentionOutcome, StoreError> {
         let floor = uuid_floor_ms(cutoff_us.div_euclid(1000));
         self.rollups.settle().await?;
-        sqlx::query("DELETE FROM event_fingerprints WHERE id < $1")
+        for table in super::events::SEARCH_TABLES {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE id < $1"
+            )))
             .bind(floor)
             .execute(&self.writer)
             .await?;
+        }
         let events = sqlx::query("DELETE FROM events WHERE id < $1")
             .bind(floor)
             .execute(&self.writer)
@@ -171,6 +170,15 @@ impl SqliteStore {
             events_deleted: events,
             ..RetentionOutcome::default()
         })
+    }
+
+    /// Nothing to prepare: one table, no partitions.
+    pub(super) async fn prepare_search(
+        &self,
+        _events: &[&FingerprintEvent],
+        _again: bool,
+    ) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Nothing to stop: ingest runs in the caller's task.

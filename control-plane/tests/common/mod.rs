@@ -354,6 +354,29 @@ impl TestApp {
         v
     }
 
+    /// Waits until the `search` consumer group has indexed every event stored so far: filtered
+    /// event search trails ingest by that group's lag.
+    pub async fn search_indexed(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (s, v) = self
+                .call("GET", "/api/bus/consumers", Some(&self.admin), None)
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            let caught_up = v.as_array().unwrap().iter().any(|g| {
+                g["group"] == "search" && g["topic"] == "fingerprint.events" && g["lag_items"] == 0
+            });
+            if caught_up {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the search group did not catch up in 60 s: {v}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn finish(mut self) {
         if let Some(app) = self.app.take() {
             app.shutdown().await;

@@ -24,6 +24,7 @@ use super::identity::Identity;
 use super::spire::Spire;
 use super::{BoxFuture, Host, Service, ServiceError};
 use crate::auth::{Caller, allow};
+use crate::bus::log::DurableTopic;
 use crate::bus::topics::{
     FingerprintBatchRef, FingerprintEvents, FingerprintLabeled, LabelChange, RetentionRan,
 };
@@ -41,6 +42,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub mod events;
+pub mod search;
 pub mod uplink;
 
 /// The ja4 service's seed port: its HTTP API alone, and the agents' QUIC uplink (UDP) in every
@@ -82,13 +84,25 @@ impl Service for Ja4 {
         super::with_handle(r, self.identity.get())
     }
 
-    /// Loads the identity and spire handles, and starts retention, the agents' uplink and the
-    /// uplink's revocation watch.
+    /// Loads the identity and spire handles, and starts the search indexer, retention, the
+    /// agents' uplink and the uplink's revocation watch.
     fn start<'a>(&'a self, host: &'a mut Host) -> BoxFuture<'a, Result<(), ServiceError>> {
         Box::pin(async move {
             let identity = super::identity::handle(host).await?;
             let spire = super::spire::handle(host).await?;
             let app = host.app.clone();
+            // Registered before anything is ingested, so the log keeps every event's row until
+            // the indexer has passed it.
+            app.store
+                .bus_register(search::GROUP, <FingerprintEvents as DurableTopic>::NAME)
+                .await?;
+            super::consume::<FingerprintEvents>(
+                host,
+                search::GROUP,
+                Arc::new(search::SearchIndexer {
+                    store: app.store.clone(),
+                }),
+            );
             if app.config.retention_days > 0 {
                 host.tasks
                     .push(spawn_retention(app.clone(), host.shutdown.clone()));
