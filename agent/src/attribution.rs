@@ -255,23 +255,27 @@ impl Notifier {
 /// A short connection's SYN and FIN often arrive in the same capture block, so its report is
 /// built microseconds after the attributor was notified, before it could answer. Sending it
 /// at once would lose an attribution the attributor is about to find; waiting on the capture
-/// thread would stall capture. So such reports wait here, in order, at most `wait` and at most
-/// `max` of them, and [`Holdback::poll`] releases each once its answer is in or its time is
-/// up. A flow that was never notified (it began before the agent) also waits out `wait`: its
-/// output is delayed, nothing is lost.
+/// thread would stall capture. So such reports wait here, in order, at most `max` of them, and
+/// [`Holdback::poll`] releases each once its answer is in or its time is up: `wait` for a flow
+/// the attributor is not working on (it began before the agent: its output is delayed, nothing
+/// is lost), up to `wait_resolving` while the attributor is still resolving it (hashing a large
+/// executable, a busy `/proc`: a fixed short wait lost those answers).
 #[derive(Debug)]
 pub struct Holdback<T> {
+    /// When each report was offered, its flow, the report.
     queue: VecDeque<(Instant, FlowKey, T)>,
     max: usize,
     wait: Duration,
+    wait_resolving: Duration,
 }
 
 impl<T> Holdback<T> {
-    pub fn new(max: usize, wait: Duration) -> Holdback<T> {
+    pub fn new(max: usize, wait: Duration, wait_resolving: Duration) -> Holdback<T> {
         Holdback {
             queue: VecDeque::new(),
             max,
             wait,
+            wait_resolving: wait_resolving.max(wait),
         }
     }
 
@@ -296,7 +300,7 @@ impl<T> Holdback<T> {
         if !matches!(att.peek(&key), Attribution::Unknown) || self.queue.len() >= self.max {
             out.push((item, att.take(&key)));
         } else {
-            self.queue.push_back((now + self.wait, key, item));
+            self.queue.push_back((now, key, item));
         }
     }
 
@@ -313,11 +317,16 @@ impl<T> Holdback<T> {
             return;
         }
         let mut keep = VecDeque::with_capacity(self.queue.len());
-        for (deadline, key, item) in self.queue.drain(..) {
-            if force || now >= deadline || !matches!(att.peek(&key), Attribution::Unknown) {
+        for (offered, key, item) in self.queue.drain(..) {
+            let waited = now.saturating_duration_since(offered);
+            let release = force
+                || !matches!(att.peek(&key), Attribution::Unknown)
+                || waited >= self.wait_resolving
+                || (waited >= self.wait && !att.resolving(&key));
+            if release {
                 out.push((item, att.take(&key)));
             } else {
-                keep.push_back((deadline, key, item));
+                keep.push_back((offered, key, item));
             }
         }
         self.queue = keep;
@@ -611,7 +620,7 @@ mod tests {
             src: sa([192, 0, 2, 1], port),
             dst: sa([192, 0, 2, 2], 443),
         };
-        let mut hb = Holdback::new(2, Duration::from_millis(50));
+        let mut hb = Holdback::new(2, Duration::from_millis(50), Duration::from_secs(3));
         let mut out = Vec::new();
         let t0 = Instant::now();
         // Never notified: held until its time is up.

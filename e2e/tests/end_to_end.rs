@@ -493,9 +493,6 @@ fn correlation_raises_nothing_for_resumed_sessions() {
 /// Second half: a Python client under the same identity afterwards gives exactly one
 /// new-fingerprint finding, naming Python's JA4.
 #[test]
-#[ignore = "Python's flow reaches the control plane without a workload on this machine (the \
-            agent does not attribute it), so it never joins the identity; to investigate in the \
-            agent's attribution"]
 fn correlation_finds_a_python_client() {
     correlation_scenario(true);
 }

@@ -140,10 +140,15 @@ const CHANNEL_BATCHES: usize = 256;
 /// How often the main thread makes the spool durable (see the spool's fsync policy).
 const SPOOL_SYNC_EVERY: Duration = Duration::from_millis(100);
 
-/// Longest a finished stream waits for its attribution (see [`Holdback`]): far above the
-/// attributor's usual answer time (well under a millisecond, plus its batch window under
-/// load), far below anything a reader of the records would notice.
+/// Longest a finished stream waits for its attribution (see [`Holdback`]) when the attributor
+/// was not asked about it: far above the attributor's usual answer time (well under a
+/// millisecond, plus its batch window under load), far below anything a reader of the records
+/// would notice.
 const HOLDBACK_WAIT: Duration = Duration::from_millis(200);
+/// Longest it waits while the attributor is resolving it: the first flow of a process whose
+/// executable is large is answered once the executable is hashed (tens of milliseconds for
+/// 100 MB, more on a loaded host or an unoptimised build).
+const HOLDBACK_RESOLVING_WAIT: Duration = Duration::from_secs(3);
 
 /// A capture thread hands its finished records and events over at most this often (or once
 /// [`HANDOVER_EVENTS`] have gathered). With attribution the kernel hands packets over every
@@ -368,7 +373,7 @@ fn run_inner(args: &RunArgs) -> Result<(), Failure> {
                 )
             }),
             attributor: attributor.clone(),
-            holdback: Holdback::new(HOLDBACK_MAX, HOLDBACK_WAIT),
+            holdback: Holdback::new(HOLDBACK_MAX, HOLDBACK_WAIT, HOLDBACK_RESOLVING_WAIT),
             with_workload: cfg.output.with_workload,
             idle_wait_max,
             pending: Finished::default(),

@@ -450,6 +450,13 @@ mod tests {
         );
     }
 
+    /// `sql::insert_search_rows` writes the tables in this order, the order partition creation
+    /// locks them in; changing one without the other brings back a deadlock.
+    #[test]
+    fn search_tables_are_written_in_lock_order() {
+        assert_eq!(SEARCH_TABLES, ["event_fingerprints", "event_search"]);
+    }
+
     #[test]
     fn every_value_is_bound() {
         let q = EventQuery {

@@ -370,9 +370,13 @@ pub(crate) fn event_fingerprint_rows<'a>(
     rows
 }
 
-/// Indexes stored events for search: their `event_search` rows and their fingerprints'
-/// `event_fingerprints` rows. Rows already there are left alone, so indexing an event twice (a
+/// Indexes stored events for search: their fingerprints' `event_fingerprints` rows and their
+/// `event_search` rows. Rows already there are left alone, so indexing an event twice (a
 /// replayed bus row, the overlap after an upgrade) is harmless.
+///
+/// The tables are written in [`super::events::SEARCH_TABLES`] order, the order in which
+/// PostgreSQL partition creation (`partitions::ensure`) locks them: in the other order, an
+/// indexer holding one table while a new day's partitions are being created would deadlock.
 pub(crate) async fn insert_search_rows<DB: Dialect>(
     conn: &mut DB::Connection,
     events: &[&FingerprintEvent],
@@ -380,28 +384,27 @@ pub(crate) async fn insert_search_rows<DB: Dialect>(
     if events.is_empty() {
         return Ok(());
     }
+    let rows = event_fingerprint_rows(events.iter().copied());
+    if !rows.is_empty() {
+        let cols = [
+            Column::Text(rows.iter().map(|r| Some(r.0)).collect()),
+            Column::Text(rows.iter().map(|r| Some(r.1)).collect()),
+            Column::Uuid(rows.iter().map(|r| r.2).collect()),
+        ];
+        insert_rows::<DB>(
+            conn,
+            "event_fingerprints",
+            &["method", "value", "id"],
+            &cols,
+            " ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    }
     let cols = event_columns(&SEARCH_COLUMNS, events, 0)?;
     insert_rows::<DB>(
         conn,
         "event_search",
         &SEARCH_COLUMNS,
-        &cols,
-        " ON CONFLICT DO NOTHING",
-    )
-    .await?;
-    let rows = event_fingerprint_rows(events.iter().copied());
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let cols = [
-        Column::Text(rows.iter().map(|r| Some(r.0)).collect()),
-        Column::Text(rows.iter().map(|r| Some(r.1)).collect()),
-        Column::Uuid(rows.iter().map(|r| r.2).collect()),
-    ];
-    insert_rows::<DB>(
-        conn,
-        "event_fingerprints",
-        &["method", "value", "id"],
         &cols,
         " ON CONFLICT DO NOTHING",
     )

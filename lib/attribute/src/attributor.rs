@@ -1,7 +1,7 @@
 //! The attribution worker: resolves flows on its own thread and keeps the answers in a bounded
 //! cache until the flow's event is built.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,6 +127,9 @@ struct Cache {
     map: HashMap<FlowKey, Attribution>,
     order: VecDeque<FlowKey>,
     cap: usize,
+    /// Flows handed to the worker and not answered yet (at most the queue's capacity plus the
+    /// batch being resolved).
+    asked: HashSet<FlowKey>,
 }
 
 impl Cache {
@@ -184,6 +187,7 @@ impl Attributor {
                 map: HashMap::new(),
                 order: VecDeque::new(),
                 cap: cfg.cache.max(1),
+                asked: HashSet::new(),
             }),
             n: Counters::default(),
         });
@@ -204,14 +208,26 @@ impl Attributor {
     /// process is still alive. Never blocks.
     pub fn notify(&self, key: FlowKey) {
         let Some(tx) = &self.tx else { return };
+        // Marked before it is sent, so the worker's answer always comes after the mark.
+        self.lock().asked.insert(key);
         match tx.try_send(key) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.shared.n.dropped.fetch_add(1, Ordering::Relaxed);
-                self.lock().insert(key, Attribution::Dropped);
+                let mut cache = self.lock();
+                cache.asked.remove(&key);
+                cache.insert(key, Attribution::Dropped);
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Disconnected(_)) => {
+                self.lock().asked.remove(&key);
+            }
         }
+    }
+
+    /// Whether the worker was asked about `key` and is still working on it: its answer is
+    /// coming, however long resolving takes (a large executable to hash, a busy `/proc`).
+    pub fn resolving(&self, key: &FlowKey) -> bool {
+        self.lock().asked.contains(key)
     }
 
     /// The answer for `key` so far, removing it from the cache (each flow's event takes its
@@ -398,6 +414,9 @@ fn worker(mut r: Resolver, rx: Receiver<FlowKey>, shared: Arc<Shared>, cfg: Attr
             };
             counter.fetch_add(1, Ordering::Relaxed);
             cache.insert(key, a);
+        }
+        for key in &batch {
+            cache.asked.remove(key);
         }
         drop(cache);
         let procs = &r.procs;
