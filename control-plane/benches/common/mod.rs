@@ -298,9 +298,7 @@ impl SearchIndexer {
                 poll_interval: std::time::Duration::from_millis(50),
                 ..Default::default()
             },
-            std::sync::Arc::new(search::SearchIndexer {
-                store: store.clone(),
-            }),
+            std::sync::Arc::new(search::SearchIndexer::new(store.clone())),
             std::sync::Arc::new(ConsumerMetrics::default()),
         )
         .spawn(rx);

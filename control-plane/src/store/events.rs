@@ -390,6 +390,9 @@ macro_rules! impl_event_store {
                     let mut again = false;
                     loop {
                         let mut tx = self.writer().begin().await?;
+                        if let Some(sql) = <$ty>::SEARCH_COMMIT {
+                            sqlx::query(sql).execute(&mut *tx).await?;
+                        }
                         let written = super::sql::insert_search_rows::<$db>(&mut *tx, events).await;
                         match written {
                             // A partition retired since `prepare_search` (PostgreSQL).

@@ -115,6 +115,10 @@ async fn connect(opts: PgConnectOptions, max_connections: u32) -> Result<PgPool,
 impl PgStore {
     const BACKEND: &'static str = "postgres";
 
+    /// The search indexer's transactions need not wait for their WAL flush either: a commit a
+    /// crash loses takes the group's checkpoint with it, so those events are indexed again.
+    pub(super) const SEARCH_COMMIT: Option<&'static str> = Some(FOLD_COMMIT_ASYNC);
+
     /// Connects, creates `schema` if given (and uses it for everything), and migrates. With a
     /// `read_url`, roll-up reads go to that replica when it is up to date (see
     /// `rollup_pool`).

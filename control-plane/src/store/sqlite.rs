@@ -37,6 +37,9 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Search index transactions commit like any other (see `PgStore::SEARCH_COMMIT`).
+    pub(super) const SEARCH_COMMIT: Option<&'static str> = None;
+
     const BACKEND: &'static str = "sqlite";
 
     /// Opens (creating if needed) the database file the URL names and migrates it.

@@ -99,9 +99,7 @@ impl Service for Ja4 {
             super::consume::<FingerprintEvents>(
                 host,
                 search::GROUP,
-                Arc::new(search::SearchIndexer {
-                    store: app.store.clone(),
-                }),
+                Arc::new(search::SearchIndexer::new(app.store.clone())),
             );
             if app.config.retention_days > 0 {
                 host.tasks
