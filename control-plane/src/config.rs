@@ -430,6 +430,41 @@ pub const KEYS: &[KeyDoc] = &[
         help: "ssh-session detector (on/off); off by default because of US patent US10135847B2, see NOTICE",
     },
     KeyDoc {
+        key: "threat.refresh_interval",
+        env: "HAIS_THREAT_REFRESH_INTERVAL",
+        kind: KeyKind::Str,
+        default: "6h",
+        help: "how often configured feeds ([[threat.feeds]] without their own interval) and the built-in FoxIO mapping are re-imported (1m to 30d)",
+    },
+    KeyDoc {
+        key: "threat.country_db",
+        env: "HAIS_THREAT_COUNTRY_DB",
+        kind: KeyKind::Str,
+        default: "(none)",
+        help: "MMDB file giving each remote address's country (ip-location-db from scripts/fetch-geo.sh, or MaxMind/DB-IP country or city data); none: no geolocation",
+    },
+    KeyDoc {
+        key: "threat.asn_db",
+        env: "HAIS_THREAT_ASN_DB",
+        kind: KeyKind::List,
+        default: "(none)",
+        help: "ASN files: MMDB (GeoLite2-ASN, DB-IP ASN) or ip-location-db CSV (asn-ipv4.csv, asn-ipv6.csv); searched in order",
+    },
+    KeyDoc {
+        key: "threat.foxio_mapping",
+        env: "HAIS_THREAT_FOXIO_MAPPING",
+        kind: KeyKind::Str,
+        default: "on",
+        help: "import FoxIO's ja4plus-mapping.csv shipped in the binary as feed `foxio` (FoxIO License 1.1, see NOTICE)",
+    },
+    KeyDoc {
+        key: "threat.feeds.<array of tables>",
+        env: "(file only)",
+        kind: KeyKind::Str,
+        default: "(none)",
+        help: "feeds to keep imported: [[threat.feeds]] name, format (foxio-csv, ja4db-json, ip-list, sslbl-ja3-csv, threatfox-json, misp-json), location (URL or path), interval, verdict, source, licence",
+    },
+    KeyDoc {
         key: "http.max_connections",
         env: "HAIS_HTTP_MAX_CONNECTIONS",
         kind: KeyKind::Int,
@@ -542,6 +577,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub correlation: CorrelationConfig,
     pub alert: AlertConfig,
+    pub threat: ThreatConfig,
     pub http: HttpConfig,
     pub tls: TlsConfig,
 }
@@ -657,6 +693,47 @@ impl Default for AlertConfig {
             resend_interval: HumanDuration::from_secs(60),
         }
     }
+}
+
+/// `[threat]`: feeds, their refresh, and the geolocation files (see `services::threat`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThreatConfig {
+    pub refresh_interval: HumanDuration,
+    pub country_db: Option<PathBuf>,
+    pub asn_db: Vec<PathBuf>,
+    pub foxio_mapping: OnOff,
+    pub feeds: Vec<ThreatFeedConfig>,
+}
+
+impl Default for ThreatConfig {
+    fn default() -> Self {
+        ThreatConfig {
+            refresh_interval: HumanDuration::from_secs(6 * 3600),
+            country_db: None,
+            asn_db: Vec::new(),
+            foxio_mapping: OnOff(true),
+            feeds: Vec::new(),
+        }
+    }
+}
+
+/// One `[[threat.feeds]]` entry: a feed the service keeps imported (created or updated at
+/// start; feeds added through the API live in the store only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThreatFeedConfig {
+    pub name: String,
+    pub format: String,
+    pub location: String,
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub verdict: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub licence: Option<String>,
 }
 
 /// `[auth]`: the cost bounds of logins.
@@ -1020,6 +1097,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             correlation: CorrelationConfig::default(),
             alert: AlertConfig::default(),
+            threat: ThreatConfig::default(),
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
         }
@@ -1226,6 +1304,29 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "alert.max_backoff must be 1s to 1h, alert.resend_interval 10s to 1h".into(),
             ));
+        }
+        let t = &self.threat;
+        if !(60..=30 * 86400).contains(&t.refresh_interval.0.as_secs()) {
+            return Err(ConfigError::Invalid(
+                "threat.refresh_interval must be 1m to 30d".into(),
+            ));
+        }
+        for f in &t.feeds {
+            if crate::store::threat::Format::parse(&f.format).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "threat.feeds {}: unknown format {:?}",
+                    f.name, f.format
+                )));
+            }
+            if f.verdict
+                .as_deref()
+                .is_some_and(|v| crate::store::threat::Verdict::parse(v).is_none())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "threat.feeds {}: verdict must be benign, suspicious or malicious",
+                    f.name
+                )));
+            }
         }
         for name in self.upstreams.keys() {
             if ServiceName::parse(name).is_none() {

@@ -977,7 +977,10 @@ async fn ops_endpoints(backend: Backend) {
             .call("GET", &format!("/api/{svc}/status"), Some(&t.admin), None)
             .await;
         assert_eq!(s, StatusCode::OK, "{svc}: {v}");
-        let implemented = matches!(svc, "ja4" | "spire" | "correlation" | "identity" | "alert");
+        let implemented = matches!(
+            svc,
+            "ja4" | "spire" | "correlation" | "identity" | "alert" | "threat"
+        );
         assert_eq!(v["status"], if implemented { "ok" } else { "placeholder" });
     }
     let (s, v) = t

@@ -2,7 +2,7 @@
 //! them that start-up, the gateway's router and proxy, `/api/openapi.json`, `/metrics` and
 //! `--service` parsing iterate.
 //!
-//! `ja4`, `spire`, `correlation`, `identity` and `alert` are implemented; the others are **placeholders** for now: each
+//! `ja4`, `spire`, `correlation`, `identity`, `alert` and `threat` are implemented; the others are **placeholders** for now: each
 //! has the status endpoint every service gets and listens on the bus (so split deployments can
 //! be wired and tested end to end), and says plainly in its status that it does nothing else yet.
 //!
@@ -59,7 +59,7 @@ pub fn all() -> Vec<Arc<dyn Service>> {
         Arc::new(identity::IdentityService::default()),
         Arc::new(policy::POLICY),
         Arc::new(alert::AlertService::default()),
-        Arc::new(threat::THREAT),
+        Arc::new(threat::ThreatService::default()),
     ]
 }
 

@@ -44,6 +44,7 @@ pub mod spire;
 mod sql;
 pub mod sqlite;
 pub mod templates;
+pub mod threat;
 pub mod workloads;
 
 use std::future::Future;
@@ -249,6 +250,7 @@ pub trait Store:
     + identity::IdentityStore
     + workloads::WorkloadStore
     + correlation::CorrelationStore
+    + threat::ThreatStore
     + templates::TemplateStore
     + accounts::AccountStore
     + labels::LabelStore
