@@ -476,11 +476,11 @@ mod tests {
             .to_owned();
         assert!(!sql.contains("OR '1'"), "{sql}");
         assert!(!sql.contains("h'"), "{sql}");
-        for part in ["e.host = $", "e.dst_port = $", "f.id >= $", "e.id >= $"] {
+        for part in ["s.host = $", "s.dst_port = $", "f.id >= $"] {
             assert!(sql.contains(part), "{part} in {sql}");
         }
         assert!(
-            sql.contains("FROM event_fingerprints f CROSS JOIN events e"),
+            sql.contains("FROM event_fingerprints f CROSS JOIN event_search s"),
             "{sql}"
         );
         assert!(sql.contains("ORDER BY f.id DESC"), "{sql}");
@@ -503,7 +503,7 @@ mod tests {
             .as_str()
             .to_owned();
         assert!(sql.contains("EXISTS"), "{sql}");
-        assert!(sql.contains("e.host = "), "{sql}");
+        assert!(sql.contains("s.host = "), "{sql}");
         let cursor = EventQuery {
             before: Some(EventCursor(Uuid::now_v7())),
             limit: 10,
