@@ -100,6 +100,11 @@ async fn create_feed(t: &TestApp, spec: Value) -> Value {
     v
 }
 
+/// A feed's last import: rows imported, rows refused.
+fn rows(f: &Value) -> (Option<i64>, Option<i64>) {
+    (f["rows_ok"].as_i64(), f["rows_bad"].as_i64())
+}
+
 async fn indicators(t: &TestApp, query: &str) -> Vec<Value> {
     let (s, v) = t
         .call(
@@ -156,11 +161,7 @@ async fn feeds_import_every_format_with_bad_rows(backend: Backend) {
                "source": "test DROP", "licence": "test"}),
     )
     .await;
-    assert_eq!(
-        (f["rows_ok"].as_i64(), f["rows_bad"].as_i64()),
-        (Some(3), Some(2)),
-        "{f}"
-    );
+    assert_eq!(rows(&f), (Some(3), Some(2)), "{f}");
     assert_eq!(f["errors"].as_array().unwrap().len(), 2, "{f}");
     assert!(f["last_refresh_us"].as_i64().is_some());
     let drop_before = indicators(&t, "feed=drop").await;
@@ -188,11 +189,7 @@ async fn feeds_import_every_format_with_bad_rows(backend: Backend) {
         json!({"name": "ja4db", "format": "ja4db-json", "location": path}),
     )
     .await;
-    assert_eq!(
-        (f["rows_ok"].as_i64(), f["rows_bad"].as_i64()),
-        (Some(1), Some(3)),
-        "{f}"
-    );
+    assert_eq!(rows(&f), (Some(1), Some(3)), "{f}");
     let got = indicators(&t, "feed=ja4db").await;
     assert_eq!(got[0]["value"], good);
 
@@ -206,11 +203,7 @@ async fn feeds_import_every_format_with_bad_rows(backend: Backend) {
         json!({"name": "sslbl", "format": "sslbl-ja3-csv", "location": url}),
     )
     .await;
-    assert_eq!(
-        (f["rows_ok"].as_i64(), f["rows_bad"].as_i64()),
-        (Some(2), Some(1)),
-        "{f}"
-    );
+    assert_eq!(rows(&f), (Some(2), Some(1)), "{f}");
     let got = indicators(&t, "feed=sslbl&method=ja3").await;
     assert_eq!(got.len(), 2);
 
@@ -252,11 +245,7 @@ async fn feeds_import_every_format_with_bad_rows(backend: Backend) {
         json!({"name": "misp", "format": "misp-json", "location": url}),
     )
     .await;
-    assert_eq!(
-        (f["rows_ok"].as_i64(), f["rows_bad"].as_i64()),
-        (Some(1), Some(1)),
-        "{f}"
-    );
+    assert_eq!(rows(&f), (Some(1), Some(1)), "{f}");
 
     // Refresh: the list changed. Kept indicators keep their id; the dropped one is gone.
     files.put("/drop.txt", b"198.51.100.0/24\n192.0.2.0/25\n");

@@ -387,28 +387,15 @@ macro_rules! impl_event_store {
             ) -> StoreFuture<'a, ()> {
                 Box::pin(async move {
                     self.prepare_search(events, false).await?;
-                    let mut again = false;
-                    loop {
-                        let mut tx = self.writer().begin().await?;
-                        if let Some(sql) = <$ty>::SEARCH_COMMIT {
-                            sqlx::query(sql).execute(&mut *tx).await?;
+                    match self.write_search(events, checkpoint).await {
+                        // A partition retired since `prepare_search` (PostgreSQL).
+                        Err(StoreError::Database(e))
+                            if super::partitions::is_missing_partition(&e) =>
+                        {
+                            self.prepare_search(events, true).await?;
+                            self.write_search(events, checkpoint).await
                         }
-                        let written = super::sql::insert_search_rows::<$db>(&mut *tx, events).await;
-                        match written {
-                            // A partition retired since `prepare_search` (PostgreSQL).
-                            Err(StoreError::Database(e))
-                                if !again && super::partitions::is_missing_partition(&e) =>
-                            {
-                                drop(tx);
-                                again = true;
-                                self.prepare_search(events, true).await?;
-                                continue;
-                            }
-                            other => other?,
-                        }
-                        super::bus::commit_checkpoint::<$db>(&mut *tx, checkpoint).await?;
-                        tx.commit().await?;
-                        return Ok(());
+                        other => other,
                     }
                 })
             }
@@ -422,6 +409,24 @@ macro_rules! impl_event_store {
                         .await?;
                     row.as_ref().map(record).transpose()
                 })
+            }
+        }
+
+        impl $ty {
+            /// One transaction: the search rows of `events` and the group's checkpoint.
+            async fn write_search(
+                &self,
+                events: &[&FingerprintEvent],
+                checkpoint: &Checkpoint,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.writer().begin().await?;
+                if let Some(sql) = <$ty>::SEARCH_COMMIT {
+                    sqlx::query(sql).execute(&mut *tx).await?;
+                }
+                super::sql::insert_search_rows::<$db>(&mut *tx, events).await?;
+                super::bus::commit_checkpoint::<$db>(&mut *tx, checkpoint).await?;
+                tx.commit().await?;
+                Ok(())
             }
         }
     };

@@ -23,7 +23,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, PgConnection};
 use time::{Date, Month, Time};
 
-use super::events::SEARCH_TABLES as SIDE_TABLES;
+use super::events::SEARCH_TABLES;
 use super::{StoreError, uuid_floor_ms};
 
 /// Advisory lock key serialising partition DDL across processes ("HAISPART").
@@ -203,7 +203,7 @@ pub(crate) async fn ensure(
             }
         };
         // The side tables' twins; already there for partitions the migrations mirrored.
-        for table in SIDE_TABLES {
+        for table in SEARCH_TABLES {
             let ddl = format!(
                 "CREATE TABLE IF NOT EXISTS {} PARTITION OF {table} {}",
                 span.side_name(table),
@@ -276,7 +276,7 @@ pub(crate) async fn retire_older(
                 retired_prefix("events")
             ),
         ];
-        for table in SIDE_TABLES {
+        for table in SEARCH_TABLES {
             let side = span.side_name(table);
             // Monthly partitions from before a side table existed may have no twin.
             let has_side: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
@@ -309,7 +309,7 @@ pub(crate) async fn retire_older(
 /// Drops the partitions retention detached, including any a stopped process left behind.
 pub(crate) async fn drop_retired(pool: &PgPool) -> Result<u64, StoreError> {
     let patterns: Vec<String> = std::iter::once("events")
-        .chain(SIDE_TABLES)
+        .chain(SEARCH_TABLES)
         .map(|t| format!("{}%", retired_prefix(t).replace('_', "\\_")))
         .collect();
     let names: Vec<String> = sqlx::query_scalar(
