@@ -185,6 +185,13 @@ pub const KEYS: &[KeyDoc] = &[
         help: "events (and roll-ups not seen since) older than this are deleted; 0 keeps everything",
     },
     KeyDoc {
+        key: "findings_retention_days",
+        env: "HAIS_FINDINGS_RETENTION_DAYS",
+        kind: KeyKind::Int,
+        default: "90",
+        help: "correlation findings and threat matches not seen for this long are deleted; 0 keeps them",
+    },
+    KeyDoc {
         key: "retention_interval_secs",
         env: "HAIS_RETENTION_INTERVAL_SECS",
         kind: KeyKind::Int,
@@ -566,6 +573,9 @@ pub struct Config {
     pub refresh_token_ttl_secs: u64,
     pub service_token_ttl_secs: u64,
     pub retention_days: u32,
+    /// Findings outlive the events they cite: an analyst looks back further than the raw flows
+    /// are kept (`store::expiry`).
+    pub findings_retention_days: u32,
     pub retention_interval_secs: u64,
     pub max_body_bytes: usize,
     pub max_batch_events: usize,
@@ -1086,6 +1096,7 @@ impl Default for Config {
             refresh_token_ttl_secs: 7 * 24 * 3600,
             service_token_ttl_secs: 3600,
             retention_days: 30,
+            findings_retention_days: 90,
             retention_interval_secs: 3600,
             max_body_bytes: 8 * 1024 * 1024,
             max_batch_events: 5000,

@@ -11,6 +11,7 @@ use common::{Backend, TestApp, enc, error_code, event};
 use hais_shared::event::FingerprintEvent;
 use hais_shared::fingerprint::Method;
 use serde_json::{Value, json};
+use sqlx::{Connection as _, Row as _};
 
 const JA4_CURL: &str = "t13d1516h2_8daaf6152771_e5627efa2ab1";
 const JA4_PY: &str = "t13d1812h1_85036bcba153_b26ce05bbdd6";
@@ -349,3 +350,80 @@ async fn event_search(backend: Backend) {
 }
 
 crate::backend_tests!(event_search);
+
+/// Search rows already there are left alone and missing ones written, as after an upgrade whose
+/// migration indexed the stored events while the new `search` group starts again at the start of
+/// the bus log: PostgreSQL's `COPY` meets the existing keys and the indexer falls back to
+/// `INSERT … ON CONFLICT DO NOTHING`. A backslash in a server name survives `COPY`'s escaping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_reindex_keeps_rows_there_and_fills_missing_ones() {
+    let mut t = TestApp::start(Backend::Postgres, "reindex").await;
+    let mut events = Vec::new();
+    for i in 0..30i64 {
+        let host = format!("node-{:02}", i % 6);
+        let mut e = flow(
+            &host,
+            "/usr/bin/curl",
+            0,
+            "192.0.2.10",
+            &[(Method::Ja4, JA4_CURL), (Method::Ja4h, JA4H)],
+            600 - i,
+        );
+        if i == 4 {
+            e.server_name = Some(r"odd\name.example".into());
+        }
+        events.push(e);
+    }
+    t.ingest(&events).await;
+    t.search_indexed().await;
+    let schema = t.iso.schema.clone().unwrap();
+    let iso = t.iso.clone();
+    t.app.take().unwrap().shutdown().await;
+
+    // A third of the events lose their search rows; the group forgets its cursors.
+    let mut conn = sqlx::PgConnection::connect(&common::pg_url())
+        .await
+        .unwrap();
+    let run = |sql: String| sqlx::query(sqlx::AssertSqlSafe(sql));
+    let gone: Vec<uuid::Uuid> = events.iter().step_by(3).map(|e| e.id).collect();
+    for table in ["event_search", "event_fingerprints"] {
+        run(format!("DELETE FROM {schema}.{table} WHERE id = ANY($1)"))
+            .bind(&gone)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    run(format!(
+        "DELETE FROM {schema}.bus_partitions WHERE grp = 'search'"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let t = TestApp::start_with(iso.clone(), iso.config()).await;
+    t.search_indexed().await;
+    let count = |table: &str| run(format!("SELECT count(*) FROM {schema}.{table}"));
+    let n: i64 = count("event_search")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, events.len() as i64);
+    let n: i64 = count("event_fingerprints")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2 * events.len() as i64);
+    let want = expected(&events, |e| e.host == "node-04");
+    assert_eq!(all_ids(&t, "host=node-04", 3).await, want);
+    assert_eq!(
+        all_ids(&t, &format!("method=ja4h&value={JA4H}"), 100).await,
+        expected(&events, |_| true)
+    );
+    assert_eq!(
+        all_ids(&t, &format!("server_name={}", enc(r"odd\name.example")), 10).await,
+        vec![events[4].id.to_string()]
+    );
+    t.finish().await;
+}

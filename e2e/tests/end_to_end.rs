@@ -493,8 +493,6 @@ fn correlation_raises_nothing_for_resumed_sessions() {
 /// Second half: a Python client under the same identity afterwards gives exactly one
 /// new-fingerprint finding, naming Python's JA4.
 #[test]
-#[ignore = "the cause (the hold-back released Python's flow before its executable was hashed) \
-            is fixed in the agent, but this test has not been run with the fix yet"]
 fn correlation_finds_a_python_client() {
     correlation_scenario(true);
 }

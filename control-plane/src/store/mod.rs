@@ -29,6 +29,7 @@ pub mod alert;
 pub mod bus;
 pub mod correlation;
 pub mod events;
+pub mod expiry;
 pub mod fingerprints;
 pub mod fold;
 pub mod identity;
@@ -246,6 +247,7 @@ pub trait Store:
     spire::SpireStore
     + bus::BusStore
     + events::EventStore
+    + expiry::ExpiryStore
     + alert::AlertStore
     + identity::IdentityStore
     + workloads::WorkloadStore

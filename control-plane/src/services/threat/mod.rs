@@ -177,6 +177,10 @@ impl Service for ThreatService {
                 .push(refresh::spawn(threat.clone(), host.shutdown.clone()));
             host.tasks
                 .push(spawn_reloader(threat, host.shutdown.clone()));
+            host.expire_findings(&[
+                crate::store::expiry::THREAT_MATCHES,
+                crate::store::expiry::THREAT_GEO,
+            ]);
             Ok(())
         })
     }
