@@ -381,6 +381,13 @@ pub const KEYS: &[KeyDoc] = &[
         help: "how often active alerts are sent again to Alertmanager channels, so that they stay firing there (10s to 1h; Alertmanager's resolve_timeout must be longer)",
     },
     KeyDoc {
+        key: "alert.secrets_key",
+        env: "HAIS_ALERT_SECRETS_KEY",
+        kind: KeyKind::Str,
+        default: "(the file <data_dir>/alert-secrets.key, created on first start)",
+        help: "64 hex digits: the key sealing notification channels' secrets (webhook HMAC keys, SMTP passwords) in the store; every process running the alert service must have the same",
+    },
+    KeyDoc {
         key: "bus.max_attempts",
         env: "HAIS_BUS_MAX_ATTEMPTS",
         kind: KeyKind::Int,
@@ -684,6 +691,9 @@ impl<'de> Deserialize<'de> for OnOff {
 pub struct AlertConfig {
     pub max_backoff: HumanDuration,
     pub resend_interval: HumanDuration,
+    /// Hex key sealing channel secrets (`services::alert::secrets`); `None`: the data
+    /// directory's key file.
+    pub secrets_key: Option<String>,
 }
 
 impl Default for AlertConfig {
@@ -691,6 +701,7 @@ impl Default for AlertConfig {
         AlertConfig {
             max_backoff: HumanDuration::from_secs(300),
             resend_interval: HumanDuration::from_secs(60),
+            secrets_key: None,
         }
     }
 }
