@@ -133,6 +133,17 @@ fn signature_ok(h: &HeaderMap, body: &[u8]) -> bool {
     )
 }
 
+/// Waits until `done` holds for the health of the (first) channel.
+async fn until_health(t: &TestApp, what: &str, done: impl Fn(&Value) -> bool) {
+    until(what, || async {
+        let (_, v) = t
+            .call("GET", "/api/alert/channels", Some(&t.admin), None)
+            .await;
+        done(&v[0]["health"]).then_some(())
+    })
+    .await
+}
+
 async fn channel(t: &TestApp, body: Value) -> Value {
     let (s, v) = t
         .call("POST", "/api/alert/channels", Some(&t.admin), Some(body))
@@ -390,13 +401,7 @@ async fn suppressions(backend: Backend) {
     })
     .await;
     // Only the open one was notified (the outbox is empty, the receiver saw one).
-    until("an empty outbox", || async {
-        let (_, v) = t
-            .call("GET", "/api/alert/channels", Some(&t.admin), None)
-            .await;
-        (v[0]["health"]["pending"] == 0).then_some(())
-    })
-    .await;
+    until_health(&t, "an empty outbox", |h| h["pending"] == 0).await;
     assert_eq!(got.accepted.lock().unwrap().len(), 1);
     // List and delete.
     let (s, v) = t
@@ -840,16 +845,20 @@ async fn syslog_delivery(backend: Backend) {
     t.finish().await;
 }
 
+/// A collector's certificate and key, issued by `ca` for the DNS name `localhost`.
+fn collector_leaf(ca: &hais_svid::CertificateAuthority) -> hais_svid::Svid {
+    ca.issue(
+        &hais_shared::spiffe::SpiffeId::new(ca.trust_domain(), "/syslog").unwrap(),
+        &["localhost".into()],
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+}
+
 /// A syslog collector over TLS on loopback (RFC 5425), its certificate issued for `localhost`
 /// by `ca`: the octet-counted frames of every connection whose handshake succeeded.
 fn syslog_tls_sink(ca: &hais_svid::CertificateAuthority) -> (SocketAddr, sinks::Lines) {
-    let leaf = ca
-        .issue(
-            &hais_shared::spiffe::SpiffeId::new(ca.trust_domain(), "/syslog").unwrap(),
-            &["localhost".into()],
-            Duration::from_secs(3600),
-        )
-        .unwrap();
+    let leaf = collector_leaf(ca);
     let config = Arc::new(
         rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -945,6 +954,85 @@ async fn syslog_tls_delivery(backend: Backend) {
     .await;
     assert!(bad_lines.lock().unwrap().is_empty());
     assert_eq!(good_lines.lock().unwrap().len(), 1);
+    t.finish().await;
+}
+
+/// PEM text of one DER block.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// `openssl s_server`, killed when dropped.
+struct SServer(std::process::Child);
+
+impl Drop for SServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Syslog over TLS to `openssl s_server` (OpenSSL, not the test's rustls collector): the
+/// octet-counted frame it printed is the RFC 5424 message with the OCSF finding. The transport
+/// does not depend on the backend: SQLite only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_tls_to_openssl_s_server() {
+    let t = start(Backend::Sqlite, "alert_s_server").await;
+    let ca = hais_svid::CertificateAuthority::generate("syslog.test").unwrap();
+    let leaf = collector_leaf(&ca);
+    let dir = t.iso.dir.join("s_server");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), pem("CERTIFICATE", &leaf.chain[0])).unwrap();
+    std::fs::write(dir.join("key.pem"), pem("PRIVATE KEY", &leaf.key_pkcs8)).unwrap();
+    let port = common::free_port();
+    // One connection (`-naccept 1`, then it exits and its output is complete); no probe of
+    // the port (that would be the one connection): until s_server listens, deliveries fail
+    // and are retried. Its input stays open (at the end of its input it drops the
+    // connection). `-quiet`: it prints only what it receives.
+    let mut server = SServer(
+        std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-naccept", "1"])
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .args(["-cert", "cert.pem", "-key", "key.pem"])
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::fs::File::create(dir.join("out")).unwrap())
+            .stderr(std::fs::File::create(dir.join("err")).unwrap())
+            .spawn()
+            .expect("openssl runs"),
+    );
+    channel(
+        &t,
+        json!({"name": "openssl", "kind": "syslog", "settings": {
+        "address": format!("127.0.0.1:{port}"), "transport": "tls", "ca": ca.cert_pem(),
+        "server_name": "localhost"}}),
+    )
+    .await;
+    let identity = "spiffe://td/ns/a/sa/openssl";
+    publish(&t, &[detection(identity, "new-fingerprint", 1)]).await;
+    until_health(&t, "delivered to s_server", |h| h["delivered"] == 1).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while server.0.try_wait().unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "s_server did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = std::fs::read(dir.join("out")).unwrap();
+    let frames = sinks::read_frames(&out[..]);
+    assert_eq!(frames.len(), 1, "{}", String::from_utf8_lossy(&out));
+    assert_ocsf_firing(&frames[0], 83, identity, 1);
     t.finish().await;
 }
 
@@ -1214,11 +1302,8 @@ async fn severity_rules(backend: Backend) {
         "{opened}"
     );
     // Routed by the adjusted severity: the channel (medium and up) heard of two, not the lab's.
-    until("an empty outbox", || async {
-        let (_, v) = t
-            .call("GET", "/api/alert/channels", Some(&t.admin), None)
-            .await;
-        (v[0]["health"]["pending"] == 0 && v[0]["health"]["delivered"] == 2).then_some(())
+    until_health(&t, "an empty outbox", |h| {
+        h["pending"] == 0 && h["delivered"] == 2
     })
     .await;
     assert!(notified(&got, lab_alert["id"].as_str().unwrap()).is_empty());
