@@ -1316,6 +1316,13 @@ impl Config {
                 "alert.max_backoff must be 1s to 1h, alert.resend_interval 10s to 1h".into(),
             ));
         }
+        if let Some(k) = &a.secrets_key
+            && (k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(ConfigError::Invalid(
+                "alert.secrets_key (HAIS_ALERT_SECRETS_KEY) must be 64 hex digits".into(),
+            ));
+        }
         let t = &self.threat;
         if !(60..=30 * 86400).contains(&t.refresh_interval.0.as_secs()) {
             return Err(ConfigError::Invalid(
@@ -1694,6 +1701,11 @@ mod tests {
         assert!(e.to_string().contains("database_schema"), "{e}");
         let e = Config::load(None, env_of(&[("HAIS_SERVICE", "nope")])).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
+        let e = Config::load(None, env_of(&[("HAIS_ALERT_SECRETS_KEY", "abc")])).unwrap_err();
+        assert!(e.to_string().contains("alert.secrets_key"), "{e}");
+        let key = "0f".repeat(32);
+        let c = Config::load(None, env_of(&[("HAIS_ALERT_SECRETS_KEY", key.as_str())])).unwrap();
+        assert_eq!(c.alert.secrets_key.as_deref(), Some(key.as_str()));
     }
 
     #[test]
