@@ -72,7 +72,7 @@ impl SecretBox {
             tracing::info!(path = %path.display(), "alert: created the channel secrets key");
             return Ok(SecretBox::new(&key));
         }
-        crate::secure_fs::private_db_file(&path).map_err(|e| bad(&e))?;
+        crate::secure_fs::private_file(&path).map_err(|e| bad(&e))?;
         let text = std::fs::read_to_string(&path).map_err(|e| bad(&e))?;
         parse_key(text.trim()).map(|k| SecretBox::new(&k))
     }
@@ -179,5 +179,27 @@ mod tests {
         assert_eq!(b.open("chan-1", "clear-secret").unwrap(), "clear-secret");
         assert!(parse_key("00").is_err());
         assert!(parse_key(&"ab".repeat(32)).is_ok());
+    }
+
+    #[test]
+    fn the_key_file_is_made_once_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("hais-alert-key-{}", uuid::Uuid::now_v7()));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let first = SecretBox::load(None, &dir).unwrap();
+        let file = dir.join(KEY_FILE);
+        assert_eq!(mode(&file), 0o600);
+        let sealed = first.seal("c", "s3cret");
+        // Made wider by hand: tightened, and the same key is read back.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let again = SecretBox::load(None, &dir).unwrap();
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(again.open("c", &sealed).unwrap(), "s3cret");
+        // A configured key wins over the file.
+        let configured = SecretBox::load(Some(&"11".repeat(32)), &dir).unwrap();
+        assert!(configured.open("c", &sealed).is_err());
+        std::fs::write(&file, "not hex\n").unwrap();
+        assert!(SecretBox::load(None, &dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
