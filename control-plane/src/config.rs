@@ -388,6 +388,13 @@ pub const KEYS: &[KeyDoc] = &[
         help: "how often active alerts are sent again to Alertmanager channels, so that they stay firing there (10s to 1h; Alertmanager's resolve_timeout must be longer)",
     },
     KeyDoc {
+        key: "alert.secrets_key",
+        env: "HAIS_ALERT_SECRETS_KEY",
+        kind: KeyKind::Str,
+        default: "(the file <data_dir>/alert-secrets.key, created on first start)",
+        help: "64 hex digits: the key sealing notification channels' secrets (webhook HMAC keys, SMTP passwords) in the store; every process running the alert service must have the same",
+    },
+    KeyDoc {
         key: "bus.max_attempts",
         env: "HAIS_BUS_MAX_ATTEMPTS",
         kind: KeyKind::Int,
@@ -694,6 +701,9 @@ impl<'de> Deserialize<'de> for OnOff {
 pub struct AlertConfig {
     pub max_backoff: HumanDuration,
     pub resend_interval: HumanDuration,
+    /// Hex key sealing channel secrets (`services::alert::secrets`); `None`: the data
+    /// directory's key file.
+    pub secrets_key: Option<String>,
 }
 
 impl Default for AlertConfig {
@@ -701,6 +711,7 @@ impl Default for AlertConfig {
         AlertConfig {
             max_backoff: HumanDuration::from_secs(300),
             resend_interval: HumanDuration::from_secs(60),
+            secrets_key: None,
         }
     }
 }
@@ -1316,6 +1327,13 @@ impl Config {
                 "alert.max_backoff must be 1s to 1h, alert.resend_interval 10s to 1h".into(),
             ));
         }
+        if let Some(k) = &a.secrets_key
+            && (k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(ConfigError::Invalid(
+                "alert.secrets_key (HAIS_ALERT_SECRETS_KEY) must be 64 hex digits".into(),
+            ));
+        }
         let t = &self.threat;
         if !(60..=30 * 86400).contains(&t.refresh_interval.0.as_secs()) {
             return Err(ConfigError::Invalid(
@@ -1694,6 +1712,11 @@ mod tests {
         assert!(e.to_string().contains("database_schema"), "{e}");
         let e = Config::load(None, env_of(&[("HAIS_SERVICE", "nope")])).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
+        let e = Config::load(None, env_of(&[("HAIS_ALERT_SECRETS_KEY", "abc")])).unwrap_err();
+        assert!(e.to_string().contains("alert.secrets_key"), "{e}");
+        let key = "0f".repeat(32);
+        let c = Config::load(None, env_of(&[("HAIS_ALERT_SECRETS_KEY", key.as_str())])).unwrap();
+        assert_eq!(c.alert.secrets_key.as_deref(), Some(key.as_str()));
     }
 
     #[test]
