@@ -341,6 +341,72 @@ async fn event_search(backend: Backend) {
     let (s, _) = t.call("GET", "/api/ja4/events", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
+    // The same page as OCSF Network Activity: same events, same cursor; fingerprints typed and
+    // split into sections; the process as actor; the identity unmapped.
+    let (ids, next) = page(&t, "host=web-02&limit=7").await;
+    let (s, v) = t
+        .call(
+            "GET",
+            "/api/ja4/export/ocsf?host=web-02&limit=7",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["next_cursor"].as_str(), next.as_deref());
+    let docs = v["items"].as_array().unwrap();
+    let uids: Vec<String> = docs
+        .iter()
+        .map(|d| d["metadata"]["uid"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(uids, ids);
+    for d in docs {
+        let e = events
+            .iter()
+            .find(|e| e.id.to_string() == d["metadata"]["uid"])
+            .unwrap();
+        assert_eq!(
+            (d["class_uid"].as_u64(), d["type_uid"].as_u64()),
+            (Some(4001), Some(400106))
+        );
+        assert_eq!(d["metadata"]["version"], "1.3.0");
+        assert_eq!(d["device"]["hostname"], "web-02");
+        assert_eq!(d["dst_endpoint"]["ip"], e.flow.dst_ip.to_string());
+        assert_eq!(d["dst_endpoint"]["port"], e.flow.dst_port);
+        assert_eq!(d["dst_endpoint"]["hostname"], "api.example");
+        assert_eq!(
+            d["time"].as_i64().unwrap(),
+            (e.timestamp.unix_timestamp_nanos() / 1_000_000) as i64
+        );
+        assert_eq!(
+            d["actor"]["process"]["file"]["path"],
+            e.workload.exe.clone().unwrap()
+        );
+        let list = d["ja4_fingerprint_list"].as_array().unwrap();
+        assert_eq!(list.len(), e.fingerprints.len());
+        for (f, o) in e.fingerprints.iter().zip(list) {
+            assert_eq!(o["value"], f.value);
+            let want = match f.method {
+                Method::Ja4 => 1,
+                Method::Ja4h => 3,
+                Method::Ja4x => 5,
+                other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!(o["type_id"], want);
+            assert_eq!(o["section_a"].as_str(), f.value.split('_').next(), "{o}");
+        }
+        assert!(d["unmapped"]["workload_key"].is_string(), "{d}");
+    }
+    let (s, v) = t
+        .call("GET", "/api/ja4/export/ocsf?limit=0", Some(&t.admin), None)
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (s, _) = t.call("GET", "/api/ja4/export/ocsf", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
     // Replays are stored once, and so listed once.
     t.ingest(&events[..3]).await;
     t.search_indexed().await;

@@ -482,11 +482,7 @@ pub fn ocsf(a: &AlertRecord, kind: NotificationKind, notification_id: &str) -> V
         "time": ms(a.updated_us),
         "message": a.summary,
         "count": a.count,
-        "metadata": {
-            "version": "1.3.0",
-            "uid": notification_id,
-            "product": {"name": "HaIS", "vendor_name": "HaIS", "version": env!("CARGO_PKG_VERSION")},
-        },
+        "metadata": crate::ocsf::metadata(notification_id),
         "finding_info": {
             "uid": a.id,
             "title": a.summary,

@@ -78,6 +78,7 @@ impl Service for Ja4 {
             .routes(routes!(top))
             .routes(routes!(events::list))
             .routes(routes!(events::one))
+            .routes(routes!(events::export_ocsf))
             .routes(routes!(retention));
         super::with_handle(r, self.identity.get())
     }
