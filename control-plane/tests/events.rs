@@ -407,6 +407,58 @@ async fn event_search(backend: Backend) {
     let (s, _) = t.call("GET", "/api/ja4/export/ocsf", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
+    // What was observed as a Suricata dataset (JA4s of web-01: curl's and python's) and as a
+    // MISP event (the JA4H, a sighting, not flagged for detection).
+    let (s, text) = t
+        .get_text(
+            "/api/ja4/export/suricata-dataset?host=web-01",
+            Some(&t.admin),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    let b64 = |v: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(v)
+    };
+    let mut want = vec![b64(JA4_CURL), b64(JA4_PY)];
+    want.sort();
+    assert_eq!(text.lines().collect::<Vec<_>>(), want);
+    let (s, v) = t
+        .call(
+            "GET",
+            "/api/ja4/export/suricata-dataset?method=ja4h",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (s, v) = t
+        .call(
+            "GET",
+            "/api/ja4/export/misp?method=ja4h",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let objects = v["Event"]["Object"].as_array().unwrap();
+    assert_eq!(objects.len(), 1, "{v}");
+    let attrs = objects[0]["Attribute"].as_array().unwrap();
+    assert_eq!(attrs[0]["object_relation"], "ja4h");
+    assert_eq!(attrs[0]["value"], JA4H);
+    assert_eq!(attrs[0]["to_ids"], false);
+    let seen = events.iter().filter(|e| has(e, Method::Ja4h, JA4H)).count();
+    assert!(
+        attrs[1]["value"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("observed by HaIS: {seen} events")),
+        "{v}"
+    );
+
     // Replays are stored once, and so listed once.
     t.ingest(&events[..3]).await;
     t.search_indexed().await;

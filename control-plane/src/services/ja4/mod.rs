@@ -40,6 +40,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub mod events;
+pub mod export;
 pub mod search;
 pub mod uplink;
 
@@ -78,7 +79,9 @@ impl Service for Ja4 {
             .routes(routes!(top))
             .routes(routes!(events::list))
             .routes(routes!(events::one))
-            .routes(routes!(events::export_ocsf))
+            .routes(routes!(export::ocsf))
+            .routes(routes!(export::suricata_dataset))
+            .routes(routes!(export::misp))
             .routes(routes!(retention));
         super::with_handle(r, self.identity.get())
     }

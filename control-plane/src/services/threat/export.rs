@@ -25,10 +25,18 @@ fn exact_ja4(i: &Indicator) -> bool {
 
 /// The Suricata dataset file: base64 of each exact JA4, one a line, sorted and unique.
 pub fn suricata_dataset(indicators: &[Indicator]) -> String {
-    let mut lines: Vec<String> = indicators
-        .iter()
-        .filter(|i| exact_ja4(i))
-        .map(|i| base64::engine::general_purpose::STANDARD.encode(i.value.as_bytes()))
+    suricata_dataset_of(
+        indicators
+            .iter()
+            .filter(|i| exact_ja4(i))
+            .map(|i| i.value.as_str()),
+    )
+}
+
+/// A Suricata string dataset of `values` (base64 of each, one a line, sorted and unique).
+pub fn suricata_dataset_of<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let mut lines: Vec<String> = values
+        .map(|v| base64::engine::general_purpose::STANDARD.encode(v.as_bytes()))
         .collect();
     lines.sort_unstable();
     lines.dedup();
@@ -97,26 +105,49 @@ pub fn misp_event(indicators: &[Indicator], info: &str) -> Value {
                     .collect(),
                 _ => return None,
             };
-            let mut attrs: Vec<Value> = terms
-                .into_iter()
-                .map(|(m, v)| json!({"object_relation": m, "type": "text", "value": v, "to_ids": true}))
-                .collect();
-            attrs.push(json!({
-                "object_relation": "description",
-                "type": "text",
-                "value": description(i),
-                "to_ids": false
-            }));
-            Some(json!({
-                "name": "ja4-plus",
-                "meta-category": "network",
-                "uuid": i.id,
-                "comment": format!("HaIS indicator {} ({})", i.id, i.verdict.as_str()),
-                "Attribute": attrs
-            }))
+            Some(misp_object(
+                &i.id,
+                &terms,
+                &description(i),
+                &format!("HaIS indicator {} ({})", i.id, i.verdict.as_str()),
+                true,
+            ))
         })
         .collect();
+    misp_event_of(objects, info)
+}
+
+/// A MISP event holding `objects`.
+pub fn misp_event_of(objects: Vec<Value>, info: &str) -> Value {
     json!({"Event": {"info": info, "Object": objects}})
+}
+
+/// One MISP `ja4-plus` object: an attribute per (method, fingerprint) term, flagged for
+/// detection (`to_ids`) or not, and a description.
+pub fn misp_object(
+    uuid: &uuid::Uuid,
+    terms: &[(String, String)],
+    description: &str,
+    comment: &str,
+    to_ids: bool,
+) -> Value {
+    let mut attrs: Vec<Value> = terms
+        .iter()
+        .map(|(m, v)| json!({"object_relation": m, "type": "text", "value": v, "to_ids": to_ids}))
+        .collect();
+    attrs.push(json!({
+        "object_relation": "description",
+        "type": "text",
+        "value": description,
+        "to_ids": false
+    }));
+    json!({
+        "name": "ja4-plus",
+        "meta-category": "network",
+        "uuid": uuid,
+        "comment": comment,
+        "Attribute": attrs
+    })
 }
 
 #[cfg(test)]
