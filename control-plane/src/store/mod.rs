@@ -35,6 +35,7 @@ pub mod identity;
 pub mod labels;
 mod partitions;
 mod pg_nodelay;
+pub mod policy;
 pub mod postgres;
 mod query;
 mod reads;
@@ -251,6 +252,7 @@ pub trait Store:
     + workloads::WorkloadStore
     + correlation::CorrelationStore
     + threat::ThreatStore
+    + policy::PolicyStore
     + templates::TemplateStore
     + accounts::AccountStore
     + labels::LabelStore
