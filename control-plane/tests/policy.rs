@@ -510,6 +510,58 @@ backend_tests!(
     dry_run_reports_changes_and_raises_nothing,
 );
 
+/// The dry-run figure: a draft over 1,000,000 stored events (SQLite, written straight
+/// into the store in batches of 5,000), printed, not asserted (`cargo test -p
+/// hais-control-plane --test policy -- --ignored --nocapture`; `HAIS_DRY_RUN_EVENTS` to change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: minutes of CPU"]
+async fn dry_run_throughput() {
+    let total: usize = std::env::var("HAIS_DRY_RUN_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let t = TestApp::start(Backend::Sqlite, "policy_dry_bench").await;
+    let store = t.app.as_ref().unwrap().state.store.clone();
+    let started = std::time::Instant::now();
+    let mut batch = Vec::with_capacity(5000);
+    for i in 0..total {
+        let pod = format!("svc{}-7d9f8b6c5-x2x4z", i % 200);
+        let ns = if i % 200 < 20 { "payments" } else { "web" };
+        let ja4 = if i % 7 == 0 { CURL_JA4 } else { CHROME_JA4 };
+        let mut e = flow(ns, &pod, ja4, 443);
+        e.flow.src_port = (i % 60000) as u16;
+        batch.push(e);
+        if batch.len() == 5000 || i + 1 == total {
+            store.ingest(&batch).await.unwrap();
+            batch.clear();
+        }
+    }
+    let ingest = started.elapsed();
+    let from = (time::OffsetDateTime::now_utc() - time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/policy/dry-run",
+            Some(&t.admin),
+            Some(json!({"policies": SET, "from": from})),
+        )
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["events"], total as u64, "{}", v["events"]);
+    println!(
+        "{{\"events\":{total},\"ingest_s\":{:.1},\"dry_run_s\":{:.1},\"events_per_s\":{:.0},\"new_violations\":{}}}",
+        ingest.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64(),
+        v["new_violations"]
+    );
+    t.finish().await;
+}
+
 /// `hais-control-plane policy check`: the real binary, offline, with its exit statuses.
 #[test]
 fn policy_check_validates_files_offline() {
