@@ -673,7 +673,9 @@ pub async fn dry_run(
     let (_, compiled) = compile(body.set.sources()?).await?;
     let draft = Arc::new(compiled.map_err(|problems| refused(&problems))?);
     let active = p.active();
-    let mut by_identity: BTreeMap<String, IdentityChanges> = BTreeMap::new();
+    // Pages are read while the previous one is evaluated (on a blocking thread).
+    let mut evaluating: tokio::task::JoinHandle<BTreeMap<String, IdentityChanges>> =
+        tokio::task::spawn_blocking(BTreeMap::new);
     let mut seen = 0u64;
     let mut before: Option<EventCursor> = None;
     let mut truncated = false;
@@ -694,14 +696,12 @@ pub async fn dry_run(
         }
         seen += events.len() as u64;
         before = events.last().map(|e| EventCursor(e.id));
+        let mut by = evaluating.await.map_err(|e| ApiError::internal(&e))?;
         let (a, d) = (active.clone(), draft.clone());
-        by_identity = tokio::task::spawn_blocking(move || {
-            let mut by = by_identity;
+        evaluating = tokio::task::spawn_blocking(move || {
             compare(&a, &d, &events, &mut by);
             by
-        })
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+        });
         if page.next_cursor.is_none() || truncated {
             break;
         }
@@ -710,6 +710,7 @@ pub async fn dry_run(
             break;
         }
     }
+    let by_identity = evaluating.await.map_err(|e| ApiError::internal(&e))?;
     let mut identities: Vec<IdentityChanges> = by_identity
         .into_values()
         .filter(|i| i.new_violations + i.resolved_violations + i.changed > 0)
