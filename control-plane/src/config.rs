@@ -185,6 +185,13 @@ pub const KEYS: &[KeyDoc] = &[
         help: "events (and roll-ups not seen since) older than this are deleted; 0 keeps everything",
     },
     KeyDoc {
+        key: "findings_retention_days",
+        env: "HAIS_FINDINGS_RETENTION_DAYS",
+        kind: KeyKind::Int,
+        default: "90",
+        help: "correlation findings and threat matches not seen for this long are deleted; 0 keeps them",
+    },
+    KeyDoc {
         key: "retention_interval_secs",
         env: "HAIS_RETENTION_INTERVAL_SECS",
         kind: KeyKind::Int,
@@ -388,6 +395,13 @@ pub const KEYS: &[KeyDoc] = &[
         help: "how often active alerts are sent again to Alertmanager channels, so that they stay firing there (10s to 1h; Alertmanager's resolve_timeout must be longer)",
     },
     KeyDoc {
+        key: "alert.secrets_key",
+        env: "HAIS_ALERT_SECRETS_KEY",
+        kind: KeyKind::Str,
+        default: "(the file <data_dir>/alert-secrets.key, created on first start)",
+        help: "64 hex digits: the key sealing notification channels' secrets (webhook HMAC keys, SMTP passwords) in the store; every process running the alert service must have the same",
+    },
+    KeyDoc {
         key: "bus.max_attempts",
         env: "HAIS_BUS_MAX_ATTEMPTS",
         kind: KeyKind::Int,
@@ -573,6 +587,9 @@ pub struct Config {
     pub refresh_token_ttl_secs: u64,
     pub service_token_ttl_secs: u64,
     pub retention_days: u32,
+    /// Findings outlive the events they cite: an analyst looks back further than the raw flows
+    /// are kept (`store::expiry`).
+    pub findings_retention_days: u32,
     pub retention_interval_secs: u64,
     pub max_body_bytes: usize,
     pub max_batch_events: usize,
@@ -700,6 +717,9 @@ pub struct PolicyConfig {
 pub struct AlertConfig {
     pub max_backoff: HumanDuration,
     pub resend_interval: HumanDuration,
+    /// Hex key sealing channel secrets (`services::alert::secrets`); `None`: the data
+    /// directory's key file.
+    pub secrets_key: Option<String>,
 }
 
 impl Default for AlertConfig {
@@ -707,6 +727,7 @@ impl Default for AlertConfig {
         AlertConfig {
             max_backoff: HumanDuration::from_secs(300),
             resend_interval: HumanDuration::from_secs(60),
+            secrets_key: None,
         }
     }
 }
@@ -1102,6 +1123,7 @@ impl Default for Config {
             refresh_token_ttl_secs: 7 * 24 * 3600,
             service_token_ttl_secs: 3600,
             retention_days: 30,
+            findings_retention_days: 90,
             retention_interval_secs: 3600,
             max_body_bytes: 8 * 1024 * 1024,
             max_batch_events: 5000,
@@ -1320,6 +1342,13 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "alert.max_backoff must be 1s to 1h, alert.resend_interval 10s to 1h".into(),
+            ));
+        }
+        if let Some(k) = &a.secrets_key
+            && (k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(ConfigError::Invalid(
+                "alert.secrets_key (HAIS_ALERT_SECRETS_KEY) must be 64 hex digits".into(),
             ));
         }
         let t = &self.threat;
@@ -1700,6 +1729,11 @@ mod tests {
         assert!(e.to_string().contains("database_schema"), "{e}");
         let e = Config::load(None, env_of(&[("HAIS_SERVICE", "nope")])).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
+        let e = Config::load(None, env_of(&[("HAIS_ALERT_SECRETS_KEY", "abc")])).unwrap_err();
+        assert!(e.to_string().contains("alert.secrets_key"), "{e}");
+        let key = "0f".repeat(32);
+        let c = Config::load(None, env_of(&[("HAIS_ALERT_SECRETS_KEY", key.as_str())])).unwrap();
+        assert_eq!(c.alert.secrets_key.as_deref(), Some(key.as_str()));
     }
 
     #[test]

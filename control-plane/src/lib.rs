@@ -23,6 +23,7 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod ocsf;
 pub mod openapi;
 pub mod ops;
 pub mod secure_fs;

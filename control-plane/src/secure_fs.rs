@@ -75,6 +75,11 @@ pub fn write_secret(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Tightens an existing secret file to 0600 (warning loudly if it was wider).
+pub fn private_file(path: &Path) -> std::io::Result<()> {
+    tighten(path, FILE_MODE)
+}
+
 /// Whether others than the owner may read or write `path` (group or other bits set).
 pub fn is_wider_than_owner(path: &Path) -> std::io::Result<bool> {
     Ok(fs::metadata(path)?.permissions().mode() & 0o077 != 0)

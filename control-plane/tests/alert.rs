@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,9 +15,9 @@ use axum::http::{HeaderMap, StatusCode};
 use common::{Backend, TestApp, error_code};
 use hais_control_plane::bus::log::{Detections, outbox};
 use hais_control_plane::config::HumanDuration;
+use hais_e2e::sinks;
 use hais_shared::detection::{Detection, Severity, Source};
 use hais_shared::fingerprint::Method;
-use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -122,20 +121,27 @@ async fn receiver() -> (SocketAddr, Arc<Received>) {
     (addr, got)
 }
 
-/// The receiver's check: HMAC-SHA256 of `<timestamp>.<body>`, timestamp within 5 minutes.
+/// The receiver's check (the shared one: HMAC-SHA256 of `<timestamp>.<body>`, timestamp within
+/// 5 minutes).
 fn signature_ok(h: &HeaderMap, body: &[u8]) -> bool {
-    let (Some(ts), Some(sig)) = (h.get("x-hais-timestamp"), h.get("x-hais-signature")) else {
-        return false;
-    };
-    let ts: i64 = ts.to_str().unwrap().parse().unwrap();
-    if (OffsetDateTime::now_utc().unix_timestamp() - ts).abs() > 300 {
-        return false;
-    }
-    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(format!("{ts}.").as_bytes());
-    mac.update(body);
-    let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    sig.to_str().unwrap() == want
+    let header = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    sinks::signature_ok(
+        SECRET,
+        header("x-hais-timestamp"),
+        header("x-hais-signature"),
+        body,
+    )
+}
+
+/// Waits until `done` holds for the health of the (first) channel.
+async fn until_health(t: &TestApp, what: &str, done: impl Fn(&Value) -> bool) {
+    until(what, || async {
+        let (_, v) = t
+            .call("GET", "/api/alert/channels", Some(&t.admin), None)
+            .await;
+        done(&v[0]["health"]).then_some(())
+    })
+    .await
 }
 
 async fn channel(t: &TestApp, body: Value) -> Value {
@@ -395,13 +401,7 @@ async fn suppressions(backend: Backend) {
     })
     .await;
     // Only the open one was notified (the outbox is empty, the receiver saw one).
-    until("an empty outbox", || async {
-        let (_, v) = t
-            .call("GET", "/api/alert/channels", Some(&t.admin), None)
-            .await;
-        (v[0]["health"]["pending"] == 0).then_some(())
-    })
-    .await;
+    until_health(&t, "an empty outbox", |h| h["pending"] == 0).await;
     assert_eq!(got.accepted.lock().unwrap().len(), 1);
     // List and delete.
     let (s, v) = t
@@ -716,60 +716,13 @@ async fn channel_down_then_back(backend: Backend) {
     t.finish().await;
 }
 
-/// A real Alertmanager on a loopback port, killed when dropped.
-struct Alertmanager {
-    child: std::process::Child,
-    url: String,
-    _dir: PathBuf,
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
-}
-
-const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
-
-/// Starts Debian's `prometheus-alertmanager`, or `None` when it is not installed.
-async fn alertmanager(dir: &std::path::Path) -> Option<Alertmanager> {
-    if !std::path::Path::new(ALERTMANAGER).exists() {
-        eprintln!(
-            "SKIPPED: {ALERTMANAGER} is not installed (apt-get install prometheus-alertmanager)"
-        );
-        return None;
-    }
-    let dir = dir.join("alertmanager");
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("alertmanager.yml");
-    std::fs::write(
-        &config,
-        "route:\n  receiver: \"null\"\nreceivers:\n  - name: \"null\"\n",
-    )
-    .unwrap();
-    let port = common::free_port();
-    let child = std::process::Command::new(ALERTMANAGER)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--cluster.listen-address=")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prometheus-alertmanager starts");
-    let am = Alertmanager {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    };
-    let ready = format!("{}/-/ready", am.url);
-    until("Alertmanager ready", || async {
-        matches!(get(&ready).await, Some((200, _))).then_some(())
-    })
-    .await;
-    Some(am)
+/// Debian's `prometheus-alertmanager` on a free loopback port (the shared launcher), or `None`
+/// when it is not installed.
+async fn alertmanager(dir: &std::path::Path) -> Option<sinks::Alertmanager> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || sinks::Alertmanager::start(&dir))
+        .await
+        .unwrap()
 }
 
 /// A GET on loopback: the status and JSON body, `None` when nothing answers.
@@ -833,61 +786,253 @@ async fn alertmanager_delivery(backend: Backend) {
     t.finish().await;
 }
 
+/// Waits for `n` syslog messages in `lines`.
+async fn syslog_lines(what: &str, lines: &sinks::Lines, n: usize) -> Vec<String> {
+    until(what, || async {
+        let got = lines.lock().unwrap().clone();
+        (got.len() >= n).then_some(got)
+    })
+    .await
+}
+
+/// Checks a syslog message carrying the firing of the test's `new-fingerprint` alert on
+/// `identity` (high: syslog severity 3) with priority `pri`.
+fn assert_ocsf_firing(msg: &str, pri: u32, identity: &str, count: u64) {
+    let m = sinks::parse_rfc5424(msg).unwrap_or_else(|| panic!("not RFC 5424: {msg}"));
+    assert_eq!(m.pri, pri, "{msg}");
+    assert_eq!(m.app_name, "hais-alert");
+    assert_eq!(m.msgid, "firing");
+    time::OffsetDateTime::parse(&m.timestamp, &time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let ocsf: Value = serde_json::from_str(&m.msg).unwrap();
+    assert_eq!(ocsf["class_uid"], 2004);
+    assert_eq!(ocsf["category_uid"], 2);
+    assert_eq!(ocsf["type_uid"], 200401);
+    assert_eq!(ocsf["severity_id"], 4);
+    assert_eq!(ocsf["count"], count);
+    assert_eq!(ocsf["finding_info"]["analytic"]["name"], "new-fingerprint");
+    assert_eq!(ocsf["resources"][0]["uid"], identity);
+}
+
 /// Syslog over UDP and TCP: RFC 5424 headers around OCSF Detection Finding JSON.
 async fn syslog_delivery(backend: Backend) {
-    use tokio::io::AsyncReadExt;
     let t = start(backend, "alert_syslog").await;
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (tcp, tcp_lines) = sinks::syslog_tcp_sink();
     channel(
         &t,
         json!({"name": "udp", "kind": "syslog",
         "settings": {"address": udp.local_addr().unwrap().to_string(), "transport": "udp"}}),
     )
     .await;
-    channel(&t, json!({"name": "tcp", "kind": "syslog",
-        "settings": {"address": tcp.local_addr().unwrap().to_string(), "transport": "tcp", "facility": 4}})).await;
-    publish(
+    channel(
         &t,
-        &[detection("spiffe://td/ns/a/sa/b", "new-fingerprint", 3)],
+        json!({"name": "tcp", "kind": "syslog",
+        "settings": {"address": tcp.to_string(), "transport": "tcp", "facility": 4}}),
     )
     .await;
+    let identity = "spiffe://td/ns/a/sa/b";
+    publish(&t, &[detection(identity, "new-fingerprint", 3)]).await;
     let mut buf = vec![0u8; 65536];
     let (n, _) = tokio::time::timeout(DEADLINE, udp.recv_from(&mut buf))
         .await
         .unwrap()
         .unwrap();
-    let udp_msg = String::from_utf8(buf[..n].to_vec()).unwrap();
-    let (mut conn, _) = tokio::time::timeout(DEADLINE, tcp.accept())
-        .await
+    // Facility 10 (default) or 4, severity 3 (error) for a high alert.
+    assert_ocsf_firing(std::str::from_utf8(&buf[..n]).unwrap(), 83, identity, 3);
+    let tcp_msgs = syslog_lines("the TCP frame", &tcp_lines, 1).await;
+    assert_ocsf_firing(&tcp_msgs[0], 35, identity, 3);
+    t.finish().await;
+}
+
+/// A collector's certificate and key, issued by `ca` for the DNS name `localhost`.
+fn collector_leaf(ca: &hais_svid::CertificateAuthority) -> hais_svid::Svid {
+    ca.issue(
+        &hais_shared::spiffe::SpiffeId::new(ca.trust_domain(), "/syslog").unwrap(),
+        &["localhost".into()],
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+}
+
+/// A syslog collector over TLS on loopback (RFC 5425), its certificate issued for `localhost`
+/// by `ca`: the octet-counted frames of every connection whose handshake succeeded.
+fn syslog_tls_sink(ca: &hais_svid::CertificateAuthority) -> (SocketAddr, sinks::Lines) {
+    let leaf = collector_leaf(ca);
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
         .unwrap()
-        .unwrap();
-    let mut framed = String::new();
-    tokio::time::timeout(DEADLINE, conn.read_to_string(&mut framed))
-        .await
-        .unwrap()
-        .unwrap();
-    // Octet counting: "<length> <message>".
-    let (len, tcp_msg) = framed.split_once(' ').unwrap();
-    assert_eq!(len.parse::<usize>().unwrap(), tcp_msg.len());
-    for (msg, pri) in [(udp_msg.as_str(), "<83>1 "), (tcp_msg, "<35>1 ")] {
-        // facility 10 (default) or 4, severity 3 (error) for a high alert.
-        assert!(msg.starts_with(pri), "{msg}");
-        let fields: Vec<&str> = msg.splitn(8, ' ').collect();
-        assert_eq!(fields[3], "hais-alert");
-        assert_eq!(fields[5], "firing");
-        assert_eq!(fields[6], "-");
-        let ocsf: Value = serde_json::from_str(fields[7]).unwrap();
-        assert_eq!(ocsf["class_uid"], 2004);
-        assert_eq!(ocsf["category_uid"], 2);
-        assert_eq!(ocsf["type_uid"], 200401);
-        assert_eq!(ocsf["severity_id"], 4);
-        assert_eq!(ocsf["count"], 3);
-        assert_eq!(ocsf["finding_info"]["analytic"]["name"], "new-fingerprint");
-        assert_eq!(ocsf["resources"][0]["uid"], "spiffe://td/ns/a/sa/b");
-        time::OffsetDateTime::parse(fields[1], &time::format_description::well_known::Rfc3339)
-            .unwrap();
+        .with_no_client_auth()
+        .with_single_cert(
+            leaf.chain.clone(),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf.key_pkcs8.clone().into()),
+        )
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lines: sinks::Lines = Arc::default();
+    let out = lines.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let (config, lines) = (config.clone(), lines.clone());
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let frames = sinks::read_frames(rustls::StreamOwned::new(conn, tcp));
+                lines.lock().unwrap().extend(frames);
+            });
+        }
+    });
+    (addr, out)
+}
+
+/// Syslog over TLS (RFC 5425): delivered to a collector whose certificate chains to the
+/// channel's CA and carries its server name; a collector of another CA, or a name the
+/// certificate does not carry, fails the channel (nothing sent in clear) without holding up
+/// the good one.
+async fn syslog_tls_delivery(backend: Backend) {
+    let t = start(backend, "alert_syslog_tls").await;
+    let ca = hais_svid::CertificateAuthority::generate("syslog.test").unwrap();
+    let (good, good_lines) = syslog_tls_sink(&ca);
+    let other = hais_svid::CertificateAuthority::generate("other.test").unwrap();
+    let (bad, bad_lines) = syslog_tls_sink(&other);
+    let tls = |name: &str, addr: SocketAddr, server_name: &str| {
+        json!({"name": name, "kind": "syslog", "settings": {
+            "address": addr.to_string(), "transport": "tls", "ca": ca.cert_pem(),
+            "server_name": server_name}})
+    };
+    let c = channel(&t, tls("tls", good, "localhost")).await;
+    assert_eq!(c["settings"]["transport"], "tls");
+    channel(&t, tls("wrong-ca", bad, "localhost")).await;
+    channel(&t, tls("wrong-name", good, "collector.example")).await;
+    // Bad settings are refused.
+    for (settings, why) in [
+        (
+            json!({"address": good.to_string(), "transport": "tls", "ca": "not PEM"}),
+            "ca",
+        ),
+        (
+            json!({"address": good.to_string(), "transport": "tls", "server_name": "a b"}),
+            "server_name",
+        ),
+        (
+            json!({"address": good.to_string(), "transport": "tcp", "ca": ca.cert_pem()}),
+            "tls",
+        ),
+    ] {
+        let (s, v) = t
+            .call(
+                "POST",
+                "/api/alert/channels",
+                Some(&t.admin),
+                Some(json!({"name": "bad", "kind": "syslog", "settings": settings})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v.to_string().contains(why), "{why}: {v}");
     }
+    let identity = "spiffe://td/ns/a/sa/tls";
+    publish(&t, &[detection(identity, "new-fingerprint", 2)]).await;
+    let msgs = syslog_lines("the TLS frame", &good_lines, 1).await;
+    assert_ocsf_firing(&msgs[0], 83, identity, 2);
+    // The two bad channels fail with the TLS error and keep their notification.
+    until("both bad channels failing", || async {
+        let (_, v) = t
+            .call("GET", "/api/alert/channels", Some(&t.admin), None)
+            .await;
+        let failing: Vec<String> = v
+            .as_array()?
+            .iter()
+            .filter(|c| c["health"]["failures"].as_i64() > Some(0) && c["health"]["pending"] == 1)
+            .map(|c| format!("{} {}", c["name"], c["health"]["last_error"]))
+            .collect();
+        (failing.len() == 2).then_some(failing)
+    })
+    .await;
+    assert!(bad_lines.lock().unwrap().is_empty());
+    assert_eq!(good_lines.lock().unwrap().len(), 1);
+    t.finish().await;
+}
+
+/// PEM text of one DER block.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// `openssl s_server`, killed when dropped.
+struct SServer(std::process::Child);
+
+impl Drop for SServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Syslog over TLS to `openssl s_server` (OpenSSL, not the test's rustls collector): the
+/// octet-counted frame it printed is the RFC 5424 message with the OCSF finding. The transport
+/// does not depend on the backend: SQLite only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_tls_to_openssl_s_server() {
+    let t = start(Backend::Sqlite, "alert_s_server").await;
+    let ca = hais_svid::CertificateAuthority::generate("syslog.test").unwrap();
+    let leaf = collector_leaf(&ca);
+    let dir = t.iso.dir.join("s_server");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), pem("CERTIFICATE", &leaf.chain[0])).unwrap();
+    std::fs::write(dir.join("key.pem"), pem("PRIVATE KEY", &leaf.key_pkcs8)).unwrap();
+    let port = common::free_port();
+    // One connection (`-naccept 1`, then it exits and its output is complete); no probe of
+    // the port (that would be the one connection): until s_server listens, deliveries fail
+    // and are retried. Its input stays open (at the end of its input it drops the
+    // connection). `-quiet`: it prints only what it receives.
+    let mut server = SServer(
+        std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-naccept", "1"])
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .args(["-cert", "cert.pem", "-key", "key.pem"])
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::fs::File::create(dir.join("out")).unwrap())
+            .stderr(std::fs::File::create(dir.join("err")).unwrap())
+            .spawn()
+            .expect("openssl runs"),
+    );
+    channel(
+        &t,
+        json!({"name": "openssl", "kind": "syslog", "settings": {
+        "address": format!("127.0.0.1:{port}"), "transport": "tls", "ca": ca.cert_pem(),
+        "server_name": "localhost"}}),
+    )
+    .await;
+    let identity = "spiffe://td/ns/a/sa/openssl";
+    publish(&t, &[detection(identity, "new-fingerprint", 1)]).await;
+    until_health(&t, "delivered to s_server", |h| h["delivered"] == 1).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while server.0.try_wait().unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "s_server did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = std::fs::read(dir.join("out")).unwrap();
+    let frames = sinks::read_frames(&out[..]);
+    assert_eq!(frames.len(), 1, "{}", String::from_utf8_lossy(&out));
+    assert_ocsf_firing(&frames[0], 83, identity, 1);
     t.finish().await;
 }
 
@@ -1008,67 +1153,10 @@ async fn kill_9_mid_delivery_then_restart() {
     iso.cleanup().await;
 }
 
-/// Mails an SMTP sink received: the envelope's commands (MAIL, RCPT) and the data.
-type Mails = Arc<Mutex<Vec<(Vec<String>, String)>>>;
-
-/// A tiny SMTP sink on loopback (no TLS, no auth): records each message's envelope and data.
-async fn smtp_sink() -> (SocketAddr, Mails) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mails: Mails = Arc::default();
-    let out = mails.clone();
-    tokio::spawn(async move {
-        loop {
-            let (conn, _) = listener.accept().await.unwrap();
-            let mails = mails.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = conn.into_split();
-                let mut lines = BufReader::new(r).lines();
-                w.write_all(b"220 sink ESMTP\r\n").await.unwrap();
-                let mut envelope = Vec::new();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
-                    let reply: &[u8] = match verb.as_str() {
-                        "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
-                        "MAIL" | "RCPT" => {
-                            envelope.push(line.clone());
-                            b"250 OK\r\n"
-                        }
-                        "DATA" => {
-                            w.write_all(b"354 go on\r\n").await.unwrap();
-                            let mut data = String::new();
-                            while let Ok(Some(l)) = lines.next_line().await {
-                                if l == "." {
-                                    break;
-                                }
-                                data.push_str(&l);
-                                data.push('\n');
-                            }
-                            mails
-                                .lock()
-                                .unwrap()
-                                .push((std::mem::take(&mut envelope), data));
-                            b"250 queued\r\n"
-                        }
-                        "QUIT" => {
-                            let _ = w.write_all(b"221 bye\r\n").await;
-                            return;
-                        }
-                        _ => b"250 OK\r\n",
-                    };
-                    w.write_all(reply).await.unwrap();
-                }
-            });
-        }
-    });
-    (addr, out)
-}
-
 /// E-mail over SMTP to a sink in the test: one mail per notification, to every recipient.
 async fn email_delivery(backend: Backend) {
     let t = start(backend, "alert_mail").await;
-    let (addr, mails) = smtp_sink().await;
+    let (addr, mails) = sinks::smtp_sink();
     channel(
         &t,
         json!({"name": "mail", "kind": "email", "settings": {
@@ -1109,6 +1197,247 @@ async fn email_delivery(backend: Backend) {
     t.finish().await;
 }
 
+/// Severity rules: the oldest matching rule sets a detection's severity before it is folded, so
+/// an alert is born with it (and routed by it); the history says which rule; bad rules are 400;
+/// a deleted rule no longer applies.
+async fn severity_rules(backend: Backend) {
+    let t = start(backend, "alert_sev").await;
+    let (addr, got) = receiver().await;
+    channel(
+        &t,
+        json!({"name": "hook", "kind": "webhook", "settings": {"url": format!("http://{addr}/hook")},
+               "secret": SECRET, "min_severity": "medium"}),
+    )
+    .await;
+    let post = |body: Value| {
+        let t = &t;
+        async move {
+            t.call(
+                "POST",
+                "/api/alert/severity-rules",
+                Some(&t.admin),
+                Some(body),
+            )
+            .await
+        }
+    };
+    for (body, why) in [
+        (json!({"severity": "low", "reason": "x"}), "at least one"),
+        (
+            json!({"rule": "r", "severity": "urgent", "reason": "x"}),
+            "severity",
+        ),
+        (
+            json!({"source": "nope", "severity": "low", "reason": "x"}),
+            "source",
+        ),
+        (
+            json!({"rule": "r", "severity": "low", "reason": " "}),
+            "reason",
+        ),
+        (
+            json!({"rule": "", "severity": "low", "reason": "x"}),
+            "empty",
+        ),
+    ] {
+        let (s, v) = post(body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v.to_string().contains(why), "{why}: {v}");
+    }
+    let (s, lab) = post(
+        json!({"identity_pattern": "spiffe://td/ns/lab/*", "severity": "low",
+                               "reason": "lab noise"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{lab}");
+    let (s, v) = post(json!({"source": "correlation", "rule": "escalate-me",
+                             "severity": "critical", "reason": "crown jewels"}))
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // A later rule matching the lab identity too: the older one wins.
+    let (s, v) = post(
+        json!({"identity_pattern": "spiffe://td/ns/lab/sa/*", "severity": "critical",
+                             "reason": "shadowed"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = t
+        .call("GET", "/api/alert/severity-rules", Some(&t.admin), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["items"].as_array().unwrap().len(), 3);
+    publish(
+        &t,
+        &[
+            detection("spiffe://td/ns/lab/sa/a", "new-fingerprint", 1),
+            detection("spiffe://td/ns/prod/sa/b", "escalate-me", 1),
+            detection("spiffe://td/ns/prod/sa/c", "new-fingerprint", 1),
+        ],
+    )
+    .await;
+    let all = until("three alerts", || async {
+        let a = alerts(&t, "").await;
+        (a.len() == 3).then_some(a)
+    })
+    .await;
+    let by_identity = |id: &str| all.iter().find(|a| a["identity"] == id).unwrap().clone();
+    let lab_alert = by_identity("spiffe://td/ns/lab/sa/a");
+    assert_eq!(lab_alert["severity"], "low");
+    assert_eq!(
+        by_identity("spiffe://td/ns/prod/sa/b")["severity"],
+        "critical"
+    );
+    assert_eq!(by_identity("spiffe://td/ns/prod/sa/c")["severity"], "high");
+    let (_, detail) = t
+        .call(
+            "GET",
+            &format!("/api/alert/alerts/{}", lab_alert["id"].as_str().unwrap()),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    let opened = detail["history"][0]["comment"].as_str().unwrap();
+    assert!(
+        opened.contains(lab["id"].as_str().unwrap()) && opened.contains("lab noise"),
+        "{opened}"
+    );
+    // Routed by the adjusted severity: the channel (medium and up) heard of two, not the lab's.
+    until_health(&t, "an empty outbox", |h| {
+        h["pending"] == 0 && h["delivered"] == 2
+    })
+    .await;
+    assert!(notified(&got, lab_alert["id"].as_str().unwrap()).is_empty());
+    // Deleted: the lab rule no longer applies (the shadowed one does now).
+    let url = format!("/api/alert/severity-rules/{}", lab["id"].as_str().unwrap());
+    let (s, _) = t.call("DELETE", &url, Some(&t.admin), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = t.call("DELETE", &url, Some(&t.admin), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    publish(
+        &t,
+        &[detection("spiffe://td/ns/lab/sa/d", "new-fingerprint", 1)],
+    )
+    .await;
+    let d = until("the fourth alert", || async {
+        alerts(&t, "?identity=spiffe://td/ns/lab/sa/d")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(d["severity"], "critical");
+    // A viewer reads rules but cannot write them.
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/auth/users",
+            Some(&t.admin),
+            Some(json!({"username": "vic", "password": "password-123456", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let viewer = t.login("vic", "password-123456").await;
+    let (s, _) = t
+        .call("GET", "/api/alert/severity-rules", Some(&viewer), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/alert/severity-rules",
+            Some(&viewer),
+            Some(json!({"rule": "r", "severity": "low", "reason": "x"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    t.finish().await;
+}
+
+/// Channel secrets are sealed in the store (never the clear key in its column) under a key file
+/// of mode 0600 in the data directory; a row an older release stored in clear still delivers
+/// and is sealed by the start-up pass; a secret that does not open (another key) fails the
+/// channel instead of sending unsigned.
+async fn secrets_at_rest(backend: Backend) {
+    use hais_control_plane::services::alert::secrets::{self, SecretBox};
+    use std::os::unix::fs::PermissionsExt as _;
+    let t = start(backend, "alert_secrets").await;
+    let (addr, got) = receiver().await;
+    let c = webhook(&t, "hook", addr).await;
+    let cid = c["id"].as_str().unwrap();
+    let state = &t.app.as_ref().unwrap().state;
+    let store = state.store.clone();
+    let stored = store.channel_secrets().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    let (_, sealed) = &stored[0];
+    assert!(
+        secrets::is_sealed(sealed) && !sealed.contains(SECRET),
+        "{sealed}"
+    );
+    let key_file = state.config.data_dir.join(secrets::KEY_FILE);
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // Delivered with the sealed secret: the receiver verified the signature.
+    let first = detection("spiffe://td/s/1", "new-fingerprint", 1);
+    publish(&t, std::slice::from_ref(&first)).await;
+    until("signed with the sealed secret", || async {
+        (got.accepted.lock().unwrap().len() == 1).then_some(())
+    })
+    .await;
+    // An older release's clear row: still delivered (signature verified).
+    assert!(
+        store
+            .replace_channel_secret(cid, sealed, SECRET)
+            .await
+            .unwrap()
+    );
+    publish(&t, &[detection("spiffe://td/s/2", "new-fingerprint", 1)]).await;
+    until("signed with the clear secret", || async {
+        (got.accepted.lock().unwrap().len() == 2).then_some(())
+    })
+    .await;
+    // The start-up pass seals it, with the key in the data directory.
+    let key = SecretBox::load(None, &state.config.data_dir).unwrap();
+    assert_eq!(
+        secrets::seal_clear_rows(store.as_ref(), &key)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        secrets::seal_clear_rows(store.as_ref(), &key)
+            .await
+            .unwrap(),
+        0
+    );
+    let resealed = store.channel_secrets().await.unwrap().remove(0).1;
+    assert!(secrets::is_sealed(&resealed) && resealed != *sealed);
+    assert_eq!(key.open(cid, &resealed).unwrap(), SECRET);
+    publish(&t, &[detection("spiffe://td/s/3", "new-fingerprint", 1)]).await;
+    until("signed after sealing", || async {
+        (got.accepted.lock().unwrap().len() == 3).then_some(())
+    })
+    .await;
+    // Sealed under another key: the channel fails, saying why; nothing unsigned is sent.
+    let other = SecretBox::new(&[9; 32]).seal(cid, SECRET);
+    assert!(
+        store
+            .replace_channel_secret(cid, &resealed, &other)
+            .await
+            .unwrap()
+    );
+    publish(&t, &[detection("spiffe://td/s/4", "new-fingerprint", 1)]).await;
+    let error = until("the channel failing", || async {
+        let (_, v) = t
+            .call("GET", "/api/alert/channels", Some(&t.admin), None)
+            .await;
+        v[0]["health"]["last_error"].as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(error.contains("does not open"), "{error}");
+    assert_eq!(got.accepted.lock().unwrap().len(), 3);
+    t.finish().await;
+}
+
 crate::backend_tests!(
     dedup_and_lifecycle,
     suppressions,
@@ -1116,5 +1445,8 @@ crate::backend_tests!(
     channel_down_then_back,
     alertmanager_delivery,
     syslog_delivery,
+    syslog_tls_delivery,
     email_delivery,
+    severity_rules,
+    secrets_at_rest,
 );

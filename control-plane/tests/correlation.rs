@@ -9,6 +9,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use common::{Backend, TestApp, enc, error_code, event};
 use hais_control_plane::config::{Config, HumanDuration};
+use hais_control_plane::services::expire_findings;
+use hais_control_plane::store::expiry;
+use hais_control_plane::store::now_us;
 use hais_shared::event::FingerprintEvent;
 use hais_shared::fingerprint::Method;
 use serde_json::{Value, json};
@@ -267,6 +270,33 @@ async fn learns_then_finds(backend: Backend) {
         .await;
     assert_eq!(p2["items"].as_array().unwrap().len(), 1);
     assert_ne!(p2["items"][0]["id"], p1["items"][0]["id"]);
+    // Retention: a finding not seen since the cutoff goes, one seen after it stays (python was
+    // last seen 50 s ago, the section-a change 90 s ago).
+    let state = &t.app.as_ref().unwrap().state;
+    let gone = state
+        .store
+        .expire(&expiry::CORRELATION_FINDINGS, now_us() - 70_000_000)
+        .await
+        .unwrap();
+    assert_eq!(gone, 1);
+    let items = findings_until(&t, |f| f.len() == 1).await;
+    assert_eq!(items[0]["fingerprint"], PYTHON);
+    // The scheduled pass keeps what is younger than `findings_retention_days`; the threat
+    // tables' keys (one of them composite) delete on both backends.
+    let tables = [
+        expiry::CORRELATION_FINDINGS,
+        expiry::THREAT_MATCHES,
+        expiry::THREAT_GEO,
+    ];
+    let passed = expire_findings(state, &tables).await.unwrap();
+    assert_eq!(
+        passed,
+        [
+            ("correlation_findings", 0),
+            ("threat_matches", 0),
+            ("threat_geo", 0)
+        ]
+    );
     t.finish().await;
 }
 

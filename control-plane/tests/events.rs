@@ -11,6 +11,7 @@ use common::{Backend, TestApp, enc, error_code, event};
 use hais_shared::event::FingerprintEvent;
 use hais_shared::fingerprint::Method;
 use serde_json::{Value, json};
+use sqlx::{Connection as _, Row as _};
 
 const JA4_CURL: &str = "t13d1516h2_8daaf6152771_e5627efa2ab1";
 const JA4_PY: &str = "t13d1812h1_85036bcba153_b26ce05bbdd6";
@@ -340,6 +341,72 @@ async fn event_search(backend: Backend) {
     let (s, _) = t.call("GET", "/api/ja4/events", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
+    // The same page as OCSF Network Activity: same events, same cursor; fingerprints typed and
+    // split into sections; the process as actor; the identity unmapped.
+    let (ids, next) = page(&t, "host=web-02&limit=7").await;
+    let (s, v) = t
+        .call(
+            "GET",
+            "/api/ja4/export/ocsf?host=web-02&limit=7",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["next_cursor"].as_str(), next.as_deref());
+    let docs = v["items"].as_array().unwrap();
+    let uids: Vec<String> = docs
+        .iter()
+        .map(|d| d["metadata"]["uid"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(uids, ids);
+    for d in docs {
+        let e = events
+            .iter()
+            .find(|e| e.id.to_string() == d["metadata"]["uid"])
+            .unwrap();
+        assert_eq!(
+            (d["class_uid"].as_u64(), d["type_uid"].as_u64()),
+            (Some(4001), Some(400106))
+        );
+        assert_eq!(d["metadata"]["version"], "1.3.0");
+        assert_eq!(d["device"]["hostname"], "web-02");
+        assert_eq!(d["dst_endpoint"]["ip"], e.flow.dst_ip.to_string());
+        assert_eq!(d["dst_endpoint"]["port"], e.flow.dst_port);
+        assert_eq!(d["dst_endpoint"]["hostname"], "api.example");
+        assert_eq!(
+            d["time"].as_i64().unwrap(),
+            (e.timestamp.unix_timestamp_nanos() / 1_000_000) as i64
+        );
+        assert_eq!(
+            d["actor"]["process"]["file"]["path"],
+            e.workload.exe.clone().unwrap()
+        );
+        let list = d["ja4_fingerprint_list"].as_array().unwrap();
+        assert_eq!(list.len(), e.fingerprints.len());
+        for (f, o) in e.fingerprints.iter().zip(list) {
+            assert_eq!(o["value"], f.value);
+            let want = match f.method {
+                Method::Ja4 => 1,
+                Method::Ja4h => 3,
+                Method::Ja4x => 5,
+                other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!(o["type_id"], want);
+            assert_eq!(o["section_a"].as_str(), f.value.split('_').next(), "{o}");
+        }
+        assert!(d["unmapped"]["workload_key"].is_string(), "{d}");
+    }
+    let (s, v) = t
+        .call("GET", "/api/ja4/export/ocsf?limit=0", Some(&t.admin), None)
+        .await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (s, _) = t.call("GET", "/api/ja4/export/ocsf", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
     // Replays are stored once, and so listed once.
     t.ingest(&events[..3]).await;
     t.search_indexed().await;
@@ -349,3 +416,80 @@ async fn event_search(backend: Backend) {
 }
 
 crate::backend_tests!(event_search);
+
+/// Search rows already there are left alone and missing ones written, as after an upgrade whose
+/// migration indexed the stored events while the new `search` group starts again at the start of
+/// the bus log: PostgreSQL's `COPY` meets the existing keys and the indexer falls back to
+/// `INSERT … ON CONFLICT DO NOTHING`. A backslash in a server name survives `COPY`'s escaping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_reindex_keeps_rows_there_and_fills_missing_ones() {
+    let mut t = TestApp::start(Backend::Postgres, "reindex").await;
+    let mut events = Vec::new();
+    for i in 0..30i64 {
+        let host = format!("node-{:02}", i % 6);
+        let mut e = flow(
+            &host,
+            "/usr/bin/curl",
+            0,
+            "192.0.2.10",
+            &[(Method::Ja4, JA4_CURL), (Method::Ja4h, JA4H)],
+            600 - i,
+        );
+        if i == 4 {
+            e.server_name = Some(r"odd\name.example".into());
+        }
+        events.push(e);
+    }
+    t.ingest(&events).await;
+    t.search_indexed().await;
+    let schema = t.iso.schema.clone().unwrap();
+    let iso = t.iso.clone();
+    t.app.take().unwrap().shutdown().await;
+
+    // A third of the events lose their search rows; the group forgets its cursors.
+    let mut conn = sqlx::PgConnection::connect(&common::pg_url())
+        .await
+        .unwrap();
+    let run = |sql: String| sqlx::query(sqlx::AssertSqlSafe(sql));
+    let gone: Vec<uuid::Uuid> = events.iter().step_by(3).map(|e| e.id).collect();
+    for table in ["event_search", "event_fingerprints"] {
+        run(format!("DELETE FROM {schema}.{table} WHERE id = ANY($1)"))
+            .bind(&gone)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    run(format!(
+        "DELETE FROM {schema}.bus_partitions WHERE grp = 'search'"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let t = TestApp::start_with(iso.clone(), iso.config()).await;
+    t.search_indexed().await;
+    let count = |table: &str| run(format!("SELECT count(*) FROM {schema}.{table}"));
+    let n: i64 = count("event_search")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, events.len() as i64);
+    let n: i64 = count("event_fingerprints")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2 * events.len() as i64);
+    let want = expected(&events, |e| e.host == "node-04");
+    assert_eq!(all_ids(&t, "host=node-04", 3).await, want);
+    assert_eq!(
+        all_ids(&t, &format!("method=ja4h&value={JA4H}"), 100).await,
+        expected(&events, |_| true)
+    );
+    assert_eq!(
+        all_ids(&t, &format!("server_name={}", enc(r"odd\name.example")), 10).await,
+        vec![events[4].id.to_string()]
+    );
+    t.finish().await;
+}

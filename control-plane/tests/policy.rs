@@ -356,6 +356,21 @@ async fn violations_are_explained_and_alerted(backend: Backend) {
     assert!(text.contains("hais_policy_violations_total 2"), "{text}");
     assert!(text.contains("hais_policy_allowed_total 3"), "{text}");
     assert!(text.contains("hais_policy_version 1"), "{text}");
+
+    // Findings retention: violations not seen since the cutoff go (both, the audit one too).
+    let store = &t.app.as_ref().unwrap().state.store;
+    let gone = store
+        .expire(
+            &hais_control_plane::store::expiry::POLICY_VIOLATIONS,
+            hais_control_plane::store::now_us() + 1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(gone, 2);
+    let (_, v) = t
+        .call("GET", "/api/policy/decisions", Some(&t.admin), None)
+        .await;
+    assert_eq!(v["items"], json!([]), "{v}");
     t.finish().await;
 }
 

@@ -1,5 +1,6 @@
-//! Support for the end-to-end tests: finding the workspace's binaries and cutting the network
-//! path between agent and control plane.
+//! Support for the end-to-end tests: finding the workspace's binaries, cutting the network
+//! path between agent and control plane, and receivers of alert notifications (also used by
+//! the control plane's own alert tests).
 //!
 //! The tests run the real binaries (not library calls) because what they check is the product
 //! as deployed: processes that crash, restart and lose their network.
@@ -8,6 +9,7 @@ pub mod cluster;
 pub mod http;
 pub mod proc;
 pub mod relay;
+pub mod sinks;
 
 use std::path::PathBuf;
 

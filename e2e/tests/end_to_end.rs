@@ -4,7 +4,8 @@
 //! computed for those connections must be stored in the control plane and found through its API.
 //!
 //! Needs root (capture on `lo`, sshd) and openssl, curl, python3, openssh-server/client; without
-//! capture rights the test says so and passes vacuously (CI runs it as root).
+//! capture rights the test says so and passes vacuously (CI runs it as root). The alert test
+//! also needs the Debian `prometheus-alertmanager`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,7 +14,8 @@ use std::time::Duration;
 
 use hais_e2e::cluster::{Agent, ControlPlane, can_capture};
 use hais_e2e::proc::{Proc, free_tcp_port, wait_for};
-use serde_json::Value;
+use hais_e2e::sinks;
+use serde_json::{Value, json};
 
 fn run_ok(dir: &Path, cmd: &mut Command) -> String {
     let out = cmd.current_dir(dir).output().expect("command runs");
@@ -302,18 +304,8 @@ fn workloads_are_discovered_then_named_by_an_entry_and_a_template() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let cp = ControlPlane::start(&dir.join("cp"), &[]);
-    let mut agent = Agent::new(&dir.join("agent"));
-    let (ok, out) = agent.enroll(cp.uplink, &cp.token());
-    assert!(ok, "enroll: {out}");
     let ([tls, http, _], _servers) = servers(&dir);
-    let bpf = format!("tcp port {tls} or tcp port {http}");
-    agent.run(
-        cp.uplink,
-        &["-i", "lo", "--bpf", &bpf, "--idle-timeout", "1"],
-    );
-    wait_for("the agent's uplink", Duration::from_secs(30), || {
-        (agent.status()?["uplink"]["state"] == "connected").then_some(())
-    });
+    let _agent = agent_on_lo(&dir, &cp, &format!("tcp port {tls} or tcp port {http}"));
     // Two transfers half a second apart: curl lives long enough for the agent to read its
     // executable from /proc (a process gone by then is named by the kernel tracer alone).
     let curl = |url: String| {
@@ -462,6 +454,22 @@ fn workloads_are_discovered_then_named_by_an_entry_and_a_template() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An agent enrolled at `cp` with a join token, capturing on `lo` what `bpf` lets through
+/// (flows end after 1 s idle), once its uplink is connected.
+fn agent_on_lo(dir: &Path, cp: &ControlPlane, bpf: &str) -> Agent {
+    let mut agent = Agent::new(&dir.join("agent"));
+    let (ok, out) = agent.enroll(cp.uplink, &cp.token());
+    assert!(ok, "enroll: {out}");
+    agent.run(
+        cp.uplink,
+        &["-i", "lo", "--bpf", bpf, "--idle-timeout", "1"],
+    );
+    wait_for("the agent's uplink", Duration::from_secs(30), || {
+        (agent.status()?["uplink"]["state"] == "connected").then_some(())
+    });
+    agent
+}
+
 /// `prog` run as user and group nobody (65534), so a registration entry on that uid names
 /// every client of the test and nothing else (the servers run as root).
 fn as_nobody(prog: &str) -> Command {
@@ -493,84 +501,125 @@ fn correlation_raises_nothing_for_resumed_sessions() {
 /// Second half: a Python client under the same identity afterwards gives exactly one
 /// new-fingerprint finding, naming Python's JA4.
 #[test]
-#[ignore = "the cause (the hold-back released Python's flow before its executable was hashed) \
-            is fixed in the agent, but this test has not been run with the fix yet"]
 fn correlation_finds_a_python_client() {
     correlation_scenario(true);
 }
 
-/// Starts a control plane (learning: 3 s and 3 flows), an agent on `lo`, s_server, and an entry
-/// naming every process of uid 65534; runs the scenario (see the two tests).
-fn correlation_scenario(with_python: bool) {
-    if !can_capture() {
-        eprintln!("skipped: capturing on lo needs root or CAP_NET_RAW");
-        return;
+/// The identity every client of the correlation tests runs under (uid 65534): in namespace
+/// `e2e`, so that Alertmanager gets a `namespace` label too.
+const CLIENTS: &str = "spiffe://hais.local/ns/e2e/sa/clients";
+
+/// A control plane (learning: 3 s and 3 flows), an agent on `lo`, s_server, and an entry naming
+/// every process of uid 65534, whose baseline curl has established.
+struct Learnt {
+    dir: std::path::PathBuf,
+    cp: ControlPlane,
+    _agent: Agent,
+    _servers: Vec<Proc>,
+    token: String,
+    tls: u16,
+    url: String,
+}
+
+impl Learnt {
+    /// Sets it all up under a fresh directory named after `tag`; `None` (saying so) without
+    /// capture rights.
+    fn start(tag: &str) -> Option<Learnt> {
+        if !can_capture() {
+            eprintln!("skipped: capturing on lo needs root or CAP_NET_RAW");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("hais-e2e-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cp = ControlPlane::start(
+            &dir.join("cp"),
+            &[
+                ("HAIS_CORRELATION_LEARNING_PERIOD", "3s"),
+                ("HAIS_CORRELATION_LEARNING_MIN_FLOWS", "3"),
+            ],
+        );
+        let ([tls, _, _], servers) = servers(&dir);
+        let agent = agent_on_lo(&dir, &cp, &format!("tcp port {tls}"));
+        let token = cp.login();
+        let (st, entry) = cp.post(
+            &token,
+            "/api/identity/entries",
+            &serde_json::json!({"spiffe_id": CLIENTS, "selectors": ["unix:uid:65534"]}),
+        );
+        assert_eq!(st, 201, "{entry}");
+        let l = Learnt {
+            dir,
+            cp,
+            _agent: agent,
+            _servers: servers,
+            token,
+            tls,
+            url: format!("https://127.0.0.1:{tls}/"),
+        };
+        // Learning: three curl processes, three full handshakes.
+        for _ in 0..3 {
+            curl_as_nobody(&l.url, 1);
+        }
+        let b = l.baseline("three flows learnt", &|b| b["flows"].as_u64() >= Some(3));
+        assert_eq!(b["state"], "learning", "{b}");
+        // The learning period (3 s of the flows' own time) passes; the next flow establishes it.
+        let since_us = b["since_us"].as_i64().unwrap();
+        wait_for("the learning period", Duration::from_secs(30), || {
+            let now_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as i64;
+            (now_us > since_us + 3_500_000).then_some(())
+        });
+        curl_as_nobody(&l.url, 1);
+        l.baseline("established", &|b| b["state"] == "established");
+        Some(l)
     }
-    let dir = std::env::temp_dir().join(format!(
-        "hais-e2e-corr-{}-{with_python}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cp = ControlPlane::start(
-        &dir.join("cp"),
-        &[
-            ("HAIS_CORRELATION_LEARNING_PERIOD", "3s"),
-            ("HAIS_CORRELATION_LEARNING_MIN_FLOWS", "3"),
-        ],
-    );
-    let mut agent = Agent::new(&dir.join("agent"));
-    let (ok, out) = agent.enroll(cp.uplink, &cp.token());
-    assert!(ok, "enroll: {out}");
-    let ([tls, _, _], _servers) = servers(&dir);
-    let bpf = format!("tcp port {tls}");
-    agent.run(
-        cp.uplink,
-        &["-i", "lo", "--bpf", &bpf, "--idle-timeout", "1"],
-    );
-    wait_for("the agent's uplink", Duration::from_secs(30), || {
-        (agent.status()?["uplink"]["state"] == "connected").then_some(())
-    });
-    let token = cp.login();
-    let spiffe = "spiffe://hais.local/e2e/clients";
-    let (st, entry) = cp.post(
-        &token,
-        "/api/identity/entries",
-        &serde_json::json!({"spiffe_id": spiffe, "selectors": ["unix:uid:65534"]}),
-    );
-    assert_eq!(st, 201, "{entry}");
-    let baseline_path = "/api/correlation/baselines/spiffe%3A%2F%2Fhais.local%2Fe2e%2Fclients";
-    let baseline = |what: &str, done: &dyn Fn(&Value) -> bool| {
+
+    /// The clients' baseline once `done` holds (polled for up to 60 s).
+    fn baseline(&self, what: &str, done: &dyn Fn(&Value) -> bool) -> Value {
+        let path = format!(
+            "/api/correlation/baselines/{}",
+            CLIENTS.replace(':', "%3A").replace('/', "%2F")
+        );
         wait_for(what, Duration::from_secs(60), || {
-            let (st, b) = cp.get(&token, baseline_path);
+            let (st, b) = self.cp.get(&self.token, &path);
             (st == 200 && done(&b)).then_some(b)
         })
-    };
-    let url = format!("https://127.0.0.1:{tls}/");
-
-    // Learning: three curl processes, three full handshakes.
-    for _ in 0..3 {
-        curl_as_nobody(&url, 1);
     }
-    let b = baseline("three flows learnt", &|b| b["flows"].as_u64() >= Some(3));
-    assert_eq!(b["state"], "learning", "{b}");
-    // The learning period (3 s of the flows' own time) passes; the next flow establishes it.
-    let since_us = b["since_us"].as_i64().unwrap();
-    wait_for("the learning period", Duration::from_secs(30), || {
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as i64;
-        (now_us > since_us + 3_500_000).then_some(())
-    });
-    curl_as_nobody(&url, 1);
-    baseline("established", &|b| b["state"] == "established");
+
+    /// The correlation findings, once `done` holds (polled for up to 60 s).
+    fn findings(&self, what: &str, done: &dyn Fn(&[Value]) -> bool) -> Vec<Value> {
+        wait_for(what, Duration::from_secs(60), || {
+            let (st, v) = self.cp.get(&self.token, "/api/correlation/findings");
+            assert_eq!(st, 200, "{v}");
+            let items = v["items"].as_array().unwrap().clone();
+            done(&items).then_some(items)
+        })
+    }
+}
+
+impl Drop for Learnt {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Runs the scenario (see the two tests).
+fn correlation_scenario(with_python: bool) {
+    let Some(l) = Learnt::start(&format!("corr-{with_python}")) else {
+        return;
+    };
+    let (cp, token, url, dir) = (&l.cp, &l.token, &l.url, &l.dir);
 
     // Resumption: one curl process, three connections, two of them resumed.
-    curl_as_nobody(&url, 3);
+    curl_as_nobody(url, 3);
     // Every flow judged (seven), none a finding; curl's resumed sessions presented another
     // plain JA4 under the one stable key.
-    let b = baseline("every curl flow judged", &|b| {
+    let b = l.baseline("every curl flow judged", &|b| {
         b["flows"].as_u64() >= Some(7)
     });
     let ja4 = b["fingerprints"]["ja4"].as_array().unwrap();
@@ -579,11 +628,10 @@ fn correlation_scenario(with_python: bool) {
         ja4[0]["values"].as_array().unwrap().len() >= 2,
         "curl's resumed sessions presented another plain JA4 under the same stable one: {b}"
     );
-    let (st, v) = cp.get(&token, "/api/correlation/findings");
+    let (st, v) = cp.get(token, "/api/correlation/findings");
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["items"], serde_json::json!([]), "no finding: {b}");
     if !with_python {
-        let _ = std::fs::remove_dir_all(&dir);
         return;
     }
 
@@ -603,21 +651,17 @@ fn correlation_scenario(with_python: bool) {
     .unwrap();
     let ok = as_nobody("/usr/bin/python3")
         .arg(&script)
-        .arg(&url)
+        .arg(url)
         .status()
         .unwrap()
         .success();
     assert!(ok, "python client");
 
     // The identity's events are judged in order: once Python's flow is, curl's were.
-    let findings = wait_for("Python's finding", Duration::from_secs(60), || {
-        let (st, v) = cp.get(&token, "/api/correlation/findings");
-        assert_eq!(st, 200, "{v}");
-        let items = v["items"].as_array().unwrap().clone();
-        items.iter().any(|f| f["method"] == "ja4").then_some(items)
+    let findings = l.findings("Python's finding", &|f| {
+        f.iter().any(|f| f["method"] == "ja4")
     });
-    let (st, b) = cp.get(&token, baseline_path);
-    assert_eq!(st, 200, "{b}");
+    let b = l.baseline("Python's JA4 in the baseline", &|_| true);
     let ja4 = b["fingerprints"]["ja4"].as_array().unwrap();
     let learnt: Vec<&Value> = ja4.iter().filter(|e| e["accepted"] == true).collect();
     let new: Vec<&Value> = ja4.iter().filter(|e| e["accepted"] == false).collect();
@@ -626,17 +670,17 @@ fn correlation_scenario(with_python: bool) {
     assert_eq!(findings.len(), 1, "exactly one finding: {findings:?} {b}");
     let f = &findings[0];
     assert_eq!(f["detector"], "new-fingerprint", "{f}");
-    assert_eq!(f["identity"], spiffe, "{f}");
+    assert_eq!(f["identity"], CLIENTS, "{f}");
     assert_eq!(f["method"], "ja4", "{f}");
     assert_eq!(f["fingerprint"], new[0]["fingerprint"], "{f}");
     let python_ja4 = new[0]["values"][0].as_str().unwrap();
     assert!(f["summary"].as_str().unwrap().contains(python_ja4), "{f}");
     // And that JA4 is the Python process's, as the inventory shows it.
     let w = wait_for("Python's workload", Duration::from_secs(30), || {
-        workloads(&cp, &token, "q=python").into_iter().next()
+        workloads(cp, token, "q=python").into_iter().next()
     });
     let (st, detail) = cp.get(
-        &token,
+        token,
         &format!("/api/identity/workloads/{}", w["key"].as_str().unwrap()),
     );
     assert_eq!(st, 200, "{detail}");
@@ -644,7 +688,130 @@ fn correlation_scenario(with_python: bool) {
         detail["fingerprints"]["ja4"][0]["value"], python_ja4,
         "{detail}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The webhook channel's HMAC key.
+const HOOK_SECRET: &str = "e2e-webhook-secret-0123456789";
+
+/// The issue's "done when" for the alert service: after curl established the clients'
+/// baseline, `openssl s_client` under the same identity (no ALPN, an SNI: a JA4 curl never
+/// presented) gives one new-fingerprint finding, which becomes ONE alert, delivered once to
+/// each of: a webhook receiver verifying its HMAC signature, a real Alertmanager (Debian
+/// `prometheus-alertmanager`, the alert in its `GET /api/v2/alerts` with the labels the issue
+/// names), a syslog collector (RFC 5424 over TCP, OCSF Detection Finding JSON) and an SMTP
+/// server.
+#[test]
+fn correlation_finding_is_one_alert_on_every_channel() {
+    let Some(l) = Learnt::start("alert") else {
+        return;
+    };
+    let am = sinks::Alertmanager::start(&l.dir)
+        .expect("prometheus-alertmanager is installed (.ci/run installs it)");
+    let (hook, hooks) = sinks::webhook_sink(HOOK_SECRET);
+    let (syslog, lines) = sinks::syslog_tcp_sink();
+    let (smtp, mails) = sinks::smtp_sink();
+    for channel in [
+        json!({"name": "hook", "kind": "webhook", "secret": HOOK_SECRET,
+               "settings": {"url": format!("http://{hook}/hais")}}),
+        json!({"name": "am", "kind": "alertmanager", "settings": {"url": am.url}}),
+        json!({"name": "siem", "kind": "syslog",
+               "settings": {"address": syslog.to_string(), "transport": "tcp"}}),
+        json!({"name": "mail", "kind": "email", "settings": {
+            "host": "127.0.0.1", "port": smtp.port(), "tls": "none",
+            "from": "HaIS <hais@example.org>", "to": ["soc@example.org"]}}),
+    ] {
+        let (st, v) = l.cp.post(&l.token, "/api/alert/channels", &channel);
+        assert_eq!(st, 201, "{v}");
+    }
+
+    // Another client program under the same identity. It stays connected (`-ign_eof`: the
+    // end of its input does not end it) until the finding is there, so the agent attributes
+    // its flow from /proc while it runs.
+    let mut c = as_nobody("/usr/bin/openssl");
+    c.args(["s_client", "-connect", &format!("127.0.0.1:{}", l.tls)])
+        .args(["-servername", "hais.test", "-ign_eof"]);
+    let client = Proc::spawn("s_client_nobody", c, &l.dir);
+    let findings = l.findings("s_client's finding", &|f| {
+        f.iter().any(|f| f["method"] == "ja4")
+    });
+    drop(client);
+    assert_eq!(findings.len(), 1, "exactly one finding: {findings:?}");
+    let f = &findings[0];
+    assert_eq!(f["detector"], "new-fingerprint", "{f}");
+    assert_eq!(f["identity"], CLIENTS, "{f}");
+
+    // One alert for it.
+    let alert = wait_for("the alert", Duration::from_secs(60), || {
+        let (st, v) = l.cp.get(&l.token, "/api/alert/alerts");
+        assert_eq!(st, 200, "{v}");
+        v["items"].as_array().unwrap().first().cloned()
+    });
+    let (_, v) = l.cp.get(&l.token, "/api/alert/alerts");
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "one alert: {v}");
+    let id = alert["id"].as_str().unwrap().to_owned();
+    assert_eq!(alert["source"], "correlation", "{alert}");
+    assert_eq!(alert["rule"], "new-fingerprint", "{alert}");
+    assert_eq!(alert["identity"], CLIENTS, "{alert}");
+    assert_eq!(alert["status"], "open", "{alert}");
+    assert_eq!(alert["fingerprint"], f["fingerprint"], "{alert}");
+    let severity = alert["severity"].as_str().unwrap().to_owned();
+
+    // Every channel delivered (nothing pending, no failure).
+    wait_for("every channel delivered", Duration::from_secs(60), || {
+        let (st, v) = l.cp.get(&l.token, "/api/alert/channels");
+        assert_eq!(st, 200, "{v}");
+        v.as_array()?
+            .iter()
+            .all(|c| c["health"]["pending"] == 0 && c["health"]["delivered"] == 1)
+            .then_some(())
+    });
+
+    // (a) The webhook: one signed notification (the receiver verified the HMAC and the
+    // timestamp, and refused nothing).
+    let bodies = hooks.bodies();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert_eq!(hooks.rejected.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(bodies[0]["kind"], "firing");
+    assert_eq!(bodies[0]["alert"]["id"], id.as_str());
+    assert_eq!(bodies[0]["alert"]["fingerprint"], f["fingerprint"]);
+
+    // (b) Alertmanager shows it, with the labels the issue names.
+    let in_am = wait_for("the alert in Alertmanager", Duration::from_secs(60), || {
+        am.alerts()
+            .into_iter()
+            .find(|a| a["labels"]["alert_id"] == id.as_str())
+    });
+    let labels = &in_am["labels"];
+    assert_eq!(labels["spiffe_id"], CLIENTS, "{in_am}");
+    assert_eq!(labels["namespace"], "e2e", "{in_am}");
+    assert_eq!(labels["detector"], "new-fingerprint", "{in_am}");
+    assert_eq!(labels["severity"], severity.as_str(), "{in_am}");
+    assert_eq!(in_am["status"]["state"], "active", "{in_am}");
+    assert_eq!(am.alerts().len(), 1);
+
+    // (c) The syslog collector: one RFC 5424 message carrying an OCSF Detection Finding.
+    let got = lines.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let m = sinks::parse_rfc5424(&got[0]).unwrap_or_else(|| panic!("RFC 5424: {}", got[0]));
+    assert_eq!(
+        (m.app_name.as_str(), m.msgid.as_str()),
+        ("hais-alert", "firing")
+    );
+    let ocsf: Value = serde_json::from_str(&m.msg).unwrap();
+    assert_eq!(ocsf["class_uid"], 2004, "{ocsf}");
+    assert_eq!(ocsf["finding_info"]["uid"], id.as_str(), "{ocsf}");
+    assert_eq!(ocsf["resources"][0]["uid"], CLIENTS, "{ocsf}");
+
+    // (d) The SMTP server: one mail to the recipient, naming the identity.
+    let got = mails.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (envelope, data) = &got[0];
+    assert!(
+        envelope.iter().any(|l| l.contains("soc@example.org")),
+        "{envelope:?}"
+    );
+    assert!(data.contains(&format!("identity: {CLIENTS}")), "{data}");
+    assert!(data.contains(&format!("alert: {id}")), "{data}");
 }
 
 fn agent_host() -> String {

@@ -24,3 +24,5 @@ CREATE TABLE policy_violations (
 ) WITH (fillfactor = 80);
 CREATE INDEX policy_violations_identity ON policy_violations (identity, id);
 CREATE INDEX policy_violations_outcome ON policy_violations (outcome, id);
+-- Findings retention deletes violations not seen for `findings_retention_days`.
+CREATE INDEX policy_violations_seen ON policy_violations (last_seen_us);

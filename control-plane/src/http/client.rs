@@ -97,18 +97,9 @@ async fn send_inner(req: Outgoing<'_>) -> Result<(u16, Vec<u8>), String> {
         .map_err(|e| err(&e))?;
     let max = req.max_response;
     if tls {
-        let roots = req.roots.unwrap_or_else(|| {
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned())
-        });
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(&e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = tls_client_config(req.roots).map_err(|e| err(&e))?;
         let name = rustls::pki_types::ServerName::try_from(connect_host).map_err(|e| err(&e))?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| err(&e))?;
@@ -120,6 +111,33 @@ async fn send_inner(req: Outgoing<'_>) -> Result<(u16, Vec<u8>), String> {
             .await
             .map_err(|e| err(&e))
     }
+}
+
+/// A TLS client configuration (ring, no client certificate) trusting `roots`, or the web PKI
+/// when `None`: what the control plane's outgoing connections (HTTPS, syslog over TLS) use.
+pub fn tls_client_config(
+    roots: Option<rustls::RootCertStore>,
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let roots = roots.unwrap_or_else(|| {
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned())
+    });
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Trust anchors from PEM text (one or more `CERTIFICATE` blocks).
+pub fn roots_from_pem(text: &str) -> Result<rustls::RootCertStore, String> {
+    let bundle = hais_svid::Bundle::from_pem(text).map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in bundle.certs {
+        roots.add(c).map_err(|e| e.to_string())?;
+    }
+    Ok(roots)
 }
 
 async fn exchange<T>(

@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::{Extension, Json};
@@ -44,6 +45,7 @@ use crate::bus::log::{DurableTopic, FingerprintEvents};
 use crate::bus::topics::{ServiceStart, ServiceStarted};
 use crate::http::{ApiError, ErrorBody};
 use crate::state::AppState;
+use crate::store::expiry::Aging;
 
 /// Every service of the control plane, in seed-port order (the gateway, port 3000, is not a
 /// service of this list: it is the process that mounts them). Adding a service takes its folder
@@ -217,6 +219,60 @@ impl Host {
     pub fn share<T: Any + Send + Sync>(&mut self, handle: Arc<T>) {
         self.shared.insert(TypeId::of::<T>(), handle);
     }
+}
+
+impl Host {
+    /// Runs `pass` on the retention schedule (every `retention_interval_secs`, the first time a
+    /// minute after start, so a restart loop cannot turn into a deletion loop) until shutdown.
+    /// A failed pass is logged and tried again next time.
+    pub fn every_retention<F, Fut>(&mut self, what: &'static str, pass: F)
+    where
+        F: Fn(AppState) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), crate::store::StoreError>> + Send,
+    {
+        let state = self.app.clone();
+        let mut shutdown = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let every = Duration::from_secs(state.config.retention_interval_secs.max(60));
+            let mut wait = Duration::from_secs(60);
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                if let Err(e) = pass(state.clone()).await {
+                    tracing::error!(error = %e, what, "retention pass failed");
+                }
+                wait = every;
+            }
+        }));
+    }
+
+    /// Expires `tables` on the retention schedule when `findings_retention_days` is set.
+    pub fn expire_findings(&mut self, tables: &'static [Aging]) {
+        if self.app.config.findings_retention_days > 0 {
+            self.every_retention("findings", move |state| async move {
+                expire_findings(&state, tables).await.map(drop)
+            });
+        }
+    }
+}
+
+/// Deletes the rows of `tables` not seen for `findings_retention_days`; returns how many went
+/// per table.
+pub async fn expire_findings(
+    state: &AppState,
+    tables: &[Aging],
+) -> Result<Vec<(&'static str, u64)>, crate::store::StoreError> {
+    let age = i64::from(state.config.findings_retention_days) * 86_400_000_000;
+    let before = crate::store::now_us() - age;
+    let mut out = Vec::new();
+    for t in tables {
+        let n = state.store.expire(t, before).await?;
+        tracing::info!(table = t.table, deleted = n, "findings retention pass");
+        out.push((t.table, n));
+    }
+    Ok(out)
 }
 
 /// A service this process runs, with its bus counters.

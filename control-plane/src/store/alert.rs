@@ -227,17 +227,66 @@ pub struct Suppression {
     pub expires_us: Option<i64>,
 }
 
+/// A match field: unset matches everything, else exactly the value it holds.
+fn field(want: &Option<String>, have: Option<&str>) -> bool {
+    want.as_deref().is_none_or(|w| Some(w) == have)
+}
+
 impl Suppression {
     /// Whether it applies to `d` at `now_us`.
     pub fn matches(&self, d: &Detection, now_us: i64) -> bool {
-        fn field(want: &Option<String>, have: Option<&str>) -> bool {
-            want.as_deref().is_none_or(|w| Some(w) == have)
-        }
         self.expires_us.is_none_or(|e| e > now_us)
             && field(&self.identity, Some(&d.identity))
             && field(&self.fingerprint, d.fingerprint.as_deref())
             && field(&self.destination, d.destination.as_deref())
             && field(&self.rule, Some(&d.rule))
+    }
+}
+
+/// A severity rule: detections matching every field it sets get its severity before they are
+/// folded into alerts, so that an alert is born with the severity a team wants (and routed by
+/// the channels' `min_severity` accordingly). The oldest matching rule wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SeverityRule {
+    /// UUIDv7.
+    pub id: String,
+    /// `correlation`, `policy` or `threat`.
+    pub source: Option<String>,
+    /// The detector, policy or feed.
+    pub rule: Option<String>,
+    /// Glob over identities (`*` any run of characters).
+    pub identity_pattern: Option<String>,
+    pub fingerprint: Option<String>,
+    /// What matching detections become.
+    #[schema(value_type = String, example = "low")]
+    pub severity: Severity,
+    pub reason: String,
+    pub created_by: String,
+    pub created_us: i64,
+}
+
+impl SeverityRule {
+    /// Whether it applies to `d`.
+    pub fn matches(&self, d: &Detection) -> bool {
+        field(&self.source, Some(d.source.as_str()))
+            && field(&self.rule, Some(&d.rule))
+            && field(&self.fingerprint, d.fingerprint.as_deref())
+            && self
+                .identity_pattern
+                .as_deref()
+                .is_none_or(|p| glob_match(p, &d.identity))
+    }
+}
+
+/// The severity `d` is recorded with: the oldest matching rule's (`rules` in id order), with
+/// that rule, else its own.
+pub fn adjusted_severity<'r>(
+    rules: &'r [SeverityRule],
+    d: &Detection,
+) -> (Severity, Option<&'r SeverityRule>) {
+    match rules.iter().find(|r| r.matches(d)) {
+        Some(r) => (r.severity, Some(r)),
+        None => (d.severity, None),
     }
 }
 
@@ -427,7 +476,17 @@ pub trait AlertStore: Send + Sync {
     ) -> StoreFuture<'a, Vec<Suppression>>;
     fn delete_suppression<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool>;
 
-    /// `false`: a channel has this name already.
+    fn insert_severity_rule<'a>(&'a self, r: &'a SeverityRule) -> StoreFuture<'a, ()>;
+    /// Newest first, after cursor `before`.
+    fn list_severity_rules<'a>(
+        &'a self,
+        before: Option<&'a str>,
+        limit: i64,
+    ) -> StoreFuture<'a, Vec<SeverityRule>>;
+    fn delete_severity_rule<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool>;
+
+    /// `false`: a channel has this name already. `secret` is stored as given (the service seals
+    /// it first).
     fn insert_channel<'a>(
         &'a self,
         c: &'a ChannelRecord,
@@ -442,13 +501,24 @@ pub trait AlertStore: Send + Sync {
     ) -> StoreFuture<'a, bool>;
     /// Every channel (few), in id order, with its health.
     fn list_channels(&self) -> StoreFuture<'_, Vec<ChannelRecord>>;
-    /// A channel and its secret (for delivering; never for the API).
+    /// A channel and its stored secret (sealed, see `services::alert::secrets`; for delivering,
+    /// never for the API).
     fn get_channel<'a>(
         &'a self,
         id: &'a str,
     ) -> StoreFuture<'a, Option<(ChannelRecord, Option<String>)>>;
     /// Deletes the channel and its pending notifications.
     fn delete_channel<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool>;
+    /// Every channel's stored secret, as (channel id, stored value), for sealing those an older
+    /// release stored in clear.
+    fn channel_secrets(&self) -> StoreFuture<'_, Vec<(String, String)>>;
+    /// Replaces a channel's stored secret if it is still `old`; whether it was.
+    fn replace_channel_secret<'a>(
+        &'a self,
+        id: &'a str,
+        old: &'a str,
+        new: &'a str,
+    ) -> StoreFuture<'a, bool>;
 
     /// Claims up to `limit` of the channel's pending notifications (oldest first) until
     /// `until_us`, unless the channel is backing off.
@@ -633,6 +703,46 @@ fn suppression_of(r: SuppressionRow) -> Suppression {
     }
 }
 
+#[derive(Debug, sqlx::FromRow)]
+struct SeverityRuleRow {
+    id: String,
+    source: Option<String>,
+    rule: Option<String>,
+    identity_pattern: Option<String>,
+    fingerprint: Option<String>,
+    severity: i64,
+    reason: String,
+    created_by: String,
+    created_us: i64,
+}
+
+const SEVERITY_RULE_COLUMNS: &str = "id, source, rule, identity_pattern, fingerprint, severity, \
+    reason, created_by, created_us";
+
+impl From<SeverityRuleRow> for SeverityRule {
+    fn from(r: SeverityRuleRow) -> SeverityRule {
+        SeverityRule {
+            id: r.id,
+            source: r.source,
+            rule: r.rule,
+            identity_pattern: r.identity_pattern,
+            fingerprint: r.fingerprint,
+            severity: severity_of_rank(r.severity),
+            reason: r.reason,
+            created_by: r.created_by,
+            created_us: r.created_us,
+        }
+    }
+}
+
+/// What folding a batch of detections looks at, read once per batch in its transaction.
+struct Judging {
+    channels: Vec<ChannelRecord>,
+    suppressions: Vec<Suppression>,
+    /// In id order (oldest first).
+    rules: Vec<SeverityRule>,
+}
+
 /// The evidence of an alert after `d`: its events then `d`'s, without repeats, the most recent
 /// [`MAX_EVIDENCE_EVENTS`].
 fn merge_events(stored: &str, d: &Detection) -> String {
@@ -653,6 +763,42 @@ pub const SYSTEM_ACTOR: &str = "alert";
 macro_rules! impl_alert_store {
     ($ty:ty, $db:ty) => {
         impl $ty {
+            /// A page of `table` (keyed by a UUIDv7 `id`), newest first, after cursor `before`.
+            async fn alert_page<R>(
+                &self,
+                table: &str,
+                columns: &str,
+                before: Option<&str>,
+                limit: i64,
+            ) -> Result<Vec<R>, $crate::store::StoreError>
+            where
+                R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+            {
+                Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {columns} FROM {table} WHERE ($1 IS NULL OR id < $2) \
+                     ORDER BY id DESC LIMIT $3"
+                )))
+                .bind(before)
+                .bind(before)
+                .bind(limit)
+                .fetch_all(self.reader())
+                .await?)
+            }
+
+            /// Deletes row `id` of `table`; whether there was one.
+            async fn alert_delete(
+                &self,
+                table: &str,
+                id: &str,
+            ) -> Result<bool, $crate::store::StoreError> {
+                Ok(sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE id = $1")))
+                    .bind(id)
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected()
+                    == 1)
+            }
+
             /// Appends a history entry inside `conn`'s transaction.
             async fn alert_history_add(
                 conn: &mut <$db as sqlx::Database>::Connection,
@@ -754,15 +900,15 @@ macro_rules! impl_alert_store {
             }
 
             /// Folds one detection in; adds what it did to `out`.
-            #[allow(clippy::too_many_arguments)] // reason: one transaction's context.
             async fn alert_fold(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 d: &Detection,
-                suppressions: &[Suppression],
-                channels: &[ChannelRecord],
+                judging: &Judging,
                 now_us: i64,
                 out: &mut RecordOutcome,
             ) -> Result<(), $crate::store::StoreError> {
+                let channels = &judging.channels;
+                let (d_severity, by_rule) = adjusted_severity(&judging.rules, d);
                 let det_id = d.id.to_string();
                 let count = i64::try_from(d.count).unwrap_or(i64::MAX);
                 let prev: Option<(String, i64)> = sqlx::query_as(
@@ -779,7 +925,7 @@ macro_rules! impl_alert_store {
                 let last_us = $crate::store::to_us(d.last_seen);
                 let key = d.dedup_key();
                 let existing = Self::alert_by(&mut *conn, "dedup_key", &key).await?;
-                let suppression = suppressions.iter().find(|s| s.matches(d, now_us));
+                let suppression = judging.suppressions.iter().find(|s| s.matches(d, now_us));
                 let alert_id = match existing {
                     None => {
                         let status = match suppression.map(|s| s.action) {
@@ -804,7 +950,7 @@ macro_rules! impl_alert_store {
                         .bind(d.method.map(|m| m.as_str()))
                         .bind(&d.fingerprint)
                         .bind(&d.destination)
-                        .bind(severity_rank(d.severity))
+                        .bind(severity_rank(d_severity))
                         .bind(status.as_str())
                         .bind(&d.summary)
                         .bind(count)
@@ -817,9 +963,13 @@ macro_rules! impl_alert_store {
                         .bind(&key)
                         .execute(&mut *conn)
                         .await?;
-                        let (action, comment) = match suppression {
-                            Some(s) => ("recorded-suppressed", Some(format!("suppression {}: {}", s.id, s.reason))),
-                            None => ("opened", None),
+                        let (action, comment) = match (suppression, by_rule) {
+                            (Some(s), _) => ("recorded-suppressed", Some(format!("suppression {}: {}", s.id, s.reason))),
+                            (None, Some(r)) => ("opened", Some(format!(
+                                "severity {} (detected as {}) by severity rule {}: {}",
+                                r.severity.as_str(), d.severity.as_str(), r.id, r.reason
+                            ))),
+                            (None, None) => ("opened", None),
                         };
                         Self::alert_history_add(
                             &mut *conn, &id, now_us, SYSTEM_ACTOR, action, status,
@@ -828,7 +978,7 @@ macro_rules! impl_alert_store {
                         .await?;
                         if status == AlertStatus::Open {
                             out.notifications += Self::alert_enqueue(
-                                &mut *conn, channels, &id, d.severity, &d.identity,
+                                &mut *conn, channels, &id, d_severity, &d.identity,
                                 NotificationKind::Firing, now_us,
                             )
                             .await?;
@@ -838,7 +988,7 @@ macro_rules! impl_alert_store {
                     }
                     Some(a) => {
                         let added = count - prev.as_ref().map_or(0, |(_, c)| *c);
-                        let severity = a.severity.max(d.severity);
+                        let severity = a.severity.max(d_severity);
                         // A resolved alert that recurs is open again, unless a suppression
                         // matches the recurrence (then it stays resolved: nobody is told).
                         let reopen = a.status == AlertStatus::Resolved && suppression.is_none();
@@ -919,12 +1069,19 @@ macro_rules! impl_alert_store {
                     .bind(now_us)
                     .fetch_all(&mut *tx)
                     .await?;
-                    let suppressions: Vec<Suppression> =
-                        rows.into_iter().map(suppression_of).collect();
+                    let rules: Vec<SeverityRuleRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT {SEVERITY_RULE_COLUMNS} FROM alert_severity_rules ORDER BY id"
+                    )))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let judging = Judging {
+                        channels,
+                        suppressions: rows.into_iter().map(suppression_of).collect(),
+                        rules: rules.into_iter().map(SeverityRule::from).collect(),
+                    };
                     let mut out = RecordOutcome::default();
                     for d in detections {
-                        Self::alert_fold(&mut *tx, d, &suppressions, &channels, now_us, &mut out)
-                            .await?;
+                        Self::alert_fold(&mut *tx, d, &judging, now_us, &mut out).await?;
                     }
                     if let Some(cp) = cp {
                         $crate::store::bus::commit_checkpoint::<$db>(&mut *tx, cp).await?;
@@ -1127,28 +1284,53 @@ macro_rules! impl_alert_store {
                 limit: i64,
             ) -> StoreFuture<'a, Vec<Suppression>> {
                 Box::pin(async move {
-                    let rows: Vec<SuppressionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                        "SELECT {SUPPRESSION_COLUMNS} FROM alert_suppressions \
-                         WHERE ($1 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
-                    )))
-                    .bind(before)
-                    .bind(before)
-                    .bind(limit)
-                    .fetch_all(self.reader())
-                    .await?;
+                    let rows: Vec<SuppressionRow> = self
+                        .alert_page("alert_suppressions", SUPPRESSION_COLUMNS, before, limit)
+                        .await?;
                     Ok(rows.into_iter().map(suppression_of).collect())
                 })
             }
 
             fn delete_suppression<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+                Box::pin(self.alert_delete("alert_suppressions", id))
+            }
+
+            fn insert_severity_rule<'a>(&'a self, r: &'a SeverityRule) -> StoreFuture<'a, ()> {
                 Box::pin(async move {
-                    Ok(sqlx::query("DELETE FROM alert_suppressions WHERE id = $1")
-                        .bind(id)
-                        .execute(self.writer())
-                        .await?
-                        .rows_affected()
-                        == 1)
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "INSERT INTO alert_severity_rules ({SEVERITY_RULE_COLUMNS}) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                    )))
+                    .bind(&r.id)
+                    .bind(&r.source)
+                    .bind(&r.rule)
+                    .bind(&r.identity_pattern)
+                    .bind(&r.fingerprint)
+                    .bind(severity_rank(r.severity))
+                    .bind(&r.reason)
+                    .bind(&r.created_by)
+                    .bind(r.created_us)
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
                 })
+            }
+
+            fn list_severity_rules<'a>(
+                &'a self,
+                before: Option<&'a str>,
+                limit: i64,
+            ) -> StoreFuture<'a, Vec<SeverityRule>> {
+                Box::pin(async move {
+                    let rows: Vec<SeverityRuleRow> = self
+                        .alert_page("alert_severity_rules", SEVERITY_RULE_COLUMNS, before, limit)
+                        .await?;
+                    Ok(rows.into_iter().map(SeverityRule::from).collect())
+                })
+            }
+
+            fn delete_severity_rule<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+                Box::pin(self.alert_delete("alert_severity_rules", id))
             }
 
             fn insert_channel<'a>(
@@ -1259,6 +1441,36 @@ macro_rules! impl_alert_store {
                         == 1;
                     tx.commit().await?;
                     Ok(gone)
+                })
+            }
+
+            fn channel_secrets(&self) -> StoreFuture<'_, Vec<(String, String)>> {
+                Box::pin(async move {
+                    Ok(sqlx::query_as(
+                        "SELECT id, secret FROM alert_channels WHERE secret IS NOT NULL ORDER BY id",
+                    )
+                    .fetch_all(self.writer())
+                    .await?)
+                })
+            }
+
+            fn replace_channel_secret<'a>(
+                &'a self,
+                id: &'a str,
+                old: &'a str,
+                new: &'a str,
+            ) -> StoreFuture<'a, bool> {
+                Box::pin(async move {
+                    Ok(sqlx::query(
+                        "UPDATE alert_channels SET secret = $1 WHERE id = $2 AND secret = $3",
+                    )
+                    .bind(new)
+                    .bind(id)
+                    .bind(old)
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected()
+                        == 1)
                 })
             }
 
@@ -1405,6 +1617,47 @@ mod tests {
         assert_eq!(Resolve.next(Suppressed), Some(Resolved));
         assert_eq!(Resolve.next(Resolved), None);
         assert_eq!(Comment.next(Resolved), Some(Resolved));
+    }
+
+    #[test]
+    fn the_oldest_matching_severity_rule_wins() {
+        let d = Detection {
+            id: uuid::Uuid::now_v7(),
+            source: hais_shared::detection::Source::Correlation,
+            rule: "new-fingerprint".into(),
+            severity: Severity::High,
+            identity: "spiffe://td/ns/lab/sa/x".into(),
+            method: None,
+            fingerprint: Some("fp".into()),
+            destination: None,
+            summary: String::new(),
+            event_ids: Vec::new(),
+            first_seen: time::OffsetDateTime::UNIX_EPOCH,
+            last_seen: time::OffsetDateTime::UNIX_EPOCH,
+            count: 1,
+            attributes: BTreeMap::new(),
+        };
+        let rule = |id: &str, source: Option<&str>, pattern: Option<&str>, severity| SeverityRule {
+            id: id.into(),
+            source: source.map(Into::into),
+            rule: None,
+            identity_pattern: pattern.map(Into::into),
+            fingerprint: None,
+            severity,
+            reason: "r".into(),
+            created_by: "a".into(),
+            created_us: 0,
+        };
+        let rules = [
+            rule("1", Some("threat"), None, Severity::Critical),
+            rule("2", None, Some("spiffe://td/ns/lab/*"), Severity::Low),
+            rule("3", Some("correlation"), None, Severity::Info),
+        ];
+        let (s, r) = adjusted_severity(&rules, &d);
+        assert_eq!((s, r.map(|r| r.id.as_str())), (Severity::Low, Some("2")));
+        let (s, r) = adjusted_severity(&rules[2..], &d);
+        assert_eq!((s, r.map(|r| r.id.as_str())), (Severity::Info, Some("3")));
+        assert_eq!(adjusted_severity(&rules[..1], &d), (Severity::High, None));
     }
 
     #[test]

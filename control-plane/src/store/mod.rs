@@ -29,6 +29,7 @@ pub mod alert;
 pub mod bus;
 pub mod correlation;
 pub mod events;
+pub mod expiry;
 pub mod fingerprints;
 pub mod fold;
 pub mod identity;
@@ -247,6 +248,7 @@ pub trait Store:
     spire::SpireStore
     + bus::BusStore
     + events::EventStore
+    + expiry::ExpiryStore
     + alert::AlertStore
     + identity::IdentityStore
     + workloads::WorkloadStore

@@ -10,11 +10,13 @@
 //!   `namespace`, `detector`, `severity`, `source`, `identity`, `alert_id`; `endsAt` once
 //!   resolved. Alertmanager forgets a firing alert after its `resolve_timeout`, so active alerts
 //!   are re-sent periodically ([`super::deliver::spawn_resender`]).
-//! * `syslog`: RFC 5424 messages over UDP or TCP (octet counting, RFC 6587) whose message is an
-//!   OCSF Detection Finding (class 2004) as JSON ([`ocsf`]), for SIEMs.
+//! * `syslog`: RFC 5424 messages over UDP, TCP (octet counting, RFC 6587) or TLS (RFC 5425,
+//!   the collector's certificate checked against the channel's CA and server name) whose message
+//!   is an OCSF Detection Finding (class 2004) as JSON ([`ocsf`]), for SIEMs.
 //! * `email`: one plain-text mail per notification over SMTP (`lettre`), STARTTLS required
 //!   unless the settings say `"tls": "none"` (a local relay), with the secret as password.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hais_shared::detection::Severity;
@@ -26,7 +28,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::io::AsyncWriteExt;
 
-use crate::http::client::{Outgoing, send};
+use crate::http::client::{Outgoing, roots_from_pem, send, tls_client_config};
 use crate::store::alert::{AlertRecord, ChannelKind, Notification, NotificationKind};
 
 /// How long one delivery may take.
@@ -47,7 +49,11 @@ pub struct HttpSettings {
 pub enum SyslogTransport {
     #[default]
     Udp,
+    /// Octet counting (RFC 6587).
     Tcp,
+    /// RFC 5425: octet counting over TLS (rustls, ring), the collector's certificate checked
+    /// against `ca` (else the web PKI) for `server_name` (else the address's host).
+    Tls,
 }
 
 /// Settings of a `syslog` channel.
@@ -61,6 +67,53 @@ pub struct SyslogSettings {
     /// Syslog facility, 0 to 23 (default 10, security/authorization).
     #[serde(default = "default_facility")]
     pub facility: u8,
+    /// `tls` only: the CA certificate(s), PEM, the collector's certificate must chain to;
+    /// none: the web PKI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// `tls` only: the DNS name or IP address the collector's certificate must carry; none:
+    /// the host of `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+impl SyslogSettings {
+    /// The TLS client configuration and the name to check, for `tls` (`None` otherwise).
+    fn tls(
+        &self,
+    ) -> Result<
+        Option<(
+            Arc<rustls::ClientConfig>,
+            rustls::pki_types::ServerName<'static>,
+        )>,
+        String,
+    > {
+        if self.transport != SyslogTransport::Tls {
+            if self.ca.is_some() || self.server_name.is_some() {
+                return Err("settings.ca and settings.server_name need transport tls".into());
+            }
+            return Ok(None);
+        }
+        let roots = self
+            .ca
+            .as_deref()
+            .map(roots_from_pem)
+            .transpose()
+            .map_err(|e| format!("settings.ca: {e}"))?;
+        let config = tls_client_config(roots).map_err(|e| format!("TLS: {e}"))?;
+        let name = match &self.server_name {
+            Some(n) => n.clone(),
+            None => {
+                let (host, _) = self.address.rsplit_once(':').unwrap_or_default();
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned()
+            }
+        };
+        let name = rustls::pki_types::ServerName::try_from(name)
+            .map_err(|e| format!("settings.server_name: {e}"))?;
+        Ok(Some((config, name)))
+    }
 }
 
 fn default_facility() -> u8 {
@@ -132,6 +185,7 @@ pub fn check_settings(
             if s.facility > 23 {
                 return Err("settings.facility must be 0 to 23".into());
             }
+            s.tls()?;
             serde_json::to_value(s).map_err(bad)?
         }
         ChannelKind::Email => {
@@ -428,11 +482,7 @@ pub fn ocsf(a: &AlertRecord, kind: NotificationKind, notification_id: &str) -> V
         "time": ms(a.updated_us),
         "message": a.summary,
         "count": a.count,
-        "metadata": {
-            "version": "1.3.0",
-            "uid": notification_id,
-            "product": {"name": "HaIS", "vendor_name": "HaIS", "version": env!("CARGO_PKG_VERSION")},
-        },
+        "metadata": crate::ocsf::metadata(notification_id),
         "finding_info": {
             "uid": a.id,
             "title": a.summary,
@@ -563,35 +613,49 @@ async fn send_mails(
 }
 
 async fn send_syslog(s: &SyslogSettings, messages: &[String]) -> std::io::Result<()> {
-    match s.transport {
-        SyslogTransport::Udp => {
-            let target = tokio::net::lookup_host(&s.address)
-                .await?
-                .next()
-                .ok_or_else(|| std::io::Error::other("no address"))?;
-            let bind: std::net::SocketAddr = if target.is_ipv4() {
-                ([0, 0, 0, 0], 0).into()
-            } else {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            let sock = tokio::net::UdpSocket::bind(bind).await?;
-            for m in messages {
-                sock.send_to(m.as_bytes(), target).await?;
-            }
-            Ok(())
+    if s.transport == SyslogTransport::Udp {
+        let target = tokio::net::lookup_host(&s.address)
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let bind: std::net::SocketAddr = if target.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = tokio::net::UdpSocket::bind(bind).await?;
+        for m in messages {
+            sock.send_to(m.as_bytes(), target).await?;
         }
-        SyslogTransport::Tcp => {
-            let mut tcp = tokio::net::TcpStream::connect(&s.address).await?;
-            let mut buf = Vec::new();
-            for m in messages {
-                buf.extend_from_slice(format!("{} ", m.len()).as_bytes());
-                buf.extend_from_slice(m.as_bytes());
-            }
-            tcp.write_all(&buf).await?;
-            tcp.flush().await?;
-            tcp.shutdown().await
+        return Ok(());
+    }
+    // TCP and TLS: octet counting (RFC 6587 section 3.4.1, RFC 5425 section 4.3).
+    let mut framed = Vec::new();
+    for m in messages {
+        framed.extend_from_slice(format!("{} ", m.len()).as_bytes());
+        framed.extend_from_slice(m.as_bytes());
+    }
+    let tls = s.tls().map_err(std::io::Error::other)?;
+    let tcp = tokio::net::TcpStream::connect(&s.address).await?;
+    match tls {
+        None => write_all_and_close(tcp, &framed).await,
+        Some((config, name)) => {
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            write_all_and_close(stream, &framed).await
         }
     }
+}
+
+/// Writes `bytes`, then closes the stream (over TLS, with a `close_notify`).
+async fn write_all_and_close(
+    mut w: impl tokio::io::AsyncWrite + Unpin,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await?;
+    w.shutdown().await
 }
 
 #[cfg(test)]
@@ -617,6 +681,16 @@ mod tests {
         assert_eq!(v["transport"], "udp");
         assert!(check_settings(s, &json!({"address": "nope"}), None).is_err());
         assert!(check_settings(s, &json!({"address": "h:514"}), Some("x")).is_err());
+        let tls = json!({"address": "collector.example:6514", "transport": "tls"});
+        assert_eq!(check_settings(s, &tls, None).unwrap()["transport"], "tls");
+        let bad_ca = json!({"address": "h:6514", "transport": "tls", "ca": "x"});
+        assert!(
+            check_settings(s, &bad_ca, None)
+                .unwrap_err()
+                .contains("settings.ca")
+        );
+        let udp_name = json!({"address": "h:514", "server_name": "h"});
+        assert!(check_settings(s, &udp_name, None).is_err());
     }
 
     #[test]

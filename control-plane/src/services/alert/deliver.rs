@@ -73,8 +73,30 @@ pub fn spawn(alert: Arc<Alert>, mut shutdown: watch::Receiver<bool>) -> JoinHand
 /// Delivers a channel's pending notifications until none is left or one fails.
 async fn deliver_channel(alert: Arc<Alert>, channel_id: String) {
     let store = &alert.store;
-    let Ok(Some((channel, secret))) = store.get_channel(&channel_id).await else {
+    let Ok(Some((channel, stored))) = store.get_channel(&channel_id).await else {
         return;
+    };
+    let secret = match stored
+        .map(|s| alert.secrets.open(&channel_id, &s))
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing can be delivered without it: the channel backs off like a failing one.
+            let now = now_us();
+            let wait = backoff(channel.health.failures + 1, alert.config.max_backoff.0);
+            tracing::warn!(channel = %channel.name, error = %e, "alert: channel secret");
+            let _ = store
+                .notifications_failed(
+                    &channel_id,
+                    &[],
+                    &e.to_string(),
+                    now,
+                    now + wait.as_micros() as i64,
+                )
+                .await;
+            return;
+        }
     };
     loop {
         let now = now_us();

@@ -13,11 +13,15 @@
 //!   exponential back-off per channel; a failing channel holds only its own rows.
 //! * **Channels** ([`channels`]): signed JSON webhook, Slack-compatible webhook, Prometheus
 //!   Alertmanager API v2 (active alerts re-sent every `alert.resend_interval`), syslog RFC 5424
-//!   carrying OCSF Detection Finding JSON, e-mail over SMTP.
+//!   (UDP, TCP, TLS) carrying OCSF Detection Finding JSON, e-mail over SMTP. Their secrets are
+//!   sealed at rest ([`secrets`]).
+//! * **Severity rules** ([`crate::store::alert::SeverityRule`]) set the severity of the
+//!   detections they match before these are folded into alerts.
 
 pub mod channels;
 pub mod deliver;
 pub mod routes;
+pub mod secrets;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -33,6 +37,7 @@ use crate::config::AlertConfig;
 use crate::state::AppState;
 use crate::store::alert::RecordOutcome;
 use crate::store::{Store, now_us};
+use secrets::SecretBox;
 
 /// The service's name: `--service alert`, `/api/alert/…`, its consumer group.
 pub const NAME: &str = "alert";
@@ -48,6 +53,8 @@ pub struct AlertService {
 pub struct Alert {
     pub store: Arc<dyn Store>,
     pub config: AlertConfig,
+    /// Seals channel secrets before they are stored, opens them to deliver.
+    pub secrets: SecretBox,
     /// Woken when notifications were written, so that they leave at once.
     pub wake: Notify,
     pub counts: Counts,
@@ -94,9 +101,19 @@ impl Service for AlertService {
     }
     fn start<'a>(&'a self, host: &'a mut Host) -> BoxFuture<'a, Result<(), ServiceError>> {
         Box::pin(async move {
+            let config = &host.app.config;
+            let secrets = SecretBox::load(config.alert.secrets_key.as_deref(), &config.data_dir)?;
+            let sealed = secrets::seal_clear_rows(host.app.store.as_ref(), &secrets).await?;
+            if sealed > 0 {
+                tracing::info!(
+                    channels = sealed,
+                    "alert: sealed channel secrets stored in clear"
+                );
+            }
             let alert = Arc::new(Alert {
                 store: host.app.store.clone(),
                 config: host.app.config.alert.clone(),
+                secrets,
                 wake: Notify::new(),
                 counts: Counts::default(),
             });

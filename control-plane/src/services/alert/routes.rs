@@ -1,6 +1,6 @@
 //! The alert service's HTTP API: alerts (list, detail, acknowledge, resolve, comment),
-//! suppressions and notification channels. Viewers read alerts, analysts work them and manage
-//! suppressions, admins manage channels (whose settings may hold credentials, such as a Slack
+//! suppressions, severity rules and notification channels. Viewers read alerts, analysts work
+//! them and manage suppressions and severity rules, admins manage channels (whose settings may hold credentials, such as a Slack
 //! webhook URL).
 
 use std::sync::Arc;
@@ -22,12 +22,15 @@ use crate::services::ja4::parse_time;
 use crate::state::AppState;
 use crate::store::alert::{
     ActionOutcome, AlertAction, AlertDetail, AlertQuery, AlertRecord, AlertStatus, ChannelHealth,
-    ChannelKind, ChannelRecord, Notification, NotificationKind, Suppression, SuppressionAction,
+    ChannelKind, ChannelRecord, Notification, NotificationKind, SeverityRule, Suppression,
+    SuppressionAction,
 };
 use crate::store::{Page, now_us};
 
 /// Longest comment, reason or pattern, in bytes.
 const MAX_TEXT: usize = 1024;
+/// Longest channel settings (JSON), in bytes.
+const MAX_SETTINGS: usize = 16 * 1024;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -38,6 +41,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(comment))
         .routes(routes!(list_suppressions, create_suppression))
         .routes(routes!(delete_suppression))
+        .routes(routes!(list_severity_rules, create_severity_rule))
+        .routes(routes!(delete_severity_rule))
         .routes(routes!(list_channels, create_channel))
         .routes(routes!(get_channel, update_channel, delete_channel))
         .routes(routes!(test_channel))
@@ -131,10 +136,7 @@ pub async fn list_alerts(
         limit: page_limit(p.limit)?,
     };
     let items = state.store.list_alerts(&q).await?;
-    let next_cursor = (items.len() == q.limit as usize)
-        .then(|| items.last().map(|a| a.id.clone()))
-        .flatten();
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(page(items, q.limit, |a| &a.id)))
 }
 
 /// One alert with its history, the detections folded into it (links to the findings and, in
@@ -278,20 +280,69 @@ pub async fn list_suppressions(
     ApiQuery(p): ApiQuery<PageParams>,
 ) -> Result<Json<Page<Suppression>>, ApiError> {
     c.require(allow::READ)?;
+    let (limit, before) = page_params(&p)?;
+    let items = state
+        .store
+        .list_suppressions(before.as_deref(), i64::from(limit))
+        .await?;
+    Ok(Json(page(items, limit, |s| &s.id)))
+}
+
+/// The limit and the cursor (an id) of a page request.
+fn page_params(p: &PageParams) -> Result<(u32, Option<String>), ApiError> {
     let limit = page_limit(p.limit)?;
     let before = p
         .cursor
         .as_deref()
         .map(|s| uuid_param(s, "cursor"))
         .transpose()?;
-    let items = state
-        .store
-        .list_suppressions(before.as_deref(), i64::from(limit))
-        .await?;
+    Ok((limit, before))
+}
+
+/// A page of `items` (at most `limit`, newest first): its cursor is the last id when full.
+fn page<T>(items: Vec<T>, limit: u32, id: impl Fn(&T) -> &String) -> Page<T> {
     let next_cursor = (items.len() == limit as usize)
-        .then(|| items.last().map(|s| s.id.clone()))
+        .then(|| items.last().map(|x| id(x).clone()))
         .flatten();
-    Ok(Json(Page { items, next_cursor }))
+    Page { items, next_cursor }
+}
+
+/// Checks the match fields of a suppression or a severity rule: at least one set, none empty,
+/// each short text.
+fn check_match_fields(what: &str, fields: &[(&str, &Option<String>)]) -> Result<(), ApiError> {
+    if fields.iter().all(|(_, v)| v.is_none()) {
+        let names: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
+        return Err(ApiError::bad_request(format!(
+            "{what} needs at least one of {}",
+            names.join(", ")
+        )));
+    }
+    for (name, v) in fields {
+        if let Some(v) = v {
+            if v.is_empty() {
+                return Err(ApiError::bad_request(format!("{name} must not be empty")));
+            }
+            check_text(name, v)?;
+        }
+    }
+    Ok(())
+}
+
+/// The answer to a DELETE: 204, or 404 when there was no `what` with this id.
+fn deleted(found: bool, what: &str, id: &str) -> Result<StatusCode, ApiError> {
+    if found {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no {what} {id}")))
+    }
+}
+
+/// A required reason: not blank, short text.
+fn check_reason(reason: &str) -> Result<(), ApiError> {
+    if reason.trim().is_empty() {
+        return Err(ApiError::bad_request("reason is required"));
+    }
+    check_text("reason", reason)
 }
 
 /// A new suppression: at least one of identity, fingerprint, destination, rule.
@@ -323,29 +374,16 @@ pub async fn create_suppression(
     ApiJson(req): ApiJson<CreateSuppression>,
 ) -> Result<(StatusCode, Json<Suppression>), ApiError> {
     c.require(allow::ANNOTATE)?;
-    let fields = [
-        ("identity", &req.identity),
-        ("fingerprint", &req.fingerprint),
-        ("destination", &req.destination),
-        ("rule", &req.rule),
-    ];
-    if fields.iter().all(|(_, v)| v.is_none()) {
-        return Err(ApiError::bad_request(
-            "a suppression needs at least one of identity, fingerprint, destination, rule",
-        ));
-    }
-    for (name, v) in fields {
-        if let Some(v) = v {
-            if v.is_empty() {
-                return Err(ApiError::bad_request(format!("{name} must not be empty")));
-            }
-            check_text(name, v)?;
-        }
-    }
-    if req.reason.trim().is_empty() {
-        return Err(ApiError::bad_request("reason is required"));
-    }
-    check_text("reason", &req.reason)?;
+    check_match_fields(
+        "a suppression",
+        &[
+            ("identity", &req.identity),
+            ("fingerprint", &req.fingerprint),
+            ("destination", &req.destination),
+            ("rule", &req.rule),
+        ],
+    )?;
+    check_reason(&req.reason)?;
     let now = now_us();
     let expires_us = parse_time("expires", req.expires)?;
     if expires_us.is_some_and(|e| e <= now) {
@@ -379,10 +417,111 @@ pub async fn delete_suppression(
 ) -> Result<StatusCode, ApiError> {
     c.require(allow::ANNOTATE)?;
     let id = uuid_param(&id, "the suppression id")?;
-    if !state.store.delete_suppression(&id).await? {
-        return Err(ApiError::not_found(format!("no suppression {id}")));
+    deleted(
+        state.store.delete_suppression(&id).await?,
+        "suppression",
+        &id,
+    )
+}
+
+/// Severity rules, newest first. The oldest rule matching a detection sets its severity.
+#[utoipa::path(get, path = "/api/alert/severity-rules", tag = "alert", security(("bearer" = [])),
+    params(PageParams),
+    responses((status = 200, body = Page<SeverityRule>), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody)))]
+pub async fn list_severity_rules(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Json<Page<SeverityRule>>, ApiError> {
+    c.require(allow::READ)?;
+    let (limit, before) = page_params(&p)?;
+    let items = state
+        .store
+        .list_severity_rules(before.as_deref(), i64::from(limit))
+        .await?;
+    Ok(Json(page(items, limit, |r| &r.id)))
+}
+
+/// A new severity rule: at least one of source, rule, identity_pattern, fingerprint.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSeverityRule {
+    /// `correlation`, `policy` or `threat`.
+    pub source: Option<String>,
+    /// The detector, policy or feed.
+    pub rule: Option<String>,
+    /// Glob over identities (`*` any run of characters).
+    pub identity_pattern: Option<String>,
+    pub fingerprint: Option<String>,
+    /// `info`, `low`, `medium`, `high` or `critical`.
+    pub severity: String,
+    /// Why (required, at most 1024 bytes).
+    pub reason: String,
+}
+
+/// Create a severity rule (analyst). Detections handled from now on that match it get its
+/// severity (the oldest matching rule wins) before they are folded into alerts; alerts already
+/// open keep theirs until a matching detection recurs.
+#[utoipa::path(post, path = "/api/alert/severity-rules", tag = "alert", security(("bearer" = [])),
+    request_body = CreateSeverityRule,
+    responses((status = 201, body = SeverityRule), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_severity_rule(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiJson(req): ApiJson<CreateSeverityRule>,
+) -> Result<(StatusCode, Json<SeverityRule>), ApiError> {
+    c.require(allow::ANNOTATE)?;
+    check_match_fields(
+        "a severity rule",
+        &[
+            ("source", &req.source),
+            ("rule", &req.rule),
+            ("identity_pattern", &req.identity_pattern),
+            ("fingerprint", &req.fingerprint),
+        ],
+    )?;
+    if let Some(s) = &req.source
+        && !["correlation", "policy", "threat"].contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "source must be correlation, policy or threat",
+        ));
     }
-    Ok(StatusCode::NO_CONTENT)
+    check_reason(&req.reason)?;
+    let r = SeverityRule {
+        id: uuid::Uuid::now_v7().to_string(),
+        severity: severity_param("severity", &req.severity)?,
+        source: req.source,
+        rule: req.rule,
+        identity_pattern: req.identity_pattern,
+        fingerprint: req.fingerprint,
+        reason: req.reason,
+        created_by: c.sub.clone(),
+        created_us: now_us(),
+    };
+    state.store.insert_severity_rule(&r).await?;
+    Ok((StatusCode::CREATED, Json(r)))
+}
+
+/// Delete a severity rule (analyst).
+#[utoipa::path(delete, path = "/api/alert/severity-rules/{id}", tag = "alert", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "severity rule id")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn delete_severity_rule(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    c.require(allow::ANNOTATE)?;
+    let id = uuid_param(&id, "the severity rule id")?;
+    deleted(
+        state.store.delete_severity_rule(&id).await?,
+        "severity rule",
+        &id,
+    )
 }
 
 /// A channel to create or replace.
@@ -399,7 +538,8 @@ pub struct ChannelRequest {
     /// Glob over identities (`*` any run of characters); none: every identity.
     pub identity_pattern: Option<String>,
     /// `webhook`, `slack`: `{"url"}`; `alertmanager`: `{"url"}` (base URL);
-    /// `syslog`: `{"address": "host:port", "transport": "udp"|"tcp", "facility": 0-23}`;
+    /// `syslog`: `{"address": "host:port", "transport": "udp"|"tcp"|"tls", "facility": 0-23,
+    /// "ca"?: PEM (tls), "server_name"?: name (tls)}`;
     /// `email`: `{"host", "port"?: 587, "tls"?: "starttls"|"none", "from", "to": [...],
     /// "username"?}`.
     #[schema(value_type = Object)]
@@ -426,8 +566,11 @@ fn channel_record(
     if let Some(p) = &req.identity_pattern {
         check_text("identity_pattern", p)?;
     }
-    if req.settings.to_string().len() > 4096 {
-        return Err(ApiError::bad_request("settings: at most 4096 bytes"));
+    // Room for a syslog collector's CA certificates (PEM).
+    if req.settings.to_string().len() > MAX_SETTINGS {
+        return Err(ApiError::bad_request(format!(
+            "settings: at most {MAX_SETTINGS} bytes"
+        )));
     }
     let settings = check_settings(req.kind, &req.settings, req.secret.as_deref())
         .map_err(ApiError::bad_request)?;
@@ -472,16 +615,17 @@ pub async fn list_channels(
               (status = 409, description = "the name is taken", body = ErrorBody)))]
 pub async fn create_channel(
     State(state): State<AppState>,
+    Extension(alert): Extension<Arc<Alert>>,
     Caller(c): Caller,
     ApiJson(req): ApiJson<ChannelRequest>,
 ) -> Result<(StatusCode, Json<ChannelRecord>), ApiError> {
     c.require(allow::ADMIN)?;
     let rec = channel_record(uuid::Uuid::now_v7().to_string(), &req, &c.sub, now_us())?;
-    if !state
-        .store
-        .insert_channel(&rec, req.secret.as_deref())
-        .await?
-    {
+    let sealed = req
+        .secret
+        .as_deref()
+        .map(|s| alert.secrets.seal(&rec.id, s));
+    if !state.store.insert_channel(&rec, sealed.as_deref()).await? {
         return Err(ApiError::conflict(format!(
             "a channel is named {:?} already",
             rec.name
@@ -533,11 +677,11 @@ pub async fn update_channel(
     let old = stored_channel(&state, &id).await?;
     let mut rec = channel_record(old.id.clone(), &req, &old.created_by, now_us())?;
     rec.created_us = old.created_us;
-    if !state
-        .store
-        .update_channel(&rec, req.secret.as_deref())
-        .await?
-    {
+    let sealed = req
+        .secret
+        .as_deref()
+        .map(|s| alert.secrets.seal(&rec.id, s));
+    if !state.store.update_channel(&rec, sealed.as_deref()).await? {
         return Err(ApiError::not_found(format!("no channel {}", old.id)));
     }
     alert.wake.notify_one();
@@ -556,10 +700,7 @@ pub async fn delete_channel(
 ) -> Result<StatusCode, ApiError> {
     c.require(allow::ADMIN)?;
     let id = uuid_param(&id, "the channel id")?;
-    if !state.store.delete_channel(&id).await? {
-        return Err(ApiError::not_found(format!("no channel {id}")));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    deleted(state.store.delete_channel(&id).await?, "channel", &id)
 }
 
 /// What a test delivery did.
@@ -577,16 +718,26 @@ pub struct TestResult {
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn test_channel(
     State(state): State<AppState>,
+    Extension(alert): Extension<Arc<Alert>>,
     Caller(c): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TestResult>, ApiError> {
     c.require(allow::ADMIN)?;
     let id = uuid_param(&id, "the channel id")?;
-    let (channel, secret) = state
+    let (channel, stored) = state
         .store
         .get_channel(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no channel {id}")))?;
+    let secret = match stored.map(|s| alert.secrets.open(&id, &s)).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(Json(TestResult {
+                delivered: false,
+                error: Some(e.to_string()),
+            }));
+        }
+    };
     let now = now_us();
     let test = Notification {
         id: uuid::Uuid::now_v7().to_string(),

@@ -81,6 +81,7 @@ impl Service for CorrelationService {
                 stats: host.stats.clone(),
             });
             super::consume::<FingerprintEvents>(host, NAME, handler);
+            host.expire_findings(&[crate::store::expiry::CORRELATION_FINDINGS]);
             Ok(())
         })
     }

@@ -138,6 +138,32 @@ pub async fn list(
     Ok(Json(state.store.events(&q).await?))
 }
 
+/// Stored events as OCSF 1.3 Network Activity documents (class 4001) with their JA4+
+/// fingerprints in `ja4_fingerprint_list`, for SIEMs: the same filters, order and cursors as
+/// `GET /api/ja4/events`, so a collector pages through a time range and carries on later.
+#[utoipa::path(get, path = "/api/ja4/export/ocsf", tag = "ja4", security(("bearer" = [])),
+    params(EventParams),
+    responses((status = 200, body = Page<serde_json::Value>,
+               description = "`items`: OCSF Network Activity documents, newest first"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn export_ocsf(
+    State(state): State<AppState>,
+    Caller(c): Caller,
+    ApiQuery(p): ApiQuery<EventParams>,
+) -> Result<Json<Page<serde_json::Value>>, ApiError> {
+    c.require(allow::READ)?;
+    let q = p.into_query()?;
+    let page = state.store.events(&q).await?;
+    Ok(Json(Page {
+        items: page
+            .items
+            .iter()
+            .map(crate::ocsf::network_activity)
+            .collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
 /// One stored event.
 #[utoipa::path(get, path = "/api/ja4/events/{id}", tag = "ja4", security(("bearer" = [])),
     params(("id" = String, Path, format = Uuid, description = "The event id (UUIDv7)")),

@@ -36,8 +36,6 @@ use crate::store::{
     Cursor, FingerprintDetail, FingerprintQuery, FingerprintSummary, IngestOutcome, LabelOutcome,
     MAX_PAGE_SIZE, Page, RetentionOutcome, TopEntry, now_us, to_us, uuid_ms,
 };
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -80,6 +78,7 @@ impl Service for Ja4 {
             .routes(routes!(top))
             .routes(routes!(events::list))
             .routes(routes!(events::one))
+            .routes(routes!(events::export_ocsf))
             .routes(routes!(retention));
         super::with_handle(r, self.identity.get())
     }
@@ -102,8 +101,10 @@ impl Service for Ja4 {
                 Arc::new(search::SearchIndexer::new(app.store.clone())),
             );
             if app.config.retention_days > 0 {
-                host.tasks
-                    .push(spawn_retention(app.clone(), host.shutdown.clone()));
+                let age = Duration::from_secs(u64::from(app.config.retention_days) * 86_400);
+                host.every_retention("events", move |state| async move {
+                    run_retention(&state, age).await.map(drop)
+                });
             }
             host.tasks.push(super::spire::watch_revocations(
                 app.clone(),
@@ -744,26 +745,6 @@ pub async fn run_retention(
     );
     state.publish::<RetentionRan>(&out).await;
     Ok(out)
-}
-
-/// Runs retention every `retention_interval_secs` (first pass one minute after start, so a
-/// restart loop cannot turn into a deletion loop).
-fn spawn_retention(state: AppState, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let every = Duration::from_secs(state.config.retention_interval_secs.max(60));
-        let age = Duration::from_secs(u64::from(state.config.retention_days) * 86_400);
-        let mut wait = Duration::from_secs(60);
-        loop {
-            tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            if let Err(e) = run_retention(&state, age).await {
-                tracing::error!(error = %e, "retention pass failed");
-            }
-            wait = every;
-        }
-    })
 }
 
 #[cfg(test)]

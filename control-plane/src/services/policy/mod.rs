@@ -302,6 +302,7 @@ impl Service for PolicyService {
                     },
                 ));
             }
+            host.expire_findings(&[crate::store::expiry::POLICY_VIOLATIONS]);
             // Activates versions stored by other processes.
             host.tasks.push(super::spawn_every(
                 RELOAD_EVERY,

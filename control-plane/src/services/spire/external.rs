@@ -242,14 +242,7 @@ fn authority_view(der: &[u8]) -> AuthorityView {
 
 fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let bundle = Bundle::from_pem(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in bundle.certs {
-        roots
-            .add(c)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    Ok(roots)
+    crate::http::client::roots_from_pem(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Keeps the bundle fresh (and, where `health` is set, the server's health) until shutdown.

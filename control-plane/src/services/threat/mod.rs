@@ -185,6 +185,10 @@ impl Service for ThreatService {
                     async move { threat.reload().await }
                 },
             ));
+            host.expire_findings(&[
+                crate::store::expiry::THREAT_MATCHES,
+                crate::store::expiry::THREAT_GEO,
+            ]);
             Ok(())
         })
     }
