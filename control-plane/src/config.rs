@@ -374,6 +374,13 @@ pub const KEYS: &[KeyDoc] = &[
         help: "addresses or CIDRs of reverse proxies whose X-Forwarded-For names the client (for login throttling)",
     },
     KeyDoc {
+        key: "policy.directory",
+        env: "HAIS_POLICY_DIRECTORY",
+        kind: KeyKind::Str,
+        default: "(none)",
+        help: "a directory of .cedar files kept as the policy set: read every 5 s, a change validated and stored as a new version (author directory:<path>); an invalid change is logged and not applied",
+    },
+    KeyDoc {
         key: "alert.max_backoff",
         env: "HAIS_ALERT_MAX_BACKOFF",
         kind: KeyKind::Str,
@@ -593,6 +600,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub bus: BusConfig,
     pub correlation: CorrelationConfig,
+    pub policy: PolicyConfig,
     pub alert: AlertConfig,
     pub threat: ThreatConfig,
     pub http: HttpConfig,
@@ -693,6 +701,14 @@ impl<'de> Deserialize<'de> for OnOff {
             },
         }
     }
+}
+
+/// `[policy]`: where policy sets come from besides the API (see `services::policy`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// A directory of `.cedar` files, hot-reloaded as the policy set.
+    pub directory: Option<PathBuf>,
 }
 
 /// `[alert]`: notification delivery (see `services::alert`).
@@ -1118,6 +1134,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             bus: BusConfig::default(),
             correlation: CorrelationConfig::default(),
+            policy: PolicyConfig::default(),
             alert: AlertConfig::default(),
             threat: ThreatConfig::default(),
             http: HttpConfig::default(),

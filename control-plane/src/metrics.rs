@@ -294,3 +294,16 @@ impl Metrics {
         o
     }
 }
+
+/// Appends counters (`name`, `help`, value) to `/metrics` text, one HELP/TYPE/value block
+/// each: how services write their own counters.
+pub fn write_counters(out: &mut String, counters: &[(&str, &str, &std::sync::atomic::AtomicU64)]) {
+    use std::fmt::Write as _;
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+}

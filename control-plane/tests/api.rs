@@ -963,7 +963,7 @@ async fn ops_endpoints(backend: Backend) {
     assert_eq!(backlog(&text), 0, "{text}");
     // The router and the OpenAPI document agree, path by path (taken from the document).
     assert!(common::assert_router_serves_document(&t, "/").await > 30);
-    // Every service reports its status; placeholders say so.
+    // Every service reports its status: all are implemented.
     for svc in [
         "ja4",
         "spire",
@@ -977,11 +977,7 @@ async fn ops_endpoints(backend: Backend) {
             .call("GET", &format!("/api/{svc}/status"), Some(&t.admin), None)
             .await;
         assert_eq!(s, StatusCode::OK, "{svc}: {v}");
-        let implemented = matches!(
-            svc,
-            "ja4" | "spire" | "correlation" | "identity" | "alert" | "threat"
-        );
-        assert_eq!(v["status"], if implemented { "ok" } else { "placeholder" });
+        assert_eq!(v["status"], "ok", "{svc}: {v}");
     }
     let (s, v) = t
         .call("GET", "/api/gateway/services", Some(&t.admin), None)

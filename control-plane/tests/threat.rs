@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{Backend, TestApp, enc, error_code, event};
+use common::{Backend, TestApp, enc, error_code, event, poll_items};
 use hais_shared::event::FingerprintEvent;
 use hais_shared::fingerprint::Method;
 use serde_json::{Value, json};
@@ -416,23 +416,6 @@ async fn feeds_import_every_format_with_bad_rows(backend: Backend) {
 }
 
 /// Polls `uri` until `pick` finds something in its `items` (the consumers are asynchronous).
-async fn poll_items(t: &TestApp, uri: &str, pick: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (s, v) = t.call("GET", uri, Some(&t.admin), None).await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        let items = v.get("items").unwrap_or(&v).as_array().unwrap().clone();
-        if let Some(a) = items.into_iter().find(|a| pick(a)) {
-            return a;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never found in {uri}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn flow(host: &str, fps: &[(Method, &str)], dst: &str) -> FingerprintEvent {
     let mut e = event("agent-1", host, Some("api.example"), fps, -5);
     e.flow.dst_ip = dst.parse().unwrap();

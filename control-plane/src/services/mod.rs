@@ -2,9 +2,9 @@
 //! them that start-up, the gateway's router and proxy, `/api/openapi.json`, `/metrics` and
 //! `--service` parsing iterate.
 //!
-//! `ja4`, `spire`, `correlation`, `identity`, `alert` and `threat` are implemented; the others are **placeholders** for now: each
-//! has the status endpoint every service gets and listens on the bus (so split deployments can
-//! be wired and tested end to end), and says plainly in its status that it does nothing else yet.
+//! Every service of the list is implemented. A new one may start as a [`Placeholder`]: it has
+//! the status endpoint every service gets and listens on the bus (so split deployments can be
+//! wired and tested end to end), and says plainly in its status that it does nothing else yet.
 //!
 //! A service lives in `services/<name>/` and owns its state: what a handler needs is given to
 //! its routes by `Service::routes` (an axum `Extension` set once the service started), never put
@@ -59,7 +59,7 @@ pub fn all() -> Vec<Arc<dyn Service>> {
         Arc::new(spire::SpireService::default()),
         Arc::new(correlation::CorrelationService::default()),
         Arc::new(identity::IdentityService::default()),
-        Arc::new(policy::POLICY),
+        Arc::new(policy::PolicyService::default()),
         Arc::new(alert::AlertService::default()),
         Arc::new(threat::ThreatService::default()),
     ]
@@ -459,6 +459,35 @@ pub fn consume<T: DurableTopic>(host: &mut Host, group: &str, handler: Arc<dyn H
         )
         .spawn(host.shutdown.clone()),
     );
+}
+
+/// Runs `work` every `period` (the first time at once) until shutdown, logging
+/// its failures as `what`: how a service re-reads state other processes change (threat
+/// indicators, policy sets).
+pub fn spawn_every<F, Fut, E>(
+    period: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+    what: &'static str,
+    work: F,
+) -> JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: std::fmt::Display,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped(&mut shutdown) => return,
+            }
+            if let Err(e) = work().await {
+                tracing::warn!(error = %e, "{what} failed");
+            }
+        }
+    })
 }
 
 /// Resolves once shutdown is requested (see [`crate::bus::listen::stopped`]).

@@ -309,6 +309,41 @@ where
     append::<DB>(conn, &rows, now_us).await
 }
 
+/// The stored id, count and first-seen time (µs) of the rows of `table` whose `key_col` is one
+/// of `keys`, read in the caller's transaction: a judging service's detections (threat matches,
+/// policy violations) keep their id and add to their count when they recur.
+pub async fn recurrences<DB>(
+    conn: &mut DB::Connection,
+    table: &'static str,
+    key_col: &'static str,
+    keys: &[&str],
+) -> Result<std::collections::HashMap<String, (String, i64, i64)>, StoreError>
+where
+    DB: Database,
+    <DB as Database>::Arguments: Default + IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'t> String: Encode<'t, DB> + Decode<'t, DB> + Type<DB>,
+    for<'t> i64: Decode<'t, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    use sqlx::Row as _;
+    let mut out = std::collections::HashMap::new();
+    for chunk in keys.chunks(500) {
+        let mut qb = QueryBuilder::<DB>::new(format!(
+            "SELECT {key_col}, id, count, first_seen_us FROM {table} WHERE {key_col} IN ("
+        ));
+        let mut sep = qb.separated(", ");
+        for k in chunk {
+            sep.push_bind(k.to_string());
+        }
+        qb.push(")");
+        for r in qb.build().fetch_all(&mut *conn).await? {
+            out.insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
+        }
+    }
+    Ok(out)
+}
+
 /// Records a consumer's progress inside the caller's transaction; [`StoreError::Fenced`] when the
 /// caller no longer owns the work (the transaction must then be rolled back).
 pub async fn commit_checkpoint<DB>(

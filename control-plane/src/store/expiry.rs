@@ -1,4 +1,4 @@
-//! Judgements that age out: correlation findings, threat matches and the threat service's
+//! Judgements that age out: correlation findings, policy violations, threat matches and the threat service's
 //! country roll-ups are kept while they keep being seen, and deleted once nothing renewed them
 //! for `findings_retention_days` (events have their own retention, by partition; see
 //! `partitions`). Each service expires its own tables ([`Aging`]) on the retention schedule.
@@ -30,6 +30,13 @@ pub const CORRELATION_FINDINGS: Aging = Aging {
 pub const THREAT_MATCHES: Aging = Aging {
     table: "threat_matches",
     key: "mkey",
+    seen: "last_seen_us",
+};
+
+/// Policy violations (enforced and audit) not seen again.
+pub const POLICY_VIOLATIONS: Aging = Aging {
+    table: "policy_violations",
+    key: "id",
     seen: "last_seen_us",
 };
 

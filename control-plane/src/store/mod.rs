@@ -36,6 +36,7 @@ pub mod identity;
 pub mod labels;
 mod partitions;
 mod pg_nodelay;
+pub mod policy;
 pub mod postgres;
 mod query;
 mod reads;
@@ -253,6 +254,7 @@ pub trait Store:
     + workloads::WorkloadStore
     + correlation::CorrelationStore
     + threat::ThreatStore
+    + policy::PolicyStore
     + templates::TemplateStore
     + accounts::AccountStore
     + labels::LabelStore

@@ -862,24 +862,14 @@ macro_rules! impl_threat_store {
                 use $crate::store::threat::encode;
                 Box::pin(async move {
                     let mut tx = self.writer().begin().await?;
-                    let mut stored = std::collections::HashMap::new();
                     let keys: Vec<&str> = matches.iter().map(|m| m.key.as_str()).collect();
-                    for chunk in keys.chunks(500) {
-                        let mut qb = sqlx::QueryBuilder::<$db>::new(
-                            "SELECT mkey, id, count, first_seen_us FROM threat_matches \
-                             WHERE mkey IN (",
-                        );
-                        let mut sep = qb.separated(", ");
-                        for k in chunk {
-                            sep.push_bind(k.to_string());
-                        }
-                        qb.push(")");
-                        let rows: Vec<(String, String, i64, i64)> =
-                            qb.build_query_as().fetch_all(&mut *tx).await?;
-                        for (k, id, count, first) in rows {
-                            stored.insert(k, (id, count, first));
-                        }
-                    }
+                    let stored = $crate::store::bus::recurrences::<$db>(
+                        &mut *tx,
+                        "threat_matches",
+                        "mkey",
+                        &keys,
+                    )
+                    .await?;
                     let mut detections = Vec::with_capacity(matches.len());
                     for m in matches {
                         let mut d = m.detection.clone();

@@ -438,6 +438,24 @@ pub fn enc(s: &str) -> String {
         .collect()
 }
 
+/// Polls `uri` (a list, or a page with `items`) until an item satisfies `pick` (30 s at most).
+pub async fn poll_items(t: &TestApp, uri: &str, pick: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (s, v) = t.call("GET", uri, Some(&t.admin), None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let items = v.get("items").unwrap_or(&v).as_array().unwrap().clone();
+        if let Some(a) = items.into_iter().find(|a| pick(a)) {
+            return a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never found in {uri}: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub fn error_code(v: &Value) -> &str {
     v["error"]["code"]
         .as_str()

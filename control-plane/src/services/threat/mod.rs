@@ -175,8 +175,16 @@ impl Service for ThreatService {
             );
             host.tasks
                 .push(refresh::spawn(threat.clone(), host.shutdown.clone()));
-            host.tasks
-                .push(spawn_reloader(threat, host.shutdown.clone()));
+            // Rebuilds the matcher when another process changed the indicators, or one expired.
+            host.tasks.push(super::spawn_every(
+                RELOAD_EVERY,
+                host.shutdown.clone(),
+                "threat: reloading indicators",
+                move || {
+                    let threat = threat.clone();
+                    async move { threat.reload().await }
+                },
+            ));
             host.expire_findings(&[
                 crate::store::expiry::THREAT_MATCHES,
                 crate::store::expiry::THREAT_GEO,
@@ -191,34 +199,31 @@ impl Service for ThreatService {
                 return;
             };
             let c = &t.counts;
-            for (name, help, v) in [
-                (
-                    "hais_threat_events_total",
-                    "Events judged by the threat service.",
-                    &c.events,
-                ),
-                (
-                    "hais_threat_matched_events_total",
-                    "Events that matched a suspicious or malicious indicator.",
-                    &c.matched_events,
-                ),
-                (
-                    "hais_threat_detections_total",
-                    "Threat matches published on detections (one per match and batch).",
-                    &c.detections,
-                ),
-                (
-                    "hais_threat_matcher_rebuilds_total",
-                    "Rebuilds of the in-memory matcher.",
-                    &c.rebuilds,
-                ),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                    v.load(Ordering::Relaxed)
-                );
-            }
+            crate::metrics::write_counters(
+                out,
+                &[
+                    (
+                        "hais_threat_events_total",
+                        "Events judged by the threat service.",
+                        &c.events,
+                    ),
+                    (
+                        "hais_threat_matched_events_total",
+                        "Events that matched a suspicious or malicious indicator.",
+                        &c.matched_events,
+                    ),
+                    (
+                        "hais_threat_detections_total",
+                        "Threat matches published on detections (one per match and batch).",
+                        &c.detections,
+                    ),
+                    (
+                        "hais_threat_matcher_rebuilds_total",
+                        "Rebuilds of the in-memory matcher.",
+                        &c.rebuilds,
+                    ),
+                ],
+            );
             let _ = writeln!(
                 out,
                 "# HELP hais_threat_indicators Indicators in the matcher.\n\
@@ -227,26 +232,6 @@ impl Service for ThreatService {
             );
         })
     }
-}
-
-/// Rebuilds the matcher when another process changed the indicators, or one expired.
-fn spawn_reloader(
-    threat: Arc<Threat>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(RELOAD_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = super::stopped(&mut shutdown) => return,
-            }
-            if let Err(e) = threat.reload().await {
-                tracing::warn!(error = %e, "threat: reloading indicators failed");
-            }
-        }
-    })
 }
 
 /// The address on the far side of the workload: the server for its outbound flows, the client
