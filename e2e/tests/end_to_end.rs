@@ -820,3 +820,122 @@ fn agent_host() -> String {
         .trim()
         .to_owned()
 }
+
+/// The policy service's scenario with the real agent: a policy forbidding one identity TLS
+/// client stacks whose JA4 section a starts `t13` fires on a live curl flow (the violation
+/// stored with its explanation, published, an open alert); a malformed set is refused with its
+/// line and column and the active version stays; a dry-run of a draft over the stored flows
+/// reports what would change and raises nothing.
+#[test]
+fn a_policy_fires_on_a_live_curl_flow() {
+    if !can_capture() {
+        eprintln!("skipped: capturing on lo needs root or CAP_NET_RAW");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("hais-e2e-policy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cp = ControlPlane::start(&dir.join("cp"), &[]);
+    let ([tls, _, _], _servers) = servers(&dir);
+    let _agent = agent_on_lo(&dir, &cp, &format!("tcp port {tls}"));
+    let token = cp.login();
+    let spiffe = "spiffe://hais.local/e2e/policy-clients";
+    let (st, entry) = cp.post(
+        &token,
+        "/api/identity/entries",
+        &json!({"spiffe_id": spiffe, "selectors": ["unix:uid:65534"]}),
+    );
+    assert_eq!(st, 201, "{entry}");
+    let put = |text: &str| {
+        hais_e2e::http::call(
+            cp.api,
+            "PUT",
+            "/api/policy/policies",
+            Some(&token),
+            Some(&json!({"policies": text})),
+        )
+    };
+    let set = format!(
+        "@id(\"base\") permit(principal, action, resource);\n\
+         @id(\"no-t13-stacks\") @severity(\"high\")\n\
+         forbid(principal == Workload::\"{spiffe}\", action == Action::\"tls\", resource)\n\
+         when {{ context has ja4_a && context.ja4_a like \"t13*\" }};\n"
+    );
+    let (st, v) = put(&set);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["version"], 1, "{v}");
+
+    curl_as_nobody(&format!("https://127.0.0.1:{tls}/"), 1);
+    let path = format!(
+        "/api/policy/decisions?identity={}",
+        spiffe.replace(':', "%3A").replace('/', "%2F")
+    );
+    let d = wait_for("curl's violation", Duration::from_secs(60), || {
+        let (st, v) = cp.get(&token, &path);
+        assert_eq!(st, 200, "{v}");
+        v["items"].as_array()?.first().cloned()
+    });
+    assert_eq!(
+        (
+            d["rule"].as_str(),
+            d["outcome"].as_str(),
+            d["severity"].as_str()
+        ),
+        (Some("no-t13-stacks"), Some("deny"), Some("high")),
+        "{d}"
+    );
+    assert_eq!(d["destination"], format!("127.0.0.1:{tls}"), "{d}");
+    let ja4_a = d["decision"]["policies"][0]["fields"]["context.ja4_a"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        ja4_a.starts_with("t13"),
+        "explained by the section it read: {d}"
+    );
+    let alerts = |cp: &ControlPlane| {
+        let (st, v) = cp.get(&token, "/api/alert/alerts?limit=100");
+        assert_eq!(st, 200, "{v}");
+        v["items"].as_array().cloned().unwrap_or_default()
+    };
+    let alert = wait_for("the violation's alert", Duration::from_secs(60), || {
+        alerts(&cp)
+            .into_iter()
+            .find(|a| a["rule"] == "no-t13-stacks")
+    });
+    assert_eq!(
+        (alert["source"].as_str(), alert["status"].as_str()),
+        (Some("policy"), Some("open")),
+        "{alert}"
+    );
+
+    // A malformed set: refused with its line and column, version 1 stays active.
+    let (st, v) = put("permit(principal, action, resource);\nforbid(principal action, resource);");
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains(":2:"), "line 2 named: {v}");
+    let (st, v) = cp.get(&token, "/api/policy/policies");
+    assert_eq!((st, v["version"].as_i64()), (200, Some(1)), "{v}");
+
+    // A draft without the rule, over the stored flows: curl's violation would go away;
+    // nothing is stored or alerted.
+    let draft = "@id(\"base\") permit(principal, action, resource);";
+    let before = alerts(&cp).len();
+    let (st, v) = cp.post(
+        &token,
+        "/api/policy/dry-run",
+        &json!({"policies": draft, "from": "2000-01-01T00:00:00Z"}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(v["events"].as_u64() >= Some(1), "{v}");
+    assert!(v["resolved_violations"].as_u64() >= Some(1), "{v}");
+    assert_eq!(v["identities"][0]["identity"], spiffe, "{v}");
+    let (st, decisions) = cp.get(&token, "/api/policy/decisions");
+    assert_eq!(st, 200);
+    assert_eq!(
+        decisions["items"].as_array().map(Vec::len),
+        Some(1),
+        "{decisions}"
+    );
+    assert_eq!(alerts(&cp).len(), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
