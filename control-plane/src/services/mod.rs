@@ -231,27 +231,20 @@ impl Host {
         Fut: Future<Output = Result<(), crate::store::StoreError>> + Send,
     {
         let state = self.app.clone();
-        let mut shutdown = self.shutdown.clone();
-        self.tasks.push(tokio::spawn(async move {
-            let every = Duration::from_secs(state.config.retention_interval_secs.max(60));
-            let mut wait = Duration::from_secs(60);
-            loop {
-                tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                if let Err(e) = pass(state.clone()).await {
-                    tracing::error!(error = %e, what, "retention pass failed");
-                }
-                wait = every;
-            }
-        }));
+        let every = Duration::from_secs(state.config.retention_interval_secs.max(60));
+        self.tasks.push(spawn_every_after(
+            Duration::from_secs(60),
+            every,
+            self.shutdown.clone(),
+            what,
+            move || pass(state.clone()),
+        ));
     }
 
     /// Expires `tables` on the retention schedule when `findings_retention_days` is set.
     pub fn expire_findings(&mut self, tables: &'static [Aging]) {
         if self.app.config.findings_retention_days > 0 {
-            self.every_retention("findings", move |state| async move {
+            self.every_retention("retention of findings", move |state| async move {
                 expire_findings(&state, tables).await.map(drop)
             });
         }
@@ -466,6 +459,22 @@ pub fn consume<T: DurableTopic>(host: &mut Host, group: &str, handler: Arc<dyn H
 /// indicators, policy sets).
 pub fn spawn_every<F, Fut, E>(
     period: std::time::Duration,
+    shutdown: watch::Receiver<bool>,
+    what: &'static str,
+    work: F,
+) -> JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: std::fmt::Display,
+{
+    spawn_every_after(Duration::ZERO, period, shutdown, what, work)
+}
+
+/// [`spawn_every`], the first time `first` after start.
+pub fn spawn_every_after<F, Fut, E>(
+    first: Duration,
+    period: Duration,
     mut shutdown: watch::Receiver<bool>,
     what: &'static str,
     work: F,
@@ -476,7 +485,7 @@ where
     E: std::fmt::Display,
 {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + first, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -105,7 +105,7 @@ impl Service for Ja4 {
             );
             if app.config.retention_days > 0 {
                 let age = Duration::from_secs(u64::from(app.config.retention_days) * 86_400);
-                host.every_retention("events", move |state| async move {
+                host.every_retention("retention of events", move |state| async move {
                     run_retention(&state, age).await.map(drop)
                 });
             }
